@@ -1,0 +1,63 @@
+# MS MRI dashboard — set-up, run and test. Everything runs from the virtual environment in .venv.
+PYTHON  ?= python3.11
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STUDY   ?= data/demo
+PORT    ?= 8501
+PYTEST_ARGS ?=
+
+.PHONY: run test demo bench lint typecheck browser-deps clean-venv help
+
+help:
+	@echo "make run    - create .venv, install, build the demo study if missing, start the app"
+	@echo "make test   - run the test suite (installs dev tools and chromium for browser tests)"
+	@echo "make demo   - (re)build the demo study in $(STUDY)"
+	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make lint   - ruff; make typecheck - mypy --strict on ms_core"
+
+# The venv is rebuilt when a requirements file changes.
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(STUDY)/participants.tsv: | $(VENV)/.installed
+	$(PY) -m ms_core -v demo --out $(STUDY)
+
+demo: $(VENV)/.installed
+	$(PY) -m ms_core -v demo --out $(STUDY)
+
+run: $(VENV)/.installed $(STUDY)/participants.tsv
+	@echo "Open http://127.0.0.1:$(PORT) in your browser (Ctrl+C to stop)."
+	MS_DASH_STUDY=$(STUDY) $(PY) -m streamlit run app.py --server.address 127.0.0.1 \
+		--server.port $(PORT) --server.headless true
+
+# Debian's chromium drives the browser tests (Playwright cannot download its own browser here).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			(apt-get install -y -q chromium >/dev/null 2>&1 || \
+			 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+			|| echo "chromium could not be installed: browser tests will be skipped"; \
+		else echo "chromium not found and cannot be installed: browser tests will be skipped"; fi; }
+
+test: $(VENV)/.installed-dev browser-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+
+typecheck: $(VENV)/.installed-dev
+	$(PY) -m mypy --strict ms_core
+
+bench: $(VENV)/.installed
+	@mkdir -p bench/results
+	$(PY) bench/demo_build.py
+
+clean-venv:
+	rm -rf $(VENV)

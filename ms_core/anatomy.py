@@ -1,0 +1,97 @@
+"""The MNI152 (ICBM 2009a symmetric) template shipped inside nilearn, and zones derived from it.
+
+Used by the demo generator and, later, for lesion-location atlases. Nothing is downloaded: nilearn
+bundles the 1 mm T1 template, GM and WM probability maps and the brain mask in its wheel.
+
+Coordinates: the template affine maps (x, y, z) voxel indices to RAS+ MNI millimetres.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["Template", "load_template", "world_grid"]
+
+log = logging.getLogger(__name__)
+
+#: Box (MNI mm) that holds the lateral ventricles; CSF components inside it form the ventricle mask.
+_VENTRICLE_BOX_MM = {"x": (-30.0, 30.0), "y": (-50.0, 35.0), "z": (-5.0, 35.0)}
+#: Smallest connected CSF component (voxels of 1 mm^3) counted as a lateral ventricle.
+_MIN_VENTRICLE_VOXELS = 2000
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """Tissue maps on the 1 mm MNI grid, all (197, 233, 189) float32 in [0, 1].
+
+    ``head_sd_mm`` is the signed distance to the brain surface in mm (negative inside the brain
+    mask), used to synthesise extra-cerebral tissue. Distances ``*_dist_mm`` are to the nearest
+    voxel of the named structure.
+    """
+
+    affine: np.ndarray
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    brain: np.ndarray
+    ventricles: np.ndarray
+    head_sd_mm: np.ndarray
+    ventricle_dist_mm: np.ndarray
+    cortex_dist_mm: np.ndarray
+
+    @property
+    def csf(self) -> np.ndarray:
+        """CSF fraction: brain mask minus GM and WM, (X, Y, Z) float32."""
+        return np.clip(self.brain - self.gm - self.wm, 0.0, 1.0)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        s = self.gm.shape
+        return (int(s[0]), int(s[1]), int(s[2]))
+
+
+def world_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World (mm) coordinates of every voxel centre: (3, X, Y, Z) float32."""
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = affine[:3, :3].astype(np.float32) @ ijk + affine[:3, 3:4].astype(np.float32)
+    return xyz.reshape((3, *shape))
+
+
+@functools.lru_cache(maxsize=1)
+def load_template() -> Template:
+    """Load the nilearn MNI152 maps and derive ventricles and distance maps (about 3 s)."""
+    from nilearn import datasets  # imported here: nilearn is slow to import
+
+    gm_img = datasets.load_mni152_gm_template(resolution=1)
+    affine = np.asarray(gm_img.affine, dtype=np.float64)
+    gm = np.asarray(gm_img.get_fdata(dtype=np.float32))
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
+    t1 = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(dtype=np.float32))
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32))
+    gm, wm = gm * brain, wm * brain
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+
+    x, y, z = world_grid(gm.shape, affine)
+    box = np.ones(gm.shape, dtype=bool)
+    for axis, (lo, hi) in zip((x, y, z), _VENTRICLE_BOX_MM.values(), strict=True):
+        box &= (axis > lo) & (axis < hi)
+    labels, n = ndi.label((csf > 0.5) & box)
+    sizes = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    keep = np.flatnonzero(sizes >= _MIN_VENTRICLE_VOXELS) + 1
+    ventricles = np.isin(labels, keep)
+    log.debug("ventricles: %d components, %d voxels", keep.size, int(ventricles.sum()))
+
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    inside = brain > 0.5
+    head_sd = (ndi.distance_transform_edt(~inside, sampling=spacing)
+               - ndi.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)
+    vent_dist = ndi.distance_transform_edt(~ventricles, sampling=spacing).astype(np.float32)
+    cortex_dist = ndi.distance_transform_edt(gm < 0.5, sampling=spacing).astype(np.float32)
+    return Template(affine=affine, t1=t1, gm=gm, wm=wm, brain=brain,
+                    ventricles=ventricles.astype(np.float32), head_sd_mm=head_sd,
+                    ventricle_dist_mm=vent_dist, cortex_dist_mm=cortex_dist)
