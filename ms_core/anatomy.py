@@ -47,7 +47,7 @@ class Template:
     @property
     def csf(self) -> np.ndarray:
         """CSF fraction: brain mask minus GM and WM, (X, Y, Z) float32."""
-        return np.clip(self.brain - self.gm - self.wm, 0.0, 1.0)
+        return np.asarray(np.clip(self.brain - self.gm - self.wm, 0.0, 1.0), dtype=np.float32)
 
     @property
     def shape(self) -> tuple[int, int, int]:

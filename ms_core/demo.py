@@ -193,7 +193,7 @@ def _rotation(angles_rad: Iterable[float]) -> np.ndarray:
     rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
 
 def _rigid(rng: np.random.Generator, rot_deg: float, shift_mm: float,
@@ -246,7 +246,7 @@ def lesion_pv(points_mm: np.ndarray, lesion: LesionSpec, scale: float,
     rho = 1.0 + (lesion.rough_amp * np.sin(3.0 * (u @ lesion.rough_dirs.T)
                                            + lesion.rough_phase)).sum(axis=1)
     dist_mm = (rho - r) * float(radii.mean())
-    return np.clip(0.5 + dist_mm / edge_mm, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(0.5 + dist_mm / edge_mm, 0.0, 1.0), dtype=np.float32)
 
 
 def lesion_volume_ml(lesion: LesionSpec, scale: float, tpl: Template | None = None,
@@ -451,7 +451,7 @@ def _plan_patient(config: DemoConfig, index: int, sites: _Sites) -> PatientPlan:
         pose = _rigid(rng, 3.0, 4.0, table_offset)
         visits.append(VisitPlan(
             session_id=f"ses-{j + 1:02d}",
-            acq_date=date0 + dt.timedelta(days=int(round(t * 365.25))),
+            acq_date=date0 + dt.timedelta(days=round(t * 365.25)),
             years=float(t), edss=edss, relapses_since_last=relapses, dmt=dmt, scanner=scanner,
             pose=pose.tolist(), t1_motion=_rigid(rng, 0.5, 0.7).tolist(),
             orientation={m: str(rng.choice(SCANNERS[scanner][m].orientations))  # type: ignore
@@ -480,8 +480,9 @@ class _Acquired:
 
 def _sample(volume: np.ndarray, m: np.ndarray, shape: tuple[int, int, int],
             cval: float = 0.0) -> np.ndarray:
-    return ndi.affine_transform(volume, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=1,
-                                mode="constant", cval=cval, prefilter=False)
+    out = ndi.affine_transform(volume, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=1,
+                               mode="constant", cval=cval, prefilter=False)
+    return np.asarray(out, dtype=np.float32)
 
 
 def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int],
@@ -491,13 +492,13 @@ def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int],
     c = rng.normal(0, strength, 9).astype(np.float32)
     log_b = (c[0] * ux + c[1] * uy + c[2] * uz + c[3] * ux * ux + c[4] * uy * uy + c[5] * uz * uz
              + c[6] * ux * uy + c[7] * uy * uz + c[8] * ux * uz)
-    return np.exp(log_b).astype(np.float32)
+    return np.asarray(np.exp(log_b), dtype=np.float32)
 
 
 def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
              rng: np.random.Generator, centroid_mm: np.ndarray) -> _Acquired:
     seq: Sequence = SCANNERS[visit.scanner][modality]  # type: ignore[assignment]
-    shape = tuple(int(round(f / s)) for f, s in zip(seq.fov_mm, seq.spacing_mm, strict=True))
+    shape = tuple(round(f / s) for f, s in zip(seq.fov_mm, seq.spacing_mm, strict=True))
     subj = _scaling_about(np.zeros(3), np.asarray(plan.subject_scale))
     pose = np.asarray(visit.pose) @ subj
     if modality == "T1w":
@@ -526,7 +527,7 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
     csf = np.clip(icv - gm - wm, 0.0, 1.0)
     out_csf = np.clip(sd + 0.5, 0, 1) - np.clip(sd - 1.5, 0, 1)
     skull = np.clip(sd - 1.5, 0, 1) - np.clip(sd - 6.5, 0, 1)
-    scalp = np.clip(sd - 6.5, 0, 1) - np.clip(sd - 12.5 - 2 * np.sin(sd), 0, 1)
+    scalp = np.clip(sd - 6.5, 0, 1) - np.clip(sd - 12.5, 0, 1)
     c = seq.contrast
     signal = (gm * c["gm"] + wm * c["wm"] + (csf + out_csf) * c["csf"] + skull * c["skull"]
               + scalp * c["scalp"]).astype(np.float32)
@@ -567,14 +568,17 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
         signal += lesion_max * (c["lesion"] - signal)
 
     parenchyma = gm + wm
+    head = (sd < 14.0).astype(np.float32)
     if n_sub > 1:
         signal = signal.reshape(shape[0], shape[1], shape[2], n_sub).mean(axis=3)
         parenchyma = parenchyma.reshape(shape[0], shape[1], shape[2], n_sub).mean(axis=3)
+        head = head.reshape(shape[0], shape[1], shape[2], n_sub).max(axis=3)
     signal *= _bias_field(rng, shape, 0.08)  # type: ignore[arg-type]
     sigma = np.float32(seq.noise)
     n1 = rng.standard_normal(shape, dtype=np.float32)
     n2 = rng.standard_normal(shape, dtype=np.float32)
     signal = np.sqrt((signal + sigma * n1) ** 2 + (sigma * n2) ** 2)
+    signal *= head  # air outside the head is zero, as in the masked open_ms_data raw scans
     return _Acquired(signal, affine, per_lesion, parenchyma)
 
 
@@ -646,7 +650,7 @@ def render_patient(plan: PatientPlan, root: Path, seed: int) -> dict[str, object
             "icv_ml": round(icv_ml, 3),
             "bpf": round((gm_ml + wm_ml) * vol_scale * f / icv_ml, 5),
             "brain_mask_volume_ml": round(float((flair.parenchyma >= 0.5).sum()) * voxel_ml, 3),
-            "lesion_volume_ml": round(sum(float(les["volume_ml"]) for les in lesions  # type: ignore
+            "lesion_volume_ml": round(sum(float(les["volume_ml"]) for les in lesions
                                           if les["status"] != "disappeared"), 5),
             "lesion_count": sum(les["status"] != "disappeared" for les in lesions),
             "new_or_enlarging": sum(les["status"] in ("new", "enlarging") for les in lesions),

@@ -39,13 +39,13 @@ __all__ = [
     "atomic_write_text",
     "load_lesion_mask",
     "load_volume",
+    "nifti_bytes",
     "read_json",
     "read_nifti_header",
     "save_labels",
     "save_volume",
     "write_json",
     "write_tsv",
-    "nifti_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,8 @@ def read_nifti_header(path: Path | str) -> nib.Nifti1Image:
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     lo, hi = SPACING_RANGE_MM
     if np.any(spacing < lo) or np.any(spacing > hi):
-        raise NiftiError(p, f"voxel size {np.round(spacing, 3).tolist()} mm is outside {lo}-{hi} mm")
+        sizes = np.round(spacing, 3).tolist()
+        raise NiftiError(p, f"voxel size {sizes} mm is outside {lo}-{hi} mm")
     return img
 
 

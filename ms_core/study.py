@@ -4,7 +4,8 @@
 
     STUDY/
       dataset_description.json
-      participants.tsv                      participant_id sex birth_year ms_type onset_year [trial_arm]
+      participants.tsv                      participant_id sex birth_year ms_type onset_year
+                                            [trial_arm]
       sub-X/sub-X_sessions.tsv              session_id acq_date edss relapses_since_last dmt
                                             scanner field_strength_t
       sub-X/ses-Y/anat/sub-X_ses-Y_{FLAIR,T1w,T2w}.nii.gz

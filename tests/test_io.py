@@ -102,7 +102,7 @@ def test_truncated_gzip_is_reported_when_data_is_read(tmp_path: Path) -> None:
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(good.read_bytes()[:3000])
     io.read_nifti_header(bad)  # the header alone is still readable
-    with pytest.raises(NiftiError, match="bad.nii.gz.*truncated or corrupt"):
+    with pytest.raises(NiftiError, match=r"bad\.nii\.gz.*truncated or corrupt"):
         io.load_volume(bad, "FLAIR")
 
 
@@ -136,5 +136,5 @@ def test_nifti_bytes_decodes_to_same_array() -> None:
 
 def test_read_json_reports_bad_file(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{nope")
-    with pytest.raises(InputError, match="bad.json.*not valid JSON"):
+    with pytest.raises(InputError, match=r"bad\.json.*not valid JSON"):
         io.read_json(tmp_path / "bad.json")

@@ -76,7 +76,7 @@ def test_good_study_loads_typed_objects_without_issues(tmp_path: Path) -> None:
 def test_missing_root_or_participants_table_raises(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="study folder not found"):
         load_study(tmp_path / "nope")
-    with pytest.raises(StudyError, match="participants.tsv.*not found"):
+    with pytest.raises(StudyError, match=r"participants\.tsv.*not found"):
         load_study(tmp_path)
     io.write_tsv(tmp_path / "participants.tsv", PARTICIPANTS.drop(columns=["sex"]))
     with pytest.raises(StudyError, match=r"missing columns \['sex'\]"):

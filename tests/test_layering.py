@@ -1,0 +1,76 @@
+"""Architecture rules from STYLE.md, checked on the source: layering, no pickles, no torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APP_CODE = [REPO / "app.py", REPO / "ui_helpers.py", *sorted((REPO / "pages").glob("*.py"))]
+LIB_CODE = sorted((REPO / "ms_core").rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", LIB_CODE, ids=lambda p: p.name)
+def test_ms_core_never_imports_streamlit_or_torch(path: Path) -> None:
+    assert not _imports(path) & {"streamlit", "torch"}, f"{path} imports the UI or torch"
+
+
+@pytest.mark.parametrize("path", [p for p in APP_CODE if p.exists()], ids=lambda p: p.name)
+def test_app_runtime_never_imports_torch(path: Path) -> None:
+    assert "torch" not in _imports(path)
+
+
+def test_no_pickle_loading_anywhere() -> None:
+    banned = ("pickle", "joblib", "cloudpickle", "dill")
+    code = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and "data" not in p.parts
+            and p.name != "test_layering.py"]
+    offenders = [str(p) for p in code if _imports(p) & set(banned)
+                 or "allow_pickle=True" in p.read_text(encoding="utf-8")
+                 or "torch.load(" in p.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_runtime_requirements_have_no_torch() -> None:
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    pkgs = {line.split("==")[0].strip().lower() for line in lines
+            if line.strip() and not line.startswith("#")}
+    assert "torch" not in pkgs
+    assert "onnxruntime-gpu" in pkgs and "onnxruntime" not in pkgs  # exactly one runtime
+
+
+def test_importing_the_library_does_not_load_streamlit() -> None:
+    code = ("import sys, ms_core.study, ms_core.io, ms_core.demo, ms_core.cli; "
+            "bad = [m for m in ('streamlit', 'torch') if m in sys.modules]; "
+            "sys.exit(str(bad) if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_help_lists_commands() -> None:
+    result = subprocess.run([sys.executable, "-m", "ms_core", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "validate" in result.stdout
+
+
+def test_cli_reports_bad_study_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "ms_core", "validate", str(tmp_path / "x")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "study folder not found" in result.stderr and "Traceback" not in result.stderr
