@@ -51,6 +51,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ms_core.evaluate import evaluate_masks
+    from ms_core.io import load_lesion_mask
+
+    result = evaluate_masks(load_lesion_mask(args.pred), load_lesion_mask(args.truth))
+    result.update({"pred": str(args.pred), "truth": str(args.truth)})
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
@@ -71,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("study", help="study folder")
     val.add_argument("--deep", action="store_true", help="also read every image's voxel data")
     val.set_defaults(func=_cmd_validate)
+    ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask (JSON)")
+    ev.add_argument("--pred", required=True, help="predicted mask (NIfTI; non-zero = lesion)")
+    ev.add_argument("--truth", required=True, help="reference mask on the same grid")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,98 @@
+"""Segmentation metrics: voxel Dice, lesion-wise detection and volume difference.
+
+Lesions are 26-connected components. A true lesion is *detected* when a predicted lesion overlaps
+it; a predicted lesion is a *false positive* when it overlaps no true lesion. Two overlap rules
+are reported: at least one voxel (``any``), and at least 10 % of the lesion's own voxels
+(``10pct``, as in the MSSEG challenges' stricter counts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ms_core.domain import LesionMask, voxel_volume_ml
+from ms_core.errors import InputError
+from ms_core.lesions import label_components
+
+__all__ = ["dice", "evaluate_masks", "lesion_detection"]
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Voxel Dice of two binary masks; 1.0 when both are empty.
+
+    >>> a = np.zeros((4, 4, 4), bool); a[:2] = True
+    >>> b = np.zeros((4, 4, 4), bool); b[1:3] = True
+    >>> dice(a, b)
+    0.5
+    """
+    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def _overlap_counts(a_labels: np.ndarray, b_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each label of ``a_labels``: its voxel count and its voxels inside ``b_mask``."""
+    n = int(a_labels.max()) if a_labels.size else 0
+    sizes = np.bincount(a_labels.ravel(), minlength=n + 1)[1:]
+    inside = np.bincount(a_labels[b_mask].ravel(), minlength=n + 1)[1:]
+    return sizes, inside
+
+
+def lesion_detection(pred: np.ndarray, truth: np.ndarray,
+                     min_overlap_fraction: float = 0.0) -> dict[str, float | int | None]:
+    """Lesion-wise counts and rates; ``min_overlap_fraction=0`` means one voxel is enough.
+
+    Returns ``n_true``, ``n_pred``, ``detected`` (true lesions found), ``false_positives``
+    (predicted lesions matching nothing), ``tpr`` = detected / n_true, ``fpr`` =
+    false_positives / n_pred and ``f1`` = 2 P R / (P + R) with P = 1 - fpr, R = tpr. Rates are
+    ``None`` where their denominator is 0.
+    """
+    p_mask, t_mask = np.asarray(pred) > 0, np.asarray(truth) > 0
+    eye = np.eye(4)
+    t_lab = label_components(t_mask, affine=eye)
+    p_lab = label_components(p_mask, affine=eye)
+    t_size, t_hit = _overlap_counts(t_lab, p_mask)
+    p_size, p_hit = _overlap_counts(p_lab, t_mask)
+
+    def found(size: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        need = np.maximum(1, np.ceil(min_overlap_fraction * size))
+        return hit >= need
+
+    detected = int(found(t_size, t_hit).sum())
+    false_pos = int((~found(p_size, p_hit)).sum())
+    n_true, n_pred = int(t_size.size), int(p_size.size)
+    tpr = detected / n_true if n_true else None
+    fpr = false_pos / n_pred if n_pred else None
+    if tpr is None or fpr is None:
+        f1 = None
+    else:
+        precision = 1.0 - fpr
+        f1 = 0.0 if precision + tpr == 0 else 2 * precision * tpr / (precision + tpr)
+    return {"n_true": n_true, "n_pred": n_pred, "detected": detected,
+            "false_positives": false_pos, "tpr": tpr, "fpr": fpr, "f1": f1}
+
+
+def evaluate_masks(pred: LesionMask, truth: LesionMask) -> dict[str, object]:
+    """All metrics of ``pred`` against ``truth``; both must lie on the same grid.
+
+    Raises
+    ------
+    InputError
+        when shapes or affines differ (resample the prediction onto the truth grid first).
+    """
+    if pred.labels.shape != truth.labels.shape or not np.allclose(pred.affine, truth.affine,
+                                                                  atol=1e-3):
+        raise InputError(pred.source, (
+            f"prediction grid {pred.labels.shape} does not match truth grid "
+            f"{truth.labels.shape} of {truth.source} (or their affines differ); resample the "
+            "prediction onto the truth image first"))
+    vox_ml = voxel_volume_ml(truth.affine)
+    pred_ml = pred.n_voxels * vox_ml
+    truth_ml = truth.n_voxels * vox_ml
+    return {
+        "dice": dice(pred.labels, truth.labels),
+        "lesion_any_voxel": lesion_detection(pred.labels, truth.labels, 0.0),
+        "lesion_10pct": lesion_detection(pred.labels, truth.labels, 0.10),
+        "pred_volume_ml": pred_ml, "truth_volume_ml": truth_ml,
+        "abs_volume_diff_ml": abs(pred_ml - truth_ml),
+    }

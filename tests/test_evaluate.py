@@ -1,0 +1,87 @@
+"""Tests for ms_core.evaluate: Dice, lesion-wise detection (both overlap rules), volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ms_core.domain import LesionMask
+from ms_core.errors import InputError
+from ms_core.evaluate import dice, evaluate_masks, lesion_detection
+
+
+def _mask(*boxes: tuple[slice, slice, slice], shape: tuple[int, int, int] = (20, 20, 20)
+          ) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    for b in boxes:
+        m[b] = 1
+    return m
+
+
+def test_dice_cases() -> None:
+    a = _mask(np.s_[0:4, 0:4, 0:4])
+    assert dice(a, a) == 1.0
+    assert dice(a, np.zeros_like(a)) == 0.0
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+    half = _mask(np.s_[0:2, 0:4, 0:4])
+    assert dice(a, half) == pytest.approx(2 * 32 / (64 + 32))
+
+
+def test_lesion_detection_any_voxel_and_10pct_rules() -> None:
+    truth = _mask(np.s_[0:5, 0:5, 0:5], np.s_[10:15, 10:15, 10:15], np.s_[0:2, 18:20, 0:2])
+    # Prediction: touches lesion 1 by a single voxel (1/125 < 10 %), covers lesion 2 fully,
+    # misses lesion 3, and adds one lesion far from everything.
+    pred = _mask(np.s_[4:7, 4:7, 4:7], np.s_[10:15, 10:15, 10:15], np.s_[17:20, 0:3, 17:20])
+    any_rule = lesion_detection(pred, truth, 0.0)
+    assert any_rule == {"n_true": 3, "n_pred": 3, "detected": 2, "false_positives": 1,
+                        "tpr": pytest.approx(2 / 3), "fpr": pytest.approx(1 / 3),
+                        "f1": pytest.approx(2 / 3)}
+    strict = lesion_detection(pred, truth, 0.10)
+    assert strict["detected"] == 1  # lesion 1 overlaps by 1 of 125 voxels only
+    assert strict["false_positives"] == 2  # 1 of 27 predicted voxels overlap: under 10 %
+
+
+def test_detection_with_empty_masks_gives_none_rates() -> None:
+    empty = np.zeros((5, 5, 5), np.uint8)
+    one = empty.copy()
+    one[2, 2, 2] = 1
+    assert lesion_detection(empty, empty)["tpr"] is None
+    r = lesion_detection(one, empty)
+    assert (r["tpr"], r["fpr"], r["f1"]) == (None, 1.0, None)
+    r = lesion_detection(empty, one)
+    assert (r["tpr"], r["fpr"]) == (0.0, None)
+
+
+def test_evaluate_masks_volumes_and_grid_check() -> None:
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    truth = LesionMask(_mask(np.s_[0:5, 0:5, 0:5]), aff)
+    pred = LesionMask(_mask(np.s_[0:5, 0:5, 0:4]), aff)
+    out = evaluate_masks(pred, truth)
+    assert out["truth_volume_ml"] == pytest.approx(0.25)
+    assert out["abs_volume_diff_ml"] == pytest.approx(0.05)
+    assert out["dice"] == pytest.approx(2 * 100 / 225)
+    shifted = LesionMask(pred.labels, np.diag([1.0, 1.0, 3.0, 1.0]))
+    with pytest.raises(InputError, match="does not match truth grid"):
+        evaluate_masks(shifted, truth)
+
+
+def test_evaluate_cli_prints_json(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from ms_core.io import save_labels
+
+    aff = np.eye(4)
+    save_labels(tmp_path / "t.nii.gz", _mask(np.s_[0:5, 0:5, 0:5]), aff)
+    save_labels(tmp_path / "p.nii.gz", _mask(np.s_[0:5, 0:5, 0:4]), aff)
+    out = subprocess.run([sys.executable, "-m", "ms_core", "evaluate", "--pred",
+                          str(tmp_path / "p.nii.gz"), "--truth", str(tmp_path / "t.nii.gz")],
+                         capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout)
+    assert result["dice"] == pytest.approx(2 * 100 / 225)
+    assert result["lesion_any_voxel"]["f1"] == 1.0
+    bad = subprocess.run([sys.executable, "-m", "ms_core", "evaluate", "--pred",
+                          str(tmp_path / "missing.nii.gz"), "--truth", str(tmp_path / "t.nii.gz")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "missing.nii.gz: file not found" in bad.stderr
