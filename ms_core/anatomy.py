@@ -15,7 +15,21 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Template", "load_template", "world_grid"]
+__all__ = [
+    "TYPICAL_CONTRAST",
+    "Template",
+    "load_template",
+    "synthetic_head",
+    "tissue_signal",
+    "world_grid",
+]
+
+#: Relative signal of each tissue in typical clinical sequences (1.5-3 T), used to synthesise
+#: template images for registration. Lesion signal is relative to the same scale.
+TYPICAL_CONTRAST: dict[str, dict[str, float]] = {
+    "FLAIR": {"gm": 0.64, "wm": 0.47, "csf": 0.06, "lesion": 1.0, "skull": 0.05, "scalp": 0.5},
+    "T1w": {"gm": 0.48, "wm": 0.81, "csf": 0.11, "lesion": 0.5, "skull": 0.07, "scalp": 0.9},
+}
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +109,38 @@ def load_template() -> Template:
     return Template(affine=affine, t1=t1, gm=gm, wm=wm, brain=brain,
                     ventricles=ventricles.astype(np.float32), head_sd_mm=head_sd,
                     ventricle_dist_mm=vent_dist, cortex_dist_mm=cortex_dist)
+
+
+def tissue_signal(gm: np.ndarray, wm: np.ndarray, head_sd_mm: np.ndarray,
+                  contrast: dict[str, float]) -> np.ndarray:
+    """Noise-free MR signal from tissue fractions, (X, Y, Z) float32.
+
+    ``gm`` and ``wm`` are fractions; ``head_sd_mm`` is the signed distance to the brain surface
+    (negative inside). Inside the intracranial volume the rest is CSF; outside lie CSF (0-2 mm),
+    skull (2-7 mm) and scalp (7-13 mm), each with its ``contrast`` entry.
+    """
+    sd = head_sd_mm
+    icv = np.clip(0.5 - sd, 0.0, 1.0)
+    csf = np.clip(icv - gm - wm, 0.0, 1.0)
+    out_csf = np.clip(sd + 0.5, 0, 1) - np.clip(sd - 1.5, 0, 1)
+    skull = np.clip(sd - 1.5, 0, 1) - np.clip(sd - 6.5, 0, 1)
+    scalp = np.clip(sd - 6.5, 0, 1) - np.clip(sd - 12.5, 0, 1)
+    c = contrast
+    signal = (gm * c["gm"] + wm * c["wm"] + (csf + out_csf) * c["csf"] + skull * c["skull"]
+              + scalp * c["scalp"])
+    return np.asarray(signal, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic_head(modality: str, with_skull: bool = True) -> np.ndarray:
+    """The template as a ``modality`` ("FLAIR" or "T1w") image, with or without skull and scalp.
+
+    (X, Y, Z) float32 on the template grid; a registration target for raw or skull-stripped
+    scans. Raises ``ValueError`` for an unknown modality.
+    """
+    if modality not in TYPICAL_CONTRAST:
+        known = list(TYPICAL_CONTRAST)
+        raise ValueError(f"no typical contrast for {modality!r}; use one of {known}")
+    tpl = load_template()
+    sd = tpl.head_sd_mm if with_skull else np.where(tpl.head_sd_mm > 0.5, 100.0, tpl.head_sd_mm)
+    return tissue_signal(tpl.gm, tpl.wm, sd.astype(np.float32), TYPICAL_CONTRAST[modality])

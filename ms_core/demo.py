@@ -43,7 +43,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.anatomy import Template, load_template
+from ms_core.anatomy import Template, load_template, tissue_signal
 from ms_core.io import save_labels, save_volume, write_json, write_tsv
 from ms_core.study import image_path, truth_dir
 
@@ -523,14 +523,8 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
     sd = _sample(tpl.head_sd_mm, m_head, fshape, cval=100.0)
     gm = _sample(tpl.gm, m_par, fshape)
     wm = _sample(tpl.wm, m_par, fshape)
-    icv = np.clip(0.5 - sd, 0.0, 1.0)
-    csf = np.clip(icv - gm - wm, 0.0, 1.0)
-    out_csf = np.clip(sd + 0.5, 0, 1) - np.clip(sd - 1.5, 0, 1)
-    skull = np.clip(sd - 1.5, 0, 1) - np.clip(sd - 6.5, 0, 1)
-    scalp = np.clip(sd - 6.5, 0, 1) - np.clip(sd - 12.5, 0, 1)
     c = seq.contrast
-    signal = (gm * c["gm"] + wm * c["wm"] + (csf + out_csf) * c["csf"] + skull * c["skull"]
-              + scalp * c["scalp"]).astype(np.float32)
+    signal = tissue_signal(gm, wm, sd, c)
 
     # Lesions, evaluated on the fine grid in template-parenchyma millimetres.
     fine_to_mm = par_mm

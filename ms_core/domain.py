@@ -15,10 +15,10 @@ import numpy as np
 __all__ = [
     "MODALITIES",
     "MS_TYPES",
-    "Volume",
     "LesionMask",
     "Participant",
     "Visit",
+    "Volume",
     "check_affine",
     "voxel_volume_ml",
 ]
@@ -46,7 +46,7 @@ def check_affine(affine: np.ndarray, *, name: str = "affine") -> np.ndarray:
 def voxel_volume_ml(affine: np.ndarray) -> float:
     """Volume of one voxel in millilitres (1 ml = 1000 mm^3).
 
-    >>> voxel_volume_ml(np.diag([1.0, 1.0, 3.0, 1.0]))
+    >>> round(voxel_volume_ml(np.diag([1.0, 1.0, 3.0, 1.0])), 6)
     0.003
     """
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])) / 1000.0)

@@ -37,6 +37,7 @@ __all__ = [
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
+    "from_sitk",
     "load_lesion_mask",
     "load_volume",
     "nifti_bytes",
@@ -44,6 +45,7 @@ __all__ = [
     "read_nifti_header",
     "save_labels",
     "save_volume",
+    "to_sitk",
     "write_json",
     "write_tsv",
 ]
@@ -263,3 +265,37 @@ def save_labels(path: Path | str, labels: np.ndarray, affine: np.ndarray) -> Non
     top = int(labels.max()) if labels.size else 0
     dtype = np.uint8 if top < 256 else np.uint16
     save_volume(path, labels, affine, dtype)
+
+
+# ----------------------------------------------------------------------------- SimpleITK bridge
+def to_sitk(data: np.ndarray, affine: np.ndarray) -> Any:
+    """A SimpleITK image of ``data`` (X, Y, Z) with ``affine`` (RAS+), in ITK's LPS+ space.
+
+    The only place where the axis order (SimpleITK arrays are (z, y, x)) and the RAS/LPS sign
+    flip are handled; :func:`from_sitk` is its inverse. Only affines without shear are
+    representable (origin, spacing and direction).
+    """
+    import SimpleITK as sitk
+
+    aff = check_affine(affine)
+    spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    direction = aff[:3, :3] / spacing
+    lps = np.diag([-1.0, -1.0, 1.0])
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(float(v) for v in lps @ aff[:3, 3]))
+    img.SetDirection(tuple(float(v) for v in (lps @ direction).ravel()))
+    return img
+
+
+def from_sitk(img: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(data (X, Y, Z), affine RAS+)`` of a SimpleITK image; inverse of :func:`to_sitk`."""
+    import SimpleITK as sitk
+
+    data = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    aff = np.eye(4)
+    aff[:3, :3] = lps @ direction * np.asarray(img.GetSpacing(), dtype=np.float64)
+    aff[:3, 3] = lps @ np.asarray(img.GetOrigin(), dtype=np.float64)
+    return np.ascontiguousarray(data), aff

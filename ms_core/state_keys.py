@@ -1,8 +1,8 @@
-"""Names of the cross-page ``st.session_state`` keys (the only place they are declared)."""
+"""Names of the ``st.session_state`` keys (the only place they are declared)."""
 
 from __future__ import annotations
 
-__all__ = ["STUDY_ROOT", "PARTICIPANT", "SESSION"]
+__all__ = ["PARTICIPANT", "PATIENT_VIEWER", "SESSION", "STUDY_ROOT", "VIEW_MODALITY"]
 
 #: Path (str) of the study folder picked in the sidebar.
 STUDY_ROOT = "study_root"
@@ -10,3 +10,7 @@ STUDY_ROOT = "study_root"
 PARTICIPANT = "participant_id"
 #: session_id picked in the sidebar.
 SESSION = "session_id"
+#: Image shown by the Patient page viewer ("FLAIR" or "T1w").
+VIEW_MODALITY = "view_modality"
+#: Prefix of the Patient page viewer's component key (one key per image shown).
+PATIENT_VIEWER = "patient_viewer"

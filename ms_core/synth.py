@@ -16,7 +16,7 @@ def anisotropic_affine(spacing_mm: tuple[float, float, float] = (0.9, 1.1, 3.0),
                        origin_mm: tuple[float, float, float] = (-40.0, -50.0, -30.0)) -> np.ndarray:
     """A (4, 4) float64 RAS+ affine with the given voxel size and origin.
 
-    >>> anisotropic_affine()[2, 2]
+    >>> float(anisotropic_affine()[2, 2])
     3.0
     """
     aff = np.diag([*spacing_mm, 1.0])

@@ -138,3 +138,21 @@ def test_read_json_reports_bad_file(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(InputError, match=r"bad\.json.*not valid JSON"):
         io.read_json(tmp_path / "bad.json")
+
+
+def test_sitk_roundtrip_keeps_world_coordinates() -> None:
+    import SimpleITK as sitk
+
+    aff = anisotropic_affine()
+    aff[:3, :3] = aff[:3, :3] @ np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1]])  # rotated axes
+    data = np.random.default_rng(1).random((5, 6, 7)).astype(np.float32)
+    img = io.to_sitk(data, aff)
+    back, aff2 = io.from_sitk(img)
+    np.testing.assert_array_equal(back, data)
+    np.testing.assert_allclose(aff2, aff, atol=1e-9)
+    # Voxel (1, 2, 3) sits at the same world point: ITK reports it in LPS (x and y negated).
+    world_ras = aff @ np.array([1, 2, 3, 1.0])
+    lps = img.TransformIndexToPhysicalPoint((1, 2, 3))
+    np.testing.assert_allclose(lps, world_ras[:3] * np.array([-1, -1, 1]), atol=1e-9)
+    assert img.GetPixel(1, 2, 3) == pytest.approx(float(data[1, 2, 3]))
+    assert isinstance(img, sitk.Image)

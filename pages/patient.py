@@ -1,0 +1,71 @@
+"""Patient page: the selected visit's images with the lesion overlay, summary and lesions."""
+
+from __future__ import annotations
+
+import streamlit as st
+from niivue_component import niivue_viewer
+
+import ui_helpers
+from ms_core import state_keys
+from ms_core.errors import InputError
+from ms_core.visits import lesion_totals, overlay_caption, summarize_visit
+
+ui_helpers.ensure_routed()
+selection = ui_helpers.current_selection()
+study, pid, visit = selection.study, selection.participant_id, selection.visit
+
+st.title(f"Patient {pid}")
+for issue in study.issues_for(pid):
+    st.warning(str(issue))
+if visit is None:
+    st.info(f"{pid} has no visits to show.")
+    st.stop()
+
+st.subheader(f"Visit {visit.label}")
+files, geometries, problems = ui_helpers.check_images(study.root, visit)
+for message in problems.values():
+    st.error(message)
+
+viewer_col, summary_col = st.columns([3, 2], gap="medium")
+with viewer_col:
+    modality = st.radio("Image", ui_helpers.VIEW_MODALITIES, horizontal=True,
+                        key=state_keys.VIEW_MODALITY)
+    try:
+        overlay = ui_helpers.lesion_overlay(study.root, visit)
+    except InputError as e:
+        st.error(f"Lesion overlay not shown. {e}")
+        overlay = None
+    if geometries.get(modality) is not None:
+        path = files[modality]
+        niivue_viewer(
+            nifti_data=ui_helpers.image_file_bytes(path), filename=path.name,
+            overlays=[{"data": overlay.data, "name": "lesions.nii.gz", "colormap": "red",
+                       "opacity": 0.7}] if overlay else None,
+            height=560, view_mode="multiplanar", update_interval_ms=None,
+            key=f"{state_keys.PATIENT_VIEWER}-{pid}-{visit.session_id}-{modality}",
+        )
+        st.caption(overlay_caption(overlay.source, overlay.path) if overlay
+                   else "No lesion mask for this visit.")
+    elif modality in problems:
+        st.info(f"The {modality} image cannot be shown: see the error above.")
+    else:
+        st.info(f"This visit has no {modality} image.")
+
+with summary_col:
+    st.subheader("Visit summary")
+    st.table(summarize_visit(visit, geometries).as_frame(), hide_index=True, hide_header=True)
+
+try:
+    lesions = ui_helpers.visit_lesions(study.root, visit)
+except InputError as e:
+    st.error(f"Ground truth not shown. {e}")
+    lesions = None
+if lesions is not None:
+    st.subheader("Ground-truth lesions (synthetic study)")
+    totals = lesion_totals(lesions)
+    count_col, volume_col, active_col = st.columns(3)
+    count_col.metric("Lesions", totals.n_lesions)
+    volume_col.metric("Total lesion volume", f"{totals.volume_ml:.2f} ml")
+    active_col.metric("New or enlarging", totals.n_new_or_enlarging)
+    st.dataframe(lesions, hide_index=True, column_config={
+        "volume_ml": st.column_config.NumberColumn("volume (ml)", format="%.3f")})

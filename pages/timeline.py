@@ -1,0 +1,29 @@
+"""Timeline page: the selected patient's EDSS, relapses, therapies and volumes over all visits."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui_helpers
+from ms_core.timeline import dmt_periods, has_volumes, visit_table
+
+ui_helpers.ensure_routed()
+selection = ui_helpers.current_selection()
+study, pid, visits = selection.study, selection.participant_id, selection.visits
+
+st.title(f"Timeline of {pid}")
+if not visits:
+    st.info(f"{pid} has no visits to show.")
+    st.stop()
+
+truths, problems = ui_helpers.truths_for(study.root, visits)
+for message in problems:
+    st.warning(f"Ground truth skipped. {message}")
+table = visit_table(visits, truths)
+
+st.plotly_chart(ui_helpers.edss_figure(table, dmt_periods(visits), ui_helpers.study_dmts(study)))
+st.caption("Coloured bands: disease-modifying therapy from the visit it was recorded at. "
+           "Stars: relapses since the previous visit (larger = more).")
+if has_volumes(table):
+    st.plotly_chart(ui_helpers.volume_figure(table))
+st.dataframe(table, hide_index=True, column_config=ui_helpers.visit_table_config())

@@ -1,0 +1,62 @@
+"""A compact 3D U-Net for FLAIR (+ optional T1) lesion segmentation.
+
+Input (N, 2, X, Y, Z) float32: channel 0 FLAIR, channel 1 T1 (zeros when absent), both
+normalised by :func:`ms_core.preprocess.normalize_intensity`. Output (N, 1, X, Y, Z) logits.
+Spatial sizes must be multiples of 2 ** (levels - 1) (8 for the default 4 levels).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["UNet3D"]
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(c_out, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(c_out, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class UNet3D(nn.Module):
+    """U-Net with ``len(widths)`` levels, strided-conv down- and transposed-conv upsampling."""
+
+    def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        self.widths = widths
+        self.enc = nn.ModuleList()
+        self.down = nn.ModuleList()
+        c = in_channels
+        for i, w in enumerate(widths):
+            self.enc.append(_Block(c, w))
+            if i < len(widths) - 1:
+                self.down.append(nn.Conv3d(w, w, 2, stride=2))
+            c = w
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for w_hi, w_lo in zip(widths[::-1][:-1], widths[::-1][1:], strict=True):
+            self.up.append(nn.ConvTranspose3d(w_hi, w_lo, 2, stride=2))
+            self.dec.append(_Block(2 * w_lo, w_lo))
+        self.head = nn.Conv3d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(x)
+            if i < len(self.down):
+                skips.append(x)
+                x = self.down[i](x)
+        for up, dec, skip in zip(self.up, self.dec, skips[::-1], strict=True):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return self.head(x)

@@ -1,0 +1,191 @@
+"""On-the-fly synthetic training patches: MNI152 tissue maps with real MS lesion masks pasted in.
+
+Each sample draws a real consensus lesion mask (open_ms_data, Lesjak et al. 2018,
+Neuroinformatics 16:51-63, CC-BY; all patients except the validation patient26), a random
+spatial transform (rotation, anisotropic scale, elastic warp, left-right flip) applied to both the
+template tissue maps and the mask, then random contrasts and artefacts (domain randomisation):
+
+- per-tissue FLAIR and T1 intensities (GM, WM, CSF, lesion) drawn from wide ranges, lesion
+  texture, partial volume from trilinear sampling;
+- smooth bias field, Rician noise, isotropic blur and thick-slice blur along a random axis
+  (slice thickness 1-5 mm), gamma;
+- skull-stripped input (outside the brain mask = 0), as the inference pipeline provides.
+
+Images are normalised like :func:`ms_core.preprocess.normalize_intensity` (divided by the median
+inside the brain), using the same tissue intensities on a coarse whole-brain rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+from ms_core.anatomy import Template, load_template
+
+__all__ = ["VALIDATION_PATIENTS", "LesionBank", "PatchSampler", "load_lesion_bank"]
+
+#: Real patients never used for training.
+VALIDATION_PATIENTS = ("patient26",)
+MASK_NAME = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LesionBank:
+    """Real lesion masks resampled onto the template grid: (N, X, Y, Z) uint8."""
+
+    masks: np.ndarray
+    names: tuple[str, ...]
+    lesion_voxels: tuple[np.ndarray, ...]
+
+
+def load_lesion_bank(mni_dir: Path, tpl: Template,
+                     exclude: tuple[str, ...] = VALIDATION_PATIENTS) -> LesionBank:
+    """Load every ``patientNN`` consensus mask under ``mni_dir`` except ``exclude``."""
+    masks, names, voxels = [], [], []
+    for folder in sorted(Path(mni_dir).glob("patient*")):
+        if folder.name in exclude or not (folder / MASK_NAME).exists():
+            continue
+        img = nib.load(folder / MASK_NAME)
+        src = np.asarray(img.dataobj).astype(np.float32)
+        m = np.linalg.inv(img.affine) @ tpl.affine  # template voxel -> mask voxel
+        out = ndi.affine_transform(src, m[:3, :3], offset=m[:3, 3], output_shape=tpl.shape,
+                                   order=0, mode="constant", cval=0.0)
+        mask = (out > 0.5).astype(np.uint8)
+        masks.append(mask)
+        names.append(folder.name)
+        voxels.append(np.argwhere(mask > 0).astype(np.int16))
+    if not masks:
+        raise FileNotFoundError(f"no lesion masks named {MASK_NAME} under {mni_dir}")
+    return LesionBank(np.stack(masks), tuple(names), tuple(voxels))
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    a = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    cx, cy, cz = np.cos(a)
+    sx, sy, sz = np.sin(a)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@functools.lru_cache(maxsize=32)
+def _interp_matrix(nodes: int, size: int) -> np.ndarray:
+    """(size, nodes) linear interpolation weights from ``nodes`` control points to ``size``."""
+    pos = np.linspace(0, nodes - 1, size)
+    eye = np.eye(nodes, dtype=np.float32)
+    return np.stack([np.interp(pos, np.arange(nodes), eye[i]) for i in range(nodes)],
+                    axis=1).astype(np.float32)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], nodes: int,
+                  amplitude: float) -> np.ndarray:
+    """Random smooth field: Gaussian values on a ``nodes``^3 lattice, interpolated (separable)."""
+    coarse = rng.normal(0.0, amplitude, (nodes, nodes, nodes)).astype(np.float32)
+    wx, wy, wz = (_interp_matrix(nodes, s) for s in shape)
+    return np.einsum("ia,jb,kc,abc->ijk", wx, wy, wz, coarse, optimize=True).astype(np.float32)
+
+
+@dataclasses.dataclass
+class _Contrast:
+    flair: dict[str, float]
+    t1: dict[str, float]
+
+
+def _draw_contrast(rng: np.random.Generator) -> _Contrast:
+    wm = rng.uniform(0.35, 0.65)
+    flair = {"wm": wm, "gm": wm * rng.uniform(1.02, 1.45), "csf": wm * rng.uniform(0.03, 0.45),
+             "lesion": wm * rng.uniform(1.25, 2.6)}
+    wm1 = rng.uniform(0.5, 0.9)
+    t1 = {"wm": wm1, "gm": wm1 * rng.uniform(0.5, 0.85), "csf": wm1 * rng.uniform(0.08, 0.4),
+          "lesion": wm1 * rng.uniform(0.35, 0.95)}
+    return _Contrast(flair, t1)
+
+
+class PatchSampler:
+    """Draws (image, label) training patches; deterministic for a given ``seed``."""
+
+    def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0,
+                 lesion_fraction: float = 0.7) -> None:
+        self.tpl = load_template()
+        self.bank = bank
+        self.patch = patch
+        self.rng = np.random.default_rng(seed)
+        self.lesion_fraction = lesion_fraction
+        self.brain_voxels = np.argwhere(self.tpl.brain > 0.5).astype(np.int16)
+        # Coarse (4 mm) tissue fractions for the image-level normalisation statistics.
+        sl = (slice(None, None, 4),) * 3
+        self.coarse = {"gm": self.tpl.gm[sl], "wm": self.tpl.wm[sl], "csf": self.tpl.csf[sl]}
+        self.coarse_brain = self.tpl.brain[sl] > 0.5
+
+    def _median_brain(self, c: dict[str, float], lesion_fraction: float) -> float:
+        img = sum(self.coarse[k] * c[k] for k in ("gm", "wm", "csf"))
+        vals = np.asarray(img)[self.coarse_brain]
+        vals = vals * (1 - lesion_fraction) + c["lesion"] * lesion_fraction
+        return float(np.median(vals))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One patch: image (2, P, P, P) float32 [FLAIR, T1] and label (1, P, P, P) float32."""
+        rng, tpl, p = self.rng, self.tpl, self.patch
+        k = int(rng.integers(len(self.bank.names)))
+        lesion_vox = self.bank.lesion_voxels[k]
+        if rng.random() < self.lesion_fraction and len(lesion_vox):
+            centre = lesion_vox[rng.integers(len(lesion_vox))].astype(np.float64)
+        else:
+            centre = self.brain_voxels[rng.integers(len(self.brain_voxels))].astype(np.float64)
+        centre += rng.uniform(-p / 4, p / 4, 3)
+
+        # Spatial transform (patch voxel -> template voxel), elastic displacement in voxels.
+        a = _rotation(rng, 15.0) @ np.diag(rng.uniform(0.85, 1.15, 3))
+        if rng.random() < 0.5:
+            a = a @ np.diag([-1.0, 1.0, 1.0])
+        grid = np.indices((p, p, p), dtype=np.float32).reshape(3, -1) - (p - 1) / 2.0
+        coords = (a @ grid) + centre[:, None]
+        if rng.random() < 0.7:
+            for axis in range(3):
+                coords[axis] += _smooth_field(rng, (p, p, p), 4, rng.uniform(0.5, 3.0)).ravel()
+
+        def samp(vol: np.ndarray, order: int = 1) -> np.ndarray:
+            out = ndi.map_coordinates(vol, coords, order=order, mode="constant", cval=0.0,
+                                      prefilter=False)
+            return np.asarray(out, dtype=np.float32).reshape(p, p, p)
+
+        gm, wm, brain = samp(tpl.gm), samp(tpl.wm), samp(tpl.brain)
+        lesion = samp(self.bank.masks[k].astype(np.float32))
+        csf = np.clip(brain - gm - wm, 0.0, 1.0)
+        label = (lesion >= 0.5).astype(np.float32)
+        lesion_pv = lesion * np.clip(gm + wm + 0.5 * csf, 0.0, 1.0)
+        mean_lesion_fraction = float(self.bank.masks[k].sum()) / float(
+            (tpl.brain > 0.5).sum())
+
+        c = _draw_contrast(rng)
+        channels = []
+        for con in (c.flair, c.t1):
+            texture = 1.0 + _smooth_field(rng, (p, p, p), 6, 0.04)
+            lesion_tex = 1.0 + _smooth_field(rng, (p, p, p), 8, rng.uniform(0.0, 0.15))
+            img = (gm * con["gm"] + wm * con["wm"] + csf * con["csf"]) * texture
+            img = img * (1 - lesion_pv) + lesion_pv * con["lesion"] * lesion_tex
+            if rng.random() < 0.5:  # thick slices along a random axis
+                sigma = [rng.uniform(0.0, 0.6)] * 3
+                sigma[int(rng.integers(3))] = rng.uniform(1.0, 5.0) / 2.355
+                img = ndi.gaussian_filter(img, sigma)
+            elif rng.random() < 0.5:
+                img = ndi.gaussian_filter(img, rng.uniform(0.2, 0.9))
+            img = img * np.exp(_smooth_field(rng, (p, p, p), 3, rng.uniform(0.0, 0.15)))
+            sigma_n = rng.uniform(0.003, 0.04)
+            n1 = rng.standard_normal((p, p, p), dtype=np.float32)
+            n2 = rng.standard_normal((p, p, p), dtype=np.float32)
+            img = np.sqrt((img + sigma_n * n1) ** 2 + (sigma_n * n2) ** 2)
+            img = img / self._median_brain(con, mean_lesion_fraction)
+            img = np.power(np.maximum(img, 0.0), math.exp(rng.normal(0.0, 0.15)))
+            img = img * (brain > rng.uniform(0.2, 0.6))  # skull-stripped
+            channels.append(img.astype(np.float32))
+        if rng.random() < 0.5:  # modality dropout: FLAIR-only input
+            channels[1] = np.zeros_like(channels[1])
+        return np.stack(channels), label[None]

@@ -1,0 +1,157 @@
+"""Train the lesion-segmentation 3D U-Net on synthetic patches; one seeded command.
+
+Usage (from the repository root, with requirements-train.txt installed)::
+
+    python -m training.seg.train --out training/runs/seg_v1 --steps 2400
+
+Writes to ``--out``: ``train_log.jsonl`` (loss per step, synthetic validation Dice),
+``weights_best.npz`` (state dict as plain arrays: no pickle), ``config.json`` (arguments, git
+commit, command) and ``metrics.json``. Export to ONNX with :mod:`training.seg.export`.
+
+Real data: lesion masks of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY),
+patient26 excluded (validation only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ms_core.anatomy import load_template
+from ms_core.io import atomic_write_text, write_json
+from training.seg.model import UNet3D
+from training.seg.synth_data import PatchSampler, load_lesion_bank
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_MNI = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice over the whole batch (stable with lesion-free patches)."""
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum()
+    return 1.0 - (2.0 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        state = {k: torch.from_numpy(data[k]) for k in data.files}
+    model.load_state_dict(state)
+
+
+def batch_dice(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(xs[i:i + 2]) for i in range(0, len(xs), 2)]) > 0
+    model.train()
+    t = ys > 0.5
+    inter = (pred & t).sum().item()
+    return 2.0 * inter / max(pred.sum().item() + t.sum().item(), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--mni-dir", type=Path, default=DEFAULT_MNI)
+    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--widths", type=str, default="12,24,48,96")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--val-every", type=int, default=200)
+    ap.add_argument("--val-patches", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    widths = tuple(int(w) for w in args.widths.split(","))
+    write_json(args.out / "config.json", {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "widths": widths, "git_commit": git_commit(), "torch": torch.__version__,
+        "command": " ".join(["python -m training.seg.train", *(argv or sys.argv[1:])]),
+    })
+
+    t0 = time.perf_counter()
+    tpl = load_template()
+    bank = load_lesion_bank(args.mni_dir, tpl)
+    sampler = PatchSampler(bank, args.patch, seed=args.seed)
+    val_sampler = PatchSampler(bank, args.patch, seed=args.seed + 10_000)
+    val = [val_sampler.sample() for _ in range(args.val_patches)]
+    val_x = torch.from_numpy(np.stack([v[0] for v in val]))
+    val_y = torch.from_numpy(np.stack([v[1] for v in val]))
+    print(f"data ready in {time.perf_counter() - t0:.1f} s: {len(bank.names)} lesion masks",
+          flush=True)
+
+    model = UNet3D(2, widths)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    log_path = args.out / "train_log.jsonl"
+    log_lines: list[str] = []
+    best = -1.0
+    t_train = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = [sampler.sample() for _ in range(args.batch)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch]))
+        y = torch.from_numpy(np.stack([b[1] for b in batch]))
+        logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        entry: dict[str, float | int] = {"step": step, "loss": round(loss.item(), 5),
+                                         "lr": round(lr, 6),
+                                         "seconds": round(time.perf_counter() - t_train, 1)}
+        if step % args.val_every == 0 or step == args.steps:
+            d = batch_dice(model, val_x, val_y)
+            entry["val_dice"] = round(d, 4)
+            if d > best:
+                best = d
+                save_weights(model, args.out / "weights_best.npz")
+                entry["saved"] = 1
+            print(json.dumps(entry), flush=True)
+        log_lines.append(json.dumps(entry))
+        if step % 50 == 0:
+            atomic_write_text(log_path, "\n".join(log_lines) + "\n")
+    atomic_write_text(log_path, "\n".join(log_lines) + "\n")
+    save_weights(model, args.out / "weights_last.npz")
+    write_json(args.out / "metrics.json", {
+        "best_synthetic_val_dice": best, "steps": args.steps,
+        "train_seconds": round(time.perf_counter() - t_train, 1),
+        "lesion_masks": list(bank.names),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Streamlit glue shared by app.py and the pages: cached loaders, the current selection, figures.
+
+Cached loaders are keyed on the file path plus its modification time and size (``_stamp``), so
+an edited or replaced file is read again and an unchanged one is read once. A loader that
+raises (:class:`~ms_core.errors.InputError` naming the file) caches nothing: the error is
+raised again on the next run and the page shows it.
+
+The study itself is cached on a signature of every file under the study folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from ms_core import state_keys
+from ms_core.domain import Visit
+from ms_core.errors import InputError
+from ms_core.io import load_lesion_mask, load_volume, read_json
+from ms_core.study import Study, image_path, lesion_overlay_path, load_study, truth_dir
+from ms_core.timeline import NO_DMT, relapse_visits
+from ms_core.visits import (
+    ImageGeometry,
+    binary_overlay_bytes,
+    image_geometry,
+    truth_lesion_table,
+)
+
+__all__ = [
+    "REPO_ROOT",
+    "STUDY_ENV",
+    "VIEW_MODALITIES",
+    "Overlay",
+    "Selection",
+    "cached_study",
+    "check_images",
+    "current_selection",
+    "default_study_root",
+    "edss_figure",
+    "ensure_routed",
+    "image_file_bytes",
+    "lesion_overlay",
+    "load_truth",
+    "routed_run",
+    "study_dmts",
+    "truths_for",
+    "visit_lesions",
+    "visit_table_config",
+    "visit_truth",
+    "volume_figure",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent
+#: Environment variable naming the study folder the sidebar starts with.
+STUDY_ENV = "MS_DASH_STUDY"
+#: Images the patient page can show, in the order of its switch.
+VIEW_MODALITIES = ("FLAIR", "T1w")
+_BAND_PALETTE = qualitative.Set2
+#: Per script-thread flag: True while app.run() is running this thread's script run.
+_ROUTER = threading.local()
+
+
+def default_study_root() -> str:
+    """The study folder to start with: ``$MS_DASH_STUDY`` or ``data/demo`` in the repository."""
+    return os.environ.get(STUDY_ENV) or str(REPO_ROOT / "data" / "demo")
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime in ns, size in bytes) of ``path``; (0, -1) when it does not exist."""
+    try:
+        st_ = path.stat()
+    except OSError:
+        return (0, -1)
+    return (st_.st_mtime_ns, st_.st_size)
+
+
+def _tree_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, mtime_ns, size) of every file under ``root``, sorted."""
+    out = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(folder) / name
+            out.append((str(p.relative_to(root)), *_stamp(p)))
+    return tuple(sorted(out))
+
+
+# ----------------------------------------------------------------------------- routing
+@contextlib.contextmanager
+def routed_run() -> Iterator[None]:
+    """Mark the current script run as started by app.py's router (see :func:`ensure_routed`)."""
+    _ROUTER.active = True
+    try:
+        yield
+    finally:
+        _ROUTER.active = False
+
+
+def ensure_routed() -> None:
+    """Run app.py's router when Streamlit started this page without it, then stop.
+
+    Streamlit treats a folder named ``pages/`` beside the main script as an old-style (v1)
+    multipage app until ``st.navigation`` has been called once in the server process (and on
+    every run under ``AppTest``). Until then a request for ``/timeline`` runs
+    ``pages/timeline.py`` on its own: no page config, no sidebar, no selection. Each page calls
+    this first; the router then runs the page itself (nested) and the outer run stops here.
+    """
+    if getattr(_ROUTER, "active", False):
+        return
+    import app  # here, not at the top: app.py imports this module
+
+    app.run()
+    st.stop()
+
+
+# ----------------------------------------------------------------------------- cached loaders
+@st.cache_data(max_entries=4, show_spinner="Loading study…")
+def _load_study(root: str, signature: int) -> Study:
+    # ``signature`` is only part of the cache key: a changed file gives a new entry.
+    return load_study(root)
+
+
+def cached_study(root: str | Path) -> Study:
+    """:func:`ms_core.study.load_study`, cached until a file under ``root`` changes.
+
+    Raises
+    ------
+    StudyError
+        when ``root`` is not a study folder.
+    """
+    path = Path(root).expanduser()
+    signature = hash(_tree_signature(path)) if path.is_dir() else 0
+    return _load_study(str(path), signature)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _checked_geometry(path: str, modality: str, stamp: tuple[int, int]) -> ImageGeometry:
+    volume = load_volume(path, modality)  # reads all voxels: truncated data fails here
+    return image_geometry(modality, volume.shape, volume.affine)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _file_bytes(path: str, stamp: tuple[int, int]) -> bytes:
+    return Path(path).read_bytes()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _overlay_bytes(path: str, stamp: tuple[int, int]) -> bytes:
+    return binary_overlay_bytes(load_lesion_mask(path))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _read_json(path: str, stamp: tuple[int, int]) -> Any:
+    return read_json(path)
+
+
+def image_file_bytes(path: Path) -> bytes:
+    """Raw bytes of an image file (for the viewer), cached on path, mtime and size."""
+    return _file_bytes(str(path), _stamp(path))
+
+
+def load_truth(path: Path) -> dict[str, Any]:
+    """A ``truth.json`` as a dict; raises :class:`InputError` naming a bad file."""
+    truth = _read_json(str(path), _stamp(path))
+    if not isinstance(truth, dict):
+        raise InputError(path, f"expected a JSON object, got {type(truth).__name__}")
+    return truth
+
+
+# ----------------------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar picked: the study, a participant and (when it has visits) a visit."""
+
+    study: Study
+    participant_id: str
+    visit: Visit | None
+
+    @property
+    def visits(self) -> tuple[Visit, ...]:
+        return self.study.visits.get(self.participant_id, ())
+
+
+def current_selection() -> Selection:
+    """The study, participant and visit chosen in app.py's sidebar; stops the page if none."""
+    root = st.session_state.get(state_keys.STUDY_ROOT)
+    pid = st.session_state.get(state_keys.PARTICIPANT)
+    if not root or not pid:
+        st.info("Pick a study and a patient in the sidebar.")
+        st.stop()
+    study = cached_study(root)
+    if pid not in study.participants:
+        st.info(f"{pid} is not in study {study.root}; pick a patient in the sidebar.")
+        st.stop()
+    sid = st.session_state.get(state_keys.SESSION)
+    visit = next((v for v in study.visits.get(pid, ()) if v.session_id == sid), None)
+    return Selection(study=study, participant_id=pid, visit=visit)
+
+
+# ----------------------------------------------------------------------------- patient page
+def _visit_image_files(root: Path, visit: Visit) -> dict[str, Path]:
+    """Image files of the visit the viewer can show, including files the study loader rejected
+    (so the page can say why they cannot be shown)."""
+    files = {}
+    for modality in VIEW_MODALITIES:
+        path = visit.images.get(modality) or image_path(
+            root, visit.participant_id, visit.session_id, modality)
+        if path.exists():
+            files[modality] = path
+    return files
+
+
+def check_images(root: Path, visit: Visit
+                 ) -> tuple[dict[str, Path], dict[str, ImageGeometry | None], dict[str, str]]:
+    """Open every viewable image of a visit.
+
+    Returns
+    -------
+    files
+        modality -> image file, for the images present on disk.
+    geometries
+        modality -> geometry, ``None`` for an image that cannot be read.
+    problems
+        modality -> error message (naming the file) for each unreadable image.
+    """
+    files = _visit_image_files(root, visit)
+    geometries: dict[str, ImageGeometry | None] = {}
+    problems: dict[str, str] = {}
+    for modality, path in files.items():
+        try:
+            geometries[modality] = _checked_geometry(str(path), modality, _stamp(path))
+        except InputError as e:
+            geometries[modality] = None
+            problems[modality] = str(e)
+    return files, geometries, problems
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The lesion overlay of a visit: viewer bytes, source file and where it comes from."""
+
+    data: bytes
+    path: Path
+    source: str
+
+
+def lesion_overlay(root: Path, visit: Visit) -> Overlay | None:
+    """Binary uint8 lesion overlay of a visit, or ``None`` when there is none.
+
+    Raises
+    ------
+    InputError
+        naming the mask file when it cannot be read.
+    """
+    found = lesion_overlay_path(root, visit.participant_id, visit.session_id)
+    if found is None:
+        return None
+    path, source = found
+    return Overlay(_overlay_bytes(str(path), _stamp(path)), path, source)
+
+
+def visit_truth(root: Path, visit: Visit) -> dict[str, Any] | None:
+    """The visit's ground truth (``truth.json``), or ``None`` when it has none.
+
+    Raises
+    ------
+    InputError
+        naming the file when it exists but cannot be read.
+    """
+    path = truth_dir(root, visit.participant_id, visit.session_id) / "truth.json"
+    return load_truth(path) if path.exists() else None
+
+
+def visit_lesions(root: Path, visit: Visit) -> pd.DataFrame | None:
+    """The visit's ground-truth lesion table (:func:`ms_core.visits.truth_lesion_table`), or
+    ``None`` when the visit has no ``truth.json``.
+
+    Raises
+    ------
+    InputError
+        naming ``truth.json`` when it cannot be read or its lesion list is malformed.
+    """
+    truth = visit_truth(root, visit)
+    if truth is None:
+        return None
+    try:
+        return truth_lesion_table(truth)
+    except (ValueError, TypeError) as e:
+        path = truth_dir(root, visit.participant_id, visit.session_id) / "truth.json"
+        raise InputError(path, f"malformed lesion list ({e})") from e
+
+
+def truths_for(root: Path, visits: Sequence[Visit]
+               ) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
+    """Each visit's ``truth.json`` (``None`` when absent) and messages for unreadable ones."""
+    truths: dict[str, dict[str, Any] | None] = {}
+    problems: list[str] = []
+    for v in visits:
+        try:
+            truths[v.session_id] = visit_truth(root, v)
+        except InputError as e:
+            truths[v.session_id] = None
+            problems.append(str(e))
+    return truths, problems
+
+
+# ----------------------------------------------------------------------------- tables and figures
+def visit_table_config() -> dict[str, Any]:
+    """``st.dataframe`` column settings for :func:`ms_core.timeline.visit_table`."""
+    cc = st.column_config
+    return {
+        "session_id": cc.TextColumn("visit"),
+        "acq_date": cc.DateColumn("date", format="YYYY-MM-DD"),
+        "years_from_first": cc.NumberColumn("years", format="%.2f"),
+        "edss": cc.NumberColumn("EDSS", format="%.1f"),
+        "edss_step": None,
+        "relapses_since_last": cc.NumberColumn("relapses"),
+        "dmt": cc.TextColumn("DMT"),
+        "lesion_volume_ml": cc.NumberColumn("lesion volume (ml)", format="%.2f"),
+        "brain_volume_ml": cc.NumberColumn("brain volume (ml)", format="%.0f"),
+        "lesion_count": cc.NumberColumn("lesions", format="%d"),
+        "new_or_enlarging": cc.NumberColumn("new or enlarging", format="%d"),
+    }
+
+
+
+def study_dmts(study: Study) -> list[str]:
+    """Every DMT recorded in the study, sorted: the order that fixes each DMT's band colour."""
+    names = {v.dmt for visits in study.visits.values() for v in visits if v.dmt}
+    return sorted(names | {NO_DMT})
+
+
+def _band_colour(name: str, order: Sequence[str]) -> str:
+    """Colour of a DMT band: by position in ``order`` (distinct within a study), else by hash."""
+    index = order.index(name) if name in order else zlib.crc32(name.encode("utf-8"))
+    return str(_BAND_PALETTE[index % len(_BAND_PALETTE)])
+
+
+def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,
+                dmts: Sequence[str] = ()) -> go.Figure:
+    """EDSS step plot with relapse markers over DMT background bands.
+
+    ``table`` comes from :func:`ms_core.timeline.visit_table` and ``periods`` from
+    :func:`ms_core.timeline.dmt_periods`; ``dmts`` (see :func:`study_dmts`) keeps each DMT's
+    colour the same for every patient of a study.
+    """
+    fig = go.Figure()
+    for period in periods.itertuples(index=False):
+        fig.add_vrect(
+            x0=period.start, x1=period.end, fillcolor=_band_colour(str(period.dmt), dmts),
+            opacity=0.3, line_width=0, layer="below",
+            annotation_text=str(period.dmt), annotation_position="top left",
+            annotation_font_size=11,
+        )
+    fig.add_trace(go.Scatter(
+        x=table["acq_date"], y=table["edss"], mode="lines+markers", line_shape="hv",
+        connectgaps=True, name="EDSS", customdata=table[["session_id", "dmt"]],
+        hovertemplate="%{customdata[0]} %{x|%Y-%m-%d}<br>EDSS %{y}<br>%{customdata[1]}"
+                      "<extra></extra>",
+    ))
+    relapses = relapse_visits(table)
+    if not relapses.empty:
+        counts = relapses["relapses_since_last"].astype(int)
+        fig.add_trace(go.Scatter(
+            x=relapses["acq_date"], y=relapses["edss_step"].fillna(0.0), mode="markers",
+            name="Relapses since last visit",
+            marker={"symbol": "star", "color": "crimson", "size": 10 + 6 * counts,
+                    "line": {"width": 1, "color": "white"}},
+            customdata=counts, hovertemplate="%{x|%Y-%m-%d}: %{customdata} relapse(s)"
+                                             "<extra></extra>",
+        ))
+    edss = table["edss"].dropna()
+    lo = max(0.0, float(edss.min()) - 1.0) if not edss.empty else 0.0
+    hi = min(10.0, float(edss.max()) + 1.5) if not edss.empty else 10.0
+    fig.update_yaxes(title_text="EDSS", range=[lo, hi], dtick=0.5 if hi - lo <= 4 else 1.0)
+    fig.update_xaxes(title_text="Visit date")
+    fig.update_layout(title="EDSS, relapses and disease-modifying therapy", height=380,
+                      margin={"t": 60, "b": 40}, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def volume_figure(table: pd.DataFrame) -> go.Figure:
+    """Total lesion volume and brain volume (ml) per visit, from the ground truth."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "Total lesion volume (ml)", "Brain volume (ml)"))
+    for col, (name, colour) in enumerate(
+            (("lesion_volume_ml", "crimson"), ("brain_volume_ml", "#4fa3e0")), start=1):
+        fig.add_trace(go.Scatter(
+            x=table["acq_date"], y=table[name], mode="lines+markers", name=name,
+            line={"color": colour}, customdata=table["session_id"],
+            hovertemplate="%{customdata} %{x|%Y-%m-%d}: %{y:.2f} ml<extra></extra>",
+        ), row=1, col=col)
+    fig.update_layout(title="Ground truth volumes per visit", height=340, showlegend=False,
+                      margin={"t": 80, "b": 40})
+    return fig
