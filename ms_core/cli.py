@@ -61,6 +61,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from ms_core.segment import SegmentParams, segment_files
+
+    params = SegmentParams(method=args.method, threshold=args.threshold,
+                           min_lesion_mm3=args.min_lesion_mm3, skull_stripped=args.skull_stripped,
+                           device=args.device, overlap=args.overlap, tta=args.tta)
+
+    def progress(fraction: float) -> None:
+        if args.verbose:
+            print(f"\rsegmenting: {fraction:4.0%}", end="", file=sys.stderr, flush=True)
+
+    result = segment_files(Path(args.flair), Path(args.t1) if args.t1 else None, Path(args.out),
+                           params, progress)
+    if args.verbose:
+        print(file=sys.stderr)
+    print(json.dumps({"out": str(args.out), "n_lesions": len(result.table),
+                      "lesion_volume_ml": round(float(result.table.volume_ml.sum()), 4),
+                      "provider": result.provider, "seconds": result.seconds}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
@@ -81,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("study", help="study folder")
     val.add_argument("--deep", action="store_true", help="also read every image's voxel data")
     val.set_defaults(func=_cmd_validate)
+    seg = sub.add_parser("segment", help="segment lesions in a FLAIR (network or baseline)")
+    seg.add_argument("--flair", required=True, help="FLAIR image (NIfTI)")
+    seg.add_argument("--t1", help="optional T1w image of the same visit")
+    seg.add_argument("--skull-stripped", action="store_true",
+                     help="inputs are already brain-extracted: skip brain extraction")
+    seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
+    seg.add_argument("--min-lesion-mm3", type=float, default=3.0,
+                     help="drop lesions smaller than this (mm^3)")
+    seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    seg.add_argument("--method", choices=("network", "baseline"), default="network")
+    seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap [0, 1)")
+    seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
+    seg.add_argument("--out", required=True, help="output folder")
+    seg.set_defaults(func=_cmd_segment)
+
     ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask (JSON)")
     ev.add_argument("--pred", required=True, help="predicted mask (NIfTI; non-zero = lesion)")
     ev.add_argument("--truth", required=True, help="reference mask on the same grid")

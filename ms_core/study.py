@@ -156,25 +156,28 @@ def _text(value: object) -> str | None:
     return None if _is_missing(value) else str(value).strip()
 
 
-def _parse_int(value: object, what: str, lo: int, hi: int) -> int | None:
+def _parse_number(value: object, what: str) -> float | None:
     if _is_missing(value):
         return None
     try:
-        number = float(str(value).strip())
+        return float(str(value).strip())
     except ValueError as e:
         raise ValueError(f"{what} {value!r} is not a number") from e
+
+
+def _parse_int(value: object, what: str, lo: int, hi: int) -> int | None:
+    number = _parse_number(value, what)
+    if number is None:
+        return None
     if not number.is_integer() or not lo <= number <= hi:
         raise ValueError(f"{what} {value!r} must be a whole number in {lo}..{hi}")
     return int(number)
 
 
 def _parse_float(value: object, what: str, lo: float, hi: float) -> float | None:
-    if _is_missing(value):
+    number = _parse_number(value, what)
+    if number is None:
         return None
-    try:
-        number = float(str(value).strip())
-    except ValueError as e:
-        raise ValueError(f"{what} {value!r} is not a number") from e
     if not lo <= number <= hi:
         raise ValueError(f"{what} {number} is outside {lo}..{hi}")
     return number

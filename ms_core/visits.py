@@ -10,7 +10,6 @@ to (nibabel's ``aff2axcodes``, e.g. ``"LAS"``: x to the Left, y Anterior, z Supe
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,14 +111,7 @@ def _fmt_number(value: float | None, unit: str = "") -> str:
 class VisitSummary:
     """The clinical and acquisition facts of one visit, ready to display."""
 
-    participant_id: str
-    session_id: str
-    acq_date: dt.date
-    edss: float | None
-    relapses_since_last: int | None
-    dmt: str | None
-    scanner: str | None
-    field_strength_t: float | None
+    visit: Visit
     images: tuple[ImageGeometry, ...] = field(default=())
     unreadable: tuple[str, ...] = field(default=())
 
@@ -129,13 +121,14 @@ class VisitSummary:
         Each readable image adds its shape, voxel size and orientation; an image that exists
         but cannot be read is listed as ``"unreadable"``.
         """
+        v = self.visit
         rows = {
-            "Date": self.acq_date.isoformat(),
-            "EDSS": _fmt_number(self.edss),
-            "Relapses since last visit": _fmt_number(self.relapses_since_last),
-            "DMT": self.dmt or MISSING,
-            "Scanner": self.scanner or MISSING,
-            "Field strength": _fmt_number(self.field_strength_t, "T"),
+            "Date": v.acq_date.isoformat(),
+            "EDSS": _fmt_number(v.edss),
+            "Relapses since last visit": _fmt_number(v.relapses_since_last),
+            "DMT": v.dmt or MISSING,
+            "Scanner": v.scanner or MISSING,
+            "Field strength": _fmt_number(v.field_strength_t, "T"),
         }
         for g in self.images:
             rows[f"{g.modality} shape (voxels)"] = " × ".join(str(s) for s in g.shape)
@@ -162,12 +155,7 @@ def summarize_visit(visit: Visit, images: Mapping[str, ImageGeometry | None] | N
     images = images or {}
     readable = tuple(g for g in images.values() if g is not None)
     unreadable = tuple(m for m, g in images.items() if g is None)
-    return VisitSummary(
-        participant_id=visit.participant_id, session_id=visit.session_id,
-        acq_date=visit.acq_date, edss=visit.edss,
-        relapses_since_last=visit.relapses_since_last, dmt=visit.dmt, scanner=visit.scanner,
-        field_strength_t=visit.field_strength_t, images=readable, unreadable=unreadable,
-    )
+    return VisitSummary(visit=visit, images=readable, unreadable=unreadable)
 
 
 # ----------------------------------------------------------------------------- lesion overlay

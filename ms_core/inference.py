@@ -1,0 +1,163 @@
+"""Model execution: onnxruntime sessions and sliding-window inference.
+
+The only module that imports onnxruntime. :func:`sliding_window` takes any
+``predictor: Callable[[ndarray], ndarray]`` (batch (N, C, X, Y, Z) in, (N, 1, X, Y, Z)
+probabilities out), so tests can pass a fake model and the ONNX session fits in as a closure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ms_core.errors import InputError
+from ms_core.models import ModelCard
+
+__all__ = [
+    "OnnxModel",
+    "gaussian_importance",
+    "load_onnx_model",
+    "sliding_window",
+    "window_starts",
+]
+
+log = logging.getLogger(__name__)
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start indices of windows of ``patch`` covering ``size`` with the given ``overlap``.
+
+    >>> window_starts(100, 64, 0.5)
+    [0, 32, 36]
+    >>> window_starts(64, 64, 0.5)
+    [0]
+    """
+    if size <= patch:
+        return [0]
+    stride = max(1, round(patch * (1.0 - overlap)))
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Gaussian weight map (X, Y, Z) float32 peaking at the window centre (nnU-Net style)."""
+    axes = []
+    for p in patch:
+        x = np.arange(p, dtype=np.float64) - (p - 1) / 2.0
+        axes.append(np.exp(-0.5 * (x / (p * sigma_scale)) ** 2))
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    w = w / w.max()
+    return np.asarray(np.maximum(w, 1e-3), dtype=np.float32)
+
+
+def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[int],
+                   overlap: float = 0.5, flips: Sequence[tuple[int, ...]] = ((),),
+                   progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """Probability map (X, Y, Z) float32 of ``image`` (C, X, Y, Z) by Gaussian-blended windows.
+
+    Parameters
+    ----------
+    image
+        (C, X, Y, Z) float32, each spatial size at least the patch size (pad first).
+    predictor
+        Maps (1, C, px, py, pz) to (1, 1, px, py, pz) probabilities in [0, 1].
+    patch
+        Window size (px, py, pz) in voxels.
+    overlap
+        Fraction of a window shared with its neighbour, in [0, 1).
+    flips
+        Test-time augmentation: each entry is a tuple of spatial axes (0, 1, 2) to flip; the
+        prediction is flipped back and averaged. ``((),)`` means no augmentation.
+    progress
+        Called with the fraction of windows done.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {image.shape}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}")
+    if len(patch) != 3 or any(int(p) < 1 for p in patch):
+        raise ValueError(f"patch must be three positive sizes, got {tuple(patch)}")
+    spatial = image.shape[1:]
+    if any(s < p for s, p in zip(spatial, patch, strict=True)):
+        raise ValueError(f"image {spatial} is smaller than the patch {tuple(patch)}; pad it")
+    weight = gaussian_importance(patch)
+    acc = np.zeros(spatial, dtype=np.float32)
+    norm = np.zeros(spatial, dtype=np.float32)
+    starts = [window_starts(s, int(p), overlap) for s, p in zip(spatial, patch, strict=True)]
+    total = len(starts[0]) * len(starts[1]) * len(starts[2])
+    done = 0
+    for x in starts[0]:
+        for y in starts[1]:
+            for z in starts[2]:
+                box = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+                window = image[(slice(None), *box)][None]
+                pred = np.zeros(tuple(patch), dtype=np.float32)
+                for axes in flips:
+                    flip_axes = tuple(a + 2 for a in axes)
+                    inp = np.flip(window, flip_axes) if axes else window
+                    out = np.asarray(predictor(np.ascontiguousarray(inp)), dtype=np.float32)
+                    out = np.flip(out, flip_axes) if axes else out
+                    pred += out[0, 0]
+                acc[box] += weight * pred / len(flips)
+                norm[box] += weight
+                done += 1
+                if progress is not None:
+                    progress(done / total)
+    return np.asarray(acc / norm, dtype=np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class OnnxModel:
+    """An onnxruntime session for a verified model card, and the provider actually used."""
+
+    card: ModelCard
+    session: Any
+    provider: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, X, Y, Z) float32 -> (N, 1, X, Y, Z) probabilities."""
+        out = self.session.run([self.card.output_name],
+                               {self.card.input_name: batch.astype(np.float32, copy=False)})
+        return np.asarray(out[0])
+
+
+def load_onnx_model(card: ModelCard, device: str = "auto", threads: int | None = None
+                    ) -> OnnxModel:
+    """Create the onnxruntime session for ``card`` on ``device`` ("auto", "cpu" or "cuda").
+
+    ``auto`` uses CUDA when onnxruntime can actually start it (``session.get_providers()``), CPU
+    otherwise. ``cuda`` raises :class:`InputError` when CUDA cannot be used. ``threads`` sets the
+    CPU intra-op threads (default: all cores).
+    """
+    import onnxruntime as ort
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(None, f"device must be auto, cpu or cuda, not {device!r}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    path = str(card.onnx_path)
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            session = ort.InferenceSession(path, opts, providers=[
+                ("CUDAExecutionProvider", {"gpu_mem_limit": 6 * 1024**3,
+                                           "arena_extend_strategy": "kSameAsRequested"}),
+                "CPUExecutionProvider"])
+            if session.get_providers()[0] == "CUDAExecutionProvider":
+                return OnnxModel(card, session, "CUDAExecutionProvider")
+        except (RuntimeError, ValueError, OSError) as e:  # CUDA libraries absent or broken
+            log.info("CUDA provider unavailable (%s); using CPU", e)
+    if device == "cuda":
+        raise InputError(card.onnx_path, "device 'cuda' requested but onnxruntime cannot use a "
+                                         "CUDA GPU here; use --device auto or cpu")
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return OnnxModel(card, session, session.get_providers()[0])

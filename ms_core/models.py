@@ -1,0 +1,107 @@
+"""The shipped models: manifest, model cards and integrity checks (no onnxruntime here).
+
+``models_onnx/manifest.json`` lists each model by name with its ONNX path, card path and sha256::
+
+    {"models": {"lesion_seg": {"onnx": "lesion_seg/model.onnx", "card": "lesion_seg/model.json",
+                               "sha256": "..."}}}
+
+A model is usable only when its file exists, its sha256 matches the manifest *and* its card, and
+its card has every field the code needs. Anything else is refused with :class:`ModelError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ms_core.errors import InputError
+from ms_core.io import read_json
+
+__all__ = ["MODELS_DIR", "ModelCard", "ModelError", "load_model_card", "sha256_file"]
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models_onnx"
+_REQUIRED = ("name", "version", "sha256", "input", "output", "preprocessing", "training")
+
+
+class ModelError(InputError):
+    """A model that is missing, altered or described inconsistently."""
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What inference needs to know about a model, read from its ``model.json``."""
+
+    name: str
+    version: str
+    onnx_path: Path
+    sha256: str
+    input_name: str
+    output_name: str
+    channels: tuple[str, ...]
+    spacing_mm: float
+    patch_size: tuple[int, int, int]
+    multiple_of: int
+    normalisation: str
+    threshold: float
+    raw: dict[str, Any]
+
+
+def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard:
+    """Read and verify model ``name`` from ``models_dir``.
+
+    Raises
+    ------
+    ModelError
+        unknown name, missing file, sha256 mismatch (file altered or manifest stale), or a card
+        without the required fields.
+    """
+    root = Path(models_dir)
+    manifest_path = root / "manifest.json"
+    try:
+        manifest = read_json(manifest_path)
+    except InputError as e:
+        raise ModelError(manifest_path, f"model manifest unreadable: {e.problem}") from e
+    entry = manifest.get("models", {}).get(name)
+    if entry is None:
+        known = sorted(manifest.get("models", {}))
+        raise ModelError(manifest_path, f"no model named {name!r}; known: {known}")
+    onnx_path = root / entry["onnx"]
+    card_path = root / entry["card"]
+    if not onnx_path.is_file():
+        raise ModelError(onnx_path, "model file not found")
+    try:
+        card = read_json(card_path)
+    except InputError as e:
+        raise ModelError(card_path, f"model card unreadable: {e.problem}") from e
+    missing = [k for k in _REQUIRED if k not in card]
+    if missing:
+        raise ModelError(card_path, f"model card lacks {missing}")
+    actual = sha256_file(onnx_path)
+    if actual != entry["sha256"] or actual != card["sha256"]:
+        raise ModelError(onnx_path, (
+            f"sha256 {actual[:12]}... does not match the manifest ({entry['sha256'][:12]}...) "
+            f"and card ({card['sha256'][:12]}...): the model was altered or not registered; "
+            "refusing to load it"))
+    inp, pre = card["input"], card["preprocessing"]
+    try:
+        return ModelCard(
+            name=card["name"], version=str(card["version"]), onnx_path=onnx_path, sha256=actual,
+            input_name=inp["name"], output_name=card["output"]["name"],
+            channels=tuple(inp["channels"]), spacing_mm=float(pre["spacing_mm"]),
+            patch_size=tuple(int(p) for p in inp["patch_size"]),  # type: ignore[arg-type]
+            multiple_of=int(inp["multiple_of"]), normalisation=str(pre["normalisation"]),
+            threshold=float(card.get("threshold", 0.5)), raw=card,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(card_path, f"model card field missing or malformed: {e}") from e

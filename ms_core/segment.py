@@ -1,0 +1,250 @@
+"""Lesion segmentation of one visit: preprocessing, network or baseline, lesion table, outputs.
+
+Two methods share one interface:
+
+- ``network``: our 3D U-Net (``models_onnx/lesion_seg``) run with onnxruntime by sliding window
+  on a 1 mm RAS working grid, FLAIR plus optional T1w;
+- ``baseline``: a classical FLAIR-hyperintensity rule inside white matter (FLAIR brighter than
+  grey matter by 2 robust standard deviations, inside the registered MNI white-matter prior), so
+  every report can show what the network adds.
+
+Both return a probability map on the *input FLAIR's own grid and affine*.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from ms_core import __version__
+from ms_core.anatomy import load_template
+from ms_core.domain import Volume
+from ms_core.errors import InputError
+from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
+from ms_core.io import atomic_write_text, load_volume, save_labels, save_volume, write_json
+from ms_core.lesions import lesion_table, threshold_probability
+from ms_core.models import load_model_card, sha256_file
+from ms_core.preprocess import (
+    Grid,
+    crop_box,
+    normalize_intensity,
+    pad_to_multiple,
+    resample_to_grid,
+    template_to_subject,
+    working_grid,
+)
+
+__all__ = ["SegmentParams", "SegmentationResult", "segment_files", "segment_volumes",
+           "write_outputs"]
+
+log = logging.getLogger(__name__)
+Method = Literal["network", "baseline"]
+BASELINE_Z = 2.0
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """User-facing settings of a segmentation run (recorded in the provenance)."""
+
+    method: Method = "network"
+    threshold: float = 0.5
+    min_lesion_mm3: float = 3.0
+    skull_stripped: bool = False
+    device: str = "auto"
+    overlap: float = 0.5
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in ("network", "baseline"):
+            raise InputError(None, f"method must be network or baseline, not {self.method!r}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise InputError(None, f"threshold must be in (0, 1], got {self.threshold}")
+        if self.min_lesion_mm3 < 0:
+            raise InputError(None, f"min-lesion-mm3 must be >= 0, got {self.min_lesion_mm3}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(None, f"overlap must be in [0, 1), got {self.overlap}")
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationResult:
+    """Outputs on the FLAIR grid: ``prob`` (X, Y, Z) float32, ``labels`` (X, Y, Z) int32."""
+
+    prob: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    table: pd.DataFrame
+    provider: str
+    model: dict[str, str] | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 3)
+        self._t = now
+
+
+def _stripped_brain(data: np.ndarray) -> np.ndarray:
+    """Brain of an already skull-stripped image: non-background voxels, holes filled."""
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise ValueError("the image is blank (no positive voxels)")
+    mask = data > 0.01 * float(np.percentile(positive, 99))
+    labels, n = ndi.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return np.asarray(ndi.binary_fill_holes(mask))
+
+
+def baseline_probability(flair: np.ndarray, brain: np.ndarray, gm_prior: np.ndarray,
+                         wm_prior: np.ndarray) -> np.ndarray:
+    """Classical lesion probability: FLAIR brighter than grey matter, inside white matter.
+
+    On FLAIR, lesions are brighter than GM, which is brighter than WM. With the GM intensity
+    estimated on voxels whose registered GM prior exceeds 0.7, a voxel scores
+    z = (I - median_GM) / (1.4826 MAD_GM) and p = sigmoid((z - 2) / 0.5) where the WM prior
+    exceeds 0.3, else 0. (k = 2 and the 0.3 prior were chosen on demo-study visits, never on the
+    real validation scan.) Returns (X, Y, Z) float32.
+    """
+    core = (gm_prior > 0.7) & brain
+    vals = flair[core] if core.sum() > 100 else flair[brain]
+    med = float(np.median(vals))
+    mad = float(np.median(np.abs(vals - med))) * 1.4826
+    if mad <= 0:
+        raise ValueError("FLAIR has no intensity spread inside the brain")
+    z = (flair - med) / mad
+    wm = (wm_prior > 0.3) & brain
+    p = 1.0 / (1.0 + np.exp(-(z - BASELINE_Z) / 0.5))
+    return np.asarray(np.where(wm, p, 0.0), dtype=np.float32)
+
+
+def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
+                    model: OnnxModel | None = None,
+                    progress: Callable[[float], None] | None = None) -> SegmentationResult:
+    """Segment lesions in ``flair`` (and ``t1`` when given); see the module docstring.
+
+    ``model`` is required for the network method (see :func:`load_onnx_model`).
+    """
+    timer = _Timer()
+    grid = working_grid(flair, 1.0)
+    f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
+    need_registration = not params.skull_stripped or params.method == "baseline"
+    to_mni = (template_to_subject(flair, skull_stripped=params.skull_stripped)
+              if need_registration else None)
+    if params.skull_stripped:
+        brain = _stripped_brain(f_work)
+    else:
+        assert to_mni is not None
+        brain = _warp_template(load_template().brain, to_mni, grid) >= 0.5
+        brain = np.asarray(ndi.binary_fill_holes(brain))
+    if not brain.any():
+        raise InputError(flair.source, "brain extraction found no brain in this FLAIR")
+    timer.lap("preprocess_brain")
+    box = crop_box(brain, margin=4)
+    f_norm = normalize_intensity(f_work[box], brain[box])
+    prob_box: np.ndarray
+    if params.method == "network":
+        if model is None:
+            raise ValueError("the network method needs a model (load_onnx_model)")
+        t1_norm = np.zeros_like(f_norm)
+        if t1 is not None:
+            t1_work = resample_to_grid(t1.data, t1.affine, grid, order=1)
+            t1_norm = normalize_intensity(t1_work[box], brain[box])
+        x = np.stack([f_norm, t1_norm]).astype(np.float32)
+        patch = model.card.patch_size
+        x_pad, back = pad_to_multiple(x, model.card.multiple_of, minimum=max(patch))
+        timer.lap("preprocess_normalise")
+        flips = ((), (0,), (1,), (2,)) if params.tta else ((),)
+        prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
+                                  flips=flips, progress=progress)
+        prob_box = prob_pad[back[1:]]
+        provider = model.provider
+        model_info: dict[str, str] | None = {"name": model.card.name,
+                                             "version": model.card.version,
+                                             "sha256": model.card.sha256}
+    else:
+        assert to_mni is not None
+        tpl = load_template()
+        gm = _warp_template(tpl.gm, to_mni, grid)[box]
+        wm = _warp_template(tpl.wm, to_mni, grid)[box]
+        timer.lap("preprocess_normalise")
+        prob_box = baseline_probability(f_norm, brain[box], gm, wm)
+        provider, model_info = "numpy", None
+    timer.lap("inference")
+    prob_work = np.zeros(grid.shape, dtype=np.float32)
+    prob_work[box] = prob_box
+    native = Grid(flair.shape, flair.affine)
+    prob = np.clip(resample_to_grid(prob_work, grid.affine, native, order=1), 0.0, 1.0)
+    labels = threshold_probability(prob, affine=flair.affine, threshold=params.threshold,
+                                   min_lesion_mm3=params.min_lesion_mm3)
+    table = lesion_table(labels, affine=flair.affine, prob=prob)
+    timer.lap("postprocess")
+    return SegmentationResult(prob.astype(np.float32), labels, flair.affine, table, provider,
+                              model_info, timer.seconds)
+
+
+def _warp_template(volume: np.ndarray, subject_to_mni: np.ndarray, grid: Grid) -> np.ndarray:
+    tpl = load_template()
+    m = np.linalg.inv(tpl.affine) @ subject_to_mni @ grid.affine
+    out = ndi.affine_transform(volume, m[:3, :3], offset=m[:3, 3], output_shape=grid.shape,
+                               order=1, mode="constant", cval=0.0)
+    return np.asarray(out, dtype=np.float32)
+
+
+def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentParams,
+                  inputs: dict[str, Path]) -> None:
+    """Write the segment CLI's files into ``out_dir`` atomically; provenance last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    save_volume(out_dir / "lesion_prob.nii.gz", result.prob, result.affine, np.float32)
+    save_labels(out_dir / "lesion_mask.nii.gz", (result.labels > 0).astype(np.uint8),
+                result.affine)
+    atomic_write_text(out_dir / "lesions.csv", result.table.to_csv(index=False,
+                                                                    float_format="%.6g"))
+    seconds = {**result.seconds, "write": round(time.perf_counter() - t0, 3)}
+    write_json(out_dir / "provenance.json", {
+        "tool": "ms_core segment", "version": __version__,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "parameters": asdict(params), "provider": result.provider, "model": result.model,
+        "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
+        "n_lesions": len(result.table), "lesion_volume_ml": float(result.table.volume_ml.sum()),
+        "seconds": seconds,
+    })
+
+
+def segment_files(flair_path: Path, t1_path: Path | None, out_dir: Path,
+                  params: SegmentParams,
+                  progress: Callable[[float], None] | None = None) -> SegmentationResult:
+    """Load, segment and write (the ``segment`` CLI). Raises :class:`InputError` on bad input."""
+    t0 = time.perf_counter()
+    flair = load_volume(flair_path, "FLAIR")
+    t1 = load_volume(t1_path, "T1w") if t1_path is not None else None
+    load_s = round(time.perf_counter() - t0, 3)
+    model = None
+    if params.method == "network":
+        model = load_onnx_model(load_model_card("lesion_seg"), params.device)
+    try:
+        result = segment_volumes(flair, t1, params, model, progress)
+    except ValueError as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(flair_path, str(e)) from e
+    result.seconds["load"] = load_s
+    inputs = {"flair": flair_path} | ({"t1": t1_path} if t1_path is not None else {})
+    write_outputs(out_dir, result, params, inputs)
+    return result

@@ -1,0 +1,81 @@
+"""Tests for ms_core.models and the shipped model: integrity checks and provider reporting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ms_core.errors import InputError
+from ms_core.inference import load_onnx_model
+from ms_core.models import MODELS_DIR, ModelError, load_model_card, sha256_file
+
+SHIPPED = MODELS_DIR / "manifest.json"
+
+
+def _fake_models(root: Path) -> Path:
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "model.onnx").write_bytes(b"not really onnx")
+    digest = sha256_file(root / "m" / "model.onnx")
+    card = {"name": "m", "version": "1", "sha256": digest, "threshold": 0.5,
+            "input": {"name": "image", "channels": ["FLAIR"], "patch_size": [8, 8, 8],
+                      "multiple_of": 8},
+            "output": {"name": "prob"}, "preprocessing": {"spacing_mm": 1.0,
+                                                          "normalisation": "median"},
+            "training": {}}
+    (root / "m" / "model.json").write_text(json.dumps(card))
+    manifest = {"models": {"m": {"onnx": "m/model.onnx", "card": "m/model.json",
+                                 "sha256": digest}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_card_loads_when_consistent(tmp_path: Path) -> None:
+    card = load_model_card("m", _fake_models(tmp_path))
+    assert card.patch_size == (8, 8, 8) and card.channels == ("FLAIR",)
+
+
+def test_altered_model_is_refused(tmp_path: Path) -> None:
+    root = _fake_models(tmp_path)
+    (root / "m" / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="altered or not registered"):
+        load_model_card("m", root)
+
+
+def test_unknown_missing_and_incomplete_models_are_refused(tmp_path: Path) -> None:
+    root = _fake_models(tmp_path)
+    with pytest.raises(ModelError, match="no model named 'x'"):
+        load_model_card("x", root)
+    card = json.loads((root / "m" / "model.json").read_text())
+    del card["preprocessing"]
+    (root / "m" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="lacks \\['preprocessing'\\]"):
+        load_model_card("m", root)
+    (root / "m" / "model.onnx").unlink()
+    with pytest.raises(ModelError, match="model file not found"):
+        load_model_card("m", root)
+    with pytest.raises(ModelError, match="manifest unreadable"):
+        load_model_card("m", tmp_path / "nowhere")
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped models yet")
+def test_shipped_segmentation_model_runs_on_cpu(tmp_path: Path) -> None:
+    card = load_model_card("lesion_seg")
+    model = load_onnx_model(card, "cpu", threads=1)
+    assert model.provider == "CPUExecutionProvider"
+    x = np.zeros((1, 2, 16, 16, 16), np.float32)
+    out = model.predict(x)
+    assert out.shape == (1, 1, 16, 16, 16) and np.all((out >= 0) & (out <= 1))
+    with pytest.raises(InputError, match="device must be"):
+        load_onnx_model(card, "tpu")
+    # A copy with one byte changed is refused before onnxruntime ever sees it.
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, copy)
+    raw = bytearray((copy / "lesion_seg" / "model.onnx").read_bytes())
+    raw[-1] ^= 0xFF
+    (copy / "lesion_seg" / "model.onnx").write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match="altered"):
+        load_model_card("lesion_seg", copy)

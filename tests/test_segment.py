@@ -1,0 +1,103 @@
+"""Tests for ms_core.segment and the segment CLI: outputs on the FLAIR grid, both methods."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ms_core.domain import Volume
+from ms_core.errors import InputError
+from ms_core.evaluate import dice
+from ms_core.io import load_lesion_mask, load_volume
+from ms_core.models import MODELS_DIR
+from ms_core.segment import SegmentParams, baseline_probability, segment_volumes
+from ms_core.study import image_path, truth_dir
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_MODEL = (MODELS_DIR / "manifest.json").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ms_core", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_params_are_checked() -> None:
+    with pytest.raises(InputError, match="threshold"):
+        SegmentParams(threshold=0.0)
+    with pytest.raises(InputError, match="method"):
+        SegmentParams(method="magic")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="min-lesion-mm3"):
+        SegmentParams(min_lesion_mm3=-1)
+
+
+def test_baseline_rule_on_a_toy_image() -> None:
+    flair = np.full((20, 20, 20), 1.0, np.float32)
+    gm = np.zeros_like(flair)
+    gm[:5] = 1.0
+    flair[:5] = 1.3 + np.random.default_rng(0).normal(0, 0.05, (5, 20, 20))  # grey matter
+    flair[10:13, 10:13, 10:13] = 2.0  # lesion in white matter
+    wm = 1.0 - gm
+    p = baseline_probability(flair, np.ones_like(flair, bool), gm, wm)
+    assert p[11, 11, 11] > 0.99 and p[15, 15, 15] < 0.01 and p[:5].max() == 0.0
+
+
+def test_baseline_cli_writes_the_contract_files(small_study: Path, tmp_path: Path) -> None:
+    flair = image_path(small_study, "sub-02", "ses-02", "FLAIR")
+    result = _cli("segment", "--flair", str(flair), "--method", "baseline", "--out",
+                  str(tmp_path / "out"), "--min-lesion-mm3", "5")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    src = nib.load(flair)
+    prob, mask = nib.load(out / "lesion_prob.nii.gz"), nib.load(out / "lesion_mask.nii.gz")
+    for img in (prob, mask):
+        assert img.shape == src.shape and np.allclose(img.affine, src.affine, atol=1e-4)
+    assert prob.get_data_dtype() == np.float32 and mask.get_data_dtype() == np.uint8
+    p = np.asanyarray(prob.dataobj)
+    assert p.min() >= 0.0 and p.max() <= 1.0
+    table = pd.read_csv(out / "lesions.csv")
+    assert {"lesion_id", "volume_ml", "centroid_x_mm", "mean_prob", "max_prob"} <= set(table)
+    assert table.volume_ml.min() * 1000 >= 5.0 - 1e-6
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["parameters"]["method"] == "baseline" and prov["model"] is None
+    assert prov["inputs"]["flair"]["sha256"] and "inference" in prov["seconds"]
+    truth = load_lesion_mask(truth_dir(small_study, "sub-02", "ses-02") / "lesion_labels.nii.gz")
+    assert dice(np.asanyarray(mask.dataobj), truth.labels) > 0.5
+
+
+def test_bad_input_gives_a_clear_cli_error(tmp_path: Path) -> None:
+    bad = tmp_path / "flair.nii.gz"
+    bad.write_bytes(b"nope")
+    result = _cli("segment", "--flair", str(bad), "--method", "baseline", "--out",
+                  str(tmp_path / "o"))
+    assert result.returncode == 2 and "flair.nii.gz" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+    blank = Volume(np.zeros((20, 20, 20)), np.eye(4), "FLAIR")
+    with pytest.raises(ValueError, match="blank"):
+        segment_volumes(blank, None, SegmentParams(method="baseline", skull_stripped=True))
+
+
+@pytest.mark.skipif(not HAS_MODEL, reason="no exported segmentation model")
+def test_network_segmentation_is_deterministic_and_finds_lesions(small_study: Path,
+                                                                 tmp_path: Path) -> None:
+    flair = image_path(small_study, "sub-01", "ses-03", "FLAIR")
+    t1 = image_path(small_study, "sub-01", "ses-03", "T1w")
+    runs = []
+    for name in ("a", "b"):
+        result = _cli("segment", "--flair", str(flair), "--t1", str(t1), "--device", "cpu",
+                      "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        runs.append((tmp_path / name / "lesion_mask.nii.gz").read_bytes())
+    assert runs[0] == runs[1]  # bit-identical mask on re-run
+    prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    assert prov["provider"] == "CPUExecutionProvider" and len(prov["model"]["sha256"]) == 64
+    mask = load_volume(tmp_path / "a" / "lesion_mask.nii.gz", "mask")
+    truth = load_lesion_mask(truth_dir(small_study, "sub-01", "ses-03") / "lesion_labels.nii.gz")
+    assert dice(mask.data > 0, truth.labels) > 0.4

@@ -1,0 +1,134 @@
+"""Export trained U-Net weights to ONNX, check parity with torch, write the card and manifest.
+
+Usage::
+
+    python -m training.seg.export --run training/runs/seg_v1 [--weights weights_best.npz]
+
+Writes ``models_onnx/lesion_seg/{model.onnx, model.json, weights.npz}`` and updates
+``models_onnx/manifest.json``. The export fails (exit 1) unless onnxruntime and torch agree:
+Dice >= 0.999 between thresholded masks and max |delta p| <= 1e-3 on a test volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ms_core.anatomy import load_template
+from ms_core.evaluate import dice
+from ms_core.io import read_json, write_json
+from ms_core.models import MODELS_DIR, sha256_file
+from training.seg.model import UNet3D
+from training.seg.synth_data import PatchSampler, load_lesion_bank
+from training.seg.train import DEFAULT_MNI, load_weights
+
+NAME = "lesion_seg"
+
+
+class _WithSigmoid(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> dict[str, float]:
+    """Compare torch and onnxruntime (CPU) outputs on ``x`` (N, C, X, Y, Z)."""
+    with torch.no_grad():
+        p_torch = model(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    p_onnx = sess.run(None, {"image": x})[0]
+    return {"max_abs_prob_diff": float(np.abs(p_torch - p_onnx).max()),
+            "mask_dice": dice(p_torch >= 0.5, p_onnx >= 0.5)}
+
+
+def update_manifest(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
+    path = models_dir / "manifest.json"
+    manifest = read_json(path) if path.exists() else {"models": {}}
+    manifest.setdefault("models", {})[name] = entry
+    write_json(path, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="training run folder")
+    ap.add_argument("--weights", default="weights_best.npz")
+    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    ap.add_argument("--version", default="1.0.0")
+    args = ap.parse_args(argv)
+
+    config = read_json(args.run / "config.json")
+    metrics = read_json(args.run / "metrics.json")
+    widths = tuple(int(w) for w in config["widths"])
+    net = UNet3D(2, widths)
+    load_weights(net, args.run / args.weights)
+    net.eval()
+    model = _WithSigmoid(net).eval()
+
+    out_dir = args.models_dir / NAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "model.onnx.tmp"
+    example = torch.zeros(1, 2, 64, 64, 64)
+    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["prob"],
+                      opset_version=17, dynamo=False,
+                      dynamic_axes={"image": {0: "n", 2: "x", 3: "y", 4: "z"},
+                                    "prob": {0: "n", 2: "x", 3: "y", 4: "z"}})
+    # Parity on realistic synthetic patches (one lesion-rich batch, larger than training size).
+    bank = load_lesion_bank(Path(config.get("mni_dir", DEFAULT_MNI)), load_template())
+    sampler = PatchSampler(bank, 96, seed=424242)
+    x = np.stack([sampler.sample()[0] for _ in range(2)]).astype(np.float32)
+    check = parity(model, tmp, x)
+    print(check, flush=True)
+    if check["max_abs_prob_diff"] > 1e-3 or check["mask_dice"] < 0.999:
+        tmp.unlink()
+        print("parity check failed: model not exported", file=sys.stderr)
+        return 1
+    tmp.replace(out_dir / "model.onnx")
+    shutil.copyfile(args.run / args.weights, out_dir / "weights.npz")
+    digest = sha256_file(out_dir / "model.onnx")
+    card_path = out_dir / "model.json"
+    old = read_json(card_path) if card_path.exists() else {}
+    card = {
+        "name": NAME, "version": args.version, "sha256": digest,
+        "task": "MS white-matter lesion segmentation (binary), research use only",
+        "architecture": f"3D U-Net, widths {list(widths)}, instance norm, LeakyReLU; "
+                        f"{sum(p.numel() for p in net.parameters())} parameters",
+        "input": {"name": "image", "layout": "NCXYZ (x, y, z in RAS+ voxel order)",
+                  "channels": ["FLAIR", "T1w"], "missing_channel": "zeros (T1w optional)",
+                  "patch_size": [64, 64, 64], "multiple_of": 8, "dtype": "float32"},
+        "output": {"name": "prob", "layout": "N1XYZ", "meaning": "lesion probability (sigmoid)"},
+        "label_map": {"0": "background", "1": "lesion"},
+        "threshold": 0.5,
+        "preprocessing": {"spacing_mm": 1.0, "orientation": "RAS+ axis-aligned working grid",
+                          "normalisation": "divide by the median intensity inside the brain "
+                                           "mask; zero outside",
+                          "brain_extraction": "MNI152 brain mask registered to the FLAIR "
+                                              "(skipped with --skull-stripped)"},
+        "training": {"command": config.get("command"), "seed": config.get("seed"),
+                     "steps": config.get("steps"), "git_commit_at_launch": config.get(
+                         "git_commit"), "torch": config.get("torch"),
+                     "data": "synthetic MNI152 volumes with 27 real consensus lesion masks of "
+                             "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded",
+                     "best_synthetic_val_dice": metrics.get("best_synthetic_val_dice"),
+                     "train_seconds": metrics.get("train_seconds")},
+        "export": {"opset": 17, "onnxruntime": ort.__version__, "parity": check},
+        "evaluation": old.get("evaluation", {}),
+    }
+    write_json(card_path, card)
+    update_manifest(args.models_dir, NAME, {"onnx": f"{NAME}/model.onnx",
+                                            "card": f"{NAME}/model.json", "sha256": digest})
+    print(f"exported {out_dir / 'model.onnx'} sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
