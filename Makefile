@@ -55,9 +55,11 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy --strict ms_core
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	@mkdir -p bench/results
 	$(PY) bench/demo_build.py
+	$(PY) bench/segment_speed.py --method network
+	$(PY) bench/segment_speed.py --method baseline
 
 clean-venv:
 	rm -rf $(VENV)

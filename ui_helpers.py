@@ -29,7 +29,15 @@ from ms_core import state_keys
 from ms_core.domain import Visit
 from ms_core.errors import InputError
 from ms_core.io import load_lesion_mask, load_volume, read_json
-from ms_core.study import Study, image_path, lesion_overlay_path, load_study, truth_dir
+from ms_core.segment import segment_visit, segmentation_status
+from ms_core.study import (
+    Study,
+    derivatives_dir,
+    image_path,
+    lesion_overlay_path,
+    load_study,
+    truth_dir,
+)
 from ms_core.timeline import NO_DMT, relapse_visits
 from ms_core.visits import (
     ImageGeometry,
@@ -53,7 +61,10 @@ __all__ = [
     "image_file_bytes",
     "lesion_overlay",
     "load_truth",
+    "probability_overlay",
     "routed_run",
+    "run_segmentation",
+    "segmentation_result",
     "study_dmts",
     "truths_for",
     "visit_lesions",
@@ -404,3 +415,45 @@ def volume_figure(table: pd.DataFrame) -> go.Figure:
     fig.update_layout(title="Ground truth volumes per visit", height=340, showlegend=False,
                       margin={"t": 80, "b": 40})
     return fig
+
+
+# ----------------------------------------------------------------------------- segmentation
+@st.cache_data(max_entries=64, show_spinner=False)
+def _segmentation_status(root: str, pid: str, sid: str,
+                         stamps: tuple[tuple[int, int], ...]) -> dict[str, Any] | None:
+    study = cached_study(root)
+    return segmentation_status(Path(root), study.visit(pid, sid))
+
+
+def _segmentation_stamps(root: Path, visit: Visit) -> tuple[tuple[int, int], ...]:
+    out = derivatives_dir(root, visit.participant_id, visit.session_id)
+    files = [out / "provenance.json", *visit.images.values()]
+    return tuple(_stamp(p) for p in files)
+
+
+def segmentation_result(root: Path, visit: Visit) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """Provenance and lesion table of the visit's current network segmentation, or ``None``.
+
+    Cached on the files' modification times; a segmentation made from other inputs or
+    parameters does not count (see :func:`ms_core.segment.segmentation_status`).
+    """
+    prov = _segmentation_status(str(root), visit.participant_id, visit.session_id,
+                                _segmentation_stamps(root, visit))
+    if prov is None:
+        return None
+    table_path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesions.csv"
+    return prov, pd.read_csv(table_path)
+
+
+def run_segmentation(root: Path, visit: Visit) -> None:
+    """Segment the visit with the network now, showing a progress bar (blocks this session)."""
+    bar = st.progress(0.0, text="Segmenting lesions…")
+    segment_visit(root, visit, progress=lambda f: bar.progress(
+        min(f, 1.0), text=f"Segmenting lesions… {f:.0%}"))
+    bar.empty()
+
+
+def probability_overlay(root: Path, visit: Visit) -> bytes | None:
+    """Gzipped NIfTI bytes of the stored lesion probability map, or ``None``."""
+    path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesion_prob.nii.gz"
+    return _file_bytes(str(path), _stamp(path)) if path.exists() else None

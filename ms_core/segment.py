@@ -27,10 +27,17 @@ from scipy import ndimage as ndi
 
 from ms_core import __version__
 from ms_core.anatomy import load_template
-from ms_core.domain import Volume
+from ms_core.domain import Visit, Volume
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.io import atomic_write_text, load_volume, save_labels, save_volume, write_json
+from ms_core.io import (
+    atomic_write_text,
+    load_volume,
+    read_json,
+    save_labels,
+    save_volume,
+    write_json,
+)
 from ms_core.lesions import lesion_table, threshold_probability
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import (
@@ -42,9 +49,10 @@ from ms_core.preprocess import (
     template_to_subject,
     working_grid,
 )
+from ms_core.study import derivatives_dir
 
-__all__ = ["SegmentParams", "SegmentationResult", "segment_files", "segment_volumes",
-           "write_outputs"]
+__all__ = ["SegmentParams", "SegmentationResult", "segment_files", "segment_visit",
+           "segment_volumes", "segmentation_status", "write_outputs"]
 
 log = logging.getLogger(__name__)
 Method = Literal["network", "baseline"]
@@ -248,3 +256,42 @@ def segment_files(flair_path: Path, t1_path: Path | None, out_dir: Path,
     inputs = {"flair": flair_path} | ({"t1": t1_path} if t1_path is not None else {})
     write_outputs(out_dir, result, params, inputs)
     return result
+
+
+def _visit_inputs(visit: Visit) -> dict[str, Path]:
+    if "FLAIR" not in visit.images:
+        raise InputError(None, f"{visit.participant_id} {visit.session_id} has no usable FLAIR")
+    return {"flair": visit.images["FLAIR"]} | (
+        {"t1": visit.images["T1w"]} if "T1w" in visit.images else {})
+
+
+def segmentation_status(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),
+                        model_sha256: str | None = None) -> dict[str, object] | None:
+    """The stored segmentation's provenance if it is current, else ``None``.
+
+    Current means: it exists in ``derivatives/ms_dash``, was made with ``params`` (and the model
+    ``model_sha256`` when given) from inputs whose sha256 still match the visit's files. This is
+    the cache of the on-demand segmentation, keyed by input hash.
+    """
+    prov_path = derivatives_dir(root, visit.participant_id, visit.session_id) / "provenance.json"
+    if not prov_path.exists():
+        return None
+    try:
+        prov = read_json(prov_path)
+        inputs = _visit_inputs(visit)
+        same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
+            k: sha256_file(p) for k, p in inputs.items()}
+        same_params = prov["parameters"] == asdict(params)
+        same_model = model_sha256 is None or (prov.get("model") or {}).get(
+            "sha256") == model_sha256
+    except (InputError, KeyError, TypeError, AttributeError):
+        return None
+    return dict(prov) if same_inputs and same_params and same_model else None
+
+
+def segment_visit(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),
+                  progress: Callable[[float], None] | None = None) -> SegmentationResult:
+    """Segment a study visit into ``derivatives/ms_dash/sub-X/ses-Y`` (the segment CLI files)."""
+    inputs = _visit_inputs(visit)
+    out = derivatives_dir(root, visit.participant_id, visit.session_id)
+    return segment_files(inputs["flair"], inputs.get("t1"), out, params, progress)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["PARTICIPANT", "PATIENT_VIEWER", "SESSION", "STUDY_ROOT", "VIEW_MODALITY"]
+__all__ = [
+    "PARTICIPANT",
+    "PATIENT_VIEWER",
+    "SESSION",
+    "SHOW_PROBABILITY",
+    "STUDY_ROOT",
+    "VIEW_MODALITY",
+]
 
 #: Path (str) of the study folder picked in the sidebar.
 STUDY_ROOT = "study_root"
@@ -14,3 +21,5 @@ SESSION = "session_id"
 VIEW_MODALITY = "view_modality"
 #: Prefix of the Patient page viewer's component key (one key per image shown).
 PATIENT_VIEWER = "patient_viewer"
+#: Patient page: overlay the segmentation's probability map instead of the binary mask.
+SHOW_PROBABILITY = "show_probability"

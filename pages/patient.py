@@ -35,12 +35,21 @@ with viewer_col:
     except InputError as e:
         st.error(f"Lesion overlay not shown. {e}")
         overlay = None
+    segmentation = ui_helpers.segmentation_result(study.root, visit)
+    prob = ui_helpers.probability_overlay(study.root, visit) if segmentation else None
+    show_prob = prob is not None and st.toggle("Show the lesion probability map",
+                                               key=state_keys.SHOW_PROBABILITY)
+    if show_prob:
+        layers = [{"data": prob, "name": "lesion_prob.nii.gz", "colormap": "warm",
+                   "opacity": 0.6}]
+    else:
+        layers = [{"data": overlay.data, "name": "lesions.nii.gz", "colormap": "red",
+                   "opacity": 0.7}] if overlay else []
     if geometries.get(modality) is not None:
         path = files[modality]
         niivue_viewer(
             nifti_data=ui_helpers.image_file_bytes(path), filename=path.name,
-            overlays=[{"data": overlay.data, "name": "lesions.nii.gz", "colormap": "red",
-                       "opacity": 0.7}] if overlay else None,
+            overlays=layers or None,
             height=560, view_mode="multiplanar", update_interval_ms=None,
             key=f"{state_keys.PATIENT_VIEWER}-{pid}-{visit.session_id}-{modality}",
         )
@@ -54,6 +63,28 @@ with viewer_col:
 with summary_col:
     st.subheader("Visit summary")
     st.table(summarize_visit(visit, geometries).as_frame(), hide_index=True, hide_header=True)
+
+st.subheader("Lesion segmentation (network)")
+if segmentation is None:
+    st.write("This visit has not been segmented with the current model and settings.")
+    if "FLAIR" in visit.images and st.button("Segment this visit"):
+        try:
+            ui_helpers.run_segmentation(study.root, visit)
+        except InputError as e:
+            st.error(f"Segmentation failed. {e}")
+        else:
+            st.rerun()
+else:
+    prov, seg_table = segmentation
+    model = prov.get("model") or {}
+    st.caption(f"Model {model.get('name')} v{model.get('version')} "
+               f"(sha256 {str(model.get('sha256'))[:12]}…) on {prov['provider']}, "
+               f"threshold {prov['parameters']['threshold']}, made {prov['created_utc']}. "
+               "Research use only.")
+    n_col, v_col = st.columns(2)
+    n_col.metric("Lesions found", len(seg_table))
+    v_col.metric("Lesion volume", f"{seg_table['volume_ml'].sum():.2f} ml")
+    st.dataframe(seg_table, hide_index=True)
 
 try:
     lesions = ui_helpers.visit_lesions(study.root, visit)

@@ -101,3 +101,26 @@ def test_network_segmentation_is_deterministic_and_finds_lesions(small_study: Pa
     mask = load_volume(tmp_path / "a" / "lesion_mask.nii.gz", "mask")
     truth = load_lesion_mask(truth_dir(small_study, "sub-01", "ses-03") / "lesion_labels.nii.gz")
     assert dice(mask.data > 0, truth.labels) > 0.4
+
+
+def test_visit_segmentation_is_cached_by_input_hash_and_parameters(small_study: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from ms_core.segment import segment_visit, segmentation_status
+    from ms_core.study import lesion_overlay_path, load_study
+
+    root = tmp_path / "study"
+    shutil.copytree(small_study, root)
+    visit = load_study(root).visit("sub-01", "ses-01")
+    params = SegmentParams(method="baseline")
+    assert segmentation_status(root, visit, params) is None
+    segment_visit(root, visit, params)
+    status = segmentation_status(root, visit, params)
+    assert status is not None and status["parameters"]["method"] == "baseline"
+    assert lesion_overlay_path(root, "sub-01", "ses-01")[1] == "segmentation"
+    assert segmentation_status(root, visit, SegmentParams(method="baseline", threshold=0.6)) is None
+    # A changed input image invalidates the stored result.
+    flair = visit.images["FLAIR"]
+    flair.write_bytes(image_path(root, "sub-01", "ses-02", "FLAIR").read_bytes())
+    assert segmentation_status(root, visit, params) is None

@@ -68,6 +68,18 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+METHOD_LABELS = {"network_flair": "network, FLAIR", "network_flair_t1": "network, FLAIR + T1w",
+                 "baseline": "baseline"}
+
+
+def _table(headers: list[str], cells: dict[str, list[str]]) -> list[str]:
+    """Markdown rows: one per method (in METHOD_LABELS order) with the given cells."""
+    out = ["| method | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    for key, label in METHOD_LABELS.items():
+        out.append(f"| {label} | " + " | ".join(cells[key]) + " |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
@@ -112,22 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     write_json(REPO / "bench" / "results" / "segmentation_eval.json", results)
 
     p = results["patient26"]
-    rows = ["| method | Dice | lesion F1 (≥1 voxel) | lesion F1 (≥10 %) | TPR | FPR | "
-            "predicted / true ml | seconds |", "|---|---|---|---|---|---|---|---|"]
-    for key, label in (("network_flair", "network, FLAIR"),
-                       ("network_flair_t1", "network, FLAIR + T1w"), ("baseline", "baseline")):
-        r = p[key]
-        rows.append(f"| {label} | {_fmt(r['dice'])} | {_fmt(r['f1_any'])} | "
-                    f"{_fmt(r['f1_10pct'])} | {_fmt(r['tpr_any'])} | {_fmt(r['fpr_any'])} | "
-                    f"{r['pred_ml']:.2f} / {r['truth_ml']:.2f} | {r['seconds']} |")
-    demo_rows = ["| method | mean Dice | mean lesion F1 (≥1 voxel) | mean F1 (≥10 %) | "
-                 "mean abs volume diff (ml) | mean seconds |", "|---|---|---|---|---|---|"]
-    for key, label in (("network_flair", "network, FLAIR"),
-                       ("network_flair_t1", "network, FLAIR + T1w"), ("baseline", "baseline")):
-        s = summary[key]
-        demo_rows.append(f"| {label} | {s['dice']:.3f} | {s['f1_any']:.3f} | "
-                         f"{s['f1_10pct']:.3f} | {s['abs_volume_diff_ml']:.2f} | "
-                         f"{s['seconds']:.1f} |")
+    rows = _table(["Dice", "lesion F1 (≥1 voxel)", "lesion F1 (≥10 %)", "TPR", "FPR",
+                   "predicted / true ml", "seconds"],
+                  {k: [_fmt(r["dice"]), _fmt(r["f1_any"]), _fmt(r["f1_10pct"]),
+                       _fmt(r["tpr_any"]), _fmt(r["fpr_any"]),
+                       f"{r['pred_ml']:.2f} / {r['truth_ml']:.2f}", str(r["seconds"])]
+                   for k, r in p.items()})
+    demo_rows = _table(["mean Dice", "mean lesion F1 (≥1 voxel)", "mean F1 (≥10 %)",
+                        "mean abs volume diff (ml)", "mean seconds"],
+                       {k: [f"{s['dice']:.3f}", f"{s['f1_any']:.3f}", f"{s['f1_10pct']:.3f}",
+                            f"{s['abs_volume_diff_ml']:.2f}", f"{s['seconds']:.1f}"]
+                        for k, s in summary.items()})
     c = card.raw
     text = f"""# Lesion segmentation: evaluation
 
