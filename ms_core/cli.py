@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--skull-stripped", action="store_true",
                      help="inputs are already brain-extracted: skip brain extraction")
     seg.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
-    seg.add_argument("--min-lesion-mm3", type=float, default=3.0,
+    seg.add_argument("--min-lesion-mm3", type=float, default=10.0,
                      help="drop lesions smaller than this (mm^3)")
     seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     seg.add_argument("--method", choices=("network", "baseline"), default="network")

@@ -65,7 +65,9 @@ class SegmentParams:
 
     method: Method = "network"
     threshold: float = 0.5
-    min_lesion_mm3: float = 3.0
+    #: Lesions under about 3 mm in diameter are not counted in MS imaging guidelines (MAGNIMS,
+    #: Filippi et al., Lancet Neurol 2016); 10 mm^3 is a 2.7 mm ball.
+    min_lesion_mm3: float = 10.0
     skull_stripped: bool = False
     device: str = "auto"
     overlap: float = 0.5

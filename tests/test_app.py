@@ -172,3 +172,22 @@ def test_missing_study_folder_shows_error(tmp_path: Path,
     assert not at.exception
     assert any("study folder not found" in e.value for e in at.error)
     assert not at.title  # no page ran
+
+
+@pytest.mark.skipif(not (REPO / "models_onnx" / "manifest.json").exists(),
+                    reason="no exported segmentation model")
+def test_segment_button_runs_the_network_and_shows_its_result(
+        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    at = _app(study, monkeypatch)
+    assert "not been segmented" in " ".join(m.value for m in at.markdown)
+    button = next(b for b in at.button if b.label == "Segment this visit")
+    button.click().run(timeout=300)
+    assert not at.exception and not at.error
+    assert any(m.label == "Lesions found" for m in at.metric)
+    assert any("sha256" in c.value for c in at.caption)
+    assert (study / "derivatives" / "ms_dash" / "sub-01" / "ses-01" / "lesion_mask.nii.gz").exists()
+    at.toggle(key=state_keys.SHOW_PROBABILITY).set_value(True).run()
+    args = _viewer_args(at)
+    assert args is not None and args["overlays"][0]["name"] == "lesion_prob.nii.gz"

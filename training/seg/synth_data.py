@@ -9,7 +9,11 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   texture, partial volume from trilinear sampling;
 - smooth bias field, Rician noise, isotropic blur and thick-slice blur along a random axis
   (slice thickness 1-5 mm), gamma;
-- skull-stripped input (outside the brain mask = 0), as the inference pipeline provides.
+- skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
+- with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
+  positives on real scans: a patchy bright rim at the brain-mask edge (left by brain extraction),
+  small bright dots in grey matter and CSF (vessels, perivascular spaces), and thin bright
+  periventricular caps.
 
 Images are normalised like :func:`ms_core.preprocess.normalize_intensity` (divided by the median
 inside the brain), using the same tissue intensities on a coarse whole-brain rendering.
@@ -112,12 +116,13 @@ class PatchSampler:
     """Draws (image, label) training patches; deterministic for a given ``seed``."""
 
     def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0,
-                 lesion_fraction: float = 0.7) -> None:
+                 lesion_fraction: float = 0.7, hard_negatives: bool = False) -> None:
         self.tpl = load_template()
         self.bank = bank
         self.patch = patch
         self.rng = np.random.default_rng(seed)
         self.lesion_fraction = lesion_fraction
+        self.hard_negatives = hard_negatives
         self.brain_voxels = np.argwhere(self.tpl.brain > 0.5).astype(np.int16)
         # Coarse (4 mm) tissue fractions for the image-level normalisation statistics.
         sl = (slice(None, None, 4),) * 3
@@ -157,6 +162,11 @@ class PatchSampler:
             return np.asarray(out, dtype=np.float32).reshape(p, p, p)
 
         gm, wm, brain = samp(tpl.gm), samp(tpl.wm), samp(tpl.brain)
+        mimic = np.zeros((p, p, p), np.float32)  # lesion-like, label 0 (hard negatives)
+        inside: np.ndarray | None = None
+        if self.hard_negatives:  # one brain mask for both channels and the mimics
+            inside = brain > rng.uniform(0.2, 0.6)
+            mimic = self._mimics(rng, inside, gm, wm, samp(tpl.ventricles))
         lesion = samp(self.bank.masks[k].astype(np.float32))
         csf = np.clip(brain - gm - wm, 0.0, 1.0)
         label = (lesion >= 0.5).astype(np.float32)
@@ -171,6 +181,9 @@ class PatchSampler:
             lesion_tex = 1.0 + _smooth_field(rng, (p, p, p), 8, rng.uniform(0.0, 0.15))
             img = (gm * con["gm"] + wm * con["wm"] + csf * con["csf"]) * texture
             img = img * (1 - lesion_pv) + lesion_pv * con["lesion"] * lesion_tex
+            if con is c.flair and self.hard_negatives:
+                bright = con["wm"] * rng.uniform(1.2, 2.2)
+                img = img * (1 - mimic) + mimic * bright
             if rng.random() < 0.5:  # thick slices along a random axis
                 sigma = [rng.uniform(0.0, 0.6)] * 3
                 sigma[int(rng.integers(3))] = rng.uniform(1.0, 5.0) / 2.355
@@ -184,8 +197,37 @@ class PatchSampler:
             img = np.sqrt((img + sigma_n * n1) ** 2 + (sigma_n * n2) ** 2)
             img = img / self._median_brain(con, mean_lesion_fraction)
             img = np.power(np.maximum(img, 0.0), math.exp(rng.normal(0.0, 0.15)))
-            img = img * (brain > rng.uniform(0.2, 0.6))  # skull-stripped
+            # Skull-stripped. Without hard negatives each channel draws its own mask level
+            # (as the first released model was trained).
+            img = img * (inside if inside is not None else brain > rng.uniform(0.2, 0.6))
             channels.append(img.astype(np.float32))
         if rng.random() < 0.5:  # modality dropout: FLAIR-only input
             channels[1] = np.zeros_like(channels[1])
         return np.stack(channels), label[None]
+
+    def _mimics(self, rng: np.random.Generator, inside: np.ndarray, gm: np.ndarray,
+                wm: np.ndarray, ventricles: np.ndarray) -> np.ndarray:
+        """Fraction map (P, P, P) of bright non-lesion structures, 0 inside true WM."""
+        p = self.patch
+        out = np.zeros((p, p, p), np.float32)
+        if rng.random() < 0.6:  # patchy bright rim left by brain extraction
+            rim = inside & ~ndi.binary_erosion(inside, iterations=int(rng.integers(1, 3)))
+            patchy = _smooth_field(rng, (p, p, p), 6, 1.0) > rng.uniform(-0.3, 0.8)
+            out = np.maximum(out, (rim & patchy).astype(np.float32))
+        if rng.random() < 0.5:  # dots in grey matter / CSF: vessels, perivascular spaces
+            where = np.argwhere(inside & (wm < 0.3))
+            for _ in range(int(rng.integers(1, 12)) if len(where) else 0):
+                c = where[rng.integers(len(where))]
+                r = rng.uniform(0.6, 1.6)
+                lo = np.maximum(c - 3, 0)
+                hi = np.minimum(c + 4, p)
+                g = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
+                d = np.linalg.norm(g - c, axis=1)
+                vals = np.clip(r + 0.5 - d, 0, 1).astype(np.float32)
+                sub_ = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+                np.maximum(sub_, vals.reshape(sub_.shape), out=sub_)
+        if rng.random() < 0.4:  # thin periventricular caps (normal finding)
+            vent = ventricles > 0.5
+            cap = ndi.binary_dilation(vent, iterations=int(rng.integers(1, 3))) & ~vent
+            out = np.maximum(out, cap.astype(np.float32) * rng.uniform(0.3, 0.8))
+        return out

@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-every", type=int, default=200)
     ap.add_argument("--val-patches", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hard-negatives", action="store_true",
+                    help="add lesion-like non-lesion structures (brain-mask rim, dots, caps)")
+    ap.add_argument("--lesion-fraction", type=float, default=0.7,
+                    help="share of patches centred on a lesion voxel")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -102,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     tpl = load_template()
     bank = load_lesion_bank(args.mni_dir, tpl)
-    sampler = PatchSampler(bank, args.patch, seed=args.seed)
-    val_sampler = PatchSampler(bank, args.patch, seed=args.seed + 10_000)
+    sampler = PatchSampler(bank, args.patch, seed=args.seed,
+                           lesion_fraction=args.lesion_fraction,
+                           hard_negatives=args.hard_negatives)
+    val_sampler = PatchSampler(bank, args.patch, seed=args.seed + 10_000,
+                               lesion_fraction=args.lesion_fraction,
+                               hard_negatives=args.hard_negatives)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
     val_x = torch.from_numpy(np.stack([v[0] for v in val]))
     val_y = torch.from_numpy(np.stack([v[1] for v in val]))
