@@ -73,6 +73,9 @@ def register_affine(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndar
     """
     import SimpleITK as sitk
 
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        if not np.any(np.asarray(image) > 0):
+            raise ValueError(f"cannot register: the {name} image is blank")
     f = sitk.Cast(to_sitk(fixed, fixed_affine), sitk.sitkFloat32)
     m = sitk.Cast(to_sitk(moving, moving_affine), sitk.sitkFloat32)
     initial = sitk.CenteredTransformInitializer(
@@ -114,5 +117,7 @@ def register_affine(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndar
         affine.SetTranslation(rigid_t.GetTranslation())
         affine.SetCenter(rigid_t.GetCenter())
         return _matrix_of(run(affine, list(shrink), 100))
+    except RuntimeError as e:  # ITK reports failures (e.g. no overlap) as RuntimeError
+        raise ValueError(f"registration failed: {str(e).splitlines()[-1]}") from e
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

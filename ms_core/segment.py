@@ -151,6 +151,8 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
     ``model`` is required for the network method (see :func:`load_onnx_model`).
     """
     timer = _Timer()
+    if not np.any(flair.data > 0):
+        raise ValueError("the FLAIR image is blank (no positive voxels)")
     grid = working_grid(flair, 1.0)
     f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
     need_registration = not params.skull_stripped or params.method == "baseline"

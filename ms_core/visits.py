@@ -148,6 +148,7 @@ def summarize_visit(visit: Visit, images: Mapping[str, ImageGeometry | None] | N
                     ) -> VisitSummary:
     """Summarise a visit; ``images`` maps modality -> geometry, or ``None`` when unreadable.
 
+    >>> import datetime as dt
     >>> v = Visit("sub-01", "ses-01", dt.date(2020, 1, 2), 3.5, 0, None, "X 3T", 3.0)
     >>> summarize_visit(v).as_dict()["DMT"]
     'n/a'

@@ -35,3 +35,11 @@ def test_recovers_known_rigid_motion_and_is_deterministic() -> None:
     again = register_affine(subject, aff, image, aff, rigid_only=True, shrink=(2, 1),
                             sampling=0.3, seed=3)
     np.testing.assert_array_equal(found, again)
+
+
+def test_blank_images_are_refused_with_a_clear_message() -> None:
+    import pytest
+
+    blank = np.zeros((20, 20, 20), np.float32)
+    with pytest.raises(ValueError, match="fixed image is blank"):
+        register_affine(blank, np.eye(4), blank + 1, np.eye(4))
