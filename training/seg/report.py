@@ -169,7 +169,11 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
 ## Notes
 
 - Targets of the issue: patient26 Dice ≥ 0.70 and lesion F1 ≥ 0.70, network better than the
-  baseline; CPU whole-brain ≤ 60 s. Compare with the tables above.
+  baseline; CPU whole-brain ≤ 60 s. Compare with the tables above: this first model does **not**
+  reach the real-data targets. On patient26 most errors are many small false-positive
+  components, about half of them within 3 mm of the brain-mask edge (brain-extraction rim) —
+  seen after evaluation, so any fix aimed at them makes patient26 less independent. A second
+  training run with hard negatives (`--hard-negatives --lesion-fraction 0.5`) is the next step.
 - The baseline's parameters (k = 2 above grey matter, WM prior > 0.3) were chosen on demo visits
   only.
 - Denoising and N4 bias correction are not part of the pipeline yet; the network was trained with
