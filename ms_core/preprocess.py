@@ -24,6 +24,7 @@ __all__ = [
     "pad_to_multiple",
     "resample_to_grid",
     "template_to_subject",
+    "warp_from_template",
     "working_grid",
 ]
 
@@ -148,10 +149,16 @@ def brain_mask_from_template(volume: Volume, grid: Grid, *, skull_stripped: bool
 
     Returns (X, Y, Z) bool (intracranial brain: parenchyma and the CSF between).
     """
-    tpl = load_template()
-    fixed_to_moving = template_to_subject(volume, skull_stripped=skull_stripped)
-    m = np.linalg.inv(tpl.affine) @ fixed_to_moving @ grid.affine
-    warped = ndi.affine_transform(tpl.brain, m[:3, :3], offset=m[:3, 3], output_shape=grid.shape,
-                                  order=1, mode="constant", cval=0.0)
-    mask = np.asarray(warped) >= 0.5
+    to_mni = template_to_subject(volume, skull_stripped=skull_stripped)
+    mask = warp_from_template(load_template().brain, to_mni, grid) >= 0.5
     return np.asarray(ndi.binary_fill_holes(mask))
+
+
+def warp_from_template(template_map: np.ndarray, subject_to_mni: np.ndarray,
+                       grid: Grid) -> np.ndarray:
+    """Resample a map on the template grid onto ``grid`` (linear), given the subject -> MNI
+    matrix of :func:`template_to_subject`. Returns (X, Y, Z) float32."""
+    m = np.linalg.inv(load_template().affine) @ subject_to_mni @ grid.affine
+    out = ndi.affine_transform(template_map, m[:3, :3], offset=m[:3, 3],
+                               output_shape=grid.shape, order=1, mode="constant", cval=0.0)
+    return np.asarray(out, dtype=np.float32)

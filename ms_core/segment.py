@@ -47,6 +47,7 @@ from ms_core.preprocess import (
     pad_to_multiple,
     resample_to_grid,
     template_to_subject,
+    warp_from_template,
     working_grid,
 )
 from ms_core.study import derivatives_dir
@@ -162,7 +163,7 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
         brain = _stripped_brain(f_work)
     else:
         assert to_mni is not None
-        brain = _warp_template(load_template().brain, to_mni, grid) >= 0.5
+        brain = warp_from_template(load_template().brain, to_mni, grid) >= 0.5
         brain = np.asarray(ndi.binary_fill_holes(brain))
     if not brain.any():
         raise InputError(flair.source, "brain extraction found no brain in this FLAIR")
@@ -192,8 +193,8 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
     else:
         assert to_mni is not None
         tpl = load_template()
-        gm = _warp_template(tpl.gm, to_mni, grid)[box]
-        wm = _warp_template(tpl.wm, to_mni, grid)[box]
+        gm = warp_from_template(tpl.gm, to_mni, grid)[box]
+        wm = warp_from_template(tpl.wm, to_mni, grid)[box]
         timer.lap("preprocess_normalise")
         prob_box = baseline_probability(f_norm, brain[box], gm, wm)
         provider, model_info = "numpy", None
@@ -208,14 +209,6 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
     timer.lap("postprocess")
     return SegmentationResult(prob.astype(np.float32), labels, flair.affine, table, provider,
                               model_info, timer.seconds)
-
-
-def _warp_template(volume: np.ndarray, subject_to_mni: np.ndarray, grid: Grid) -> np.ndarray:
-    tpl = load_template()
-    m = np.linalg.inv(tpl.affine) @ subject_to_mni @ grid.affine
-    out = ndi.affine_transform(volume, m[:3, :3], offset=m[:3, 3], output_shape=grid.shape,
-                               order=1, mode="constant", cval=0.0)
-    return np.asarray(out, dtype=np.float32)
 
 
 def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentParams,
