@@ -43,7 +43,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.anatomy import Template, load_template, tissue_signal
+from ms_core.anatomy import Template, load_template, tissue_signal, world_grid
 from ms_core.io import save_labels, save_volume, write_json, write_tsv
 from ms_core.study import image_path, truth_dir
 
@@ -272,7 +272,7 @@ class _Sites:
     """Candidate lesion centres per location class, in template voxel indices."""
 
     def __init__(self, tpl: Template) -> None:
-        x, y, z = _template_mm(tpl)
+        x, y, z = world_grid(tpl.shape, tpl.affine)
         wm, vd, cd = tpl.wm, tpl.ventricle_dist_mm, tpl.cortex_dist_mm
         supra = z > -5
         brainstem = (np.abs(x) < 10) & (y > -40) & (y < -18) & (z > -42) & (z < -15)
@@ -286,12 +286,6 @@ class _Sites:
             "deep_white_matter": np.argwhere((wm > 0.9) & (cd > 5.0) & (vd > 7.0) & supra),
         }
         self.tpl = tpl
-
-
-def _template_mm(tpl: Template) -> np.ndarray:
-    from ms_core.anatomy import world_grid
-
-    return world_grid(tpl.shape, tpl.affine)
 
 
 def _new_lesion(rng: np.random.Generator, sites: _Sites, lesion_id: int,

@@ -19,6 +19,7 @@ from ms_core.registration import register_affine
 __all__ = [
     "Grid",
     "brain_mask_from_template",
+    "brain_mask_from_transform",
     "crop_box",
     "normalize_intensity",
     "pad_to_multiple",
@@ -149,8 +150,13 @@ def brain_mask_from_template(volume: Volume, grid: Grid, *, skull_stripped: bool
 
     Returns (X, Y, Z) bool (intracranial brain: parenchyma and the CSF between).
     """
-    to_mni = template_to_subject(volume, skull_stripped=skull_stripped)
-    mask = warp_from_template(load_template().brain, to_mni, grid) >= 0.5
+    return brain_mask_from_transform(
+        template_to_subject(volume, skull_stripped=skull_stripped), grid)
+
+
+def brain_mask_from_transform(subject_to_mni: np.ndarray, grid: Grid) -> np.ndarray:
+    """The MNI152 brain mask on ``grid`` for a known subject -> MNI matrix, holes filled."""
+    mask = warp_from_template(load_template().brain, subject_to_mni, grid) >= 0.5
     return np.asarray(ndi.binary_fill_holes(mask))
 
 

@@ -42,6 +42,7 @@ from ms_core.lesions import lesion_table, threshold_probability
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import (
     Grid,
+    brain_mask_from_transform,
     crop_box,
     normalize_intensity,
     pad_to_multiple,
@@ -163,8 +164,7 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
         brain = _stripped_brain(f_work)
     else:
         assert to_mni is not None
-        brain = warp_from_template(load_template().brain, to_mni, grid) >= 0.5
-        brain = np.asarray(ndi.binary_fill_holes(brain))
+        brain = brain_mask_from_transform(to_mni, grid)
     if not brain.any():
         raise InputError(flair.source, "brain extraction found no brain in this FLAIR")
     timer.lap("preprocess_brain")
