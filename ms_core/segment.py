@@ -53,8 +53,9 @@ from ms_core.preprocess import (
 )
 from ms_core.study import derivatives_dir
 
-__all__ = ["SegmentParams", "SegmentationResult", "segment_files", "segment_visit",
-           "segment_volumes", "segmentation_status", "write_outputs"]
+__all__ = ["SegmentParams", "SegmentationResult", "brain_on_grid", "model_info",
+           "probability_on_grid", "segment_files", "segment_visit", "segment_volumes",
+           "segmentation_status", "write_outputs"]
 
 log = logging.getLogger(__name__)
 Method = Literal["network", "baseline"]
@@ -145,6 +146,77 @@ def baseline_probability(flair: np.ndarray, brain: np.ndarray, gm_prior: np.ndar
     return np.asarray(np.where(wm, p, 0.0), dtype=np.float32)
 
 
+def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: SegmentParams
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Brain mask of ``flair`` on ``grid`` and the subject -> MNI matrix (when registered).
+
+    ``f_work`` is the FLAIR already resampled onto ``grid``. Registration to the template runs
+    for raw scans and for the baseline method (which needs the tissue priors).
+    """
+    need_registration = not params.skull_stripped or params.method == "baseline"
+    to_mni = (template_to_subject(flair, skull_stripped=params.skull_stripped)
+              if need_registration else None)
+    if params.skull_stripped:
+        brain = _stripped_brain(f_work)
+    else:
+        assert to_mni is not None
+        brain = brain_mask_from_transform(to_mni, grid)
+    if not brain.any():
+        raise InputError(flair.source, "brain extraction found no brain in this FLAIR")
+    return brain, to_mni
+
+
+def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: np.ndarray,
+                        grid: Grid, params: SegmentParams, model: OnnxModel | None,
+                        to_mni: np.ndarray | None,
+                        progress: Callable[[float], None] | None = None,
+                        timer: _Timer | None = None) -> np.ndarray:
+    """Lesion probability (X, Y, Z) float32 on ``grid`` from images already on it.
+
+    ``brain`` is the (X, Y, Z) bool brain mask on ``grid``; ``to_mni`` the subject -> MNI
+    matrix, needed by the baseline method only; ``model`` by the network method only.
+    """
+    timer = timer or _Timer()
+    box = crop_box(brain, margin=4)
+    f_norm = normalize_intensity(f_work[box], brain[box])
+    prob_box: np.ndarray
+    if params.method == "network":
+        if model is None:
+            raise ValueError("the network method needs a model (load_onnx_model)")
+        t1_norm = np.zeros_like(f_norm)
+        if t1_work is not None:
+            t1_norm = normalize_intensity(t1_work[box], brain[box])
+        x = np.stack([f_norm, t1_norm]).astype(np.float32)
+        patch = model.card.patch_size
+        x_pad, back = pad_to_multiple(x, model.card.multiple_of, minimum=max(patch))
+        timer.lap("preprocess_normalise")
+        flips = ((), (0,), (1,), (2,)) if params.tta else ((),)
+        prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
+                                  flips=flips, progress=progress)
+        prob_box = prob_pad[back[1:]]
+    else:
+        if to_mni is None:
+            raise ValueError("the baseline method needs the subject -> MNI transform")
+        tpl = load_template()
+        gm = warp_from_template(tpl.gm, to_mni, grid)[box]
+        wm = warp_from_template(tpl.wm, to_mni, grid)[box]
+        timer.lap("preprocess_normalise")
+        prob_box = baseline_probability(f_norm, brain[box], gm, wm)
+    timer.lap("inference")
+    prob_work = np.zeros(grid.shape, dtype=np.float32)
+    prob_work[box] = prob_box
+    return prob_work
+
+
+def model_info(params: SegmentParams, model: OnnxModel | None
+               ) -> tuple[str, dict[str, str] | None]:
+    """Provider and model identity recorded in provenance for ``params.method``."""
+    if params.method == "network" and model is not None:
+        return model.provider, {"name": model.card.name, "version": model.card.version,
+                                "sha256": model.card.sha256}
+    return "numpy", None
+
+
 def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
                     model: OnnxModel | None = None,
                     progress: Callable[[float], None] | None = None) -> SegmentationResult:
@@ -157,50 +229,13 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
         raise ValueError("the FLAIR image is blank (no positive voxels)")
     grid = working_grid(flair, 1.0)
     f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-    need_registration = not params.skull_stripped or params.method == "baseline"
-    to_mni = (template_to_subject(flair, skull_stripped=params.skull_stripped)
-              if need_registration else None)
-    if params.skull_stripped:
-        brain = _stripped_brain(f_work)
-    else:
-        assert to_mni is not None
-        brain = brain_mask_from_transform(to_mni, grid)
-    if not brain.any():
-        raise InputError(flair.source, "brain extraction found no brain in this FLAIR")
+    brain, to_mni = brain_on_grid(flair, grid, f_work, params)
     timer.lap("preprocess_brain")
-    box = crop_box(brain, margin=4)
-    f_norm = normalize_intensity(f_work[box], brain[box])
-    prob_box: np.ndarray
-    if params.method == "network":
-        if model is None:
-            raise ValueError("the network method needs a model (load_onnx_model)")
-        t1_norm = np.zeros_like(f_norm)
-        if t1 is not None:
-            t1_work = resample_to_grid(t1.data, t1.affine, grid, order=1)
-            t1_norm = normalize_intensity(t1_work[box], brain[box])
-        x = np.stack([f_norm, t1_norm]).astype(np.float32)
-        patch = model.card.patch_size
-        x_pad, back = pad_to_multiple(x, model.card.multiple_of, minimum=max(patch))
-        timer.lap("preprocess_normalise")
-        flips = ((), (0,), (1,), (2,)) if params.tta else ((),)
-        prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
-                                  flips=flips, progress=progress)
-        prob_box = prob_pad[back[1:]]
-        provider = model.provider
-        model_info: dict[str, str] | None = {"name": model.card.name,
-                                             "version": model.card.version,
-                                             "sha256": model.card.sha256}
-    else:
-        assert to_mni is not None
-        tpl = load_template()
-        gm = warp_from_template(tpl.gm, to_mni, grid)[box]
-        wm = warp_from_template(tpl.wm, to_mni, grid)[box]
-        timer.lap("preprocess_normalise")
-        prob_box = baseline_probability(f_norm, brain[box], gm, wm)
-        provider, model_info = "numpy", None
-    timer.lap("inference")
-    prob_work = np.zeros(grid.shape, dtype=np.float32)
-    prob_work[box] = prob_box
+    t1_work = (resample_to_grid(t1.data, t1.affine, grid, order=1)
+               if t1 is not None and params.method == "network" else None)
+    prob_work = probability_on_grid(f_work, t1_work, brain, grid, params, model, to_mni,
+                                    progress, timer)
+    provider, info = model_info(params, model)
     native = Grid(flair.shape, flair.affine)
     prob = np.clip(resample_to_grid(prob_work, grid.affine, native, order=1), 0.0, 1.0)
     labels = threshold_probability(prob, affine=flair.affine, threshold=params.threshold,
@@ -208,7 +243,7 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
     table = lesion_table(labels, affine=flair.affine, prob=prob)
     timer.lap("postprocess")
     return SegmentationResult(prob.astype(np.float32), labels, flair.affine, table, provider,
-                              model_info, timer.seconds)
+                              info, timer.seconds)
 
 
 def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentParams,

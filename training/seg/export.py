@@ -12,6 +12,7 @@ Dice >= 0.999 between thresholded masks and max |delta p| <= 1e-3 on a test volu
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from ms_core.anatomy import load_template
 from ms_core.evaluate import dice
 from ms_core.io import read_json, write_json
 from ms_core.models import MODELS_DIR, sha256_file
-from training.seg.model import UNet3D
+from training.seg.model import UNet3D, use_stable_instance_norm
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import DEFAULT_MNI, load_weights
 
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     net = UNet3D(2, widths)
     load_weights(net, args.run / args.weights)
     net.eval()
-    model = _WithSigmoid(net).eval()
+    reference = _WithSigmoid(net).eval()  # the trained torch model, as used in training
+    export_net = copy.deepcopy(net)
+    use_stable_instance_norm(export_net)  # same maths; keeps onnxruntime close to torch
+    model = _WithSigmoid(export_net).eval()
 
     out_dir = args.models_dir / NAME
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     bank = load_lesion_bank(Path(config.get("mni_dir", DEFAULT_MNI)), load_template())
     sampler = PatchSampler(bank, 96, seed=424242)
     x = np.stack([sampler.sample()[0] for _ in range(2)]).astype(np.float32)
-    check = parity(model, tmp, x)
+    check = parity(reference, tmp, x)
     print(check, flush=True)
     if check["max_abs_prob_diff"] > 1e-3 or check["mask_dice"] < 0.999:
         tmp.unlink()
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "name": NAME, "version": args.version, "sha256": digest,
         "task": "MS white-matter lesion segmentation (binary), research use only",
-        "architecture": f"3D U-Net, widths {list(widths)}, instance norm, LeakyReLU; "
+        "architecture": f"3D U-Net, widths {list(widths)}, instance norm (exported as "
+                        f"per-axis means for float32 accuracy), LeakyReLU; "
                         f"{sum(p.numel() for p in net.parameters())} parameters",
         "input": {"name": "image", "layout": "NCXYZ (x, y, z in RAS+ voxel order)",
                   "channels": ["FLAIR", "T1w"], "missing_channel": "zeros (T1w optional)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UNet3D"]
+__all__ = ["StableInstanceNorm3d", "UNet3D", "use_stable_instance_norm"]
 
 
 class _Block(nn.Module):
@@ -27,6 +27,48 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class StableInstanceNorm3d(nn.Module):
+    """Instance norm written as per-axis means, numerically equal to ``nn.InstanceNorm3d``.
+
+    Used for ONNX export only. onnxruntime's ``InstanceNormalization`` and whole-volume
+    ``ReduceMean`` accumulate in float32 over all X*Y*Z voxels; on patches with a large
+    constant background that cost up to 1e-3 in probability against torch. Reducing one
+    axis at a time (a few dozen terms per sum) and centring before the variance brings
+    onnxruntime within ~3e-6 of a float64 reference (measured in ``training.seg.export``).
+    """
+
+    def __init__(self, norm: nn.InstanceNorm3d) -> None:
+        super().__init__()
+        if norm.weight is None or norm.bias is None:
+            raise ValueError("StableInstanceNorm3d needs an affine InstanceNorm3d")
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.eps = float(norm.eps)
+
+    @staticmethod
+    def _mean(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=4, keepdim=True).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self._mean(x)
+        var = self._mean(centred * centred)
+        shape = (1, -1, 1, 1, 1)
+        return (centred / torch.sqrt(var + self.eps) * self.weight.view(shape)
+                + self.bias.view(shape))
+
+
+def use_stable_instance_norm(module: nn.Module) -> int:
+    """Replace every ``nn.InstanceNorm3d`` in ``module`` in place; returns how many."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.InstanceNorm3d):
+            setattr(module, name, StableInstanceNorm3d(child))
+            count += 1
+        else:
+            count += use_stable_instance_norm(child)
+    return count
 
 
 class UNet3D(nn.Module):

@@ -33,7 +33,7 @@ from ms_core.domain import LesionMask
 from ms_core.evaluate import evaluate_masks
 from ms_core.inference import OnnxModel, load_onnx_model
 from ms_core.io import atomic_write_text, load_lesion_mask, load_volume, read_json, write_json
-from ms_core.models import MODELS_DIR, load_model_card
+from ms_core.models import MODELS_DIR, ModelCard, load_model_card
 from ms_core.segment import SegmentParams, segment_volumes
 from ms_core.study import image_path, load_study, truth_dir
 
@@ -80,12 +80,21 @@ def _table(headers: list[str], cells: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
-    ap.add_argument("--visits", type=int, default=12, help="demo patients to evaluate")
-    args = ap.parse_args(argv)
-    card = load_model_card("lesion_seg")
+def _verdict(p: dict[str, Any]) -> str:
+    """One bullet comparing the patient26 results with the issue's targets."""
+    net, base = p["network_flair"], p["baseline"]
+    met = net["dice"] >= 0.70 and (net["f1_any"] or 0) >= 0.70
+    beats = net["dice"] > base["dice"] and (net["f1_any"] or 0) > (base["f1_any"] or 0)
+    return (f"- Targets of the issue: patient26 Dice ≥ 0.70 and lesion F1 ≥ 0.70, network better "
+            f"than the baseline. Network (FLAIR): Dice {net['dice']:.3f}, F1 "
+            f"{_fmt(net['f1_any'])}; baseline: Dice {base['dice']:.3f}, F1 "
+            f"{_fmt(base['f1_any'])}. Real-data targets "
+            f"{'met' if met else '**not met**'}; the network "
+            f"{'beats' if beats else '**does not beat**'} the baseline on both Dice and F1.")
+
+
+def _evaluate(card: ModelCard, demo_root: Path, visits: int) -> dict[str, Any]:
+    """Run every method on patient26 and the demo visits; saves and returns the results."""
     model = load_onnx_model(card, "cpu")
     net = SegmentParams(method="network")
     net_ss = SegmentParams(method="network", skull_stripped=True)
@@ -101,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(results["patient26"], indent=1), flush=True)
 
-    study = load_study(args.demo)
+    study = load_study(demo_root)
     demo: dict[str, list[dict[str, Any]]] = {"network_flair_t1": [], "network_flair": [],
                                              "baseline": []}
-    for pid in list(study.visits)[: args.visits]:
+    for pid in list(study.visits)[: visits]:
         sid = study.visits[pid][0].session_id
-        truth = load_lesion_mask(truth_dir(args.demo, pid, sid) / "lesion_labels.nii.gz")
-        flair = image_path(args.demo, pid, sid, "FLAIR")
-        t1 = image_path(args.demo, pid, sid, "T1w")
+        truth = load_lesion_mask(truth_dir(demo_root, pid, sid) / "lesion_labels.nii.gz")
+        flair = image_path(demo_root, pid, sid, "FLAIR")
+        t1 = image_path(demo_root, pid, sid, "T1w")
         demo["network_flair_t1"].append(_run(flair, t1, truth, net, model))
         demo["network_flair"].append(_run(flair, None, truth, net, model))
         demo["baseline"].append(_run(flair, None, truth, base, None))
@@ -123,6 +132,28 @@ def main(argv: list[str] | None = None) -> int:
                           "commit": commit}
     write_json(REPO / "bench" / "results" / "segmentation_eval.json", results)
 
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
+    ap.add_argument("--visits", type=int, default=12, help="demo patients to evaluate")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the report from bench/results/segmentation_eval.json")
+    args = ap.parse_args(argv)
+    card = load_model_card("lesion_seg")
+    if args.render_only:
+        results = read_json(REPO / "bench" / "results" / "segmentation_eval.json")
+        if results.get("model_sha256") != card.sha256:
+            print("stored results are for another model: run without --render-only",
+                  file=sys.stderr)
+            return 1
+    else:
+        results = _evaluate(card, args.demo, args.visits)
+    summary = results["demo_first_visits"]["mean"]
+    demo = results["demo_first_visits"]["cases"]
+    commit = results["machine"]["commit"]
     p = results["patient26"]
     rows = _table(["Dice", "lesion F1 (≥1 voxel)", "lesion F1 (≥10 %)", "TPR", "FPR",
                    "predicted / true ml", "seconds"],
@@ -139,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"""# Lesion segmentation: evaluation
 
 Produced by `python -m training.seg.report` (commit `{commit}`) on {results['machine']['cpus']}
-CPU cores ({results['machine']['platform']}), onnxruntime provider `{model.provider}`.
+CPU cores ({results['machine']['platform']}), onnxruntime provider `{results['provider']}`.
 Model `lesion_seg` version {card.version}, sha256 `{card.sha256[:16]}…`; training command
 `{c['training'].get('command')}`; best synthetic validation Dice during training
 {_fmt(c['training'].get('best_synthetic_val_dice'))}.
@@ -168,12 +199,22 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
 
 ## Notes
 
-- Targets of the issue: patient26 Dice ≥ 0.70 and lesion F1 ≥ 0.70, network better than the
-  baseline; CPU whole-brain ≤ 60 s. Compare with the tables above: this first model does **not**
-  reach the real-data targets. On patient26 most errors are many small false-positive
-  components, about half of them within 3 mm of the brain-mask edge (brain-extraction rim) —
-  seen after evaluation, so any fix aimed at them makes patient26 less independent. A second
-  training run with hard negatives (`--hard-negatives --lesion-fraction 0.5`) is the next step.
+{_verdict(p)}
+- Model history. v1.0.0 (`seg_v1`, 2000 steps, seed 1): patient26 FLAIR Dice 0.505, lesion F1
+  0.300. Its patient26 errors were mostly small false-positive components, about half within
+  3 mm of the brain-mask edge. v2.0.0 (`seg_v2`) adds **hard negatives** to the synthetic
+  training data (bright rim at the brain-mask edge, vessel-like dots, periventricular caps) and
+  centres half of the patches on a lesion instead of 70 % (`--hard-negatives --lesion-fraction
+  0.5`).
+  That design was chosen *after* looking at patient26's errors, so patient26 is no longer a fully
+  independent test for v2: read its improvement with that in mind. On the synthetic demo
+  visits v1 scored mean Dice 0.905 and lesion F1 0.991, so v2 trades a little synthetic accuracy
+  for real-data accuracy.
+- Seconds in this run were measured while other jobs shared the two cores; `bench/segment_speed.py`
+  gives the clean timing.
+- Export: instance norm is exported as per-axis means (same maths, see
+  `training/seg/model.py::StableInstanceNorm3d`); onnxruntime's own InstanceNormalization
+  accumulated float32 sums over whole patches and missed the 1e-3 parity gate for v2.
 - The baseline's parameters (k = 2 above grey matter, WM prior > 0.3) were chosen on demo visits
   only.
 - Denoising and N4 bias correction are not part of the pipeline yet; the network was trained with
@@ -187,7 +228,55 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
                                              for k, v in p.items()},
                                "demo_first_visits_mean": summary, "report": "docs/segmentation.md"}
     write_json(card_path, card_json)
+    atomic_write_text(card_path.with_name("MODEL_CARD.md"), model_card_markdown(card_json))
     return 0
+
+
+def model_card_markdown(card: dict[str, Any]) -> str:
+    """The short human-readable model card, generated from ``model.json``."""
+    ev = card.get("evaluation", {})
+    p26 = ev.get("patient26", {})
+    demo = ev.get("demo_first_visits_mean", {})
+    rows = "\n".join(
+        f"| {k.replace('_', ' ')} | {_fmt(p26.get(k, {}).get('dice'))} | "
+        f"{_fmt(p26.get(k, {}).get('f1_any'))} | {_fmt(demo.get(k, {}).get('dice'))} | "
+        f"{_fmt(demo.get(k, {}).get('f1_any'))} |" for k in ("network_flair", "network_flair_t1",
+                                                           "baseline"))
+    tr, pre = card["training"], card["preprocessing"]
+    return f"""# Model card: {card['name']} {card['version']}
+
+sha256 `{card['sha256']}` (checked before every load; see `models_onnx/manifest.json`).
+
+- **Task**: {card['task']}.
+- **Intended use**: research and demonstration — lesion load, counts and locations to support,
+  never replace, a radiologist's reading. Not a medical device.
+- **Architecture**: {card['architecture']}.
+- **Input**: FLAIR (+ optional T1w, zeros when absent), {pre['spacing_mm']} mm
+  {pre['orientation']}; {pre['normalisation']}; brain extraction: {pre['brain_extraction']}.
+- **Output**: lesion probability; mask at threshold {card['threshold']}.
+- **Training data**: {tr['data']}. Nothing else; no real scan of patient26 was used.
+- **Training command**: `{tr['command']}` (seed {tr['seed']}, {tr['steps']} steps,
+  {_fmt(tr.get('train_seconds'))} s on a 2-core CPU; best synthetic validation Dice
+  {_fmt(tr.get('best_synthetic_val_dice'))}).
+- **Export**: ONNX opset {card['export']['opset']}, onnxruntime {card['export']['onnxruntime']};
+  parity with torch: max |Δp| {card['export']['parity']['max_abs_prob_diff']:.1e}, mask Dice
+  {card['export']['parity']['mask_dice']:.4f}.
+
+## Evaluation (`python -m training.seg.report`, details in `{ev.get('report', 'docs')}`)
+
+| method | patient26 Dice | patient26 lesion F1 | demo mean Dice | demo mean lesion F1 |
+|---|---|---|---|---|
+{rows}
+
+## Limits
+
+- Real-data accuracy is below the target (patient26 Dice and lesion F1 ≥ 0.70): expect missed
+  small lesions and false-positive dots; review every mask.
+- Validated on one real scan (patient26, 3 T, MNI space) and synthetic data only; the hard-
+  negative training design was informed by patient26's errors.
+- No cortical, spinal-cord or gadolinium-enhancing lesion detection; white-matter T2/FLAIR
+  hyperintensities only.
+"""
 
 
 if __name__ == "__main__":
