@@ -82,11 +82,30 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_track(args: argparse.Namespace) -> int:
+    from ms_core.longitudinal import TrackParams, track_files
+    from ms_core.segment import SegmentParams
+
+    seg = SegmentParams(method=args.seg_method, threshold=args.threshold,
+                        min_lesion_mm3=args.min_lesion_mm3, skull_stripped=args.skull_stripped,
+                        device=args.device)
+    params = TrackParams(method=args.method, segmentation=seg,
+                         enlarging_ratio=args.enlarging_pct / 100.0, change_z=args.change_z)
+    result = track_files(Path(args.baseline_flair), Path(args.followup_flair), Path(args.out),
+                         params)
+    counts = result.table.status.value_counts().to_dict() if len(result.table) else {}
+    print(json.dumps({"out": str(args.out), "status_counts": {k: int(v) for k, v in
+                                                               counts.items()},
+                      "registration_ncc": result.registration.ncc, "qc": result.qc,
+                      "provider": result.provider, "seconds": result.seconds}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
-        description="MS MRI dashboard library: studies, demo data and (later) segmentation, "
-                    "tracking, batch processing and models.")
+        description="MS MRI dashboard library: studies, demo data, segmentation, "
+                    "lesion tracking and evaluation.")
     parser.add_argument("--version", action="version", version=f"ms_core {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -116,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     seg.add_argument("--out", required=True, help="output folder")
     seg.set_defaults(func=_cmd_segment)
+
+    tr = sub.add_parser("track", help="compare two visits: new/enlarging/shrinking lesions")
+    tr.add_argument("--baseline-flair", required=True, help="earlier FLAIR (NIfTI)")
+    tr.add_argument("--followup-flair", required=True, help="later FLAIR (NIfTI)")
+    tr.add_argument("--skull-stripped", action="store_true",
+                    help="inputs are already brain-extracted: skip brain extraction")
+    tr.add_argument("--method", choices=("joint", "difference"), default="joint",
+                    help="joint: masks and intensity change must agree (default); "
+                         "difference: subtract two independent masks")
+    tr.add_argument("--enlarging-pct", type=float, default=30.0,
+                    help="volume increase (%%) that makes a lesion enlarging")
+    tr.add_argument("--change-z", type=float, default=2.0,
+                    help="intensity change (robust SDs) that confirms a change (joint)")
+    tr.add_argument("--seg-method", choices=("network", "baseline"), default="network")
+    tr.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
+    tr.add_argument("--min-lesion-mm3", type=float, default=10.0)
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.add_argument("--out", required=True, help="output folder")
+    tr.set_defaults(func=_cmd_track)
 
     ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask (JSON)")
     ev.add_argument("--pred", required=True, help="predicted mask (NIfTI; non-zero = lesion)")

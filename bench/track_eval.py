@@ -1,0 +1,169 @@
+"""Evaluate lesion-change tracking (the ``track`` pipeline); prints and saves JSON.
+
+Usage::
+
+    python bench/track_eval.py [--demo data/demo] [--intervals 12] [--methods joint difference]
+
+- **Real pair**: open_ms_data ``longitudinal/raw/patient12`` (Lesjak et al. 2016,
+  Neuroinformatics 14:403-420; Lesjak et al. 2018, Neuroinformatics 16:51-63; CC-BY). Our change
+  mask (on the follow-up FLAIR's grid) is mapped into the dataset's common space with its own
+  ITK transform ``study2_FLAIR_to_common_space.txt`` (nearest neighbour) and compared with
+  ``gt.nii.gz``: voxel Dice and lesion-wise F1 (any-voxel overlap).
+- **Demo study**: consecutive visit pairs; a true new lesion (ground truth status ``new``,
+  >= 27 mm^3) is detected when a change-mask label-1 component overlaps it; a reported new or
+  enlarging component overlapping no true new or enlarging lesion is a false change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ms_core.evaluate import dice, lesion_detection  # noqa: E402
+from ms_core.inference import load_onnx_model  # noqa: E402
+from ms_core.io import from_sitk, load_volume, read_json, to_sitk, write_json  # noqa: E402
+from ms_core.lesions import label_components  # noqa: E402
+from ms_core.longitudinal import TrackParams, TrackResult, detect_changes, prepare_pair  # noqa: E402
+from ms_core.models import load_model_card  # noqa: E402
+from ms_core.segment import SegmentParams  # noqa: E402
+from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+
+P12 = REPO.parent / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw" / "patient12"
+
+
+def to_common_space(change: np.ndarray, affine: np.ndarray, transform_file: Path,
+                    reference: Path) -> np.ndarray:
+    """Resample a follow-up-grid mask into the dataset's common space (nearest)."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    ref = nib.load(str(reference))
+    ref_img = to_sitk(np.zeros(ref.shape[:3], np.uint8), ref.affine)
+    tx = sitk.ReadTransform(str(transform_file))
+    out = sitk.Resample(to_sitk(change.astype(np.uint8), affine), ref_img, tx,
+                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return from_sitk(out)[0]
+
+
+def _params(method: str) -> TrackParams:
+    return TrackParams(method=method)  # type: ignore[arg-type]
+
+
+def patient12(methods: list[str], model: Any) -> dict[str, Any]:
+    """Track the real pair once per method (the probability maps are computed once)."""
+    import nibabel as nib
+
+    base = load_volume(P12 / "study1_FLAIR.nii.gz", "FLAIR")
+    follow = load_volume(P12 / "study2_FLAIR.nii.gz", "FLAIR")
+    gt = np.asarray(nib.load(str(P12 / "gt.nii.gz")).dataobj) > 0
+    t0 = time.perf_counter()
+    maps = prepare_pair(base, follow, SegmentParams(), model)
+    prep = time.perf_counter() - t0
+    out: dict[str, Any] = {}
+    for method in methods:
+        t1 = time.perf_counter()
+        res = detect_changes(maps, base, follow, _params(method))
+        common = to_common_space(res.change_mask, res.affine,
+                                 P12 / "study2_FLAIR_to_common_space.txt", P12 / "gt.nii.gz")
+        entry: dict[str, Any] = {
+            "seconds": round(prep + time.perf_counter() - t1, 1), "stage_seconds": res.seconds,
+            "registration_ncc": res.registration.ncc,
+            "status_counts": res.table.status.value_counts().to_dict()}
+        # The reference marks lesion change in both directions (growth and shrinkage).
+        for name, pred in (("any_change", common > 0), ("new_or_enlarging_only", common == 1)):
+            entry[name] = {"dice": round(dice(pred, gt), 4), **lesion_detection(pred, gt)}
+        out[method] = entry
+        print("patient12", method, json.dumps(entry), flush=True)
+    return out
+
+
+def _score_demo(root: Path, pid: str, prev: str, cur: str, res: TrackResult,
+                seconds: float) -> dict[str, Any]:
+    from ms_core.io import load_lesion_mask
+
+    tdir = truth_dir(root, pid, cur)
+    truth = read_json(tdir / "truth.json")
+    labels = load_lesion_mask(tdir / "lesion_labels.nii.gz").labels
+    voxel_mm3 = float(abs(np.linalg.det(res.affine[:3, :3])))
+    status = {int(les["lesion_id"]): les["status"] for les in truth["lesions"]}
+    new_ids = [i for i, s in status.items()
+               if s == "new" and (labels == i).sum() * voxel_mm3 >= 27]
+    changed_ids = [i for i, s in status.items() if s in ("new", "enlarging")]
+    pred = label_components(res.change_mask == 1, affine=res.affine)
+    found = sum(bool((pred[labels == i] > 0).any()) for i in new_ids)
+    true_change = np.isin(labels, changed_ids)
+    false = [j for j in range(1, int(pred.max()) + 1) if not true_change[pred == j].any()]
+    return {"pair": f"{pid} {prev}->{cur}", "true_new_ge27": len(new_ids), "detected": found,
+            "false_changes": len(false), "seconds": round(seconds, 1),
+            "registration_ncc": res.registration.ncc, "qc": res.qc,
+            "stage_seconds": res.seconds}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n_new = sum(r["true_new_ge27"] for r in rows)
+    return {"pairs": rows, "n_pairs": len(rows), "true_new_ge27": n_new,
+            "detection_rate": sum(r["detected"] for r in rows) / n_new if n_new else None,
+            "false_changes_per_interval": float(np.mean([r["false_changes"] for r in rows])),
+            "median_seconds": float(np.median([r["seconds"] for r in rows]))}
+
+
+def demo_pairs(root: Path, methods: list[str], model: Any, limit: int) -> dict[str, Any]:
+    """Consecutive visit pairs of the demo study, each method scored against the truth."""
+    study = load_study(root)
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    pairs = [(pid, a.session_id, b.session_id) for pid, visits in study.visits.items()
+             for a, b in itertools.pairwise(visits)][:limit]
+    for pid, prev, cur in pairs:
+        base = load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR")
+        follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
+        t0 = time.perf_counter()
+        maps = prepare_pair(base, follow, SegmentParams(), model)
+        prep = time.perf_counter() - t0
+        for method in methods:
+            t1 = time.perf_counter()
+            res = detect_changes(maps, base, follow, _params(method))
+            row = _score_demo(root, pid, prev, cur, res, prep + time.perf_counter() - t1)
+            rows[method].append(row)
+            print(method, json.dumps(row), flush=True)
+    return {m: _summary(r) for m, r in rows.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
+    ap.add_argument("--intervals", type=int, default=12, help="demo visit pairs to evaluate")
+    ap.add_argument("--methods", nargs="+", default=["joint", "difference"])
+    ap.add_argument("--skip-demo", action="store_true")
+    args = ap.parse_args(argv)
+    card = load_model_card("lesion_seg")
+    model = load_onnx_model(card, "cpu")
+    results: dict[str, Any] = {"model": {"version": card.version, "sha256": card.sha256},
+                               "provider": model.provider, "methods": args.methods}
+    if P12.exists():
+        results["patient12"] = patient12(args.methods, model)
+    if not args.skip_demo:
+        results["demo"] = demo_pairs(args.demo, args.methods, model, args.intervals)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "commit": commit}
+    write_json(REPO / "bench" / "results" / "track_eval.json", results)
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

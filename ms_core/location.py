@@ -1,0 +1,326 @@
+"""Lesion location classes (McDonald 2017 / MAGNIMS topography) from MNI152 zones.
+
+Every lesion gets one of :data:`LOCATIONS`:
+
+``periventricular``
+    The lesion touches a lateral ventricle: part of it lies within :data:`PERIVENTRICULAR_MM`
+    (3 mm) of the lateral-ventricle mask. Band voxels inside the thalamus / basal ganglia do not
+    count (MAGNIMS: lesions of the deep grey nuclei are not periventricular).
+``juxtacortical``
+    Shown as "juxtacortical/cortical". The lesion touches the cerebral cortex or lies in it: part
+    of it lies within :data:`JUXTACORTICAL_MM` (2 mm) of cortical grey matter. Cortical grey
+    matter is the MNI152 GM map (probability >= 0.5) *minus* the deep grey nuclei (thalamus,
+    caudate, putamen, pallidum; a box in MNI space, :data:`DEEP_GREY_BOX_MM`), minus GM-map
+    voxels within 5 mm of the lateral ventricles (the probabilistic map rims the ventricle wall
+    through CSF/WM partial volume; no cortex lies there) and minus the cerebellar cortex
+    (cerebellar lesions are infratentorial).
+``infratentorial``
+    The lesion lies below the tentorium: brainstem (midbrain, pons, medulla) or cerebellum.
+``deep_white_matter``
+    None of the above (supratentorial white matter away from ventricles and cortex; lesions in
+    the deep grey nuclei land here too).
+
+Decision rule, per lesion
+-------------------------
+Each lesion voxel centre is mapped to MNI millimetres (``subject_to_mni``) and looked up (nearest
+neighbour) in the zone masks. The *share* of a lesion in a zone is the fraction of its voxels in
+that zone. A lesion belongs to a zone when its share is at least :data:`MIN_ZONE_SHARE` (5 %):
+"touching" in the clinical sense, made robust to a stray voxel from partial volume or affine
+registration error, yet low enough for long lesions that reach the ventricle with one end
+(Dawson's fingers). Each lesion gets one class; when several zones apply the first one in
+:data:`PRIORITY` wins:
+
+1. infratentorial (a brainstem lesion next to the fourth ventricle is still infratentorial),
+2. periventricular (a lesion reaching from the ventricle wall towards the cortex),
+3. juxtacortical/cortical,
+4. deep white matter.
+
+Counting each lesion in one area only is conservative for dissemination in space
+(:mod:`ms_core.mcdonald`). Accuracy on the demo study and the effect of the 5 % threshold are in
+``docs/lesion_location.md``.
+
+Zones (MNI mm, RAS+, ICBM 2009a symmetric template shipped with nilearn)
+-------------------------------------------------------------------------
+The tentorium is not on any bundled atlas, so the infratentorial zone is drawn by hand from the
+template T1 (sagittal slices x = 0, 10, 20, 35 mm): brain voxels below the tent-shaped surface
+``z < -3 - 0.45 |x| + 0.25 min(y + 60, 0)`` and behind ``y < -38`` (cerebellum), or with
+``|x| <= 14``, ``-45 <= y <= -8`` and below the plane through the posterior commissure and the
+mammillary bodies, ``z < -2 - 0.7 (y + 27)``, capped at ``z <= -2`` (brainstem from the midbrain
+down). The deep grey box is ``|x| <= 32``, ``-38 <= y <= 26``, ``-12 <= z <= 24`` without the
+septal / subcallosal strip ``|x| < 6, y > 0``; inside it, GM-map voxels are deep grey nuclei.
+The lateral ventricles are :attr:`ms_core.anatomy.Template.ventricles`.
+
+Limitations: the zones are the template's, carried to the subject by an affine registration, so
+they do not follow the subject's own ventricles (larger in an atrophic brain) or gyri; distances
+are in MNI mm, slightly different from the subject's own mm (by the affine scale, typically
+0.9-1.1); the box and the tentorium are hand-drawn approximations.
+
+References: Thompson AJ et al., Lancet Neurol 2018;17:162-173 (McDonald 2017); Filippi M et al.,
+Lancet Neurol 2016;15:292-303 (MAGNIMS 2016 MRI criteria).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ms_core.anatomy import load_template, world_grid
+from ms_core.domain import check_affine
+from ms_core.preprocess import Grid, warp_from_template
+
+__all__ = [
+    "DEEP_GREY_BOX_MM",
+    "DISPLAY_NAMES",
+    "JUXTACORTICAL_MM",
+    "LOCATIONS",
+    "MIN_ZONE_SHARE",
+    "PERIVENTRICULAR_MM",
+    "PRIORITY",
+    "ZONES",
+    "MniZones",
+    "classify_lesions",
+    "classify_shares",
+    "location_counts",
+    "location_zones",
+    "mni_zones",
+    "zone_shares",
+]
+
+log = logging.getLogger(__name__)
+
+#: Location classes, as in :data:`ms_core.demo.LOCATIONS`.
+LOCATIONS = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
+#: Names shown to people.
+DISPLAY_NAMES = {
+    "periventricular": "periventricular",
+    "juxtacortical": "juxtacortical/cortical",
+    "infratentorial": "infratentorial",
+    "deep_white_matter": "deep white matter",
+}
+#: Zones that have a mask (deep white matter is "none of them").
+ZONES = ("periventricular", "juxtacortical", "infratentorial")
+#: Order in which zones win when a lesion is in several.
+PRIORITY = ("infratentorial", "periventricular", "juxtacortical")
+#: Periventricular band: distance to the lateral ventricles, MNI mm.
+PERIVENTRICULAR_MM = 3.0
+#: Juxtacortical band: distance to cortical grey matter, MNI mm (the cortex itself included).
+JUXTACORTICAL_MM = 2.0
+#: Smallest share of a lesion's voxels inside a zone for the lesion to count as in that zone.
+MIN_ZONE_SHARE = 0.05
+#: Box (MNI mm, both hemispheres by |x|) holding thalamus, caudate, putamen and pallidum.
+DEEP_GREY_BOX_MM = {"abs_x": (0.0, 32.0), "y": (-38.0, 26.0), "z": (-12.0, 24.0)}
+#: Inside the deep-grey box, |x| below this and y above 0 is septal / subcallosal cortex.
+_SEPTAL_ABS_X_MM = 6.0
+#: GM-map voxels closer than this to the lateral ventricles are partial volume, not cortex (mm).
+_CORTEX_MIN_VENTRICLE_MM = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class MniZones:
+    """Zone masks on the 1 mm MNI152 grid: each (197, 233, 189) bool, read-only.
+
+    ``masks`` has one entry per name in :data:`ZONES`; ``deep_grey`` (thalamus and basal
+    ganglia) and ``cortex`` (cerebral cortical grey matter) are the intermediate masks, kept for
+    display and tests. ``affine`` maps template voxels to MNI mm.
+    """
+
+    affine: np.ndarray
+    masks: Mapping[str, np.ndarray]
+    deep_grey: np.ndarray
+    cortex: np.ndarray
+
+
+def _readonly(mask: np.ndarray) -> np.ndarray:
+    out = np.asarray(mask, dtype=bool)
+    out.setflags(write=False)
+    return out
+
+
+def _infratentorial(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Below-the-tentorium region from MNI coordinates (see the module docstring); bool."""
+    ax = np.abs(x)
+    tent = -3.0 - 0.45 * ax + 0.25 * np.minimum(y + 60.0, 0.0)
+    cerebellum = (z < tent) & (y < -38.0)
+    brainstem = (ax <= 14.0) & (y >= -45.0) & (y <= -8.0) & (z <= -2.0) & (
+        z < -2.0 - 0.7 * (y + 27.0))
+    return np.asarray(cerebellum | brainstem)
+
+
+@functools.lru_cache(maxsize=1)
+def mni_zones() -> MniZones:
+    """Build (once, about 5 s after the template is loaded) the zone masks on the MNI grid."""
+    tpl = load_template()
+    x, y, z = world_grid(tpl.shape, tpl.affine)
+    brain = tpl.brain >= 0.5
+    spacing = np.sqrt((tpl.affine[:3, :3] ** 2).sum(axis=0))
+
+    infra = _infratentorial(x, y, z) & brain
+    box = DEEP_GREY_BOX_MM
+    ax = np.abs(x)
+    in_box = ((ax >= box["abs_x"][0]) & (ax <= box["abs_x"][1]) & (y >= box["y"][0])
+              & (y <= box["y"][1]) & (z >= box["z"][0]) & (z <= box["z"][1])
+              & ~((ax < _SEPTAL_ABS_X_MM) & (y > 0.0)))
+    grey = tpl.gm >= 0.5
+    deep_grey = grey & in_box
+    # The probabilistic GM map also rims the ventricles (CSF/WM partial volume): no cortex there.
+    cortex = grey & ~deep_grey & ~infra & (tpl.ventricle_dist_mm > _CORTEX_MIN_VENTRICLE_MM)
+
+    cortex_dist = ndi.distance_transform_edt(~cortex, sampling=spacing)
+    juxta = (cortex_dist <= JUXTACORTICAL_MM) & brain & ~infra
+    peri = (tpl.ventricle_dist_mm <= PERIVENTRICULAR_MM) & ~deep_grey & ~infra
+    log.debug("MNI zones: infra %d, peri %d, juxta %d voxels", int(infra.sum()),
+              int(peri.sum()), int(juxta.sum()))
+    masks = MappingProxyType({"periventricular": _readonly(peri),
+                              "juxtacortical": _readonly(juxta),
+                              "infratentorial": _readonly(infra)})
+    return MniZones(affine=tpl.affine.copy(), masks=masks, deep_grey=_readonly(deep_grey),
+                    cortex=_readonly(cortex))
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 3:
+        raise ValueError(f"labels must be a 3D (X, Y, Z) array, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise TypeError(f"labels must be integer lesion ids, got dtype {arr.dtype}; "
+                        "label a binary mask with ms_core.lesions.label_components first")
+    if arr.size and int(arr.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {int(arr.min())}")
+    return arr
+
+
+def location_zones(grid: Grid, subject_to_mni: np.ndarray) -> dict[str, np.ndarray]:
+    """The zone masks resampled onto a subject ``grid``.
+
+    Parameters
+    ----------
+    grid
+        Target grid, e.g. ``Grid(flair.shape, flair.affine)``.
+    subject_to_mni
+        (4, 4) RAS+ matrix mapping subject world mm to MNI mm
+        (:func:`ms_core.preprocess.template_to_subject`).
+
+    Returns
+    -------
+    dict
+        One (X, Y, Z) bool mask per name in :data:`ZONES` (linear interpolation of the 0/1 mask,
+        then >= 0.5).
+    """
+    s2m = check_affine(subject_to_mni, name="subject_to_mni")
+    zones = mni_zones()
+    return {name: warp_from_template(mask.astype(np.float32), s2m, grid) >= 0.5
+            for name, mask in zones.masks.items()}
+
+
+def zone_shares(labels: np.ndarray, affine: np.ndarray,
+                subject_to_mni: np.ndarray) -> dict[int, dict[str, float]]:
+    """Fraction of each lesion's voxels inside each zone.
+
+    Parameters
+    ----------
+    labels
+        (X, Y, Z) int lesion ids (0 = background) on the grid ``affine``.
+    affine
+        (4, 4) voxel -> subject RAS+ mm.
+    subject_to_mni
+        (4, 4) subject mm -> MNI mm.
+
+    Returns
+    -------
+    dict
+        ``lesion_id -> {zone: share in [0, 1]}`` for every id present, zones as in :data:`ZONES`.
+        Voxels mapping outside the template count as in no zone.
+
+    >>> lab = np.zeros((3, 3, 3), np.int32); lab[1, 1, 1] = 4
+    >>> zone_shares(lab, np.eye(4), np.eye(4))[4]["infratentorial"]
+    0.0
+    """
+    arr = _check_labels(labels)
+    aff = check_affine(affine)
+    s2m = check_affine(subject_to_mni, name="subject_to_mni")
+    ijk = np.nonzero(arr)
+    ids = arr[ijk].astype(np.int64)
+    if ids.size == 0:
+        return {}
+    zones = mni_zones()
+    to_tpl = np.linalg.inv(zones.affine) @ s2m @ aff
+    pts = np.stack(ijk).astype(np.float64)
+    tpl_idx = np.rint(to_tpl[:3, :3] @ pts + to_tpl[:3, 3:4]).astype(np.int64)
+    shape = np.asarray(next(iter(zones.masks.values())).shape)[:, None]
+    inside = np.all((tpl_idx >= 0) & (tpl_idx < shape), axis=0)
+    safe = np.where(inside, tpl_idx, 0)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    counts = np.bincount(inverse, minlength=uniq.size).astype(np.float64)
+    out: dict[int, dict[str, float]] = {int(u): {} for u in uniq}
+    for name in ZONES:
+        hit = zones.masks[name][safe[0], safe[1], safe[2]] & inside
+        n_in = np.bincount(inverse, weights=hit.astype(np.float64), minlength=uniq.size)
+        for u, share in zip(uniq, n_in / counts, strict=True):
+            out[int(u)][name] = float(share)
+    return out
+
+
+def classify_shares(shares: Mapping[str, float], *, min_share: float = MIN_ZONE_SHARE) -> str:
+    """Location class of one lesion from its zone shares (rule in the module docstring).
+
+    >>> classify_shares({"periventricular": 0.3, "juxtacortical": 0.5, "infratentorial": 0.0})
+    'periventricular'
+    >>> classify_shares({"periventricular": 0.02, "juxtacortical": 0.0, "infratentorial": 0.0})
+    'deep_white_matter'
+    """
+    if not 0.0 < min_share <= 1.0:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share}")
+    for zone in PRIORITY:
+        if shares.get(zone, 0.0) >= min_share:
+            return zone
+    return "deep_white_matter"
+
+
+def classify_lesions(labels: np.ndarray, affine: np.ndarray,
+                     subject_to_mni: np.ndarray) -> dict[int, str]:
+    """Location class of every lesion in ``labels``.
+
+    Parameters
+    ----------
+    labels
+        (X, Y, Z) int lesion ids (0 = background) on the grid ``affine``.
+    affine
+        (4, 4) voxel -> subject RAS+ mm of ``labels``.
+    subject_to_mni
+        (4, 4) subject mm -> MNI mm, from :func:`ms_core.preprocess.template_to_subject`.
+
+    Returns
+    -------
+    dict
+        ``lesion_id -> location`` (one of :data:`LOCATIONS`), sorted by id; empty for an empty
+        mask.
+
+    Raises
+    ------
+    ValueError
+        for labels that are not 3D or negative, or a matrix that is not an invertible (4, 4).
+    TypeError
+        for float labels.
+    """
+    shares = zone_shares(labels, affine, subject_to_mni)
+    return {lid: classify_shares(s) for lid, s in sorted(shares.items())}
+
+
+def location_counts(locations: Mapping[int, str]) -> dict[str, int]:
+    """Number of lesions per class, every class of :data:`LOCATIONS` present (0 if none).
+
+    >>> location_counts({1: "infratentorial", 2: "infratentorial"})["infratentorial"]
+    2
+    """
+    counts = dict.fromkeys(LOCATIONS, 0)
+    for lid, loc in locations.items():
+        if loc not in counts:
+            raise ValueError(f"lesion {lid} has unknown location {loc!r}; use one of {LOCATIONS}")
+        counts[loc] += 1
+    return counts

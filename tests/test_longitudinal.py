@@ -1,0 +1,260 @@
+"""Two-visit tracking: registration, change z-score, lesion matching and the track CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ms_core.anatomy import load_template, synthetic_head
+from ms_core.cli import main
+from ms_core.domain import Volume
+from ms_core.errors import InputError
+from ms_core.inference import OnnxModel
+from ms_core.io import load_lesion_mask, save_volume
+from ms_core.lesions import label_components
+from ms_core.longitudinal import (
+    CHANGE_COLUMNS,
+    TrackParams,
+    change_zscore,
+    match_lesions,
+    register_visits,
+    track_volumes,
+)
+from ms_core.models import load_model_card
+from ms_core.preprocess import Grid, resample_to_grid
+from ms_core.segment import SegmentParams
+from ms_core.synth import anisotropic_affine, sphere_labels
+
+
+# ------------------------------------------------------------------ lesion matching (pure numpy)
+def _match(b: np.ndarray, f: np.ndarray, **kw: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    aff = np.eye(4)
+    lb, lf = label_components(b, affine=aff), label_components(f, affine=aff)
+    pb, pf = b.astype(np.float32), f.astype(np.float32)
+    return match_lesions(lb, lf, pb, pf, f & ~b, b & ~f, affine=aff, **kw)
+
+
+def _balls(shape: tuple[int, int, int], spheres: list[tuple[tuple[float, ...], float]]
+           ) -> np.ndarray:
+    return sphere_labels(shape, np.eye(4), spheres) > 0
+
+
+def test_match_classifies_every_status() -> None:
+    shape = (60, 60, 60)
+    base = _balls(shape, [((10, 10, 10), 3), ((30, 10, 10), 3), ((50, 10, 10), 4),
+                          ((10, 40, 10), 3), ((30, 40, 40), 3), ((38, 40, 40), 3),
+                          ((10, 50, 50), 4)])
+    follow = _balls(shape, [((10, 10, 10), 3),  # stable
+                            ((30, 10, 10), 4.5),  # enlarging (3.4x volume)
+                            ((50, 10, 10), 2.5),  # shrinking
+                            # (10, 40, 10) disappeared
+                            ((34, 40, 40), 6),  # two baseline lesions merge
+                            ((10, 46, 50), 2.5), ((10, 54, 50), 2.5),  # one splits in two
+                            ((45, 50, 30), 3)])  # new
+    table, change = _match(base, follow)
+    assert list(table.columns) == list(CHANGE_COLUMNS)
+    by_pos = {tuple(round(v) for v in r[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]]):
+              r.status for _, r in table.iterrows()}
+    assert by_pos[(10, 10, 10)] == "stable"
+    assert by_pos[(30, 10, 10)] == "enlarging"
+    assert by_pos[(50, 10, 10)] == "shrinking"
+    assert by_pos[(10, 40, 10)] == "disappeared"
+    assert by_pos[(45, 50, 30)] == "new"
+    assert sorted(table.status) == sorted(["stable", "enlarging", "shrinking", "disappeared",
+                                           "merged", "split", "new"])
+    assert table.lesion_id.tolist() == list(range(1, 8))
+    new = table[table.status == "new"].iloc[0]
+    assert new.volume_baseline_ml == 0 and new.volume_followup_ml > 0.1
+    assert change[45, 50, 30] == 1 and change[10, 40, 10] == 2 and change[10, 10, 10] == 0
+    assert change[50, 10, 10 + 3] == 2  # the shrunk rim is lost tissue
+
+
+def test_match_empty_and_single_voxel() -> None:
+    empty = np.zeros((8, 8, 8), bool)
+    table, change = _match(empty, empty)
+    assert len(table) == 0 and not change.any()
+    one = empty.copy()
+    one[4, 4, 4] = True
+    table, change = _match(empty, one)
+    assert table.status.tolist() == ["new"] and change[4, 4, 4] == 1
+
+
+def test_enlarging_needs_supported_growth_and_ratio() -> None:
+    shape = (40, 40, 40)
+    base = _balls(shape, [((20, 20, 20), 5)])  # 515 voxels
+    follow = _balls(shape, [((20, 20, 20), 5.2)])  # 619 voxels: +20 %, below 30 %
+    assert _match(base, follow)[0].status.tolist() == ["stable"]
+    assert _match(base, follow, enlarging_ratio=0.1)[0].status.tolist() == ["enlarging"]
+    aff = np.eye(4)
+    lb, lf = label_components(base, affine=aff), label_components(follow, affine=aff)
+    none = np.zeros(shape, bool)  # growth not confirmed by any change evidence
+    table, _ = match_lesions(lb, lf, base * 1.0, follow * 1.0, none, none, affine=aff,
+                             enlarging_ratio=0.1)
+    assert table.status.tolist() == ["stable"]
+
+
+def test_match_rejects_mismatched_grids() -> None:
+    a = np.zeros((4, 4, 4), np.int32)
+    with pytest.raises(ValueError, match="one grid"):
+        match_lesions(a, np.zeros((4, 4, 5), np.int32), a * 1.0, a * 1.0, a > 0, a > 0,
+                      affine=np.eye(4))
+
+
+def test_change_zscore_ignores_global_and_slow_intensity_changes() -> None:
+    rng = np.random.default_rng(0)
+    base = 1 + 0.05 * rng.standard_normal((40, 40, 40)).astype(np.float32)
+    x = np.linspace(0, 1, 40, dtype=np.float32)[:, None, None]
+    follow = base * (1.1 + 0.2 * x) + 0.05 * rng.standard_normal(base.shape).astype(np.float32)
+    follow[20:23, 20:23, 20:23] += 1.0  # a new 3 mm lesion
+    z = change_zscore(follow, base, np.ones(base.shape, bool), spacing_mm=(1.0, 1.0, 1.0))
+    assert z[21, 21, 21] > 8
+    assert np.mean(np.abs(z[:10]) > 4) < 0.01  # bias and gain change are not "change"
+    with pytest.raises(ValueError, match="shapes differ"):
+        change_zscore(follow, base[:-1], np.ones(base.shape, bool), spacing_mm=(1, 1, 1))
+
+
+# ------------------------------------------------------------- end to end on a synthetic head
+class _ThresholdSession:
+    """Stands in for onnxruntime: lesion probability from normalised FLAIR brightness."""
+
+    def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        flair = next(iter(feeds.values()))[:, :1]
+        return [1.0 / (1.0 + np.exp(-(flair - 1.6) * 20.0))]
+
+
+@functools.lru_cache(maxsize=1)
+def _fake_model() -> OnnxModel:
+    return OnnxModel(load_model_card("lesion_seg"), _ThresholdSession(), "fake")
+
+
+def _head(lesions: list[tuple[tuple[float, float, float], float]]) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """Skull-stripped synthetic FLAIR at 2 mm in MNI space with bright ball lesions."""
+    tpl = load_template()
+    img = synthetic_head("FLAIR", with_skull=False)[::2, ::2, ::2].copy()
+    aff = tpl.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    if lesions:
+        balls = sphere_labels(img.shape, aff, lesions) > 0
+        img[balls] = 1.0
+    return img, aff
+
+
+def _rigid(deg: float, shift_mm: tuple[float, float, float]) -> np.ndarray:
+    t = np.deg2rad(deg)
+    m = np.eye(4)
+    m[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    m[:3, 3] = shift_mm
+    return m
+
+
+LESIONS_BASE = [((-24.0, -10.0, 26.0), 5.0), ((26.0, 4.0, 30.0), 4.0),
+                ((-26.0, 10.0, 12.0), 5.0)]
+LESIONS_FOLLOW = [((-24.0, -10.0, 26.0), 5.0), ((26.0, 4.0, 30.0), 6.0),  # stable, enlarging
+                  ((24.0, -30.0, 36.0), 4.0)]  # new; (-26, 10, 12) disappears
+
+
+@functools.lru_cache(maxsize=1)
+def _pair() -> tuple[Volume, Volume, np.ndarray]:
+    """Baseline on its own grid; follow-up moved (5 deg, 4 mm) onto a 1.5 mm LPS grid."""
+    b_img, b_aff = _head(LESIONS_BASE)
+    f_img, f_aff = _head(LESIONS_FOLLOW)
+    move = _rigid(5.0, (4.0, -3.0, 2.0))  # follow-up scanner world = move @ anatomical world
+    lps = np.diag([-1.5, -1.5, 1.5, 1.0])
+    lps[:3, 3] = [90.0, 110.0, -75.0]
+    grid = Grid((120, 150, 110), move @ lps)
+    f_scan = resample_to_grid(f_img, move @ f_aff, grid, order=1)
+    base = Volume(b_img, b_aff, "FLAIR")
+    follow = Volume(f_scan, grid.affine, "FLAIR")
+    return base, follow, move
+
+
+def test_register_visits_recovers_the_head_motion() -> None:
+    base, follow, move = _pair()
+    f_to_b = register_visits(base, follow)
+    # A follow-up world point p is the anatomical point inv(move) p, i.e. baseline world.
+    pts = np.array([[0, 0, 0, 1], [40, 30, 20, 1], [-40, -50, 30, 1]], float).T
+    err = np.linalg.norm((f_to_b @ pts - np.linalg.inv(move) @ pts)[:3], axis=0)
+    assert err.max() < 1.5, err
+    assert np.array_equal(f_to_b, register_visits(base, follow))  # deterministic
+
+
+def test_track_volumes_finds_new_enlarging_and_disappeared_lesions() -> None:
+    base, follow, move = _pair()
+    params = TrackParams(segmentation=SegmentParams(skull_stripped=True))
+    res = track_volumes(base, follow, params, _fake_model())
+    assert res.change_mask.shape == follow.shape and np.array_equal(res.affine, follow.affine)
+    assert res.registration.ncc > 0.9
+    anat = (np.linalg.inv(move)[:3, :3] @ res.table[["centroid_x_mm", "centroid_y_mm",
+                                                      "centroid_z_mm"]].to_numpy().T
+            + np.linalg.inv(move)[:3, 3:4]).T
+
+    def status_at(centre_mm: tuple[float, float, float]) -> str:
+        d = np.linalg.norm(anat - np.asarray(centre_mm), axis=1)
+        assert d.min() < 3.0, (centre_mm, d.min())
+        return str(res.table.status.iloc[int(d.argmin())])
+
+    assert status_at((-24.0, -10.0, 26.0)) == "stable"
+    assert status_at((26.0, 4.0, 30.0)) == "enlarging"
+    assert status_at((24.0, -30.0, 36.0)) == "new"
+    assert status_at((-26.0, 10.0, 12.0)) == "disappeared"
+    assert sorted(res.table.status) == ["disappeared", "enlarging", "new", "stable"], res.table
+    new = res.table[res.table.status == "new"].iloc[0]
+    # A 4 mm ball drawn at 2 mm and resampled twice loses its partial-volume rim at threshold.
+    ball_ml = 4 / 3 * np.pi * 4.0**3 / 1000
+    assert 0.3 * ball_ml < new.volume_followup_ml < 1.2 * ball_ml
+    # The change mask carries the new lesion (1) at its follow-up position.
+    centre = np.linalg.inv(follow.affine) @ move @ np.array([24.0, -30.0, 36.0, 1.0])
+    i, j, k = np.rint(centre[:3]).astype(int)
+    assert res.change_mask[i, j, k] == 1
+    assert (res.change_mask == 2).sum() > 0 and set(np.unique(res.change_mask)) <= {0, 1, 2}
+    assert res.qc["protocol_warnings"]  # voxel size and orientation changed: flagged
+
+
+def test_track_cli_writes_contract_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import ms_core.longitudinal as lon
+
+    base, follow, _ = _pair()
+    save_volume(tmp_path / "a.nii.gz", base.data, base.affine)
+    save_volume(tmp_path / "b.nii.gz", follow.data, follow.affine)
+    monkeypatch.setattr(lon, "load_onnx_model", lambda card, device: _fake_model())
+    out = tmp_path / "out"
+    rc = main(["track", "--baseline-flair", str(tmp_path / "a.nii.gz"), "--followup-flair",
+               str(tmp_path / "b.nii.gz"), "--skull-stripped", "--out", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["status_counts"]["new"] == 1
+    mask = load_lesion_mask(out / "change_mask.nii.gz")
+    assert mask.labels.shape == follow.shape and np.allclose(mask.affine, follow.affine)
+    assert (mask.labels == 1).any() and set(np.unique(mask.labels)) <= {0, 1, 2}
+    table = pd.read_csv(out / "lesion_changes.csv")
+    assert list(table.columns[:6]) == ["lesion_id", "status", "volume_baseline_ml",
+                                       "volume_followup_ml", "centroid_mm", "confidence"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["inputs"]["followup_flair"]["sha256"] and prov["parameters"]["method"] == "joint"
+    assert set(prov["seconds"]) >= {"registration", "segmentation", "tracking"}
+
+
+def test_track_cli_bad_input_names_the_file(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    good = tmp_path / "ok.nii.gz"
+    save_volume(good, np.ones((8, 8, 8), np.float32), anisotropic_affine())
+    rc = main(["track", "--baseline-flair", str(bad), "--followup-flair", str(good),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "broken.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_track_params_validate() -> None:
+    with pytest.raises(InputError, match="method"):
+        TrackParams(method="magic")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="enlarging"):
+        TrackParams(enlarging_ratio=0)
