@@ -29,6 +29,8 @@ from ms_core import state_keys
 from ms_core.domain import Visit
 from ms_core.errors import InputError
 from ms_core.io import load_lesion_mask, load_volume, read_json
+from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
+from ms_core.measurements import measured_table, pending_analysis
 from ms_core.segment import segment_visit, segmentation_status
 from ms_core.study import (
     Study,
@@ -52,7 +54,9 @@ __all__ = [
     "VIEW_MODALITIES",
     "Overlay",
     "Selection",
+    "analyse_patient",
     "cached_study",
+    "change_overlay",
     "check_images",
     "current_selection",
     "default_study_root",
@@ -60,12 +64,19 @@ __all__ = [
     "ensure_routed",
     "image_file_bytes",
     "lesion_overlay",
+    "lesion_table_config",
     "load_truth",
+    "measured",
+    "measured_figure",
+    "pending",
+    "previous_visit",
     "probability_overlay",
     "routed_run",
     "run_segmentation",
+    "run_tracking",
     "segmentation_result",
     "study_dmts",
+    "tracking_result",
     "truths_for",
     "visit_lesions",
     "visit_table_config",
@@ -342,8 +353,25 @@ def visit_table_config() -> dict[str, Any]:
         "brain_volume_ml": cc.NumberColumn("brain volume (ml)", format="%.0f"),
         "lesion_count": cc.NumberColumn("lesions", format="%d"),
         "new_or_enlarging": cc.NumberColumn("new or enlarging", format="%d"),
+        "segmented": cc.CheckboxColumn("segmented"),
+        "compared_with": cc.TextColumn("compared with"),
+        "new": cc.NumberColumn("new", format="%d"),
+        "enlarging": cc.NumberColumn("enlarging", format="%d"),
+        "shrinking": cc.NumberColumn("shrinking", format="%d"),
+        "disappeared": cc.NumberColumn("disappeared", format="%d"),
     }
 
+
+def lesion_table_config() -> dict[str, Any]:
+    """``st.dataframe`` column settings for lesion and lesion-change tables."""
+    cc = st.column_config
+    ml = {c: cc.NumberColumn(c.replace("_ml", " (ml)").replace("_", " "), format="%.3f")
+          for c in ("volume_ml", "volume_baseline_ml", "volume_followup_ml")}
+    mm = {c: cc.NumberColumn(c.replace("_mm", " (mm)").replace("_", " "), format="%.1f")
+          for c in ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")}
+    prob = {c: cc.NumberColumn(c.replace("_", " "), format="%.2f")
+            for c in ("mean_prob", "max_prob", "confidence")}
+    return {**ml, **mm, **prob, "lesion_id": cc.NumberColumn("id", format="%d")}
 
 
 def study_dmts(study: Study) -> list[str]:
@@ -457,3 +485,102 @@ def probability_overlay(root: Path, visit: Visit) -> bytes | None:
     """Gzipped NIfTI bytes of the stored lesion probability map, or ``None``."""
     path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesion_prob.nii.gz"
     return _file_bytes(str(path), _stamp(path)) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------- tracking
+def previous_visit(visits: Sequence[Visit], visit: Visit) -> Visit | None:
+    """The visit before ``visit`` in date order, or ``None`` for the first one."""
+    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
+    i = next(i for i, v in enumerate(ordered) if v.session_id == visit.session_id)
+    return ordered[i - 1] if i > 0 else None
+
+
+def _tracking_stamps(root: Path, baseline: Visit, followup: Visit) -> tuple[tuple[int, int], ...]:
+    files = [tracking_dir(root, baseline, followup) / "provenance.json",
+             *baseline.images.values(), *followup.images.values()]
+    return tuple(_stamp(p) for p in files)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _tracking_status(root: str, pid: str, base_sid: str, follow_sid: str,
+                     stamps: tuple[tuple[int, int], ...]) -> dict[str, Any] | None:
+    study = cached_study(root)
+    return tracking_status(Path(root), study.visit(pid, base_sid), study.visit(pid, follow_sid))
+
+
+def tracking_result(root: Path, baseline: Visit, followup: Visit
+                    ) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """Provenance and ``lesion_changes.csv`` of the current comparison, or ``None``."""
+    prov = _tracking_status(str(root), followup.participant_id, baseline.session_id,
+                            followup.session_id, _tracking_stamps(root, baseline, followup))
+    if prov is None:
+        return None
+    return prov, pd.read_csv(tracking_dir(root, baseline, followup) / "lesion_changes.csv")
+
+
+def run_tracking(root: Path, baseline: Visit, followup: Visit) -> None:
+    """Compare two visits now (reusing stored segmentations), with a progress bar."""
+    bar = st.progress(0.0, text="Comparing visits…")
+    track_visits(root, baseline, followup, progress=lambda f: bar.progress(
+        min(f, 1.0), text=f"Comparing visits… {f:.0%}"))
+    bar.empty()
+
+
+def change_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
+    """Gzipped NIfTI bytes of the stored change mask (1 new/enlarging, 2 shrinking)."""
+    path = tracking_dir(root, baseline, followup) / "change_mask.nii.gz"
+    return _file_bytes(str(path), _stamp(path)) if path.exists() else None
+
+
+def measured(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
+    """:func:`ms_core.measurements.measured_table`, cached on the derivatives' files."""
+    stamps = tuple(_stamp(p) for v in visits for p in (
+        derivatives_dir(root, v.participant_id, v.session_id) / "provenance.json",
+        *v.images.values()))
+    changes = tuple(_stamp(p) for p in sorted(
+        (root / "derivatives" / "ms_dash").glob(f"{visits[0].participant_id}/*/change_from_*/"
+                                                "provenance.json"))) if visits else ()
+    return _measured(str(root), visits[0].participant_id if visits else "", stamps + changes)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _measured(root: str, pid: str, stamps: tuple[tuple[int, int], ...]) -> pd.DataFrame:
+    study = cached_study(root)
+    return measured_table(Path(root), study.visits.get(pid, ()))
+
+
+def pending(root: Path, visits: Sequence[Visit]) -> tuple[list[Visit], list[tuple[Visit, Visit]]]:
+    """:func:`ms_core.measurements.pending_analysis` (not cached: it is cheap and must be fresh)."""
+    return pending_analysis(root, visits)
+
+
+def analyse_patient(root: Path, visits: Sequence[Visit]) -> None:
+    """Segment every visit not yet segmented and compare each visit with the previous one."""
+    todo_seg, pairs = pending_analysis(root, visits)
+    steps = max(1, len(todo_seg) + len(pairs))
+    bar = st.progress(0.0, text="Analysing visits…")
+    for i, v in enumerate(todo_seg):
+        segment_visit(root, v, progress=lambda f, i=i, v=v: bar.progress(
+            min((i + f) / steps, 1.0), text=f"Segmenting {v.session_id}… {f:.0%}"))
+    for j, (a, b) in enumerate(pairs, start=len(todo_seg)):
+        bar.progress(min(j / steps, 1.0), text=f"Comparing {b.session_id} with {a.session_id}…")
+        track_visits(root, a, b)
+    bar.empty()
+
+
+def measured_figure(table: pd.DataFrame) -> go.Figure:
+    """Measured lesion count per visit and new/enlarging lesions per interval."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "Lesions (network)", "New or enlarging since previous visit"))
+    fig.add_trace(go.Scatter(x=table["acq_date"], y=table["lesion_count"], mode="lines+markers",
+                             name="lesions", customdata=table["session_id"],
+                             hovertemplate="%{customdata}: %{y} lesions<extra></extra>"),
+                  row=1, col=1)
+    for status, colour in (("new", "crimson"), ("enlarging", "orange")):
+        fig.add_trace(go.Bar(x=table["acq_date"], y=table[status], name=status,
+                             marker_color=colour, customdata=table["compared_with"],
+                             hovertemplate=f"%{{y}} {status} vs %{{customdata}}<extra></extra>"),
+                      row=1, col=2)
+    fig.update_layout(barmode="stack", height=340, margin={"t": 60, "b": 40},
+                      title="Measured by the pipeline", legend={"orientation": "h", "y": -0.2})
+    return fig

@@ -29,10 +29,11 @@ tissue, 2 = shrinking or disappearing lesion tissue.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -41,15 +42,16 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.domain import Volume, voxel_volume_ml
+from ms_core.domain import Visit, Volume, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model
-from ms_core.io import atomic_write_text, load_volume, save_labels, write_json
+from ms_core.io import atomic_write_text, load_volume, read_json, save_labels, write_json
 from ms_core.lesions import label_components
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import Grid, normalize_intensity, resample_to_grid, working_grid
 from ms_core.registration import register_affine
 from ms_core.segment import SegmentParams, brain_on_grid, model_info, probability_on_grid
+from ms_core.study import derivatives_dir
 
 __all__ = [
     "CHANGE_COLUMNS",
@@ -64,7 +66,10 @@ __all__ = [
     "prepare_pair",
     "register_visits",
     "track_files",
+    "track_visits",
     "track_volumes",
+    "tracking_dir",
+    "tracking_status",
     "write_track_outputs",
 ]
 
@@ -119,8 +124,9 @@ class PairRegistration:
 class TrackResult:
     """Outputs of :func:`track_volumes`.
 
-    ``change_mask`` (X, Y, Z) uint8 and ``affine`` are the follow-up FLAIR's grid; ``table`` has
-    :data:`CHANGE_COLUMNS`; ``qc`` holds the registration QC and protocol warnings.
+    ``change_mask`` (X, Y, Z) uint8 and ``lesion_ids`` (X, Y, Z) int32 (the table's
+    ``lesion_id`` of each voxel of either visit) lie on ``affine``, the follow-up FLAIR's grid;
+    ``table`` has :data:`CHANGE_COLUMNS`; ``qc`` holds the registration QC and protocol warnings.
     """
 
     change_mask: np.ndarray
@@ -129,6 +135,7 @@ class TrackResult:
     registration: PairRegistration
     provider: str
     model: dict[str, str] | None
+    lesion_ids: np.ndarray
     qc: dict[str, object] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -215,7 +222,7 @@ def _groups(labels_b: np.ndarray, labels_f: np.ndarray) -> list[tuple[list[int],
 def match_lesions(labels_b: np.ndarray, labels_f: np.ndarray, prob_b: np.ndarray,
                   prob_f: np.ndarray, increase: np.ndarray, decrease: np.ndarray, *,
                   affine: np.ndarray, enlarging_ratio: float = 0.3
-                  ) -> tuple[pd.DataFrame, np.ndarray]:
+                  ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Match the lesions of two visits on one grid and classify each group.
 
     Parameters
@@ -234,13 +241,16 @@ def match_lesions(labels_b: np.ndarray, labels_f: np.ndarray, prob_b: np.ndarray
     Returns
     -------
     The table (:data:`CHANGE_COLUMNS`, one row per group, ``lesion_id`` 1..N in scan order of
-    the group's first voxel) and (X, Y, Z) uint8 change labels (1 grown, 2 lost).
+    the group's first voxel), (X, Y, Z) uint8 change labels (1 = tissue of a new lesion or
+    confirmed growth of a persisting one, 2 = tissue of a disappeared lesion or confirmed loss)
+    and (X, Y, Z) int32 lesion ids (the union of both visits' voxels of each group).
     """
     shapes = {a.shape for a in (labels_b, labels_f, prob_b, prob_f, increase, decrease)}
     if len(shapes) != 1:
         raise ValueError(f"all maps must share one grid, got shapes {sorted(shapes)}")
     ml = voxel_volume_ml(affine)
     change = np.zeros(labels_f.shape, dtype=np.uint8)
+    group_map = np.zeros(labels_f.shape, dtype=np.int32)
     rows: list[dict[str, object]] = []
     groups = _groups(labels_b, labels_f)
     slices_b = ndi.find_objects(labels_b.astype(np.int32))
@@ -269,21 +279,25 @@ def match_lesions(labels_b: np.ndarray, labels_f: np.ndarray, prob_b: np.ndarray
             status = "shrinking"
         else:
             status = "stable"
+        if status == "new":
+            change[box][in_f] = 1
+        elif status == "disappeared":
+            change[box][in_b] = 2
+        else:  # confirmed growth / loss of any persisting lesion, whatever its status
+            change[box][grown & increase[box]] = 1
+            change[box][lost & decrease[box]] = 2
         if status in ("new", "enlarging"):
-            mark = grown & increase[box] if status == "enlarging" else in_f
-            change[box][mark] = 1
             conf = float(np.mean((pf * (1 - pb))[grown]))
         elif status in ("disappeared", "shrinking"):
-            mark = lost & decrease[box] if status == "shrinking" else in_b
-            change[box][mark] = 2
             conf = float(np.mean((pb * (1 - pf))[lost]))
         else:
-            either = in_b | in_f
-            conf = float(np.mean(np.maximum(pb, pf)[either]))
+            conf = float(np.mean(np.maximum(pb, pf)[in_b | in_f]))
+        group_map[box][in_b | in_f] = len(rows) + 1
         where = np.argwhere(in_f if n_f else in_b).mean(axis=0) + [s.start for s in box]
         centroid = affine[:3, :3] @ where + affine[:3, 3]
         rows.append({
             "first_voxel": tuple(np.argwhere(in_b | in_f)[0] + [s.start for s in box]),
+            "group": len(rows) + 1,
             "status": status, "volume_baseline_ml": n_b * ml, "volume_followup_ml": n_f * ml,
             "centroid_mm": " ".join(f"{c:.1f}" for c in centroid),
             "confidence": round(conf, 4), "n_baseline_components": len(ids_b),
@@ -291,9 +305,12 @@ def match_lesions(labels_b: np.ndarray, labels_f: np.ndarray, prob_b: np.ndarray
             "centroid_y_mm": float(centroid[1]), "centroid_z_mm": float(centroid[2]),
         })
     rows.sort(key=lambda r: r.pop("first_voxel"))  # type: ignore[arg-type,return-value]
+    new_id = np.zeros(len(rows) + 1, dtype=np.int32)
+    for i, r in enumerate(rows, start=1):
+        new_id[int(r.pop("group"))] = i  # type: ignore[call-overload]
     table = pd.DataFrame(rows, columns=[c for c in CHANGE_COLUMNS if c != "lesion_id"])
     table.insert(0, "lesion_id", np.arange(1, len(table) + 1, dtype=np.int64))
-    return table, change
+    return table, change, new_id[group_map]
 
 
 def _union_box(slices: list[tuple[slice, ...] | None], shape: tuple[int, ...]
@@ -352,8 +369,13 @@ class _Laps:
 
 def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
                  model: OnnxModel | None = None,
-                 progress: Callable[[float], None] | None = None) -> PairMaps:
-    """Brain mask, rigid registration, normalisation and both probability maps."""
+                 progress: Callable[[float], None] | None = None, *,
+                 probs: tuple[Volume, Volume] | None = None) -> PairMaps:
+    """Brain mask, rigid registration, normalisation and both probability maps.
+
+    ``probs``: stored (baseline, follow-up) lesion probability maps on each visit's own grid
+    (the ``segment`` outputs); they are resampled instead of running the model again.
+    """
     lap = _Laps()
     for name, vol in (("baseline", baseline), ("follow-up", followup)):
         if not np.any(vol.data > 0):
@@ -373,8 +395,14 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
     def half(offset: float) -> Callable[[float], None] | None:
         return None if progress is None else (lambda f: progress(offset + 0.5 * f))
 
-    prob_b = probability_on_grid(b_work, None, brain, grid, seg, model, to_mni, half(0.0))
-    prob_f = probability_on_grid(f_work, None, brain, grid, seg, model, to_mni, half(0.5))
+    if probs is None:
+        prob_b = probability_on_grid(b_work, None, brain, grid, seg, model, to_mni, half(0.0))
+        prob_f = probability_on_grid(f_work, None, brain, grid, seg, model, to_mni, half(0.5))
+    else:
+        stored_b, stored_f = probs
+        prob_b = resample_to_grid(stored_b.data, np.linalg.inv(f_to_b) @ stored_b.affine, grid,
+                                  order=1) * brain
+        prob_f = resample_to_grid(stored_f.data, stored_f.affine, grid, order=1) * brain
     lap("segmentation")
     provider, info = model_info(seg, model)
     return PairMaps(grid, brain, f_norm, b_norm, prob_f, prob_b, registration, provider, info,
@@ -401,11 +429,17 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     for mask in (increase, decrease):
         keep = label_components(mask, affine=grid.affine, min_lesion_mm3=params.min_change_mm3)
         mask &= keep > 0
-    table, change_work = match_lesions(labels_b, labels_f, maps.prob_b, maps.prob_f, increase,
-                                       decrease, affine=grid.affine,
-                                       enlarging_ratio=params.enlarging_ratio)
+    table, change_work, ids_work = match_lesions(
+        labels_b, labels_f, maps.prob_b, maps.prob_f, increase, decrease, affine=grid.affine,
+        enlarging_ratio=params.enlarging_ratio)
+    for value in (1, 2):  # fragments of confirmed change below the size limit are noise
+        part = change_work == value
+        small = part & (label_components(part, affine=grid.affine,
+                                         min_lesion_mm3=params.min_change_mm3) == 0)
+        change_work[small] = 0
     native = Grid(followup.shape, followup.affine)
     change = resample_to_grid(change_work.astype(np.float32), grid.affine, native, order=0)
+    lesion_ids = resample_to_grid(ids_work.astype(np.float32), grid.affine, native, order=0)
     lap("tracking")
     warnings = protocol_warnings(baseline, followup)
     if maps.registration.ncc < 0.8:
@@ -414,7 +448,8 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     qc: dict[str, object] = {"registration_ncc": maps.registration.ncc,
                              "protocol_warnings": warnings}
     return TrackResult(np.rint(change).astype(np.uint8), followup.affine, table,
-                       maps.registration, maps.provider, maps.model, qc,
+                       maps.registration, maps.provider, maps.model,
+                       np.rint(lesion_ids).astype(np.int32), qc,
                        {**maps.seconds, **lap.seconds})
 
 
@@ -434,6 +469,7 @@ def write_track_outputs(out_dir: Path, result: TrackResult, params: TrackParams,
     """Write the track CLI's files into ``out_dir`` atomically; provenance last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_labels(out_dir / "change_mask.nii.gz", result.change_mask, result.affine)
+    save_labels(out_dir / "lesion_ids.nii.gz", result.lesion_ids, result.affine)
     atomic_write_text(out_dir / "lesion_changes.csv",
                       result.table.to_csv(index=False, float_format="%.6g"))
     counts = result.table.status.value_counts().to_dict() if len(result.table) else {}
@@ -467,3 +503,71 @@ def track_files(baseline_path: Path, followup_path: Path, out_dir: Path,
     write_track_outputs(out_dir, result, params,
                         {"baseline_flair": baseline_path, "followup_flair": followup_path})
     return result
+
+
+# ----------------------------------------------------------------------------- study visits
+def tracking_dir(root: Path, baseline: Visit, followup: Visit) -> Path:
+    """Where the comparison of two visits is stored: under the follow-up's derivatives."""
+    return (derivatives_dir(root, followup.participant_id, followup.session_id)
+            / f"change_from_{baseline.session_id}")
+
+
+def _visit_flair(visit: Visit) -> Path:
+    if "FLAIR" not in visit.images:
+        raise InputError(None, f"{visit.participant_id} {visit.session_id} has no usable FLAIR")
+    return visit.images["FLAIR"]
+
+
+def tracking_status(root: Path, baseline: Visit, followup: Visit,
+                    params: TrackParams = TrackParams()) -> dict[str, object] | None:
+    """The stored comparison's provenance when it is current (same inputs and settings)."""
+    prov_path = tracking_dir(root, baseline, followup) / "provenance.json"
+    if not prov_path.exists():
+        return None
+    try:
+        prov = read_json(prov_path)
+        same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
+            "baseline_flair": sha256_file(_visit_flair(baseline)),
+            "followup_flair": sha256_file(_visit_flair(followup))}
+        same_params = prov["parameters"] == json.loads(json.dumps(asdict(params)))
+    except (InputError, KeyError, TypeError, AttributeError, ValueError):
+        return None
+    return dict(prov) if same_inputs and same_params else None
+
+
+def track_visits(root: Path, baseline: Visit, followup: Visit,
+                 params: TrackParams = TrackParams(),
+                 progress: Callable[[float], None] | None = None) -> TrackResult:
+    """Compare two visits of a study and store the ``track`` files (see :func:`tracking_dir`).
+
+    Current stored segmentations of both visits (same settings) are reused, so a comparison
+    then costs registration and matching only; otherwise the model runs on both.
+    """
+    from ms_core.segment import segmentation_status
+
+    b_path, f_path = _visit_flair(baseline), _visit_flair(followup)
+    seg = params.segmentation
+    b_vol, f_vol = load_volume(b_path, "FLAIR"), load_volume(f_path, "FLAIR")
+    probs: tuple[Volume, Volume] | None = None
+    if all(segmentation_status(root, v, seg) for v in (baseline, followup)):
+        stored = [load_volume(derivatives_dir(root, v.participant_id, v.session_id)
+                              / "lesion_prob.nii.gz", "prob") for v in (baseline, followup)]
+        probs = (stored[0], stored[1])
+    model = None
+    if probs is None and seg.method == "network":
+        model = load_onnx_model(load_model_card("lesion_seg"), seg.device)
+    maps = prepare_pair(b_vol, f_vol, seg, model, progress, probs=probs)
+    if probs is not None:  # the stored maps: record the model and provider that made them
+        provider, stored_model = _stored_model(root, followup)
+        maps = replace(maps, provider=f"{provider} (stored segmentation)", model=stored_model)
+    result = detect_changes(maps, b_vol, f_vol, params)
+    write_track_outputs(tracking_dir(root, baseline, followup), result, params,
+                        {"baseline_flair": b_path, "followup_flair": f_path})
+    return result
+
+
+def _stored_model(root: Path, visit: Visit) -> tuple[str, dict[str, str] | None]:
+    prov = read_json(derivatives_dir(root, visit.participant_id, visit.session_id)
+                     / "provenance.json")
+    model = prov.get("model")
+    return str(prov.get("provider")), (dict(model) if isinstance(model, dict) else None)

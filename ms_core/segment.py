@@ -8,7 +8,8 @@ Two methods share one interface:
   grey matter by 2 robust standard deviations, inside the registered MNI white-matter prior), so
   every report can show what the network adds.
 
-Both return a probability map on the *input FLAIR's own grid and affine*.
+Both return a probability map on the *input FLAIR's own grid and affine*, and a lesion table
+whose ``location`` column is the McDonald/MAGNIMS topography (:mod:`ms_core.location`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ms_core.io import (
     write_json,
 )
 from ms_core.lesions import lesion_table, threshold_probability
+from ms_core.location import classify_lesions
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import (
     Grid,
@@ -242,6 +244,14 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
                                    min_lesion_mm3=params.min_lesion_mm3)
     table = lesion_table(labels, affine=flair.affine, prob=prob)
     timer.lap("postprocess")
+    if len(table):
+        if to_mni is None:  # skull-stripped network run: register the template for the zones
+            to_mni = template_to_subject(flair, skull_stripped=True)
+        where = classify_lesions(labels, flair.affine, to_mni)
+        table["location"] = [where[int(i)] for i in table.lesion_id]
+    else:
+        table["location"] = pd.Series(dtype="object")
+    timer.lap("location")
     return SegmentationResult(prob.astype(np.float32), labels, flair.affine, table, provider,
                               info, timer.seconds)
 

@@ -6,6 +6,7 @@ __all__ = [
     "PARTICIPANT",
     "PATIENT_VIEWER",
     "SESSION",
+    "SHOW_CHANGES",
     "SHOW_PROBABILITY",
     "STUDY_ROOT",
     "VIEW_MODALITY",
@@ -23,3 +24,5 @@ VIEW_MODALITY = "view_modality"
 PATIENT_VIEWER = "patient_viewer"
 #: Patient page: overlay the segmentation's probability map instead of the binary mask.
 SHOW_PROBABILITY = "show_probability"
+#: Patient page: overlay the lesion changes since the previous visit (takes precedence).
+SHOW_CHANGES = "show_changes"

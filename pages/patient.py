@@ -8,6 +8,7 @@ from niivue_component import niivue_viewer
 import ui_helpers
 from ms_core import state_keys
 from ms_core.errors import InputError
+from ms_core.measurements import mcdonald_checklist
 from ms_core.visits import lesion_totals, overlay_caption, summarize_visit
 
 ui_helpers.ensure_routed()
@@ -37,9 +38,20 @@ with viewer_col:
         overlay = None
     segmentation = ui_helpers.segmentation_result(study.root, visit)
     prob = ui_helpers.probability_overlay(study.root, visit) if segmentation else None
-    show_prob = prob is not None and st.toggle("Show the lesion probability map",
-                                               key=state_keys.SHOW_PROBABILITY)
-    if show_prob:
+    previous = ui_helpers.previous_visit(selection.visits, visit)
+    tracking = (ui_helpers.tracking_result(study.root, previous, visit)
+                if previous is not None else None)
+    changes = (ui_helpers.change_overlay(study.root, previous, visit)
+               if previous is not None and tracking else None)
+    show_changes = changes is not None and st.toggle(
+        "Show lesion changes since the previous visit", key=state_keys.SHOW_CHANGES)
+    show_prob = (not show_changes and prob is not None
+                 and st.toggle("Show the lesion probability map",
+                               key=state_keys.SHOW_PROBABILITY))
+    if show_changes:
+        layers = [{"data": changes, "name": "change_mask.nii.gz", "colormap": "warm",
+                   "opacity": 0.8}]
+    elif show_prob:
         layers = [{"data": prob, "name": "lesion_prob.nii.gz", "colormap": "warm",
                    "opacity": 0.6}]
     else:
@@ -53,7 +65,9 @@ with viewer_col:
             height=560, view_mode="multiplanar", update_interval_ms=None,
             key=f"{state_keys.PATIENT_VIEWER}-{pid}-{visit.session_id}-{modality}",
         )
-        st.caption(overlay_caption(overlay.source, overlay.path) if overlay
+        st.caption("Changes: bright = new or enlarging lesion tissue, dark red = shrinking or "
+                   "disappeared." if show_changes else
+                   overlay_caption(overlay.source, overlay.path) if overlay
                    else "No lesion mask for this visit.")
     elif modality in problems:
         st.info(f"The {modality} image cannot be shown: see the error above.")
@@ -84,7 +98,41 @@ else:
     n_col, v_col = st.columns(2)
     n_col.metric("Lesions found", len(seg_table))
     v_col.metric("Lesion volume", f"{seg_table['volume_ml'].sum():.2f} ml")
-    st.dataframe(seg_table, hide_index=True)
+    st.dataframe(seg_table, hide_index=True, column_config=ui_helpers.lesion_table_config())
+    if "location" in seg_table.columns:
+        st.subheader("McDonald 2017: MRI criteria")
+        checklist = mcdonald_checklist(seg_table, tracking[1] if tracking else None,
+                                       has_followup=previous is not None)
+        st.dataframe(checklist.rows, hide_index=True)
+        with st.expander("What this checklist can and cannot say"):
+            for note in checklist.notes:
+                st.markdown(f"- {note}")
+
+if previous is not None:
+    st.subheader(f"Changes since {previous.label}")
+    if tracking is None:
+        st.write("These two visits have not been compared yet (registration, lesion matching; "
+                 "stored segmentations are reused).")
+        if "FLAIR" in visit.images and "FLAIR" in previous.images and st.button(
+                f"Compare with {previous.session_id}"):
+            try:
+                ui_helpers.run_tracking(study.root, previous, visit)
+            except InputError as e:
+                st.error(f"Comparison failed. {e}")
+            else:
+                st.rerun()
+    else:
+        track_prov, change_table = tracking
+        counts = change_table.status.value_counts()
+        for col, status in zip(st.columns(4), ("new", "enlarging", "shrinking", "disappeared"),
+                               strict=True):
+            col.metric(status.capitalize(), int(counts.get(status, 0)))
+        for warning in track_prov["qc"]["protocol_warnings"]:
+            st.warning(f"Protocol QC: {warning}. Changes may be inflated.")
+        st.caption(f"Rigid registration QC (normalised cross-correlation) "
+                   f"{track_prov['registration']['ncc']:.3f}; method "
+                   f"{track_prov['parameters']['method']}; made {track_prov['created_utc']}.")
+        st.dataframe(change_table, hide_index=True, column_config=ui_helpers.lesion_table_config())
 
 try:
     lesions = ui_helpers.visit_lesions(study.root, visit)

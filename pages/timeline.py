@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui_helpers
+from ms_core.errors import InputError
 from ms_core.timeline import dmt_periods, has_volumes, visit_table
 
 ui_helpers.ensure_routed()
@@ -27,3 +28,24 @@ st.caption("Coloured bands: disease-modifying therapy from the visit it was reco
 if has_volumes(table):
     st.plotly_chart(ui_helpers.volume_figure(table))
 st.dataframe(table, hide_index=True, column_config=ui_helpers.visit_table_config())
+
+st.subheader("Measured by the pipeline")
+measured = ui_helpers.measured(study.root, visits)
+if measured["segmented"].any():
+    st.plotly_chart(ui_helpers.measured_figure(measured))
+    st.dataframe(measured, hide_index=True, column_config=ui_helpers.visit_table_config())
+    st.caption("Network segmentation per visit and lesion matching against the previous visit "
+               "(research use only). Empty cells: not analysed yet.")
+else:
+    st.write("No visit of this patient has been analysed yet.")
+pending_segments, pending_pairs = ui_helpers.pending(study.root, visits)
+if pending_segments or pending_pairs:
+    label = (f"Analyse this patient ({len(pending_segments)} visit(s) to segment, "
+             f"{len(pending_pairs)} interval(s) to compare)")
+    if st.button(label):
+        try:
+            ui_helpers.analyse_patient(study.root, visits)
+        except InputError as e:
+            st.error(f"Analysis stopped. {e}")
+        else:
+            st.rerun()

@@ -191,3 +191,38 @@ def test_segment_button_runs_the_network_and_shows_its_result(
     at.toggle(key=state_keys.SHOW_PROBABILITY).set_value(True).run()
     args = _viewer_args(at)
     assert args is not None and args["overlays"][0]["name"] == "lesion_prob.nii.gz"
+
+
+def test_compare_visits_then_timeline_shows_measurements(
+        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core.segment import segment_visit
+    from ms_core.study import load_study
+
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    visits = load_study(study).visits["sub-01"]
+    for visit in visits[:2]:  # stored segmentations: the comparison reuses them
+        segment_visit(study, visit)
+    at = _app(study, monkeypatch)
+    at.sidebar.selectbox(key=state_keys.SESSION).set_value("ses-02").run()
+    assert not at.exception
+    checklist = at.dataframe[1].value
+    assert checklist["item"].str.contains("periventricular").any()
+    button = next(b for b in at.button if b.label == "Compare with ses-01")
+    button.click().run(timeout=300)
+    assert not at.exception and not at.error
+    labels = {m.label for m in at.metric}
+    assert {"New", "Enlarging", "Shrinking", "Disappeared"} <= labels
+    assert any("registration QC" in c.value for c in at.caption)
+    at.toggle(key=state_keys.SHOW_CHANGES).set_value(True).run()
+    args = _viewer_args(at)
+    assert args is not None and args["overlays"][0]["name"] == "change_mask.nii.gz"
+
+    at.switch_page("pages/timeline.py").run()
+    assert not at.exception
+    measured = at.dataframe[1].value
+    assert measured["segmented"].tolist() == [True, True, False]
+    assert measured["compared_with"].tolist()[1] == "ses-01"
+    assert measured["new_or_enlarging"].notna().tolist() == [False, True, False]
+    assert any(b.label.startswith("Analyse this patient (1 visit(s) to segment, 1 interval")
+               for b in at.button)

@@ -33,7 +33,8 @@ from ms_core.synth import anisotropic_affine, sphere_labels
 
 
 # ------------------------------------------------------------------ lesion matching (pure numpy)
-def _match(b: np.ndarray, f: np.ndarray, **kw: Any) -> tuple[pd.DataFrame, np.ndarray]:
+def _match(b: np.ndarray, f: np.ndarray, **kw: Any
+           ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     aff = np.eye(4)
     lb, lf = label_components(b, affine=aff), label_components(f, affine=aff)
     pb, pf = b.astype(np.float32), f.astype(np.float32)
@@ -57,7 +58,7 @@ def test_match_classifies_every_status() -> None:
                             ((34, 40, 40), 6),  # two baseline lesions merge
                             ((10, 46, 50), 2.5), ((10, 54, 50), 2.5),  # one splits in two
                             ((45, 50, 30), 3)])  # new
-    table, change = _match(base, follow)
+    table, change, ids = _match(base, follow)
     assert list(table.columns) == list(CHANGE_COLUMNS)
     by_pos = {tuple(round(v) for v in r[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]]):
               r.status for _, r in table.iterrows()}
@@ -73,15 +74,18 @@ def test_match_classifies_every_status() -> None:
     assert new.volume_baseline_ml == 0 and new.volume_followup_ml > 0.1
     assert change[45, 50, 30] == 1 and change[10, 40, 10] == 2 and change[10, 10, 10] == 0
     assert change[50, 10, 10 + 3] == 2  # the shrunk rim is lost tissue
+    lid = table.lesion_id[table.status == "new"].iloc[0]
+    assert ids[45, 50, 30] == lid and ids[0, 0, 0] == 0
+    assert set(np.unique(ids)) == {0, *table.lesion_id}
 
 
 def test_match_empty_and_single_voxel() -> None:
     empty = np.zeros((8, 8, 8), bool)
-    table, change = _match(empty, empty)
-    assert len(table) == 0 and not change.any()
+    table, change, ids = _match(empty, empty)
+    assert len(table) == 0 and not change.any() and not ids.any()
     one = empty.copy()
     one[4, 4, 4] = True
-    table, change = _match(empty, one)
+    table, change, ids = _match(empty, one)
     assert table.status.tolist() == ["new"] and change[4, 4, 4] == 1
 
 
@@ -94,7 +98,7 @@ def test_enlarging_needs_supported_growth_and_ratio() -> None:
     aff = np.eye(4)
     lb, lf = label_components(base, affine=aff), label_components(follow, affine=aff)
     none = np.zeros(shape, bool)  # growth not confirmed by any change evidence
-    table, _ = match_lesions(lb, lf, base * 1.0, follow * 1.0, none, none, affine=aff,
+    table, _, _ = match_lesions(lb, lf, base * 1.0, follow * 1.0, none, none, affine=aff,
                              enlarging_ratio=0.1)
     assert table.status.tolist() == ["stable"]
 
@@ -258,3 +262,28 @@ def test_track_params_validate() -> None:
         TrackParams(method="magic")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="enlarging"):
         TrackParams(enlarging_ratio=0)
+
+
+# ------------------------------------------------------------------------ study visits (cache)
+def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study: Path) -> None:
+    from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
+    from ms_core.segment import segment_visit
+    from ms_core.study import load_study
+
+    study = load_study(small_study)
+    base, follow = study.visits["sub-02"][0], study.visits["sub-02"][1]
+    params = TrackParams(segmentation=SegmentParams(method="baseline"))
+    assert tracking_status(small_study, base, follow, params) is None
+    fresh = track_visits(small_study, base, follow, params)
+    out = tracking_dir(small_study, base, follow)
+    assert {p.name for p in out.iterdir()} >= {"change_mask.nii.gz", "lesion_changes.csv",
+                                               "provenance.json"}
+    assert tracking_status(small_study, base, follow, params) is not None
+    assert tracking_status(small_study, base, follow, TrackParams(method="difference")) is None
+    for visit in (base, follow):
+        segment_visit(small_study, visit, params.segmentation)
+    reused = track_visits(small_study, base, follow, params)
+    assert "stored segmentation" in reused.provider
+    # Same maps up to resampling: the verdicts agree for most lesion groups.
+    assert abs(len(reused.table) - len(fresh.table)) <= max(2, len(fresh.table) // 5)
+    assert tracking_status(small_study, base, follow, params) is not None
