@@ -62,14 +62,17 @@ __all__ = [
     "TrackResult",
     "change_zscore",
     "detect_changes",
+    "intensity_profile_warnings",
     "match_lesions",
     "prepare_pair",
+    "protocol_warnings",
     "register_visits",
     "track_files",
     "track_visits",
     "track_volumes",
     "tracking_dir",
     "tracking_status",
+    "visit_metadata_warnings",
     "write_track_outputs",
 ]
 
@@ -336,6 +339,37 @@ def protocol_warnings(baseline: Volume, followup: Volume) -> list[str]:
     return out
 
 
+def intensity_profile_warnings(b_norm: np.ndarray, f_norm: np.ndarray, brain: np.ndarray, *,
+                               tolerance: float = 0.15) -> list[str]:
+    """Flag a changed FLAIR intensity profile (sequence, coil or scanner change).
+
+    Both images are median-normalised inside the same ``brain``; the spread between the 5th and
+    95th and the 99th percentile (lesions, bright rims) are compared. A relative change above
+    ``tolerance`` is reported.
+    """
+    qb = np.percentile(b_norm[brain], [5, 95, 99])
+    qf = np.percentile(f_norm[brain], [5, 95, 99])
+    out: list[str] = []
+    spread_b, spread_f = qb[1] - qb[0], qf[1] - qf[0]
+    if spread_b > 0 and abs(spread_f / spread_b - 1) > tolerance:
+        out.append(f"intensity profile changed: brain contrast spread x{spread_f / spread_b:.2f}")
+    if qb[2] > 0 and abs(qf[2] / qb[2] - 1) > tolerance:
+        out.append(f"intensity profile changed: bright-tail level x{qf[2] / qb[2]:.2f}")
+    return out
+
+
+def visit_metadata_warnings(baseline: Visit, followup: Visit) -> list[str]:
+    """Scanner or field-strength changes recorded in the study's session tables."""
+    out: list[str] = []
+    if (baseline.field_strength_t and followup.field_strength_t
+            and baseline.field_strength_t != followup.field_strength_t):
+        out.append(f"field strength changed: {baseline.field_strength_t:g} T -> "
+                   f"{followup.field_strength_t:g} T")
+    if baseline.scanner and followup.scanner and baseline.scanner != followup.scanner:
+        out.append(f"scanner changed: {baseline.scanner} -> {followup.scanner}")
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class PairMaps:
     """Both visits on the follow-up's 1 mm working grid, ready for change detection.
@@ -441,7 +475,8 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     change = resample_to_grid(change_work.astype(np.float32), grid.affine, native, order=0)
     lesion_ids = resample_to_grid(ids_work.astype(np.float32), grid.affine, native, order=0)
     lap("tracking")
-    warnings = protocol_warnings(baseline, followup)
+    warnings = [*protocol_warnings(baseline, followup),
+                *intensity_profile_warnings(maps.b_norm, maps.f_norm, maps.brain)]
     if maps.registration.ncc < 0.8:
         warnings.append(f"poor registration or intensity change (NCC "
                         f"{maps.registration.ncc:.2f} < 0.80): check the pair")
@@ -561,6 +596,9 @@ def track_visits(root: Path, baseline: Visit, followup: Visit,
         provider, stored_model = _stored_model(root, followup)
         maps = replace(maps, provider=f"{provider} (stored segmentation)", model=stored_model)
     result = detect_changes(maps, b_vol, f_vol, params)
+    warnings = result.qc.get("protocol_warnings")
+    if isinstance(warnings, list):
+        warnings.extend(visit_metadata_warnings(baseline, followup))
     write_track_outputs(tracking_dir(root, baseline, followup), result, params,
                         {"baseline_flair": b_path, "followup_flair": f_path})
     return result

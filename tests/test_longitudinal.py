@@ -287,3 +287,22 @@ def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study
     # Same maps up to resampling: the verdicts agree for most lesion groups.
     assert abs(len(reused.table) - len(fresh.table)) <= max(2, len(fresh.table) // 5)
     assert tracking_status(small_study, base, follow, params) is not None
+
+
+def test_protocol_qc_flags_contrast_and_scanner_changes() -> None:
+    import datetime as dt
+
+    from ms_core.domain import Visit
+    from ms_core.longitudinal import intensity_profile_warnings, visit_metadata_warnings
+
+    rng = np.random.default_rng(1)
+    brain = np.ones((20, 20, 20), bool)
+    base = 1 + 0.2 * rng.standard_normal(brain.shape)
+    assert intensity_profile_warnings(base, base * 1.0, brain) == []
+    flatter = 1 + 0.1 * rng.standard_normal(brain.shape)  # lower contrast, e.g. new sequence
+    assert any("contrast" in w for w in intensity_profile_warnings(base, flatter, brain))
+    a = Visit("sub-01", "ses-01", dt.date(2020, 1, 1), None, None, None, "Avanto 1.5T", 1.5)
+    b = Visit("sub-01", "ses-02", dt.date(2021, 1, 1), None, None, None, "Ingenia 3T", 3.0)
+    warnings = visit_metadata_warnings(a, b)
+    assert len(warnings) == 2 and "1.5 T -> 3 T" in warnings[0]
+    assert visit_metadata_warnings(a, a) == []
