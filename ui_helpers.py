@@ -30,7 +30,12 @@ from ms_core.domain import Visit
 from ms_core.errors import InputError
 from ms_core.io import load_lesion_mask, load_volume, read_json
 from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
-from ms_core.measurements import measured_table, pending_analysis
+from ms_core.measurements import (
+    history_by_lesion,
+    lesion_history,
+    measured_table,
+    pending_analysis,
+)
 from ms_core.segment import segment_visit, segmentation_status
 from ms_core.study import (
     Study,
@@ -63,6 +68,7 @@ __all__ = [
     "edss_figure",
     "ensure_routed",
     "image_file_bytes",
+    "lesion_histories",
     "lesion_overlay",
     "lesion_table_config",
     "load_truth",
@@ -541,6 +547,21 @@ def measured(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
         (root / "derivatives" / "ms_dash").glob(f"{visits[0].participant_id}/*/change_from_*/"
                                                 "provenance.json"))) if visits else ()
     return _measured(str(root), visits[0].participant_id if visits else "", stamps + changes)
+
+
+def lesion_histories(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
+    """:func:`ms_core.measurements.history_by_lesion` for a patient, cached like
+    :func:`measured`."""
+    stamps = tuple(_stamp(p) for v in visits for p in (
+        derivatives_dir(root, v.participant_id, v.session_id) / "provenance.json",
+        *v.images.values()))
+    return _lesion_history(str(root), visits[0].participant_id if visits else "", stamps)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _lesion_history(root: str, pid: str, stamps: tuple[tuple[int, int], ...]) -> pd.DataFrame:
+    study = cached_study(root)
+    return history_by_lesion(lesion_history(Path(root), study.visits.get(pid, ())))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

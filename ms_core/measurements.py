@@ -30,8 +30,18 @@ from ms_core.mcdonald import (
 from ms_core.segment import SegmentParams, segmentation_status
 from ms_core.study import derivatives_dir
 
-__all__ = ["MEASURED_COLUMNS", "McDonaldChecklist", "interval_changes", "mcdonald_checklist",
-           "measured_table", "pending_analysis", "visit_lesion_table"]
+__all__ = [
+    "MEASURED_COLUMNS",
+    "McDonaldChecklist",
+    "history_by_lesion",
+    "interval_changes",
+    "lesion_history",
+    "link_lesions",
+    "mcdonald_checklist",
+    "measured_table",
+    "pending_analysis",
+    "visit_lesion_table",
+]
 
 #: Columns of :func:`measured_table`.
 MEASURED_COLUMNS = ("session_id", "acq_date", "segmented", "lesion_count", "lesion_volume_ml",
@@ -133,3 +143,119 @@ def mcdonald_checklist(lesions: pd.DataFrame, changes: pd.DataFrame | None,
         dit = dissemination_in_time([], has_followup=False)
     notes = dis.notes + (dit.notes if dit is not None else ())
     return McDonaldChecklist(dis, dit, checklist_rows(dis, dit), tuple(dict.fromkeys(notes)))
+
+
+# ----------------------------------------------------------------------------- persistent ids
+def link_lesions(prev_ids: np.ndarray, curr_labels: np.ndarray, groups: np.ndarray,
+                 next_id: int) -> tuple[dict[int, int], int]:
+    """Persistent ids for the lesions of a visit, from the previous visit's ids.
+
+    Parameters
+    ----------
+    prev_ids
+        (X, Y, Z) int: the previous visit's *persistent* ids, resampled onto this visit's grid.
+    curr_labels
+        (X, Y, Z) int: this visit's lesion labels (its ``lesions.csv`` ids).
+    groups
+        (X, Y, Z) int: the comparison's lesion groups on this grid (``lesion_ids.nii.gz``).
+    next_id
+        First unused persistent id.
+
+    Returns
+    -------
+    ``{lesion label: persistent id}`` and the next unused id. A lesion inherits the smallest
+    persistent id found in its comparison group (after a merge the oldest id survives); the
+    second and later parts of a split, and new lesions, get new ids.
+
+    >>> prev = np.array([[[0, 5, 5, 0, 0, 0]]]); cur = np.array([[[0, 1, 1, 0, 2, 2]]])
+    >>> grp = np.array([[[0, 1, 1, 0, 2, 2]]])
+    >>> link_lesions(prev, cur, grp, 6)
+    ({1: 5, 2: 6}, 7)
+    """
+    if not prev_ids.shape == curr_labels.shape == groups.shape:
+        raise ValueError(f"grids differ: {prev_ids.shape}, {curr_labels.shape}, "
+                         f"{groups.shape}; resample onto the visit's grid first")
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for lab in np.unique(curr_labels[curr_labels > 0]).tolist():
+        inside = curr_labels == lab
+        group_ids = np.unique(groups[inside & (groups > 0)])
+        region = np.isin(groups, group_ids) if group_ids.size else inside
+        candidates = sorted(set(np.unique(prev_ids[(region | inside) & (prev_ids > 0)]).tolist())
+                            - used)
+        if candidates:
+            out[int(lab)] = int(candidates[0])
+            used.add(int(candidates[0]))
+        else:
+            out[int(lab)] = next_id
+            next_id += 1
+    return out, next_id
+
+
+def lesion_history(root: Path, visits: Sequence[Visit],
+                   params: TrackParams = TrackParams()) -> pd.DataFrame:
+    """Persistent lesion ids across a patient's visits: one row per (visit, lesion).
+
+    Follows the chain of current segmentations and comparisons from the first visit; it stops
+    at the first visit that is not segmented or not compared with the one before. Columns:
+    ``session_id``, ``lesion_id`` (the visit's own id), ``persistent_id``, ``volume_ml``,
+    ``location``.
+    """
+    from ms_core.io import load_lesion_mask, read_json
+    from ms_core.lesions import label_components
+    from ms_core.preprocess import Grid, resample_to_grid
+
+    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
+    columns = ["session_id", "lesion_id", "persistent_id", "volume_ml", "location"]
+    rows: list[dict[str, object]] = []
+    prev_ids: np.ndarray | None = None
+    prev_affine: np.ndarray | None = None
+    next_id = 1
+    for prev, visit in itertools.pairwise([None, *ordered]):
+        assert visit is not None
+        table = visit_lesion_table(root, visit, params.segmentation)
+        if table is None:
+            break
+        folder = derivatives_dir(root, visit.participant_id, visit.session_id)
+        mask = load_lesion_mask(folder / "lesion_mask.nii.gz")
+        labels = label_components(mask.labels > 0, affine=mask.affine,
+                                  min_lesion_mm3=params.segmentation.min_lesion_mm3)
+        if prev is None or prev_ids is None or prev_affine is None:
+            mapping = {int(i): int(i) for i in table.lesion_id}
+            next_id = max(mapping.values(), default=0) + 1
+        else:
+            if tracking_status(root, prev, visit, params) is None:
+                break
+            track = tracking_dir(root, prev, visit)
+            f_to_b = np.asarray(read_json(track / "provenance.json")["registration"][
+                "followup_to_baseline_ras_mm"], dtype=np.float64)
+            grid = Grid(labels.shape, mask.affine)
+            carried = resample_to_grid(prev_ids.astype(np.float32),
+                                       np.linalg.inv(f_to_b) @ prev_affine, grid, order=0)
+            groups = load_lesion_mask(track / "lesion_ids.nii.gz").labels
+            mapping, next_id = link_lesions(np.rint(carried).astype(np.int64), labels, groups,
+                                            next_id)
+        persistent = np.zeros(labels.shape, dtype=np.int32)
+        for lab, pid in mapping.items():
+            persistent[labels == lab] = pid
+        for r in table.itertuples(index=False):
+            rows.append({"session_id": visit.session_id, "lesion_id": int(r.lesion_id),
+                         "persistent_id": mapping.get(int(r.lesion_id)),
+                         "volume_ml": float(r.volume_ml),
+                         "location": getattr(r, "location", None)})
+        prev_ids, prev_affine = persistent, mask.affine
+    return pd.DataFrame(rows, columns=columns)
+
+
+def history_by_lesion(history: pd.DataFrame) -> pd.DataFrame:
+    """Wide view of :func:`lesion_history`: one row per persistent lesion, its location (at
+    its last visit) and its volume in ml per visit (NaN where the lesion is absent)."""
+    if history.empty:
+        return pd.DataFrame(columns=["persistent_id", "location"])
+    wide = history.pivot_table(index="persistent_id", columns="session_id", values="volume_ml",
+                               aggfunc="sum")
+    location = history.groupby("persistent_id")["location"].last()
+    out = wide.reset_index()
+    out.insert(1, "location", location.reindex(out.persistent_id).to_numpy())
+    out.columns.name = None
+    return out

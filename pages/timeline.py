@@ -36,6 +36,10 @@ if measured["segmented"].any():
     st.dataframe(measured, hide_index=True, column_config=ui_helpers.visit_table_config())
     st.caption("Network segmentation per visit and lesion matching against the previous visit "
                "(research use only). Empty cells: not analysed yet.")
+    history = ui_helpers.lesion_histories(study.root, visits)
+    if len(history):
+        st.markdown("**Lesion history** (persistent ids; volume in ml per visit)")
+        st.dataframe(history, hide_index=True)
 else:
     st.write("No visit of this patient has been analysed yet.")
 pending_segments, pending_pairs = ui_helpers.pending(study.root, visits)

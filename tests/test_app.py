@@ -226,3 +226,6 @@ def test_compare_visits_then_timeline_shows_measurements(
     assert measured["new_or_enlarging"].notna().tolist() == [False, True, False]
     assert any(b.label.startswith("Analyse this patient (1 visit(s) to segment, 1 interval")
                for b in at.button)
+    history = at.dataframe[2].value  # persistent lesion ids across the compared visits
+    assert {"persistent_id", "location", "ses-01", "ses-02"} <= set(history.columns)
+    assert history["ses-01"].notna().any() and history["ses-02"].notna().any()
