@@ -66,7 +66,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     params = SegmentParams(method=args.method, threshold=args.threshold,
                            min_lesion_mm3=args.min_lesion_mm3, skull_stripped=args.skull_stripped,
-                           device=args.device, overlap=args.overlap, tta=args.tta)
+                           device=args.device, overlap=args.overlap, tta=args.tta,
+                           bias_correction=args.n4, denoise=args.denoise)
 
     def progress(fraction: float) -> None:
         if args.verbose:
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--method", choices=("network", "baseline"), default="network")
     seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap [0, 1)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
+    seg.add_argument("--n4", action="store_true",
+                     help="N4 bias-field correction inside the brain before normalisation "
+                          "(off by default; see docs/preprocessing.md)")
+    seg.add_argument("--denoise", action="store_true",
+                     help="curvature-flow denoising inside the brain before normalisation "
+                          "(off by default; see docs/preprocessing.md)")
     seg.add_argument("--out", required=True, help="output folder")
     seg.set_defaults(func=_cmd_segment)
 

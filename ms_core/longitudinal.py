@@ -50,7 +50,13 @@ from ms_core.lesions import label_components
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import Grid, normalize_intensity, resample_to_grid, working_grid
 from ms_core.registration import register_affine
-from ms_core.segment import SegmentParams, brain_on_grid, model_info, probability_on_grid
+from ms_core.segment import (
+    LEGACY_PARAM_DEFAULTS,
+    SegmentParams,
+    brain_on_grid,
+    model_info,
+    probability_on_grid,
+)
 from ms_core.study import derivatives_dir
 
 __all__ = [
@@ -564,7 +570,9 @@ def tracking_status(root: Path, baseline: Visit, followup: Visit,
         same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
             "baseline_flair": sha256_file(_visit_flair(baseline)),
             "followup_flair": sha256_file(_visit_flair(followup))}
-        same_params = prov["parameters"] == json.loads(json.dumps(asdict(params)))
+        stored = dict(prov["parameters"])
+        stored["segmentation"] = {**LEGACY_PARAM_DEFAULTS, **stored["segmentation"]}
+        same_params = stored == json.loads(json.dumps(asdict(params)))
     except (InputError, KeyError, TypeError, AttributeError, ValueError):
         return None
     return dict(prov) if same_inputs and same_params else None

@@ -1,4 +1,5 @@
-"""Preprocessing: working grid, resampling, intensity normalisation, cropping, brain extraction.
+"""Preprocessing: working grid, resampling, intensity normalisation, cropping, brain extraction,
+optional N4 bias-field correction and denoising.
 
 All functions are affine-aware: an image is always ``(data, affine)`` with ``affine`` mapping
 (x, y, z) voxel indices to RAS+ mm. Images are resampled linearly, labels with nearest neighbour.
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
 from ms_core.domain import Volume, check_affine
+from ms_core.io import from_sitk, to_sitk
 from ms_core.registration import register_affine
 
 __all__ = [
@@ -21,6 +24,8 @@ __all__ = [
     "brain_mask_from_template",
     "brain_mask_from_transform",
     "crop_box",
+    "denoise",
+    "n4_bias_correct",
     "normalize_intensity",
     "pad_to_multiple",
     "resample_to_grid",
@@ -30,6 +35,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+DenoiseMethod = Literal["curvature", "median"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +101,170 @@ def normalize_intensity(data: np.ndarray, brain: np.ndarray) -> np.ndarray:
     if not med > 0:
         raise ValueError(f"median brain intensity is {med}: the image looks blank")
     return np.asarray(np.where(mask, data / med, 0.0), dtype=np.float32)
+
+
+def _check_image_and_brain(data: np.ndarray, brain: np.ndarray, what: str
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` as (X, Y, Z) float32 and ``brain`` as bool, checked for shape and emptiness."""
+    arr = np.asarray(data, dtype=np.float32)
+    mask = np.asarray(brain) > 0
+    if arr.ndim != 3:
+        raise ValueError(f"{what} needs a 3D image (X, Y, Z), got shape {arr.shape}")
+    if mask.shape != arr.shape:
+        raise ValueError(f"{what}: brain mask shape {mask.shape} differs from image shape "
+                         f"{arr.shape}; resample the mask onto the image grid first")
+    if not mask.any():
+        raise ValueError(f"brain mask is empty: cannot run {what}")
+    return arr, mask
+
+
+def _box_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
+    """Affine of the sub-array ``data[box]`` of an image on ``affine``."""
+    shift = np.eye(4)
+    shift[:3, 3] = [float(b.start) for b in box]
+    return np.asarray(check_affine(affine) @ shift, dtype=np.float64)
+
+
+def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray, *, shrink: int = 4,
+                    iterations: tuple[int, ...] = (50, 50, 30)) -> np.ndarray:
+    """N4 bias-field correction (Tustison et al., IEEE TMI 2010) inside ``brain``.
+
+    The standard fast recipe: SimpleITK's ``N4BiasFieldCorrectionImageFilter`` estimates the
+    smooth log bias field on the image and mask subsampled by ``shrink`` (default B-spline
+    settings: 4 control points per axis at the first level, order 3), and the field is then
+    evaluated on the full-resolution grid and divided out. Only positive voxels inside
+    ``brain`` drive the fit (N4 works on log intensities). The result is rescaled so that the
+    median over those voxels is unchanged, so intensities keep their original range.
+
+    Runs single-threaded: same input, bit-identical output. About 1-5 s for a whole brain at
+    1 mm on one CPU core (shrink 4, the default iterations).
+
+    Parameters
+    ----------
+    data
+        (X, Y, Z) image with positive intensities inside the brain (any real dtype).
+    affine
+        (4, 4) voxel -> RAS+ mm matrix of ``data`` (without shear); sets the physical spacing
+        of the B-spline lattice.
+    brain
+        (X, Y, Z) bool brain mask on the same grid.
+    shrink
+        Subsampling factor per axis for the fit (>= 1; 4 is the usual choice at 1 mm).
+    iterations
+        Maximum iterations per fitting level; its length is the number of levels (the control
+        lattice doubles at each level).
+
+    Returns
+    -------
+    (X, Y, Z) float32: ``data`` divided by the estimated bias field inside ``brain``, unchanged
+    outside it.
+
+    Raises
+    ------
+    ValueError
+        for a non-3D image, a mask of another shape, an empty mask, too few positive brain
+        voxels, ``shrink < 1``, or empty or non-positive ``iterations``.
+    """
+    import SimpleITK as sitk
+
+    arr, mask = _check_image_and_brain(data, brain, "N4 bias correction")
+    if shrink < 1:
+        raise ValueError(f"shrink must be an integer >= 1, got {shrink}")
+    if len(iterations) == 0 or any(int(i) < 1 for i in iterations):
+        raise ValueError(f"iterations must be one or more positive counts, got {iterations}")
+    box = crop_box(mask, margin=2)
+    sub, sub_mask = arr[box], mask[box]
+    fit = sub_mask & (sub > 0)
+    factors = [max(1, min(int(shrink), n // 8)) for n in sub.shape]
+    need = 64 * int(np.prod(factors))
+    if int(fit.sum()) < need:
+        raise ValueError(f"N4 needs at least {need} positive voxels inside the brain, got "
+                         f"{int(fit.sum())}; check the image and mask, or lower shrink")
+    img = to_sitk(sub, _box_affine(affine, box))
+    fit_img = to_sitk(fit.astype(np.uint8), _box_affine(affine, box))
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    n4.SetNumberOfThreads(1)  # ITK's threaded sums are unordered: one thread is reproducible
+    try:
+        n4.Execute(sitk.Shrink(img, factors), sitk.Shrink(fit_img, factors))
+        log_bias, _ = from_sitk(n4.GetLogBiasFieldAsImage(img))
+    except RuntimeError as e:  # ITK reports failures as RuntimeError
+        raise ValueError(f"N4 bias correction failed: {str(e).splitlines()[-1]}") from e
+    corrected = sub / np.exp(log_bias.astype(np.float64))
+    corrected *= float(np.median(sub[fit])) / float(np.median(corrected[fit]))
+    log.debug("N4: shrink %s, %d levels, bias range x%.3f..x%.3f", factors, len(iterations),
+              float(np.exp(log_bias[fit].min())), float(np.exp(log_bias[fit].max())))
+    out = arr.copy()
+    out[box] = np.where(sub_mask, corrected, sub)
+    return out
+
+
+def denoise(data: np.ndarray, brain: np.ndarray, *, method: DenoiseMethod = "curvature",
+            iterations: int = 5) -> np.ndarray:
+    """Edge-preserving denoising of ``data`` inside ``brain``; voxels outside are unchanged.
+
+    Methods:
+
+    - ``"curvature"``: SimpleITK's ``CurvatureFlowImageFilter`` (mean-curvature motion of the
+      iso-intensity surfaces, time step 0.0625 per iteration, ``iterations`` steps). It smooths
+      along edges, not across them, and is invariant to the intensity scale, so it needs no
+      noise level.
+    - ``"median"``: a 3 x 3 x 3 median filter (``scipy.ndimage.median_filter``); ``iterations``
+      is ignored. Keeps step edges, removes impulse noise, but erases structures of 1 voxel.
+
+    Both work in voxel units: use them on an isotropic grid (the 1 mm working grid). Only brain
+    voxels feed the filter: outside ``brain`` each voxel takes its nearest brain voxel's value
+    first, so the mask border is not treated as an edge.
+
+    Parameters
+    ----------
+    data
+        (X, Y, Z) image (any real dtype).
+    brain
+        (X, Y, Z) bool brain mask on the same grid.
+    method
+        ``"curvature"`` or ``"median"``.
+    iterations
+        Curvature-flow steps (>= 1).
+
+    Returns
+    -------
+    (X, Y, Z) float32 denoised inside ``brain``.
+
+    Raises
+    ------
+    ValueError
+        for an unknown method, ``iterations < 1``, a non-3D image, a mask of another shape or
+        an empty mask.
+
+    >>> img = np.full((12, 12, 12), 100.0); img[6, 6, 6] = 400.0
+    >>> float(denoise(img, img > 0, method="median")[6, 6, 6])
+    100.0
+    """
+    import SimpleITK as sitk
+
+    if method not in ("curvature", "median"):
+        raise ValueError(f"denoise method must be 'curvature' or 'median', got {method!r}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    arr, mask = _check_image_and_brain(data, brain, "denoising")
+    box = crop_box(mask, margin=2)
+    sub = arr[box]
+    # Outside the brain, copy the nearest brain voxel: the mask border is then no artificial
+    # edge (curvature flow would shrink it, the median would pull zeros in).
+    nearest = ndi.distance_transform_edt(~mask[box], return_distances=False, return_indices=True)
+    sub = sub[tuple(nearest)]
+    if method == "median":
+        smooth = np.asarray(ndi.median_filter(sub, size=3, mode="nearest"), dtype=np.float32)
+    else:
+        flow = sitk.CurvatureFlowImageFilter()
+        flow.SetTimeStep(0.0625)  # 0.5 / 2^3: the explicit scheme's stable step in 3D
+        flow.SetNumberOfIterations(int(iterations))
+        # Voxel units: the identity affine gives the filter unit spacing.
+        smooth, _ = from_sitk(flow.Execute(to_sitk(sub, np.eye(4))))
+    out = arr.copy()
+    out[box] = np.where(mask[box], smooth, arr[box])
+    return out
 
 
 def crop_box(mask: np.ndarray, margin: int = 4) -> tuple[slice, slice, slice]:

@@ -46,6 +46,8 @@ from ms_core.preprocess import (
     Grid,
     brain_mask_from_transform,
     crop_box,
+    denoise,
+    n4_bias_correct,
     normalize_intensity,
     pad_to_multiple,
     resample_to_grid,
@@ -55,8 +57,8 @@ from ms_core.preprocess import (
 )
 from ms_core.study import derivatives_dir
 
-__all__ = ["SegmentParams", "SegmentationResult", "brain_on_grid", "model_info",
-           "probability_on_grid", "segment_files", "segment_visit", "segment_volumes",
+__all__ = ["LEGACY_PARAM_DEFAULTS", "SegmentParams", "SegmentationResult", "brain_on_grid",
+           "model_info", "probability_on_grid", "segment_files", "segment_visit", "segment_volumes",
            "segmentation_status", "write_outputs"]
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,12 @@ class SegmentParams:
     device: str = "auto"
     overlap: float = 0.5
     tta: bool = False
+    #: N4 bias-field correction of the images inside the brain before normalisation
+    #: (:func:`ms_core.preprocess.n4_bias_correct`); off by default, see docs/preprocessing.md.
+    bias_correction: bool = False
+    #: Curvature-flow denoising inside the brain before normalisation, after N4 when both are on
+    #: (:func:`ms_core.preprocess.denoise`); off by default, see docs/preprocessing.md.
+    denoise: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ("network", "baseline"):
@@ -108,8 +116,9 @@ class _Timer:
         self._t = time.perf_counter()
 
     def lap(self, stage: str) -> None:
+        """Add the seconds since the previous lap to ``stage`` (a stage may lap twice)."""
         now = time.perf_counter()
-        self.seconds[stage] = round(now - self._t, 3)
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._t, 3)
         self._t = now
 
 
@@ -168,6 +177,21 @@ def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: Segment
     return brain, to_mni
 
 
+def _corrected_images(images: list[np.ndarray], brain: np.ndarray, affine: np.ndarray,
+                      params: SegmentParams, timer: _Timer) -> list[np.ndarray]:
+    """``images`` (X, Y, Z) after the optional N4 and denoising of ``params``, each timed."""
+    if not (params.bias_correction or params.denoise):
+        return images
+    timer.lap("preprocess_normalise")  # cropping so far; normalisation adds to it later
+    if params.bias_correction:
+        images = [n4_bias_correct(im, affine, brain) for im in images]
+        timer.lap("preprocess_n4")
+    if params.denoise:
+        images = [denoise(im, brain, method="curvature") for im in images]
+        timer.lap("preprocess_denoise")
+    return images
+
+
 def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: np.ndarray,
                         grid: Grid, params: SegmentParams, model: OnnxModel | None,
                         to_mni: np.ndarray | None,
@@ -176,18 +200,25 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     """Lesion probability (X, Y, Z) float32 on ``grid`` from images already on it.
 
     ``brain`` is the (X, Y, Z) bool brain mask on ``grid``; ``to_mni`` the subject -> MNI
-    matrix, needed by the baseline method only; ``model`` by the network method only.
+    matrix, needed by the baseline method only; ``model`` by the network method only. With
+    ``params.bias_correction`` / ``params.denoise`` the images are N4-corrected / denoised
+    inside the brain first (stages ``preprocess_n4`` / ``preprocess_denoise`` of ``timer``).
     """
     timer = timer or _Timer()
     box = crop_box(brain, margin=4)
-    f_norm = normalize_intensity(f_work[box], brain[box])
+    shift = np.eye(4)
+    shift[:3, 3] = [float(b.start) for b in box]
+    t1_box = t1_work[box] if t1_work is not None and params.method == "network" else None
+    images = _corrected_images([f_work[box]] + ([] if t1_box is None else [t1_box]), brain[box],
+                               grid.affine @ shift, params, timer)
+    f_norm = normalize_intensity(images[0], brain[box])
     prob_box: np.ndarray
     if params.method == "network":
         if model is None:
             raise ValueError("the network method needs a model (load_onnx_model)")
         t1_norm = np.zeros_like(f_norm)
-        if t1_work is not None:
-            t1_norm = normalize_intensity(t1_work[box], brain[box])
+        if t1_box is not None:
+            t1_norm = normalize_intensity(images[1], brain[box])
         x = np.stack([f_norm, t1_norm]).astype(np.float32)
         patch = model.card.patch_size
         x_pad, back = pad_to_multiple(x, model.card.multiple_of, minimum=max(patch))
@@ -307,6 +338,10 @@ def _visit_inputs(visit: Visit) -> dict[str, Path]:
         {"t1": visit.images["T1w"]} if "T1w" in visit.images else {})
 
 
+#: Settings added after results were first stored, with the value those results were made with.
+LEGACY_PARAM_DEFAULTS = {"bias_correction": False, "denoise": False}
+
+
 def segmentation_status(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),
                         model_sha256: str | None = None) -> dict[str, object] | None:
     """The stored segmentation's provenance if it is current, else ``None``.
@@ -323,7 +358,8 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
         inputs = _visit_inputs(visit)
         same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
             k: sha256_file(p) for k, p in inputs.items()}
-        same_params = prov["parameters"] == asdict(params)
+        # Runs stored before the N4/denoise options existed were made without them.
+        same_params = {**LEGACY_PARAM_DEFAULTS, **prov["parameters"]} == asdict(params)
         same_model = model_sha256 is None or (prov.get("model") or {}).get(
             "sha256") == model_sha256
     except (InputError, KeyError, TypeError, AttributeError):

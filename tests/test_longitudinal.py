@@ -288,6 +288,19 @@ def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study
     assert abs(len(reused.table) - len(fresh.table)) <= max(2, len(fresh.table) // 5)
     assert tracking_status(small_study, base, follow, params) is not None
 
+    # Persistent ids: ses-01 keeps its own ids; most ses-02 lesions inherit one of them.
+    from ms_core.measurements import lesion_history
+
+    history = lesion_history(small_study, [base, follow], params)
+    first = history[history.session_id == base.session_id]
+    second = history[history.session_id == follow.session_id]
+    assert (first.persistent_id == first.lesion_id).all() and len(second) > 0
+    assert second.persistent_id.is_unique
+    inherited = second.persistent_id.isin(first.persistent_id).mean()
+    assert inherited >= 0.5, history
+    new_ids = second.persistent_id[~second.persistent_id.isin(first.persistent_id)]
+    assert (new_ids > first.persistent_id.max()).all()
+
 
 def test_protocol_qc_flags_contrast_and_scanner_changes() -> None:
     import datetime as dt
@@ -306,15 +319,3 @@ def test_protocol_qc_flags_contrast_and_scanner_changes() -> None:
     warnings = visit_metadata_warnings(a, b)
     assert len(warnings) == 2 and "1.5 T -> 3 T" in warnings[0]
     assert visit_metadata_warnings(a, a) == []
-    # Persistent ids: ses-01 keeps its own ids; most ses-02 lesions inherit one of them.
-    from ms_core.measurements import lesion_history
-
-    history = lesion_history(small_study, [base, follow], params)
-    first = history[history.session_id == base.session_id]
-    second = history[history.session_id == follow.session_id]
-    assert (first.persistent_id == first.lesion_id).all() and len(second) > 0
-    assert second.persistent_id.is_unique
-    inherited = second.persistent_id.isin(first.persistent_id).mean()
-    assert inherited >= 0.5, history
-    new_ids = second.persistent_id[~second.persistent_id.isin(first.persistent_id)]
-    assert (new_ids > first.persistent_id.max()).all()

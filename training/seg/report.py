@@ -217,8 +217,8 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   accumulated float32 sums over whole patches and missed the 1e-3 parity gate for v2.
 - The baseline's parameters (k = 2 above grey matter, WM prior > 0.3) were chosen on demo visits
   only.
-- Denoising and N4 bias correction are not part of the pipeline yet; the network was trained with
-  bias-field and noise augmentation instead. Their cost and benefit are still to be measured.
+- N4 bias correction and denoising are optional (`--n4`, `--denoise`, off by default); their
+  measured cost and benefit are in `docs/preprocessing.md`.
 - Raw numbers: `bench/results/segmentation_eval.json`.
 """
     atomic_write_text(REPO / "docs" / "segmentation.md", text)
