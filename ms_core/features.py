@@ -54,6 +54,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import SphericalVoronoi
 
 from ms_core.domain import check_affine, voxel_volume_ml
+from ms_core.lesions import check_labels
 
 __all__ = [
     "ENTROPY_BINS",
@@ -272,14 +273,7 @@ def glcm_features(box: np.ndarray, inside: np.ndarray, *,
 
 
 def _check_inputs(labels: np.ndarray, images: Mapping[str, np.ndarray]) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 3:
-        raise ValueError(f"labels must be a 3D (X, Y, Z) array, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise TypeError(f"labels must be integer lesion ids, got dtype {arr.dtype}; "
-                        "label a binary mask with ms_core.lesions.label_components first")
-    if arr.size and int(arr.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got minimum {int(arr.min())}")
+    arr = check_labels(labels)
     for name, img in images.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"image names must be non-empty strings, got {name!r}")

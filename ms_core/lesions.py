@@ -12,7 +12,8 @@ from scipy import ndimage as ndi
 
 from ms_core.domain import voxel_volume_ml
 
-__all__ = ["LESION_TABLE_COLUMNS", "label_components", "lesion_table", "threshold_probability"]
+__all__ = ["LESION_TABLE_COLUMNS", "check_labels", "label_components", "lesion_table",
+           "threshold_probability"]
 
 #: Columns of :func:`lesion_table`, in order.
 LESION_TABLE_COLUMNS = (
@@ -20,6 +21,22 @@ LESION_TABLE_COLUMNS = (
     "mean_prob", "max_prob",
 )
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def check_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as an array after checking it is a 3D map of integer lesion ids >= 0.
+
+    Raises ``ValueError`` (shape, negative ids) or ``TypeError`` (float labels).
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 3:
+        raise ValueError(f"labels must be a 3D (X, Y, Z) array, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise TypeError(f"labels must be integer lesion ids, got dtype {arr.dtype}; "
+                        "label a binary mask with ms_core.lesions.label_components first")
+    if arr.size and int(arr.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {int(arr.min())}")
+    return arr
 
 
 def label_components(mask: np.ndarray, *, affine: np.ndarray,

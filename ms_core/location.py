@@ -72,6 +72,7 @@ from scipy import ndimage as ndi
 
 from ms_core.anatomy import load_template, world_grid
 from ms_core.domain import check_affine
+from ms_core.lesions import check_labels
 from ms_core.preprocess import Grid, warp_from_template
 
 __all__ = [
@@ -183,18 +184,6 @@ def mni_zones() -> MniZones:
                     cortex=_readonly(cortex))
 
 
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 3:
-        raise ValueError(f"labels must be a 3D (X, Y, Z) array, got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise TypeError(f"labels must be integer lesion ids, got dtype {arr.dtype}; "
-                        "label a binary mask with ms_core.lesions.label_components first")
-    if arr.size and int(arr.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got minimum {int(arr.min())}")
-    return arr
-
-
 def location_zones(grid: Grid, subject_to_mni: np.ndarray) -> dict[str, np.ndarray]:
     """The zone masks resampled onto a subject ``grid``.
 
@@ -241,7 +230,7 @@ def zone_shares(labels: np.ndarray, affine: np.ndarray,
     >>> zone_shares(lab, np.eye(4), np.eye(4))[4]["infratentorial"]
     0.0
     """
-    arr = _check_labels(labels)
+    arr = check_labels(labels)
     aff = check_affine(affine)
     s2m = check_affine(subject_to_mni, name="subject_to_mni")
     ijk = np.nonzero(arr)

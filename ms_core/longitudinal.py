@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from ms_core.registration import register_affine
 from ms_core.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
+    StageTimer,
     brain_on_grid,
     model_info,
     probability_on_grid,
@@ -396,17 +396,6 @@ class PairMaps:
     seconds: dict[str, float]
 
 
-class _Laps:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = round(now - self._t, 3)
-        self._t = now
-
-
 def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
                  model: OnnxModel | None = None,
                  progress: Callable[[float], None] | None = None, *,
@@ -416,18 +405,18 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
     ``probs``: stored (baseline, follow-up) lesion probability maps on each visit's own grid
     (the ``segment`` outputs); they are resampled instead of running the model again.
     """
-    lap = _Laps()
+    timer = StageTimer()
     for name, vol in (("baseline", baseline), ("follow-up", followup)):
         if not np.any(vol.data > 0):
             raise InputError(vol.source, f"the {name} FLAIR is blank (no positive voxels)")
     grid = working_grid(followup, 1.0)
     f_work = resample_to_grid(followup.data, followup.affine, grid, order=1)
     brain, to_mni = brain_on_grid(followup, grid, f_work, seg)
-    lap("preprocess_brain")
+    timer.lap("preprocess_brain")
     f_to_b = register_visits(baseline, followup)
     b_in_f = np.linalg.inv(f_to_b) @ baseline.affine  # baseline voxels -> follow-up world
     b_work = resample_to_grid(baseline.data, b_in_f, grid, order=1)
-    lap("registration")
+    timer.lap("registration")
     f_norm = normalize_intensity(f_work, brain)
     b_norm = normalize_intensity(b_work, brain)
     registration = PairRegistration(f_to_b, round(_ncc(f_norm[brain], b_norm[brain]), 4))
@@ -443,16 +432,16 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
         prob_b = resample_to_grid(stored_b.data, np.linalg.inv(f_to_b) @ stored_b.affine, grid,
                                   order=1) * brain
         prob_f = resample_to_grid(stored_f.data, stored_f.affine, grid, order=1) * brain
-    lap("segmentation")
+    timer.lap("segmentation")
     provider, info = model_info(seg, model)
     return PairMaps(grid, brain, f_norm, b_norm, prob_f, prob_b, registration, provider, info,
-                    lap.seconds)
+                    timer.seconds)
 
 
 def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
                    params: TrackParams = TrackParams()) -> TrackResult:
     """Change evidence, lesion matching and the change mask on the follow-up's own grid."""
-    lap = _Laps()
+    timer = StageTimer()
     grid, seg, t = maps.grid, params.segmentation, params.segmentation.threshold
     labels_b = label_components(maps.prob_b >= t, affine=grid.affine,
                                 min_lesion_mm3=seg.min_lesion_mm3)
@@ -480,7 +469,7 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     native = Grid(followup.shape, followup.affine)
     change = resample_to_grid(change_work.astype(np.float32), grid.affine, native, order=0)
     lesion_ids = resample_to_grid(ids_work.astype(np.float32), grid.affine, native, order=0)
-    lap("tracking")
+    timer.lap("tracking")
     warnings = [*protocol_warnings(baseline, followup),
                 *intensity_profile_warnings(maps.b_norm, maps.f_norm, maps.brain)]
     if maps.registration.ncc < 0.8:
@@ -491,7 +480,7 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     return TrackResult(np.rint(change).astype(np.uint8), followup.affine, table,
                        maps.registration, maps.provider, maps.model,
                        np.rint(lesion_ids).astype(np.int32), qc,
-                       {**maps.seconds, **lap.seconds})
+                       {**maps.seconds, **timer.seconds})
 
 
 def track_volumes(baseline: Volume, followup: Volume, params: TrackParams = TrackParams(),

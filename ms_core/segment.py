@@ -57,9 +57,9 @@ from ms_core.preprocess import (
 )
 from ms_core.study import derivatives_dir
 
-__all__ = ["LEGACY_PARAM_DEFAULTS", "SegmentParams", "SegmentationResult", "brain_on_grid",
-           "model_info", "probability_on_grid", "segment_files", "segment_visit", "segment_volumes",
-           "segmentation_status", "write_outputs"]
+__all__ = ["LEGACY_PARAM_DEFAULTS", "SegmentParams", "SegmentationResult", "StageTimer",
+           "brain_on_grid", "model_info", "probability_on_grid", "segment_files", "segment_visit",
+           "segment_volumes", "segmentation_status", "write_outputs"]
 
 log = logging.getLogger(__name__)
 Method = Literal["network", "baseline"]
@@ -110,7 +110,9 @@ class SegmentationResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-class _Timer:
+class StageTimer:
+    """Wall-clock seconds per named pipeline stage (recorded in provenance)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._t = time.perf_counter()
@@ -178,7 +180,7 @@ def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: Segment
 
 
 def _corrected_images(images: list[np.ndarray], brain: np.ndarray, affine: np.ndarray,
-                      params: SegmentParams, timer: _Timer) -> list[np.ndarray]:
+                      params: SegmentParams, timer: StageTimer) -> list[np.ndarray]:
     """``images`` (X, Y, Z) after the optional N4 and denoising of ``params``, each timed."""
     if not (params.bias_correction or params.denoise):
         return images
@@ -196,7 +198,7 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
                         grid: Grid, params: SegmentParams, model: OnnxModel | None,
                         to_mni: np.ndarray | None,
                         progress: Callable[[float], None] | None = None,
-                        timer: _Timer | None = None) -> np.ndarray:
+                        timer: StageTimer | None = None) -> np.ndarray:
     """Lesion probability (X, Y, Z) float32 on ``grid`` from images already on it.
 
     ``brain`` is the (X, Y, Z) bool brain mask on ``grid``; ``to_mni`` the subject -> MNI
@@ -204,7 +206,7 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     ``params.bias_correction`` / ``params.denoise`` the images are N4-corrected / denoised
     inside the brain first (stages ``preprocess_n4`` / ``preprocess_denoise`` of ``timer``).
     """
-    timer = timer or _Timer()
+    timer = timer or StageTimer()
     box = crop_box(brain, margin=4)
     shift = np.eye(4)
     shift[:3, 3] = [float(b.start) for b in box]
@@ -257,7 +259,7 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
 
     ``model`` is required for the network method (see :func:`load_onnx_model`).
     """
-    timer = _Timer()
+    timer = StageTimer()
     if not np.any(flair.data > 0):
         raise ValueError("the FLAIR image is blank (no positive voxels)")
     grid = working_grid(flair, 1.0)
