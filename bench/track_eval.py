@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=["joint", "difference"])
     ap.add_argument("--skip-demo", action="store_true")
     args = ap.parse_args(argv)
+    # The code that runs: recorded at the start (a long run may outlive later commits).
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()
     card = load_model_card("lesion_seg")
     model = load_onnx_model(card, "cpu")
     results: dict[str, Any] = {"model": {"version": card.version, "sha256": card.sha256},
@@ -156,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         results["patient12"] = patient12(args.methods, model)
     if not args.skip_demo:
         results["demo"] = demo_pairs(args.demo, args.methods, model, args.intervals)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "commit": commit}
     write_json(REPO / "bench" / "results" / "track_eval.json", results)

@@ -337,7 +337,8 @@ def protocol_warnings(baseline: Volume, followup: Volume) -> list[str]:
     out: list[str] = []
     sb, sf = np.round(baseline.spacing_mm, 2), np.round(followup.spacing_mm, 2)
     if not np.allclose(sorted(sb), sorted(sf), atol=0.05):
-        out.append(f"voxel size changed: {tuple(sb)} mm -> {tuple(sf)} mm")
+        out.append(f"voxel size changed: {tuple(float(v) for v in sb)} mm -> "
+                   f"{tuple(float(v) for v in sf)} mm")
     ob = "".join(nib.orientations.aff2axcodes(baseline.affine))
     of = "".join(nib.orientations.aff2axcodes(followup.affine))
     if ob != of:
