@@ -56,7 +56,7 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     from types import SimpleNamespace
 
     from ms_core.preprocess import Grid
-    from ms_core.segment import _Timer, probability_on_grid
+    from ms_core.segment import StageTimer, probability_on_grid
 
     assert not SegmentParams().bias_correction and not SegmentParams().denoise
     grid = Grid((40, 40, 40), np.eye(4))
@@ -73,7 +73,7 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     stages: dict[bool, dict[str, float]] = {}
     for n4 in (False, True):
         params = SegmentParams(bias_correction=n4, denoise=n4)
-        timer = _Timer()
+        timer = StageTimer()
         prob = probability_on_grid(flair.astype(np.float32), None, brain, grid, params,
                                    fake, None, timer=timer)  # type: ignore[arg-type]
         assert prob.shape == grid.shape and prob[lesion].min() > 0.5
