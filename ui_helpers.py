@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ __all__ = [
     "previous_visit",
     "probability_overlay",
     "routed_run",
+    "run_and_refresh",
     "run_segmentation",
     "run_tracking",
     "segmentation_result",
@@ -494,6 +495,17 @@ def probability_overlay(root: Path, visit: Visit) -> bytes | None:
 
 
 # ----------------------------------------------------------------------------- tracking
+def run_and_refresh(action: Callable[[], None], failure: str) -> None:
+    """Run a long action started by a button; rerun the page on success, else show
+    ``failure`` and the error (which names the file)."""
+    try:
+        action()
+    except InputError as e:
+        st.error(f"{failure} {e}")
+    else:
+        st.rerun()
+
+
 def previous_visit(visits: Sequence[Visit], visit: Visit) -> Visit | None:
     """The visit before ``visit`` in date order, or ``None`` for the first one."""
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))

@@ -82,12 +82,8 @@ st.subheader("Lesion segmentation (network)")
 if segmentation is None:
     st.write("This visit has not been segmented with the current model and settings.")
     if "FLAIR" in visit.images and st.button("Segment this visit"):
-        try:
-            ui_helpers.run_segmentation(study.root, visit)
-        except InputError as e:
-            st.error(f"Segmentation failed. {e}")
-        else:
-            st.rerun()
+        ui_helpers.run_and_refresh(lambda: ui_helpers.run_segmentation(study.root, visit),
+                                   "Segmentation failed.")
 else:
     prov, seg_table = segmentation
     model = prov.get("model") or {}
@@ -115,12 +111,9 @@ if previous is not None:
                  "stored segmentations are reused).")
         if "FLAIR" in visit.images and "FLAIR" in previous.images and st.button(
                 f"Compare with {previous.session_id}"):
-            try:
-                ui_helpers.run_tracking(study.root, previous, visit)
-            except InputError as e:
-                st.error(f"Comparison failed. {e}")
-            else:
-                st.rerun()
+            ui_helpers.run_and_refresh(
+                lambda: ui_helpers.run_tracking(study.root, previous, visit),
+                "Comparison failed.")
     else:
         track_prov, change_table = tracking
         counts = change_table.status.value_counts()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 import ui_helpers
-from ms_core.errors import InputError
 from ms_core.timeline import dmt_periods, has_volumes, visit_table
 
 ui_helpers.ensure_routed()
@@ -47,9 +46,5 @@ if pending_segments or pending_pairs:
     label = (f"Analyse this patient ({len(pending_segments)} visit(s) to segment, "
              f"{len(pending_pairs)} interval(s) to compare)")
     if st.button(label):
-        try:
-            ui_helpers.analyse_patient(study.root, visits)
-        except InputError as e:
-            st.error(f"Analysis stopped. {e}")
-        else:
-            st.rerun()
+        ui_helpers.run_and_refresh(lambda: ui_helpers.analyse_patient(study.root, visits),
+                                   "Analysis stopped.")
