@@ -57,11 +57,15 @@ from ms_core.domain import check_affine, voxel_volume_ml
 from ms_core.lesions import check_labels
 
 __all__ = [
+    "DMT_EFFICACY",
     "ENTROPY_BINS",
     "FIRST_ORDER",
     "GLCM_FEATURES",
     "GLCM_LEVELS",
+    "LOCATION_FEATURES",
+    "PROGNOSIS_FEATURES",
     "SHAPE_COLUMNS",
+    "dmt_efficacy",
     "feature_columns",
     "first_order",
     "glcm_features",
@@ -87,6 +91,56 @@ GLCM_FEATURES = ("contrast", "homogeneity", "energy", "correlation")
 ENTROPY_BINS = 32
 #: Grey levels of the GLCM quantisation.
 GLCM_LEVELS = 16
+# --- Patient-visit feature table (prognosis models) ------------------------------------------
+#: Lesion locations (``ms_core.location``) that get a volume and a count column each.
+LOCATION_FEATURES = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
+#: Columns of the patient-visit feature table, in the order the prognosis models take them.
+#: Units are in the names; NaN marks a value that was not measured (the models impute it, see
+#: ``docs/prognosis.md``). Binary columns are 0/1 floats.
+#:
+#: * clinical: ``age_years``, ``sex_male``, ``disease_duration_years`` (since onset),
+#:   ``edss_baseline`` (EDSS at this visit), ``relapses_2y`` (relapses in the 2 years before),
+#:   ``dmt_efficacy`` (0 none, 1 moderate, 2 high; :data:`DMT_EFFICACY`), ``progressive_course``
+#:   (1 for SP/PP MS);
+#: * lesions at this visit: total and per-location volume (ml) and count;
+#: * change: ``new_enlarging_per_year`` (new or enlarging T2 lesions since the previous visit,
+#:   per year) and ``pbvc_pct_per_year`` (annualised percentage brain volume change, negative
+#:   for atrophy), both NaN at a first visit;
+#: * tissue: ``bpf`` (brain parenchymal fraction), ``gm_fraction`` and ``wm_fraction`` (of the
+#:   intracranial volume).
+PROGNOSIS_FEATURES = (
+    "age_years", "sex_male", "disease_duration_years", "edss_baseline", "relapses_2y",
+    "dmt_efficacy", "progressive_course",
+    "lesion_volume_ml", "lesion_count",
+    *(f"{loc}_{kind}" for loc in LOCATION_FEATURES for kind in ("volume_ml", "count")),
+    "new_enlarging_per_year", "pbvc_pct_per_year", "bpf", "gm_fraction", "wm_fraction",
+)
+#: DMT name (lower case) -> efficacy class: 1 moderate-efficacy, 2 high-efficacy (as in the
+#: usual escalation / induction grouping, e.g. the 2018 ECTRIMS/EAN guideline). Anything not
+#: listed counts as 0 (no DMT) only when it is empty or "none"; unknown names raise.
+DMT_EFFICACY = {
+    "none": 0, "": 0,
+    "interferon beta-1a": 1, "interferon beta-1b": 1, "peginterferon beta-1a": 1,
+    "glatiramer acetate": 1, "teriflunomide": 1, "dimethyl fumarate": 1,
+    "diroximel fumarate": 1,
+    "fingolimod": 2, "siponimod": 2, "ozanimod": 2, "ponesimod": 2, "cladribine": 2,
+    "natalizumab": 2, "anti-cd20": 2, "ocrelizumab": 2, "ofatumumab": 2, "ublituximab": 2,
+    "rituximab": 2, "alemtuzumab": 2,
+}
+
+
+def dmt_efficacy(dmt: str | None) -> int:
+    """Efficacy class of a DMT name (:data:`DMT_EFFICACY`); ``None`` or "none" is 0.
+
+    >>> dmt_efficacy("Anti-CD20"), dmt_efficacy(None), dmt_efficacy("interferon beta-1a")
+    (2, 0, 1)
+    """
+    key = (dmt or "").strip().lower()
+    if key not in DMT_EFFICACY:
+        raise ValueError(f"unknown DMT {dmt!r}; known: {sorted(k for k in DMT_EFFICACY if k)}")
+    return DMT_EFFICACY[key]
+
+
 #: The 13 unique neighbour offsets of 3D 26-connectivity (the other 13 are their opposites).
 _DIRECTIONS = tuple(d for d in itertools.product((-1, 0, 1), repeat=3)
                     if d > (0, 0, 0))

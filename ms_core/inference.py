@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 
 from ms_core.errors import InputError
-from ms_core.models import ModelCard
+from ms_core.models import ModelCard, VerifiedModel
 
 __all__ = [
     "OnnxModel",
+    "TabularModel",
     "gaussian_importance",
     "load_onnx_model",
+    "load_tabular_model",
     "sliding_window",
     "window_starts",
 ]
@@ -161,3 +163,51 @@ def load_onnx_model(card: ModelCard, device: str = "auto", threads: int | None =
                                          "CUDA GPU here; use --device auto or cpu")
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     return OnnxModel(card, session, session.get_providers()[0])
+
+
+@dataclass(frozen=True, eq=False)
+class TabularModel:
+    """An onnxruntime CPU session of a tabular classifier (one float32 input, one output).
+
+    The output named ``output`` is (N, n_classes) class probabilities (exported without
+    zipmap); :meth:`predict_proba` returns it as float64.
+    """
+
+    model: VerifiedModel
+    session: Any
+    input_name: str
+    output_name: str
+    provider: str
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(N, F) features -> (N, n_classes) probabilities."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        out = self.session.run([self.output_name], {self.input_name: x})
+        return np.asarray(out[0], dtype=np.float64)
+
+
+def load_tabular_model(model: VerifiedModel, output: str = "probabilities",
+                       threads: int = 1) -> TabularModel:
+    """Create a CPU onnxruntime session for a verified tabular model.
+
+    Small tree and linear models run fastest on one thread; a GPU would only add transfer
+    time, so the CPU provider is used on every machine.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model.onnx_path), opts,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
+        raise InputError(model.onnx_path, f"onnxruntime cannot load the model: {e}") from e
+    inputs = session.get_inputs()
+    outputs = [o.name for o in session.get_outputs()]
+    if len(inputs) != 1 or output not in outputs:
+        raise InputError(model.onnx_path, (
+            f"expected one input and an output named {output!r}, got inputs "
+            f"{[i.name for i in inputs]} and outputs {outputs}"))
+    return TabularModel(model, session, inputs[0].name, output, session.get_providers()[0])

@@ -19,10 +19,21 @@ from typing import Any
 from ms_core.errors import InputError
 from ms_core.io import read_json
 
-__all__ = ["MODELS_DIR", "ModelCard", "ModelError", "load_model_card", "sha256_file"]
+__all__ = [
+    "MODELS_DIR",
+    "ModelCard",
+    "ModelError",
+    "VerifiedModel",
+    "load_model_card",
+    "sha256_file",
+    "verify_model",
+]
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models_onnx"
-_REQUIRED = ("name", "version", "sha256", "input", "output", "preprocessing", "training")
+#: Card fields every model needs.
+_COMMON = ("name", "version", "sha256", "training")
+#: Further card fields of the image segmentation models.
+_REQUIRED = (*_COMMON, "input", "output", "preprocessing")
 
 
 class ModelError(InputError):
@@ -57,14 +68,28 @@ class ModelCard:
     raw: dict[str, Any]
 
 
-def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard:
-    """Read and verify model ``name`` from ``models_dir``.
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A model file whose sha256 matched the manifest and its card, with the card's fields."""
+
+    name: str
+    onnx_path: Path
+    card_path: Path
+    sha256: str
+    card: dict[str, Any]
+
+
+def verify_model(name: str, models_dir: Path | str = MODELS_DIR,
+                 required: tuple[str, ...] = _COMMON) -> VerifiedModel:
+    """Find model ``name`` in ``models_dir/manifest.json`` and check its file and card.
+
+    Any kind of model (image or tabular) goes through here before onnxruntime sees it.
 
     Raises
     ------
     ModelError
         unknown name, missing file, sha256 mismatch (file altered or manifest stale), or a card
-        without the required fields.
+        without one of the ``required`` fields.
     """
     root = Path(models_dir)
     manifest_path = root / "manifest.json"
@@ -84,7 +109,7 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
         card = read_json(card_path)
     except InputError as e:
         raise ModelError(card_path, f"model card unreadable: {e.problem}") from e
-    missing = [k for k in _REQUIRED if k not in card]
+    missing = [k for k in required if k not in card]
     if missing:
         raise ModelError(card_path, f"model card lacks {missing}")
     actual = sha256_file(onnx_path)
@@ -93,6 +118,19 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
             f"sha256 {actual[:12]}... does not match the manifest ({entry['sha256'][:12]}...) "
             f"and card ({card['sha256'][:12]}...): the model was altered or not registered; "
             "refusing to load it"))
+    return VerifiedModel(name, onnx_path, card_path, actual, card)
+
+
+def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard:
+    """Read and verify segmentation model ``name`` from ``models_dir``.
+
+    Raises
+    ------
+    ModelError
+        as :func:`verify_model`, or a card without the segmentation fields.
+    """
+    model = verify_model(name, models_dir, _REQUIRED)
+    card, onnx_path, card_path, actual = model.card, model.onnx_path, model.card_path, model.sha256
     inp, pre = card["input"], card["preprocessing"]
     try:
         return ModelCard(
