@@ -2,8 +2,9 @@
 
 Cross-sectional (one visit), :func:`tissue_volumes`:
 
-1. **Bias correction.** N4 (SimpleITK) on a 4x shrunk copy inside an Otsu head mask; the
-   smooth field is applied to the full-resolution image.
+1. **Bias correction.** N4 (:func:`ms_core.preprocess.n4_bias_correct` with ``brain=None``):
+   fitted on a 4x shrunk copy inside an Otsu head mask, the smooth field divided out of the
+   full-resolution image.
 2. **Template registration.** :func:`ms_core.preprocess.template_to_subject`, refined by an
    affine Mattes-mutual-information registration to the MNI152 template synthesised in the
    image's contrast, restricted to a head mask (< 20 mm from the brain). The intracranial volume
@@ -63,6 +64,7 @@ from ms_core.domain import Volume, voxel_volume_ml
 from ms_core.io import to_sitk
 from ms_core.preprocess import (
     Grid,
+    n4_bias_correct,
     resample_to_grid,
     template_to_subject,
     warp_from_template,
@@ -199,28 +201,6 @@ def _contrast_of(volume: Volume) -> str:
 
 
 # ============================================================================== bias, registration
-def _bias_corrected(data: np.ndarray, affine: np.ndarray, *, shrink: int = 4) -> np.ndarray:
-    """N4 bias correction; (X, Y, Z) float32, same grid. Deterministic (one thread)."""
-    import SimpleITK as sitk
-
-    img = sitk.Cast(to_sitk(np.maximum(data, 0.0), affine), sitk.sitkFloat32)
-    small = sitk.Shrink(img, [shrink] * 3)
-    mask = sitk.OtsuThreshold(small, 0, 1, 200)
-    filt = sitk.N4BiasFieldCorrectionImageFilter()
-    filt.SetMaximumNumberOfIterations([50, 50, 30])
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        filt.Execute(small, mask)
-        log_bias = filt.GetLogBiasFieldAsImage(img)
-    except RuntimeError as e:
-        raise ValueError(f"bias correction failed: {str(e).splitlines()[-1]}") from e
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    field_xyz = sitk.GetArrayFromImage(log_bias).transpose(2, 1, 0)
-    return np.asarray(np.maximum(data, 0.0) * np.exp(-field_xyz), dtype=np.float32)
-
-
 def _matrix_from_sitk(transform: Any) -> np.ndarray:
     """(4, 4) RAS matrix of a SimpleITK affine transform (fixed point -> moving point)."""
     import SimpleITK as sitk
@@ -288,8 +268,8 @@ def refine_subject_to_mni(volume: Volume, subject_to_mni: np.ndarray, *,
 
 
 def _corrected(volume: Volume) -> Volume:
-    return Volume(_bias_corrected(volume.data, volume.affine), volume.affine, volume.modality,
-                  volume.source)
+    return Volume(n4_bias_correct(volume.data, volume.affine, None), volume.affine,
+                  volume.modality, volume.source)
 
 
 def register_to_mni(volume: Volume, *, skull_stripped: bool = False) -> np.ndarray:
@@ -671,8 +651,8 @@ def _smooth_in_mask(values: np.ndarray, mask: np.ndarray, sigma_vox: float) -> n
 def _halfway_pair(baseline: Volume, followup: Volume, f2b: np.ndarray,
                   baseline_brain: np.ndarray | None, spacing_mm: float) -> _HalfwayPair:
     """Resample both visits into halfway space, correct the bias and classify the mean."""
-    b_corr = _bias_corrected(baseline.data, baseline.affine)
-    f_corr = _bias_corrected(followup.data, followup.affine)
+    b_corr = n4_bias_correct(baseline.data, baseline.affine, None)
+    f_corr = n4_bias_correct(followup.data, followup.affine, None)
     half = _rigid_half(f2b)  # halfway y -> baseline world: half @ y; follow-up: inv(half) @ y
     s2m = template_to_subject(Volume(b_corr, baseline.affine, baseline.modality))
     grid = _halfway_grid(baseline, np.linalg.inv(half), s2m, spacing_mm)

@@ -102,6 +102,27 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_prognosis(args: argparse.Namespace) -> int:
+    from ms_core.prognosis_fit import FitConfig, fit_prognosis, read_cohort_table, write_model
+
+    table = read_cohort_table(Path(args.cohort))
+    config = FitConfig(seed=args.seed, test_fraction=args.test_fraction, fast=args.fast)
+    try:
+        result = fit_prognosis(table, config)
+    except ValueError as e:
+        raise InputError(Path(args.cohort), str(e)) from e
+    command = " ".join(["python -m ms_core train-prognosis", *sys.argv[2:]])
+    folder = write_model(result, Path(args.out), command=command, data_description=(
+        f"{args.cohort}: {table.patient_id.nunique()} patients, {len(table)} rows"))
+    test = result.test
+    print(json.dumps({"out": str(folder), "family": result.family, "test_auc": test["auc"],
+                      "test_auc_ci95": test["auc_ci95"], "ece": test["ece"],
+                      "brier": test["brier"], "threshold": result.threshold,
+                      "sensitivity": test["sensitivity"], "specificity": test["specificity"],
+                      "seconds": result.seconds}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
@@ -166,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="predicted mask (NIfTI; non-zero = lesion)")
     ev.add_argument("--truth", required=True, help="reference mask on the same grid")
     ev.set_defaults(func=_cmd_evaluate)
+
+    tp = sub.add_parser("train-prognosis",
+                        help="train, validate, calibrate and export a prognosis model from a "
+                             "cohort CSV (docs/prognosis.md)")
+    tp.add_argument("--cohort", required=True,
+                    help="CSV: patient_id, the prognosis features, cdw_2y (0/1)")
+    tp.add_argument("--out", required=True,
+                    help="models folder to write (manifest.json + prognosis/); point the app "
+                         "at it with MS_DASH_MODELS")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--test-fraction", type=float, default=0.25,
+                    help="share of patients held out for the test metrics")
+    tp.add_argument("--fast", action="store_true", help="small grids (quick check)")
+    tp.set_defaults(func=_cmd_train_prognosis)
     return parser
 
 

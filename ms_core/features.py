@@ -43,17 +43,18 @@ GLCM texture, per image (``{image}_glcm_{feature}``)
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import SphericalVoronoi
 
-from ms_core.domain import check_affine, voxel_volume_ml
+from ms_core.domain import Participant, Visit, check_affine, voxel_volume_ml
 from ms_core.lesions import check_labels
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "lesion_features",
     "principal_axes_mm",
     "surface_area_mm2",
+    "visit_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,89 @@ def dmt_efficacy(dmt: str | None) -> int:
     if key not in DMT_EFFICACY:
         raise ValueError(f"unknown DMT {dmt!r}; known: {sorted(k for k in DMT_EFFICACY if k)}")
     return DMT_EFFICACY[key]
+
+
+_DAYS_PER_YEAR = 365.25
+_PROGRESSIVE = {"SP": 1.0, "PP": 1.0, "SPMS": 1.0, "PPMS": 1.0, "PR": 1.0,
+                "RR": 0.0, "RRMS": 0.0, "CIS": 0.0}
+
+
+def _years_since_mid(year: int | None, date: dt.date) -> float:
+    """Years from 1 July of ``year`` (only the year is recorded) to ``date``; NaN if unknown."""
+    if year is None:
+        return float("nan")
+    return (date - dt.date(year, 7, 1)).days / _DAYS_PER_YEAR
+
+
+def _relapses_2y(visits: Sequence[Visit], visit: Visit) -> float:
+    """Relapses reported at the visits of the 2 years up to ``visit`` (inclusive).
+
+    Each visit reports the relapses since the previous one; an interval that starts before the
+    window counts whole. NaN when one of those visits has no count.
+    """
+    start = visit.acq_date - dt.timedelta(days=round(2 * _DAYS_PER_YEAR))
+    window = [v for v in visits if start < v.acq_date <= visit.acq_date]
+    counts = [v.relapses_since_last for v in window]
+    if any(c is None for c in counts):
+        return float("nan")
+    return float(sum(c for c in counts if c is not None))
+
+
+def visit_features(participant: Participant, visits: Sequence[Visit], visit: Visit, *,
+                   lesions: pd.DataFrame | None = None,
+                   new_enlarging: float | None = None, interval_years: float | None = None,
+                   pbvc_pct_per_year: float | None = None,
+                   tissue: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One row of the patient-visit feature table (:data:`PROGNOSIS_FEATURES`, NaN = missing).
+
+    Parameters
+    ----------
+    participant, visits, visit
+        The patient's clinical record; ``visits`` are all the patient's visits (for the
+        relapse window), ``visit`` the one scored.
+    lesions
+        The visit's per-lesion table (``volume_ml`` and ``location`` columns), e.g. the
+        segmentation's ``lesions.csv``; ``None`` when not measured.
+    new_enlarging, interval_years
+        New plus enlarging lesions since the previous visit and the years between the two.
+    pbvc_pct_per_year
+        Annualised percentage brain volume change since the previous visit.
+    tissue
+        ``bpf``, ``gm_fraction`` and ``wm_fraction`` of this visit.
+
+    Age and disease duration count from 1 July of the recorded birth / onset year.
+    An unknown DMT name or MS type gives NaN (logged), not an error.
+    """
+    row = dict.fromkeys(PROGNOSIS_FEATURES, float("nan"))
+    row["age_years"] = _years_since_mid(participant.birth_year, visit.acq_date)
+    sex = (participant.sex or "").upper()
+    row["sex_male"] = 1.0 if sex == "M" else 0.0 if sex == "F" else float("nan")
+    row["disease_duration_years"] = _years_since_mid(participant.onset_year, visit.acq_date)
+    row["edss_baseline"] = float(visit.edss) if visit.edss is not None else float("nan")
+    row["relapses_2y"] = _relapses_2y(visits, visit)
+    try:
+        row["dmt_efficacy"] = float(dmt_efficacy(visit.dmt))
+    except ValueError as e:
+        log.warning("%s %s: %s", participant.participant_id, visit.session_id, e)
+    row["progressive_course"] = _PROGRESSIVE.get((participant.ms_type or "").upper(),
+                                                 float("nan"))
+    if lesions is not None:
+        row["lesion_volume_ml"] = float(lesions["volume_ml"].sum())
+        row["lesion_count"] = float(len(lesions))
+        where = lesions["location"] if "location" in lesions else pd.Series(dtype=object)
+        for loc in LOCATION_FEATURES:
+            mine = lesions[where == loc] if len(where) else lesions.iloc[:0]
+            known = "location" in lesions
+            row[f"{loc}_volume_ml"] = float(mine["volume_ml"].sum()) if known else float("nan")
+            row[f"{loc}_count"] = float(len(mine)) if known else float("nan")
+    if new_enlarging is not None and interval_years is not None and interval_years > 0:
+        row["new_enlarging_per_year"] = float(new_enlarging) / interval_years
+    if pbvc_pct_per_year is not None:
+        row["pbvc_pct_per_year"] = float(pbvc_pct_per_year)
+    for key in ("bpf", "gm_fraction", "wm_fraction"):
+        if tissue is not None and tissue.get(key) is not None:
+            row[key] = float(tissue[key])
+    return row
 
 
 #: The 13 unique neighbour offsets of 3D 26-connectivity (the other 13 are their opposites).

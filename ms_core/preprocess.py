@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -125,16 +125,24 @@ def _box_affine(affine: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarr
     return np.asarray(check_affine(affine) @ shift, dtype=np.float64)
 
 
-def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray, *, shrink: int = 4,
-                    iterations: tuple[int, ...] = (50, 50, 30)) -> np.ndarray:
-    """N4 bias-field correction (Tustison et al., IEEE TMI 2010) inside ``brain``.
+def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray | None, *,
+                    shrink: int = 4, iterations: tuple[int, ...] = (50, 50, 30)) -> np.ndarray:
+    """N4 bias-field correction (Tustison et al., IEEE TMI 2010) inside ``brain``, or of the
+    whole head when ``brain`` is ``None``.
 
     The standard fast recipe: SimpleITK's ``N4BiasFieldCorrectionImageFilter`` estimates the
     smooth log bias field on the image and mask subsampled by ``shrink`` (default B-spline
     settings: 4 control points per axis at the first level, order 3), and the field is then
-    evaluated on the full-resolution grid and divided out. Only positive voxels inside
-    ``brain`` drive the fit (N4 works on log intensities). The result is rescaled so that the
-    median over those voxels is unchanged, so intensities keep their original range.
+    evaluated on the full-resolution grid and divided out.
+
+    - With a ``brain`` mask (segmentation preprocessing): only positive voxels inside ``brain``
+      drive the fit (N4 works on log intensities), the image is cropped to the mask first, the
+      field is divided out inside the mask only, and the result is rescaled so that the median
+      over the fitted voxels is unchanged (intensities keep their original range).
+    - ``brain=None`` (raw images with skull, as brain volumetry in :mod:`ms_core.atrophy` uses
+      it): negative intensities are set to 0, the head (an Otsu threshold, 200 bins, of the
+      subsampled image) drives the fit, and the field is divided out of the whole image without
+      rescaling.
 
     Runs single-threaded: same input, bit-identical output. About 1-5 s for a whole brain at
     1 mm on one CPU core (shrink 4, the default iterations).
@@ -147,31 +155,34 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray, *, 
         (4, 4) voxel -> RAS+ mm matrix of ``data`` (without shear); sets the physical spacing
         of the B-spline lattice.
     brain
-        (X, Y, Z) bool brain mask on the same grid.
+        (X, Y, Z) bool brain mask on the same grid, or ``None`` for the whole head.
     shrink
-        Subsampling factor per axis for the fit (>= 1; 4 is the usual choice at 1 mm).
+        Subsampling factor per axis for the fit (>= 1; 4 is the usual choice at 1 mm; at most
+        an eighth of the axis length).
     iterations
         Maximum iterations per fitting level; its length is the number of levels (the control
         lattice doubles at each level).
 
     Returns
     -------
-    (X, Y, Z) float32: ``data`` divided by the estimated bias field inside ``brain``, unchanged
-    outside it.
+    (X, Y, Z) float32: ``data`` divided by the estimated bias field inside ``brain`` (unchanged
+    outside it), or everywhere for ``brain=None``.
 
     Raises
     ------
     ValueError
         for a non-3D image, a mask of another shape, an empty mask, too few positive brain
-        voxels, ``shrink < 1``, or empty or non-positive ``iterations``.
+        (or head) voxels, ``shrink < 1``, or empty or non-positive ``iterations``.
     """
     import SimpleITK as sitk
 
-    arr, mask = _check_image_and_brain(data, brain, "N4 bias correction")
     if shrink < 1:
         raise ValueError(f"shrink must be an integer >= 1, got {shrink}")
     if len(iterations) == 0 or any(int(i) < 1 for i in iterations):
         raise ValueError(f"iterations must be one or more positive counts, got {iterations}")
+    if brain is None:
+        return _n4_whole_head(data, affine, shrink, iterations)
+    arr, mask = _check_image_and_brain(data, brain, "N4 bias correction")
     box = crop_box(mask, margin=2)
     sub, sub_mask = arr[box], mask[box]
     fit = sub_mask & (sub > 0)
@@ -182,14 +193,8 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray, *, 
                          f"{int(fit.sum())}; check the image and mask, or lower shrink")
     img = to_sitk(sub, _box_affine(affine, box))
     fit_img = to_sitk(fit.astype(np.uint8), _box_affine(affine, box))
-    n4 = sitk.N4BiasFieldCorrectionImageFilter()
-    n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
-    n4.SetNumberOfThreads(1)  # ITK's threaded sums are unordered: one thread is reproducible
-    try:
-        n4.Execute(sitk.Shrink(img, factors), sitk.Shrink(fit_img, factors))
-        log_bias, _ = from_sitk(n4.GetLogBiasFieldAsImage(img))
-    except RuntimeError as e:  # ITK reports failures as RuntimeError
-        raise ValueError(f"N4 bias correction failed: {str(e).splitlines()[-1]}") from e
+    log_bias = _n4_log_field(img, sitk.Shrink(img, factors), sitk.Shrink(fit_img, factors),
+                             iterations)
     corrected = sub / np.exp(log_bias.astype(np.float64))
     corrected *= float(np.median(sub[fit])) / float(np.median(corrected[fit]))
     log.debug("N4: shrink %s, %d levels, bias range x%.3f..x%.3f", factors, len(iterations),
@@ -197,6 +202,43 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray, *, 
     out = arr.copy()
     out[box] = np.where(sub_mask, corrected, sub)
     return out
+
+
+def _n4_log_field(image: Any, small: Any, small_mask: Any, iterations: tuple[int, ...]
+                  ) -> np.ndarray:
+    """N4 fitted on ``small`` inside ``small_mask`` (SimpleITK images), the log bias field
+    evaluated on ``image``'s grid: (X, Y, Z) float32. One thread, so bit-identical on re-run."""
+    import SimpleITK as sitk
+
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    n4.SetNumberOfThreads(1)  # ITK's threaded sums are unordered: one thread is reproducible
+    try:
+        n4.Execute(small, small_mask)
+        log_bias, _ = from_sitk(n4.GetLogBiasFieldAsImage(image))
+    except RuntimeError as e:  # ITK reports failures as RuntimeError
+        raise ValueError(f"N4 bias correction failed: {str(e).splitlines()[-1]}") from e
+    return log_bias
+
+
+def _n4_whole_head(data: np.ndarray, affine: np.ndarray, shrink: int,
+                   iterations: tuple[int, ...]) -> np.ndarray:
+    """:func:`n4_bias_correct` with ``brain=None``: Otsu head mask, field removed everywhere."""
+    import SimpleITK as sitk
+
+    arr = np.maximum(np.asarray(data, dtype=np.float32), 0.0)
+    if arr.ndim != 3:
+        raise ValueError(f"N4 bias correction needs a 3D image (X, Y, Z), got shape {arr.shape}")
+    factors = [max(1, min(int(shrink), n // 8)) for n in arr.shape]
+    img = to_sitk(arr, check_affine(affine))
+    small = sitk.Shrink(img, factors)
+    head = sitk.OtsuThreshold(small, 0, 1, 200)  # 1 above the threshold: the head
+    n_head = int(sitk.GetArrayViewFromImage(head).sum())
+    if n_head < 64:
+        raise ValueError(f"N4 needs at least 64 head voxels after subsampling by {factors}, "
+                         f"got {n_head}; is the image blank?")
+    log_bias = _n4_log_field(img, small, head, iterations)
+    return np.asarray(arr * np.exp(-log_bias), dtype=np.float32)
 
 
 def denoise(data: np.ndarray, brain: np.ndarray, *, method: DenoiseMethod = "curvature",
