@@ -83,6 +83,7 @@ def run() -> None:
     page = st.navigation([
         st.Page(PAGES_DIR / "patient.py", title="Patient", icon="🧠"),
         st.Page(PAGES_DIR / "timeline.py", title="Timeline", icon="📈"),
+        st.Page(PAGES_DIR / "prognosis.py", title="Prognosis", icon="🔮"),
     ])
     with ui_helpers.routed_run():
         _sidebar()

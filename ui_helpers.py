@@ -106,6 +106,11 @@ def default_study_root() -> str:
     return os.environ.get(STUDY_ENV) or str(REPO_ROOT / "data" / "demo")
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(mtime_ns, size) of a file, or (0, 0) when absent: a cache key that changes with it."""
+    return _stamp(path)
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     """(mtime in ns, size in bytes) of ``path``; (0, -1) when it does not exist."""
     try:

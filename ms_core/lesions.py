@@ -6,6 +6,8 @@ same lesion), the convention of most MS lesion-counting tools.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
@@ -13,7 +15,7 @@ from scipy import ndimage as ndi
 from ms_core.domain import voxel_volume_ml
 
 __all__ = ["LESION_TABLE_COLUMNS", "check_labels", "label_components", "lesion_table",
-           "threshold_probability"]
+           "select_lesions", "threshold_probability"]
 
 #: Columns of :func:`lesion_table`, in order.
 LESION_TABLE_COLUMNS = (
@@ -72,6 +74,22 @@ def label_components(mask: np.ndarray, *, affine: np.ndarray,
     new_ids = np.zeros(n + 1, dtype=np.int32)
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return np.asarray(new_ids[labels])
+
+
+def select_lesions(mask: np.ndarray, ids: Sequence[int], *, affine: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) uint8 mask of the lesions ``ids`` of a stored binary lesion mask.
+
+    The ids are those of :func:`label_components` on ``mask`` (26-connected, scan order), which
+    are the ``lesion_id`` of a segmentation's lesion table: the stored mask holds only the kept
+    lesions, so labelling it again numbers them the same way.
+
+    >>> m = np.zeros((5, 5, 5), np.uint8); m[0, 0, 0] = m[4, 4, 4] = 1
+    >>> sel = select_lesions(m, [2], affine=np.eye(4))
+    >>> int(sel[4, 4, 4]), int(sel.sum())
+    (1, 1)
+    """
+    labels = label_components(mask, affine=affine)
+    return np.isin(labels, np.asarray(list(ids), dtype=np.int32)).astype(np.uint8)
 
 
 def threshold_probability(prob: np.ndarray, *, affine: np.ndarray, threshold: float = 0.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "LESION_LOCATION",
     "PARTICIPANT",
     "PATIENT_VIEWER",
     "SESSION",
@@ -10,6 +11,7 @@ __all__ = [
     "SHOW_PROBABILITY",
     "STUDY_ROOT",
     "VIEW_MODALITY",
+    "WHAT_IF_PREFIX",
 ]
 
 #: Path (str) of the study folder picked in the sidebar.
@@ -26,3 +28,7 @@ PATIENT_VIEWER = "patient_viewer"
 SHOW_PROBABILITY = "show_probability"
 #: Patient page: overlay the lesion changes since the previous visit (takes precedence).
 SHOW_CHANGES = "show_changes"
+#: Patient page: show only the segmented lesions of this location (set from the Prognosis page).
+LESION_LOCATION = "lesion_location"
+#: Prefix of the Prognosis page's what-if slider keys (one per modifiable feature).
+WHAT_IF_PREFIX = "what_if_"

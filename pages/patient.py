@@ -6,6 +6,7 @@ import streamlit as st
 from niivue_component import niivue_viewer
 
 import ui_helpers
+import ui_prognosis
 from ms_core import state_keys
 from ms_core.errors import InputError
 from ms_core.measurements import mcdonald_checklist
@@ -43,6 +44,9 @@ with viewer_col:
                 if previous is not None else None)
     changes = (ui_helpers.change_overlay(study.root, previous, visit)
                if previous is not None and tracking else None)
+    location = st.session_state.get(state_keys.LESION_LOCATION)
+    location_ids = (segmentation[1].lesion_id[segmentation[1].location == location].tolist()
+                    if location and segmentation and "location" in segmentation[1] else None)
     show_changes = changes is not None and st.toggle(
         "Show lesion changes since the previous visit", key=state_keys.SHOW_CHANGES)
     show_prob = (not show_changes and prob is not None
@@ -54,6 +58,10 @@ with viewer_col:
     elif show_prob:
         layers = [{"data": prob, "name": "lesion_prob.nii.gz", "colormap": "warm",
                    "opacity": 0.6}]
+    elif location_ids is not None:
+        subset = ui_prognosis.location_overlay(study.root, visit, location_ids)
+        layers = [{"data": subset, "name": "lesions_location.nii.gz", "colormap": "green",
+                   "opacity": 0.8}] if subset else []
     else:
         layers = [{"data": overlay.data, "name": "lesions.nii.gz", "colormap": "red",
                    "opacity": 0.7}] if overlay else []
@@ -67,6 +75,8 @@ with viewer_col:
         )
         st.caption("Changes: bright = new or enlarging lesion tissue, dark red = shrinking or "
                    "disappeared." if show_changes else
+                   f"Green: the network's {location.replace('_', ' ')} lesions."
+                   if location_ids is not None else
                    overlay_caption(overlay.source, overlay.path) if overlay
                    else "No lesion mask for this visit.")
     elif modality in problems:
@@ -94,7 +104,16 @@ else:
     n_col, v_col = st.columns(2)
     n_col.metric("Lesions found", len(seg_table))
     v_col.metric("Lesion volume", f"{seg_table['volume_ml'].sum():.2f} ml")
-    st.dataframe(seg_table, hide_index=True, column_config=ui_helpers.lesion_table_config())
+    if location_ids is not None:
+        note, clear = st.columns([4, 1])
+        note.info(f"Showing the {location.replace('_', ' ')} lesions (from the Prognosis page).")
+        if clear.button("Show all lesions"):
+            st.session_state[state_keys.LESION_LOCATION] = None
+            st.rerun()
+        shown = seg_table[seg_table["location"] == location]
+    else:
+        shown = seg_table
+    st.dataframe(shown, hide_index=True, column_config=ui_helpers.lesion_table_config())
     if "location" in seg_table.columns:
         st.subheader("McDonald 2017: MRI criteria")
         checklist = mcdonald_checklist(seg_table, tracking[1] if tracking else None,

@@ -1,0 +1,1 @@
+"""EDSS-worsening prognosis: the shipped model's training driver and the real-data sanity check."""
