@@ -47,22 +47,28 @@ Per patient: a source (MS 50 %, SVD 35 %, migraine 15 %), an age, a lesion count
 location mix, and per-lesion volumes and locations. Numbers are rounded, chosen by us to match
 the *qualitative* published descriptions below (not fitted to any data):
 
-* MS (Filippi et al. 2016; Geraldes et al. 2018): age 36 +/- 10 years (18-70); 14 lesions on
+* MS (Filippi et al. 2016; Geraldes et al. 2018): age 36 +/- 11 years (18-75); 14 lesions on
   average (negative binomial, wide: early CIS-like patterns with 1-3 lesions occur); ovoid
   periventricular (40 %), juxtacortical/cortical (25 %) and infratentorial (12 %; pons periphery,
-  cerebellar peduncles) lesions, the rest deep; lesions mostly >= 3 mm (median 70 mm^3).
-  Older MS patients (over 50) get extra age-related punctate deep lesions (comorbid SVD).
-* SVD (Wardlaw et al. 2013, STRIVE; Geraldes et al. 2018): age 70 +/- 8 years (45-92); 15 lesions
-  on average; punctate deep/subcortical lesions (median 20 mm^3) plus a per-patient share of
-  confluent ones (median 400 mm^3); 56 % deep white matter, 30 % periventricular (caps and
-  smooth halo, which a location classifier counts as periventricular), few juxtacortical
-  U-fibre (8 %) and infratentorial (6 %; central pontine, which the location classes cannot tell
-  from the peripheral MS pattern) lesions.
+  cerebellar peduncles) lesions, the rest deep; lesions mostly >= 3 mm (median 50 mm^3,
+  log-normal sigma 1.1). MS patients over 50 get Poisson((age - 50) / 5) extra small deep
+  lesions (age-related, comorbid SVD).
+* SVD (Wardlaw et al. 2013, STRIVE; Geraldes et al. 2018): age 66 +/- 10 years (40-92); 15 lesions
+  on average; punctate deep/subcortical lesions (median 20 mm^3, sigma 0.7) plus a per-patient
+  share (Beta(2, 5), mean 29 %) of confluent ones (median 400 mm^3, sigma 0.9); 56 % deep white
+  matter, 30 % periventricular (caps and smooth halo, which a location classifier counts as
+  periventricular), few juxtacortical U-fibre (8 %) and infratentorial (6 %; central pontine,
+  which the location classes cannot tell from the peripheral MS pattern) lesions.
 * Migraine (Kruit et al. 2004; Geraldes et al. 2018): age 38 +/- 10 years (18-65); few (5 on
-  average) small punctate lesions (median 18 mm^3), 78 % deep, 14 % subcortical/juxtacortical.
+  average) small punctate lesions (median 20 mm^3, sigma 0.7), 78 % deep, 14 %
+  subcortical/juxtacortical, 6 % periventricular, 2 % infratentorial.
+
+Periventricular lesions are 1.5 times larger (MS, SVD) and merge into confluent components in
+groups of ``1 + Poisson(n_periventricular / 8)`` lesions, so a heavy periventricular load is a few
+large components, as in real masks.
 
 Observation model: the per-patient location mix is Dirichlet around the source's mix
-(concentration 10); 5 % of lesions get a random location (location classifier errors; 96 %
+(concentration 6); 5 % of lesions get a random location (location classifier errors; 96 %
 correct on the demo); lesions below a per-patient detection floor of 3-15 mm^3 are not seen
 (volumes drawn from the log-normal truncated at the floor; the segmentation drops lesions under
 10 mm^3 by default); 5 % of recorded labels are flipped (misdiagnosis in the reference standard,
@@ -307,6 +313,8 @@ _LOCATION_CONCENTRATION = 6.0
 _LOCATION_ERROR = 0.05
 _LABEL_NOISE = 0.05
 _FLOOR_ML = (0.003, 0.015)
+#: Periventricular lesions merge in groups of 1 + Poisson(n_periventricular / 8).
+_CONFLUENCE_LESIONS = 8.0
 #: Older MS patients: extra punctate deep lesions, Poisson mean (age - 50) / 5.
 _MS_AGE_LESIONS = (50.0, 5.0)
 
@@ -340,6 +348,21 @@ def _truncated_lognormal(rng: np.random.Generator, n: int, median_ml: float, sig
     return np.asarray(np.exp(mu + sigma * ndtri(np.clip(u, 1e-12, 1 - 1e-12))))
 
 
+def _merge_periventricular(rng: np.random.Generator, vol: np.ndarray, loc: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge periventricular lesions into confluent components (more merging with more lesions)."""
+    peri = np.flatnonzero(loc == 0)
+    if peri.size < 2:
+        return vol, loc
+    group_size = 1 + int(rng.poisson(peri.size / _CONFLUENCE_LESIONS))
+    group = rng.integers(0, math.ceil(peri.size / group_size), size=peri.size)
+    merged = np.bincount(group, weights=vol[peri])
+    merged = merged[merged > 0]
+    keep = loc != 0
+    return (np.concatenate([vol[keep], merged]),
+            np.concatenate([loc[keep], np.zeros(merged.size, dtype=loc.dtype)]))
+
+
 def _simulate_patient(rng: np.random.Generator, source: str
                       ) -> tuple[float, np.ndarray, np.ndarray]:
     p = _SOURCES[source]
@@ -361,6 +384,7 @@ def _simulate_patient(rng: np.random.Generator, source: str
         loc = np.concatenate([loc, np.full(extra, LOCATIONS.index("deep_white_matter"))])
         vol = np.concatenate([vol, _truncated_lognormal(rng, extra, svd.volume_median_ml,
                                                         svd.volume_sigma, floor)])
+    vol, loc = _merge_periventricular(rng, vol, loc)
     wrong = rng.uniform(size=loc.size) < _LOCATION_ERROR
     loc = np.where(wrong, rng.integers(0, len(LOCATIONS), size=loc.size), loc)
     return age, vol, loc

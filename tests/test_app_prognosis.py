@@ -1,0 +1,83 @@
+"""AppTest of the Prognosis page: score, SHAP waterfall, calibration curve, what-if controls,
+and the link from location features to the lesions in the Patient page's viewer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ms_core import state_keys
+from ms_core.models import MODELS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "app.py"
+pytestmark = pytest.mark.skipif(not (MODELS_DIR / "prognosis" / "model.onnx").exists(),
+                                reason="no shipped prognosis model")
+
+
+def _prognosis_page(study: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("MS_DASH_STUDY", str(study))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.switch_page("pages/prognosis.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric(at: AppTest, label: str) -> Any:
+    return next(m for m in at.metric if m.label == label)
+
+
+def _charts(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def test_prognosis_page_scores_explains_and_answers_what_if(
+        small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _prognosis_page(small_study, monkeypatch)
+    prob = _metric(at, "Probability of confirmed worsening within 2 years").value
+    assert prob.endswith("%") and 0 < int(prob[:-1]) < 100
+    # Nothing measured yet in this copy: the MRI inputs are imputed, and the page says so.
+    assert any("imputed" in w.value for w in at.warning)
+    charts = _charts(at)
+    waterfall = next(c for c in charts if c["data"][0]["type"] == "waterfall")
+    assert waterfall["data"][0]["y"][0] == "average patient"
+    assert any("(imputed)" in label for label in waterfall["data"][0]["y"])
+    assert any(c["layout"]["title"]["text"] == "Calibration of the model" for c in charts)
+
+    slider = at.slider(key=f"{state_keys.WHAT_IF_PREFIX}dmt_efficacy")
+    slider.set_value(0.0).run()
+    none = _metric(at, "Probability with these inputs").value
+    slider.set_value(2.0).run()
+    high = _metric(at, "Probability with these inputs").value
+    assert int(high[:-1]) < int(none[:-1])  # high-efficacy DMT lowers the modelled risk
+
+
+def test_location_feature_links_to_its_lesions_in_the_viewer(
+        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core.segment import segment_visit
+    from ms_core.study import load_study
+
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    visit = load_study(study).visits["sub-01"][0]
+    segment_visit(study, visit)
+    at = _prognosis_page(study, monkeypatch)
+    assert not any("imputed with the training medians" in w.value for w in at.warning)
+    buttons = [b for b in at.button if b.label.startswith("Show ")]
+    assert buttons, "a measured visit with lesions offers the location links"
+    label = buttons[0].label
+    buttons[0].click().run()
+    assert not at.exception
+    assert at.session_state[state_keys.LESION_LOCATION] in label.replace(" ", "_")
+    assert any("(from the Prognosis page)" in i.value for i in at.info)
+    shown = at.dataframe[0].value
+    assert (shown["location"] == at.session_state[state_keys.LESION_LOCATION]).all()
+    viewer = next(el for el in at.main if getattr(el, "type", "") == "component_instance")
+    args = json.loads(viewer.proto.json_args)
+    assert args["overlays"][0]["name"] == "lesions_location.nii.gz"
