@@ -1,7 +1,8 @@
 """Confirmed disability worsening (CDW) from a series of EDSS visits.
 
-Definition (the usual trial convention, e.g. Kappos et al., Neurology 2020; Lublin et al.,
-Neurology 2014), with a fixed baseline:
+Definition (the usual convention of trials and registries, e.g. MSBase: Kalincik et al., Brain
+2015; the +1.0 / +0.5 split at 5.5 is discussed by Kragt et al., Mult Scler 2006), with a fixed
+baseline:
 
 * the baseline is the EDSS at the landmark visit, time 0; visits before it (negative times) are
   ignored, a visit whose EDSS is NaN (not rated) is skipped;
