@@ -15,7 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from ms_core.diagnosis import load_diagnosis_model
 from ms_core.domain import Participant, Visit
+from ms_core.inference import TabularModel
 from ms_core.io import load_lesion_mask, nifti_bytes
 from ms_core.lesions import select_lesions
 from ms_core.models import MODELS_DIR, sha256_file
@@ -33,6 +35,7 @@ from ui_helpers import file_stamp, measured
 __all__ = [
     "WHAT_IF",
     "calibration_figure",
+    "diagnosis_model",
     "feature_table",
     "location_overlay",
     "models_dir",
@@ -56,6 +59,17 @@ def models_dir() -> Path:
 @st.cache_resource(max_entries=4, show_spinner="Loading the prognosis model…")
 def _model(root: str, onnx_sha: str) -> PrognosisModel:
     return load_prognosis_model(Path(root))
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _diagnosis_model(root: str, onnx_sha: str) -> TabularModel:
+    return load_diagnosis_model(Path(root))
+
+
+def diagnosis_model() -> TabularModel:
+    """The verified lesion-pattern (diagnosis support) model, cached like the prognosis one."""
+    path = MODELS_DIR / "diagnosis" / "model.onnx"
+    return _diagnosis_model(str(MODELS_DIR), sha256_file(path) if path.is_file() else "")
 
 
 def prognosis_model() -> PrognosisModel:

@@ -66,6 +66,7 @@ __all__ = [
     "LOCATION_FEATURES",
     "PROGNOSIS_FEATURES",
     "SHAPE_COLUMNS",
+    "age_years",
     "dmt_efficacy",
     "feature_columns",
     "first_order",
@@ -153,6 +154,12 @@ def _years_since_mid(year: int | None, date: dt.date) -> float:
     if year is None:
         return float("nan")
     return (date - dt.date(year, 7, 1)).days / _DAYS_PER_YEAR
+
+
+def age_years(participant: Participant, date: dt.date) -> float | None:
+    """Age at ``date`` from the birth year (counted from 1 July), ``None`` when unknown."""
+    age = _years_since_mid(participant.birth_year, date)
+    return None if age != age else age
 
 
 def _relapses_2y(visits: Sequence[Visit], visit: Visit) -> float:

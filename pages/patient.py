@@ -8,7 +8,9 @@ from niivue_component import niivue_viewer
 import ui_helpers
 import ui_prognosis
 from ms_core import state_keys
+from ms_core.diagnosis import score_lesion_table
 from ms_core.errors import InputError
+from ms_core.features import age_years
 from ms_core.measurements import mcdonald_checklist
 from ms_core.visits import lesion_totals, overlay_caption, summarize_visit
 
@@ -122,6 +124,17 @@ else:
         with st.expander("What this checklist can and cannot say"):
             for note in checklist.notes:
                 st.markdown(f"- {note}")
+        st.subheader("Lesion pattern (research decision support)")
+        try:
+            pattern = score_lesion_table(
+                ui_prognosis.diagnosis_model(), seg_table,
+                age_years=age_years(study.participants[pid], visit.acq_date))
+        except (InputError, ValueError) as e:
+            st.error(f"Lesion-pattern score not available. {e}")
+        else:
+            st.metric("Pattern typical of MS (vs small-vessel / migraine-like)",
+                      f"{pattern.prob_ms_pattern:.0%}", pattern.pattern, delta_color="off")
+            st.caption(pattern.limits)
 
 if previous is not None:
     st.subheader(f"Changes since {previous.label}")
