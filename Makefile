@@ -60,6 +60,7 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	$(PY) bench/demo_build.py
 	$(PY) bench/segment_speed.py --method network
 	$(PY) bench/segment_speed.py --method baseline
+	$(PY) bench/prognosis_speed.py
 
 clean-venv:
 	rm -rf $(VENV)
