@@ -123,6 +123,20 @@ def _cmd_train_prognosis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from ms_core.models import MODELS_DIR
+    from ms_core.report import build_report, write_report
+
+    report = build_report(Path(args.study), args.participant, session_id=args.session,
+                          models_dir=args.models or os.environ.get("MS_DASH_MODELS", MODELS_DIR))
+    html_path, pdf_path = write_report(report, Path(args.out) if args.out else None)
+    print(json.dumps({"html": str(html_path), "pdf": str(pdf_path),
+                      "session_id": report.session_id, "not_measured": dict(report.missing)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
@@ -201,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of patients held out for the test metrics")
     tp.add_argument("--fast", action="store_true", help="small grids (quick check)")
     tp.set_defaults(func=_cmd_train_prognosis)
+
+    rep = sub.add_parser("report", help="one-patient report (HTML and PDF) with provenance")
+    rep.add_argument("study", help="study folder")
+    rep.add_argument("--participant", required=True, help="participant id, e.g. sub-01")
+    rep.add_argument("--session", help="visit to report (default: the latest)")
+    rep.add_argument("--models",
+                     help="models folder (default: $MS_DASH_MODELS or the shipped one)")
+    rep.add_argument("--out", help="output folder (default: STUDY/derivatives/ms_dash/SUB/report)")
+    rep.set_defaults(func=_cmd_report)
     return parser
 
 
