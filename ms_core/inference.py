@@ -21,6 +21,7 @@ from ms_core.models import ModelCard, VerifiedModel
 __all__ = [
     "OnnxModel",
     "TabularModel",
+    "available_providers",
     "gaussian_importance",
     "load_onnx_model",
     "load_tabular_model",
@@ -114,6 +115,13 @@ def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[i
                 if progress is not None:
                     progress(done / total)
     return np.asarray(acc / norm, dtype=np.float32)
+
+
+def available_providers() -> tuple[str, ...]:
+    """The execution providers this onnxruntime build offers (not all may start here)."""
+    import onnxruntime as ort
+
+    return tuple(ort.get_available_providers())
 
 
 @dataclass(frozen=True, eq=False)

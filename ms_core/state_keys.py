@@ -32,3 +32,26 @@ SHOW_CHANGES = "show_changes"
 LESION_LOCATION = "lesion_location"
 #: Prefix of the Prognosis page's what-if slider keys (one per modifiable feature).
 WHAT_IF_PREFIX = "what_if_"
+
+# Cohort / trial page and Models & QC page.
+__all__ += [
+    "COHORT_ARMS",
+    "COHORT_MS_TYPES",
+    "COHORT_SEXES",
+    "COHORT_SOURCE",
+    "COHORT_TABLE",
+    "QC_FLAGGED_ONLY",
+]
+
+#: Cohort page filter: trial arms shown (list of str).
+COHORT_ARMS = "cohort_arms"
+#: Cohort page filter: MS types shown (list of str).
+COHORT_MS_TYPES = "cohort_ms_types"
+#: Cohort page filter: sexes shown (list of str).
+COHORT_SEXES = "cohort_sexes"
+#: Cohort page: source of the lesion and brain-volume end points (one of ms_core.trial.SOURCES).
+COHORT_SOURCE = "cohort_source"
+#: Cohort page: the per-patient table (its row selection opens a patient).
+COHORT_TABLE = "cohort_table"
+#: Models & QC page: show only the visits with a QC flag.
+QC_FLAGGED_ONLY = "qc_flagged_only"

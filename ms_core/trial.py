@@ -1,0 +1,847 @@
+"""Clinical-trial end points of a study: per patient, per arm, and per-visit QC of the inputs.
+
+Per patient (:func:`patient_endpoints`, :func:`study_endpoints`), over the follow-up from the
+first to the last visit:
+
+* ``followup_years``: last minus first visit date, in years of 365.25 days; the patient-years
+  of an arm are the sum over its patients.
+* ``relapses_per_year``: relapses reported at the follow-up visits (``relapses_since_last`` of
+  every visit but the first, which counts relapses *before* baseline) per follow-up year.
+* ``new_enlarging_per_year``: new or enlarging T2 lesions summed over the intervals between
+  consecutive visits, per follow-up year. Each interval's count comes from one *source*:
+  ``"measured"`` (the pipeline's lesion matching, ``new_or_enlarging`` of
+  :func:`ms_core.measurements.measured_table`) or ``"ground truth"`` (``new_or_enlarging`` of a
+  synthetic study's ``truth.json``). A patient's total uses one source for all intervals, named
+  in ``lesion_source``; sources are never mixed within a patient (see :data:`SOURCES`).
+* ``pbvc_pct_per_year``: percentage brain volume change over the follow-up (negative for a
+  loss), chained over the intervals, ``100 * (prod(1 + pbvc_i / 100) - 1)``, divided by the
+  follow-up years. Measured values come from an :data:`~ms_core.patient_features.AtrophyReader`
+  (stored atrophy results); the ground truth derives each interval's PBVC from ``truth.json``
+  ``brain_volume_ml``. ``pbvc_source`` says which.
+* ``cdw_event``, ``cdw_time_years``: confirmed disability worsening
+  (:func:`ms_core.outcomes.confirmed_worsening`) from the EDSS at the first visit, with the
+  horizon at the last visit and a confirmation window of 0.5 years (24 weeks) by default. The
+  time is the onset of the first confirmed worsening, or the last rated visit (censored).
+* ``neda3``: no evidence of disease activity (Giovannoni et al. 2015): no relapse, no new or
+  enlarging T2 lesion and no confirmed disability worsening over the follow-up. Three-valued:
+  False as soon as one component shows activity, unknown (``<NA>``) when no component shows
+  activity but one is unknown, True when all three are known and show none.
+
+Per arm (:func:`arm_summary`): patient-years, the pooled new/enlarging lesion rate (total lesions
+over total patient-years) with an exact Poisson 95 % interval (:func:`poisson_rate_ci`), the
+NEDA-3 proportion with a Wilson interval (:func:`wilson_ci`), mean (SD) PBVC per year, and the
+Kaplan-Meier estimate (:func:`kaplan_meier`, Greenwood variance) of time to confirmed
+disability worsening with the number of events. Definitions and references: docs/cohort.md.
+
+Per visit (:func:`study_qc_table`): protocol changes between consecutive visits, registration
+quality of the stored comparison, and the share of segmented lesion volume with a low mean
+probability.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ms_core.domain import Participant, Visit
+from ms_core.errors import InputError
+from ms_core.io import read_json
+from ms_core.longitudinal import TrackParams, tracking_status, visit_metadata_warnings
+from ms_core.measurements import measured_table, visit_lesion_table
+from ms_core.outcomes import confirmed_worsening
+from ms_core.patient_features import AtrophyReader
+from ms_core.study import Study, truth_dir
+
+__all__ = [
+    "ARM_COLUMNS",
+    "GROUND_TRUTH",
+    "MEASURED",
+    "MIN_REGISTRATION_NCC",
+    "NO_ARM",
+    "NO_SOURCE",
+    "PATIENT_COLUMNS",
+    "QC_COLUMNS",
+    "SOURCES",
+    "UNCERTAIN_PROB",
+    "UNCERTAIN_VOLUME_FRACTION",
+    "KaplanMeier",
+    "SourceChoice",
+    "TrialEndpoints",
+    "arm_summary",
+    "filter_patients",
+    "kaplan_meier",
+    "km_by_arm",
+    "neda3",
+    "patient_endpoints",
+    "patient_table",
+    "poisson_rate_ci",
+    "study_endpoints",
+    "study_qc_table",
+    "uncertain_volume_fraction",
+    "visit_qc_table",
+    "wilson_ci",
+]
+
+log = logging.getLogger(__name__)
+
+#: Source label of values measured by this pipeline from the images.
+MEASURED: Final = "measured"
+#: Source label of values read from a synthetic study's ground truth (``truth.json``).
+GROUND_TRUTH: Final = "ground truth"
+#: Source label of a patient value that neither source gives for every interval.
+NO_SOURCE = "none"
+#: Source choices of :func:`study_endpoints`: ``"auto"`` takes the measured values of a patient
+#: when every interval is measured and the ground truth otherwise; the other two take only that
+#: source (patients without it get NaN).
+SOURCES = ("auto", MEASURED, GROUND_TRUTH)
+SourceChoice = Literal["auto", "measured", "ground truth"]
+#: Arm label of participants without a ``trial_arm``.
+NO_ARM = "no arm"
+#: Columns of :func:`patient_table`.
+PATIENT_COLUMNS = (
+    "participant_id", "trial_arm", "ms_type", "sex", "n_visits", "first_visit",
+    "followup_years", "relapses", "relapses_per_year", "new_enlarging",
+    "new_enlarging_per_year", "lesion_source", "pbvc_pct", "pbvc_pct_per_year", "pbvc_source",
+    "baseline_edss", "cdw_event", "cdw_time_years", "neda3", "notes",
+)
+#: Columns of :func:`arm_summary`.
+ARM_COLUMNS = (
+    "trial_arm", "n_patients", "patient_years",
+    "new_enlarging", "new_enlarging_patient_years", "new_enlarging_per_py",
+    "new_enlarging_ci_lo", "new_enlarging_ci_hi", "lesion_source",
+    "neda3_n", "neda3_evaluable", "neda3_prop", "neda3_ci_lo", "neda3_ci_hi",
+    "pbvc_n", "pbvc_mean_pct_per_year", "pbvc_sd_pct_per_year", "pbvc_source",
+    "cdw_n", "cdw_events", "cdw_landmark_years", "cdw_free", "cdw_free_ci_lo", "cdw_free_ci_hi",
+    "cdw_median_years",
+)
+#: Columns of :func:`visit_qc_table`.
+QC_COLUMNS = (
+    "participant_id", "session_id", "acq_date", "compared_with", "qc_flags", "protocol_change",
+    "registration_ncc", "image_qc", "segmented", "lesion_volume_ml",
+    "uncertain_volume_fraction",
+)
+#: A segmented lesion is *uncertain* when its mean lesion probability is below this.
+UNCERTAIN_PROB = 0.7
+#: A visit is flagged when uncertain lesions hold more than this fraction of its lesion volume.
+UNCERTAIN_VOLUME_FRACTION = 0.25
+#: Registration QC: the stored comparison is flagged below this normalised cross-correlation
+#: (the threshold of :mod:`ms_core.longitudinal`).
+MIN_REGISTRATION_NCC = 0.8
+_DAYS_PER_YEAR = 365.25
+
+
+# ============================================================================== intervals
+def wilson_ci(k: float, n: float, *, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (Wilson 1927; Newcombe 1998, method 3).
+
+    Parameters
+    ----------
+    k
+        Number of successes, ``0 <= k <= n``.
+    n
+        Number of trials; ``n = 0`` gives ``(nan, nan)``.
+    alpha
+        1 - confidence level (0.05: 95 %).
+
+    Returns
+    -------
+    (lo, hi)
+        Bounds in [0, 1].
+
+    >>> [round(x, 4) for x in wilson_ci(81, 263)]
+    [0.2553, 0.3662]
+    """
+    _check_alpha(alpha)
+    if not (0 <= k <= n) or not math.isfinite(n):
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return (math.nan, math.nan)
+    z = float(stats.norm.ppf(1.0 - alpha / 2.0))
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def poisson_rate_ci(count: float, exposure: float, *, alpha: float = 0.05
+                    ) -> tuple[float, float]:
+    """Exact (Garwood 1936) interval of a Poisson rate ``count / exposure``.
+
+    Parameters
+    ----------
+    count
+        Observed events (a whole number >= 0), e.g. new/enlarging T2 lesions.
+    exposure
+        Exposure, e.g. patient-years (> 0); 0 gives ``(nan, nan)``.
+    alpha
+        1 - confidence level.
+
+    Returns
+    -------
+    (lo, hi)
+        Bounds of the rate, in events per unit of exposure (per patient-year).
+
+    >>> [round(x, 3) for x in poisson_rate_ci(5, 1.0)]
+    [1.623, 11.668]
+    """
+    _check_alpha(alpha)
+    if count < 0 or not float(count).is_integer():
+        raise ValueError(f"count must be a whole number >= 0, got {count}")
+    if exposure < 0 or not math.isfinite(exposure):
+        raise ValueError(f"exposure must be finite and >= 0, got {exposure}")
+    if exposure == 0:
+        return (math.nan, math.nan)
+    lo = 0.0 if count == 0 else float(stats.chi2.ppf(alpha / 2.0, 2.0 * count)) / 2.0
+    hi = float(stats.chi2.ppf(1.0 - alpha / 2.0, 2.0 * count + 2.0)) / 2.0
+    return (lo / exposure, hi / exposure)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha} (0.05 for a 95 % interval)")
+
+
+# ============================================================================== Kaplan-Meier
+@dataclass(frozen=True, eq=False)
+class KaplanMeier:
+    """Kaplan-Meier estimate of the event-free probability, one row per distinct time.
+
+    All arrays are (K,) and start with time 0 (survival 1); the other rows are the distinct
+    observed times (events and censorings). Survival only drops at times with events.
+
+    Attributes
+    ----------
+    time_years
+        float64, increasing, in years.
+    survival
+        float64, S(t) just after each time.
+    std_err
+        float64, Greenwood standard error of S(t).
+    ci_lo, ci_hi
+        float64 pointwise confidence bounds of S(t) (see :func:`kaplan_meier`).
+    n_at_risk
+        int64, patients still followed just before each time.
+    n_events, n_censored
+        int64, events and censorings at each time.
+    """
+
+    time_years: np.ndarray
+    survival: np.ndarray
+    std_err: np.ndarray
+    ci_lo: np.ndarray
+    ci_hi: np.ndarray
+    n_at_risk: np.ndarray
+    n_events: np.ndarray
+    n_censored: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = np.shape(self.time_years)
+        for name in ("survival", "std_err", "ci_lo", "ci_hi", "n_at_risk", "n_events",
+                     "n_censored"):
+            if np.shape(getattr(self, name)) != n:
+                raise ValueError(f"{name} must have shape {n}, got "
+                                 f"{np.shape(getattr(self, name))}")
+
+    @property
+    def total_events(self) -> int:
+        return int(self.n_events.sum())
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.n_at_risk[0]) if self.n_at_risk.size else 0
+
+    def at(self, t_years: float) -> tuple[float, float, float]:
+        """(S, lo, hi) at ``t_years``; NaN beyond the last observed time or without patients.
+
+        >>> km = kaplan_meier([1.0, 2.0, 3.0], [True, False, False])
+        >>> [round(v, 3) for v in km.at(1.5)][0]
+        0.667
+        """
+        if self.n_patients == 0 or t_years < 0 or t_years > float(self.time_years[-1]):
+            return (math.nan, math.nan, math.nan)
+        i = int(np.searchsorted(self.time_years, t_years, side="right")) - 1
+        return (float(self.survival[i]), float(self.ci_lo[i]), float(self.ci_hi[i]))
+
+    def median_years(self) -> float:
+        """First time at which S(t) <= 0.5; NaN when the curve never gets there."""
+        below = np.nonzero(self.survival <= 0.5)[0]
+        return float(self.time_years[below[0]]) if below.size else math.nan
+
+    def table(self) -> pd.DataFrame:
+        """The estimate as a DataFrame (one row per time, the attribute names as columns)."""
+        return pd.DataFrame({
+            "time_years": self.time_years, "n_at_risk": self.n_at_risk,
+            "n_events": self.n_events, "n_censored": self.n_censored,
+            "survival": self.survival, "std_err": self.std_err,
+            "ci_lo": self.ci_lo, "ci_hi": self.ci_hi,
+        })
+
+
+def kaplan_meier(time_years: Sequence[float] | np.ndarray, event: Sequence[bool] | np.ndarray,
+                 *, alpha: float = 0.05, ci: Literal["log-log", "plain"] = "log-log"
+                 ) -> KaplanMeier:
+    """Kaplan-Meier product-limit estimate (Kaplan & Meier 1958) with Greenwood (1926) variance.
+
+    Parameters
+    ----------
+    time_years
+        (N,) time of the event or of censoring, in years, finite and >= 0.
+    event
+        (N,) True for an event, False for a censored time. At a time with both, the events
+        come first (the censored patients are still at risk).
+    alpha
+        1 - confidence level of the pointwise interval.
+    ci
+        ``"log-log"`` (default; Kalbfleisch & Prentice 2002): ``S ** exp(+-z * se_loglog)``,
+        which stays inside [0, 1]; ``"plain"``: ``S +- z * se`` clipped to [0, 1]. Both use
+        the Greenwood variance ``Var S(t) = S(t)^2 * sum d / (n (n - d))``.
+
+    Returns
+    -------
+    KaplanMeier
+
+    Raises
+    ------
+    ValueError
+        for arrays of different lengths, negative or non-finite times, or a bad ``ci``.
+
+    >>> km = kaplan_meier([1.0, 1.0, 2.0, 3.0], [True, False, True, False])
+    >>> km.time_years.tolist(), km.survival.round(3).tolist()
+    ([0.0, 1.0, 2.0, 3.0], [1.0, 0.75, 0.375, 0.375])
+    """
+    _check_alpha(alpha)
+    if ci not in ("log-log", "plain"):
+        raise ValueError(f"ci must be 'log-log' or 'plain', not {ci!r}")
+    t = np.asarray(time_years, dtype=np.float64).ravel()
+    e = np.asarray(event, dtype=bool).ravel()
+    if t.shape != e.shape:
+        raise ValueError(f"time_years has {t.size} values but event has {e.size}")
+    if t.size and (not np.isfinite(t).all() or (t < 0).any()):
+        bad = float(t[~(np.isfinite(t) & (t >= 0))][0])
+        raise ValueError(f"times must be finite and >= 0 years, got {bad}")
+    uniq = np.unique(t)
+    uniq = uniq[uniq > 0]
+    times = np.concatenate([[0.0], uniq])
+    d = np.array([int((e & (t == u)).sum()) for u in times], dtype=np.int64)
+    c = np.array([int((~e & (t == u)).sum()) for u in times], dtype=np.int64)
+    n_risk = np.array([int((t >= u).sum()) for u in times], dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(n_risk > 0, 1.0 - d / np.maximum(n_risk, 1), 1.0)
+        surv = np.cumprod(factor)
+        term = np.where(d > 0, d / (n_risk * (n_risk - d)).astype(np.float64), 0.0)
+        gw = np.cumsum(term)  # inf once every patient at risk had the event
+        se = np.where(surv > 0, surv * np.sqrt(gw), 0.0)
+    z = float(stats.norm.ppf(1.0 - alpha / 2.0))
+    lo: np.ndarray
+    hi: np.ndarray
+    if ci == "plain":
+        lo, hi = np.clip(surv - z * se, 0.0, 1.0), np.clip(surv + z * se, 0.0, 1.0)
+    else:
+        lo, hi = surv.copy(), surv.copy()
+        inner = (surv > 0) & (surv < 1) & (gw > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.sqrt(gw[inner]) / np.abs(np.log(surv[inner]))
+        lo[inner] = surv[inner] ** np.exp(z * v)
+        hi[inner] = surv[inner] ** np.exp(-z * v)
+    return KaplanMeier(times, surv, se, lo, hi, n_risk, d, c)
+
+
+# ============================================================================== NEDA-3
+def neda3(relapse_free: bool | None, no_new_t2: bool | None, no_cdw: bool | None
+          ) -> bool | None:
+    """NEDA-3 from its three components (``None`` = unknown), in three-valued logic.
+
+    Activity in any component rules NEDA-3 out even when another is unknown.
+
+    >>> neda3(True, True, True), neda3(True, False, None), neda3(True, None, True)
+    (True, False, None)
+    """
+    parts = (relapse_free, no_new_t2, no_cdw)
+    if any(p is False for p in parts):
+        return False
+    if any(p is None for p in parts):
+        return None
+    return True
+
+
+# ============================================================================== per patient
+def _years(a: Visit, b: Visit) -> float:
+    return (b.acq_date - a.acq_date).days / _DAYS_PER_YEAR
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON/pandas number as float, None when missing, NaN, boolean or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _pick(keys: Sequence[str], measured: Mapping[str, float | None],
+          truth: Mapping[str, float | None], choice: SourceChoice
+          ) -> tuple[list[float] | None, str]:
+    """The per-interval values of one source, complete for ``keys``, and that source's label."""
+    if choice not in SOURCES:
+        raise ValueError(f"source must be one of {list(SOURCES)}, not {choice!r}")
+    if not keys:
+        return None, NO_SOURCE
+    for label, values in ((MEASURED, measured), (GROUND_TRUTH, truth)):
+        if choice not in ("auto", label):
+            continue
+        got = [values.get(k) for k in keys]
+        if all(v is not None for v in got):
+            return [float(v) for v in got if v is not None], label
+    return None, NO_SOURCE
+
+
+def _truth_pbvc(visits: Sequence[Visit], truths: Mapping[str, Mapping[str, Any] | None]
+                ) -> dict[str, float | None]:
+    """Interval PBVC (%) from ground-truth brain volumes, keyed by the later visit."""
+    out: dict[str, float | None] = {}
+    for a, b in itertools.pairwise(visits):
+        va = _finite((truths.get(a.session_id) or {}).get("brain_volume_ml"))
+        vb = _finite((truths.get(b.session_id) or {}).get("brain_volume_ml"))
+        out[b.session_id] = 100.0 * (vb / va - 1.0) if va and vb is not None else None
+    return out
+
+
+def _cdw(visits: Sequence[Visit], confirm_years: float
+         ) -> tuple[bool | None, float, float, str | None]:
+    """(event or None, time in years, baseline EDSS, note) of one patient's EDSS series."""
+    times = np.array([_years(visits[0], v) for v in visits])
+    edss = np.array([np.nan if v.edss is None else v.edss for v in visits], dtype=np.float64)
+    base = float(edss[0])
+    if len(visits) < 2 or times[-1] <= 0:
+        return None, math.nan, base, "no follow-up visit"
+    if math.isnan(base):
+        return None, math.nan, base, "baseline EDSS not rated"
+    try:
+        result = confirmed_worsening(times, edss, horizon_years=float(times[-1]),
+                                     confirm_years=confirm_years)
+    except ValueError as e:
+        return None, math.nan, base, f"CDW not evaluable ({e})"
+    if result.event and result.event_time_years is not None:
+        return True, result.event_time_years, base, None
+    last_rated = float(times[~np.isnan(edss)][-1])
+    if last_rated <= 0:
+        return None, math.nan, base, "no rated EDSS after baseline"
+    return False, last_rated, base, None
+
+
+def patient_endpoints(participant: Participant, visits: Sequence[Visit], *,
+                      truths: Mapping[str, Mapping[str, Any] | None] | None = None,
+                      measured_new_enlarging: Mapping[str, float | None] | None = None,
+                      measured_pbvc_pct: Mapping[str, float | None] | None = None,
+                      source: SourceChoice = "auto", confirm_years: float = 0.5
+                      ) -> dict[str, Any]:
+    """Trial end points of one patient (definitions in the module docstring).
+
+    Parameters
+    ----------
+    participant
+        The patient (arm, MS type, sex).
+    visits
+        The patient's visits (any order; sorted by date here).
+    truths
+        session_id -> parsed ``truth.json`` (``None`` or absent: no ground truth).
+    measured_new_enlarging
+        session_id of a follow-up visit -> new + enlarging lesions measured against the
+        previous visit (``None``/absent: not measured).
+    measured_pbvc_pct
+        session_id of a follow-up visit -> measured PBVC (%) since the previous visit, *not*
+        annualised (``None``/absent: not measured).
+    source
+        Which source the lesion and PBVC end points use (:data:`SOURCES`).
+    confirm_years
+        Confirmation window of the disability worsening, in years (0.5: 24 weeks).
+
+    Returns
+    -------
+    dict
+        One row of :data:`PATIENT_COLUMNS`; unknown numbers are NaN, unknown booleans None.
+
+    >>> import datetime as dt
+    >>> p = Participant("sub-01", "F", 1980, "RR", 2005, "control")
+    >>> v = [Visit("sub-01", f"ses-0{i + 1}", dt.date(2020 + i, 1, 1), e, r, None, None, None)
+    ...      for i, (e, r) in enumerate([(2.0, 0), (2.0, 0), (2.0, 1)])]
+    >>> row = patient_endpoints(p, v, truths={"ses-02": {"new_or_enlarging": 0},
+    ...                                       "ses-03": {"new_or_enlarging": 2}})
+    >>> row["relapses"], row["new_enlarging"], row["lesion_source"], row["neda3"]
+    (1.0, 2.0, 'ground truth', False)
+    """
+    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
+    truths = truths or {}
+    notes: list[str] = []
+    row: dict[str, Any] = {
+        "participant_id": participant.participant_id,
+        "trial_arm": participant.trial_arm or NO_ARM,
+        "ms_type": participant.ms_type, "sex": participant.sex, "n_visits": len(ordered),
+        "first_visit": pd.Timestamp(ordered[0].acq_date) if ordered else pd.NaT,
+    }
+    followups = ordered[1:]
+    years = _years(ordered[0], ordered[-1]) if ordered else 0.0
+    row["followup_years"] = years
+
+    def per_year(total: float | None) -> float:
+        return total / years if total is not None and years > 0 else math.nan
+
+    counts = [v.relapses_since_last for v in followups]
+    relapses = float(sum(c for c in counts if c is not None)) if followups else None
+    if any(c is None for c in counts):
+        relapses = None
+        notes.append("relapse count missing at a follow-up visit")
+    relapse_free = (False if any(c for c in counts if c is not None) else
+                    None if relapses is None else True)
+    row["relapses"] = math.nan if relapses is None else relapses
+    row["relapses_per_year"] = per_year(relapses)
+
+    keys = [v.session_id for v in followups]
+    truth_counts = {k: _finite((truths.get(k) or {}).get("new_or_enlarging")) for k in keys}
+    lesions, lesion_source = _pick(keys, measured_new_enlarging or {}, truth_counts, source)
+    new_t2 = float(sum(lesions)) if lesions is not None else None
+    row.update(new_enlarging=math.nan if new_t2 is None else new_t2,
+               new_enlarging_per_year=per_year(new_t2), lesion_source=lesion_source)
+    if followups and lesions is None:
+        notes.append(f"new/enlarging lesions not available from source {source!r}")
+
+    pbvcs, pbvc_source = _pick(keys, measured_pbvc_pct or {}, _truth_pbvc(ordered, truths),
+                               source)
+    pbvc = (100.0 * (float(np.prod([1.0 + p / 100.0 for p in pbvcs])) - 1.0)
+            if pbvcs is not None else None)
+    row.update(pbvc_pct=math.nan if pbvc is None else pbvc, pbvc_pct_per_year=per_year(pbvc),
+               pbvc_source=pbvc_source)
+
+    event, time, base, note = _cdw(ordered, confirm_years) if ordered else (
+        None, math.nan, math.nan, "no visits")
+    if note:
+        notes.append(note)
+    row.update(baseline_edss=base, cdw_event=event, cdw_time_years=time)
+    no_new_t2 = None if new_t2 is None else new_t2 == 0
+    row["neda3"] = (neda3(relapse_free, no_new_t2, None if event is None else not event)
+                    if followups else None)
+    row["notes"] = "; ".join(notes)
+    return row
+
+
+def patient_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows of :func:`patient_endpoints` as a DataFrame with :data:`PATIENT_COLUMNS`.
+
+    ``cdw_event`` and ``neda3`` are pandas ``boolean`` (``<NA>`` = unknown), ``n_visits`` int64,
+    ``first_visit`` datetime64, the numbers float64.
+    """
+    table = pd.DataFrame(list(rows), columns=list(PATIENT_COLUMNS))
+    floats = ("followup_years", "relapses", "relapses_per_year", "new_enlarging",
+              "new_enlarging_per_year", "pbvc_pct", "pbvc_pct_per_year", "baseline_edss",
+              "cdw_time_years")
+    dtypes: dict[str, Any] = {c: "float64" for c in floats}
+    dtypes.update({"n_visits": "int64", "cdw_event": "boolean", "neda3": "boolean",
+                   "first_visit": "datetime64[ns]"})
+    for c in ("participant_id", "trial_arm", "ms_type", "sex", "lesion_source", "pbvc_source",
+              "notes"):
+        dtypes[c] = "object"
+    return table.astype(dtypes)
+
+
+# ============================================================================== study
+@dataclass(frozen=True, eq=False)
+class TrialEndpoints:
+    """Per-patient end points of a study and the problems met while reading its files."""
+
+    patients: pd.DataFrame
+    problems: tuple[str, ...] = ()
+
+
+def _read_truths(root: Path, visits: Sequence[Visit], problems: list[str]
+                 ) -> dict[str, Mapping[str, Any] | None]:
+    out: dict[str, Mapping[str, Any] | None] = {}
+    for v in visits:
+        path = truth_dir(root, v.participant_id, v.session_id) / "truth.json"
+        out[v.session_id] = None
+        if not path.exists():
+            continue
+        try:
+            truth = read_json(path)
+        except InputError as e:
+            problems.append(f"ground truth skipped: {e}")
+            continue
+        if isinstance(truth, dict):
+            out[v.session_id] = truth
+        else:
+            problems.append(f"ground truth skipped: {path}: expected a JSON object")
+    return out
+
+
+def _measured_lesions(root: Path, visits: Sequence[Visit], params: TrackParams,
+                      problems: list[str]) -> dict[str, float | None]:
+    try:
+        table = measured_table(root, visits, params)
+    except InputError as e:
+        problems.append(f"measurements skipped: {e}")
+        return {}
+    return {str(s): _finite(n) for s, n in zip(table.session_id, table.new_or_enlarging,
+                                              strict=True)}
+
+
+def _measured_pbvc(root: Path, visits: Sequence[Visit], atrophy: AtrophyReader | None,
+                   problems: list[str]) -> dict[str, float | None]:
+    """The single place that reads measured atrophy: interval PBVC (%) by later visit."""
+    if atrophy is None:
+        return {}
+    out: dict[str, float | None] = {}
+    for a, b in itertools.pairwise(visits):
+        try:
+            stored = atrophy(root, a, b)
+        except InputError as e:
+            problems.append(f"atrophy skipped: {e}")
+            stored = None
+        rate = _finite((stored or {}).get("pbvc_pct_per_year"))
+        out[b.session_id] = None if rate is None else rate * _years(a, b)
+    return out
+
+
+def study_endpoints(study: Study, *, source: SourceChoice = "auto",
+                    confirm_years: float = 0.5, atrophy: AtrophyReader | None = None,
+                    params: TrackParams = TrackParams()) -> TrialEndpoints:
+    """Per-patient end points of every participant of ``study`` (one row each, study order).
+
+    Reads each visit's ``truth.json`` (when present), the pipeline's current measurements
+    (:func:`ms_core.measurements.measured_table`) and, through ``atrophy``, the stored atrophy
+    results. An unreadable file becomes a problem message (naming it) and that value unknown.
+
+    Parameters
+    ----------
+    study
+        A loaded study.
+    source, confirm_years
+        As in :func:`patient_endpoints`.
+    atrophy
+        Reader of stored atrophy results (:data:`~ms_core.patient_features.AtrophyReader`);
+        ``None``: PBVC comes from the ground truth only.
+    params
+        Settings whose stored segmentations and comparisons count as current.
+    """
+    problems: list[str] = []
+    rows = []
+    for pid, participant in study.participants.items():
+        visits = study.visits.get(pid, ())
+        if not visits:
+            problems.append(f"{pid}: no visits; left out of the end points")
+            continue
+        rows.append(patient_endpoints(
+            participant, visits, truths=_read_truths(study.root, visits, problems),
+            measured_new_enlarging=_measured_lesions(study.root, visits, params, problems),
+            measured_pbvc_pct=_measured_pbvc(study.root, visits, atrophy, problems),
+            source=source, confirm_years=confirm_years))
+    return TrialEndpoints(patient_table(rows), tuple(problems))
+
+
+def filter_patients(patients: pd.DataFrame, *, arms: Iterable[str] | None = None,
+                    ms_types: Iterable[str] | None = None, sexes: Iterable[str] | None = None
+                    ) -> pd.DataFrame:
+    """Rows of a :func:`patient_table` whose arm, MS type and sex are in the given sets
+    (``None``: no filter on that column)."""
+    keep = np.ones(len(patients), dtype=bool)
+    for column, allowed in (("trial_arm", arms), ("ms_type", ms_types), ("sex", sexes)):
+        if allowed is not None:
+            keep &= patients[column].isin(list(allowed)).to_numpy()
+    return patients[keep]
+
+
+# ============================================================================== per arm
+def _source_label(sources: pd.Series) -> str:
+    counts = sources[sources != NO_SOURCE].value_counts()
+    if counts.empty:
+        return NO_SOURCE
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{s} ({n})" for s, n in counts.items())
+
+
+def km_by_arm(patients: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, KaplanMeier]:
+    """Kaplan-Meier estimate of time to confirmed disability worsening, per arm (sorted).
+
+    Patients whose ``cdw_event`` is unknown are left out.
+    """
+    out: dict[str, KaplanMeier] = {}
+    for arm, group in patients.groupby("trial_arm", sort=True):
+        known = group[group["cdw_event"].notna()]
+        out[str(arm)] = kaplan_meier(known["cdw_time_years"].to_numpy(dtype=np.float64),
+                                     known["cdw_event"].to_numpy(dtype=bool), alpha=alpha)
+    return out
+
+
+def arm_summary(patients: pd.DataFrame, *, alpha: float = 0.05, landmark_years: float = 2.0
+                ) -> pd.DataFrame:
+    """One row per trial arm (sorted) with the pooled end points (:data:`ARM_COLUMNS`).
+
+    Parameters
+    ----------
+    patients
+        A :func:`patient_table` (possibly filtered).
+    alpha
+        1 - confidence level of every interval.
+    landmark_years
+        Time at which the Kaplan-Meier CDW-free probability is reported (``cdw_free``).
+
+    Notes
+    -----
+    * ``patient_years``: total follow-up of the arm; ``new_enlarging_patient_years``: that of the
+      patients whose lesion count is known, the exposure of ``new_enlarging_per_py``.
+    * ``lesion_source``/``pbvc_source`` name the source; an arm whose patients use different
+      sources lists each with its number of patients, e.g. ``"measured (3), ground truth (2)"``.
+    * ``neda3_prop`` = ``neda3_n`` / ``neda3_evaluable`` (patients whose NEDA-3 is known).
+    """
+    rows = []
+    kms = km_by_arm(patients, alpha=alpha)
+    for arm, g in patients.groupby("trial_arm", sort=True):
+        lesion_known = g[g["new_enlarging"].notna()]
+        lesions = float(lesion_known["new_enlarging"].sum())
+        exposure = float(lesion_known["followup_years"].sum())
+        rate = lesions / exposure if exposure > 0 else math.nan
+        r_lo, r_hi = (poisson_rate_ci(lesions, exposure, alpha=alpha) if exposure > 0
+                      else (math.nan, math.nan))
+        neda = g["neda3"].dropna()
+        n_neda, n_eval = int(neda.astype(bool).sum()), len(neda)
+        p_lo, p_hi = wilson_ci(n_neda, n_eval, alpha=alpha)
+        pbvc = g["pbvc_pct_per_year"].dropna()
+        km = kms[str(arm)]
+        s, s_lo, s_hi = km.at(landmark_years)
+        rows.append({
+            "trial_arm": str(arm), "n_patients": len(g),
+            "patient_years": float(g["followup_years"].sum()),
+            "new_enlarging": lesions, "new_enlarging_patient_years": exposure,
+            "new_enlarging_per_py": rate, "new_enlarging_ci_lo": r_lo,
+            "new_enlarging_ci_hi": r_hi, "lesion_source": _source_label(g["lesion_source"]),
+            "neda3_n": n_neda, "neda3_evaluable": n_eval,
+            "neda3_prop": n_neda / n_eval if n_eval else math.nan,
+            "neda3_ci_lo": p_lo, "neda3_ci_hi": p_hi,
+            "pbvc_n": len(pbvc),
+            "pbvc_mean_pct_per_year": float(pbvc.mean()) if len(pbvc) else math.nan,
+            "pbvc_sd_pct_per_year": float(pbvc.std(ddof=1)) if len(pbvc) > 1 else math.nan,
+            "pbvc_source": _source_label(g["pbvc_source"]),
+            "cdw_n": km.n_patients, "cdw_events": km.total_events,
+            "cdw_landmark_years": float(landmark_years), "cdw_free": s,
+            "cdw_free_ci_lo": s_lo, "cdw_free_ci_hi": s_hi,
+            "cdw_median_years": km.median_years(),
+        })
+    return pd.DataFrame(rows, columns=list(ARM_COLUMNS))
+
+
+# ============================================================================== QC
+def uncertain_volume_fraction(lesions: pd.DataFrame, *, prob_below: float = UNCERTAIN_PROB
+                              ) -> float:
+    """Fraction of the lesion volume in lesions whose ``mean_prob`` is below ``prob_below``.
+
+    Parameters
+    ----------
+    lesions
+        A ``lesions.csv`` table with ``volume_ml`` (ml) and ``mean_prob`` columns.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN without lesions (no volume) or without probabilities.
+
+    >>> t = pd.DataFrame({"volume_ml": [0.3, 0.1], "mean_prob": [0.9, 0.6]})
+    >>> uncertain_volume_fraction(t)
+    0.25
+    """
+    missing = [c for c in ("volume_ml", "mean_prob") if c not in lesions.columns]
+    if missing:
+        raise ValueError(f"lesion table lacks columns {missing}; it has {list(lesions.columns)}")
+    volume = lesions["volume_ml"].to_numpy(dtype=np.float64)
+    prob = lesions["mean_prob"].to_numpy(dtype=np.float64)
+    total = float(volume.sum())
+    if total <= 0 or np.isnan(prob).all():
+        return math.nan
+    return round(float(volume[prob < prob_below].sum()) / total, 6)
+
+
+def visit_qc_table(root: Path, visits: Sequence[Visit], params: TrackParams = TrackParams(), *,
+                   prob_below: float = UNCERTAIN_PROB,
+                   max_uncertain: float = UNCERTAIN_VOLUME_FRACTION,
+                   min_ncc: float = MIN_REGISTRATION_NCC) -> pd.DataFrame:
+    """QC of one patient's visits (date order), one row each (:data:`QC_COLUMNS`).
+
+    * ``protocol_change``: scanner or field-strength change since the previous visit, from the
+      session table (:func:`ms_core.longitudinal.visit_metadata_warnings`); always available.
+    * ``registration_ncc``, ``image_qc``: from the current stored comparison with the previous
+      visit (NaN / empty when not compared): its registration NCC and its image-based warnings
+      (voxel size, orientation, intensity profile, poor registration).
+    * ``uncertain_volume_fraction``: :func:`uncertain_volume_fraction` of the current stored
+      segmentation (NaN when not segmented or without lesions).
+    * ``qc_flags``: the rules that fire, ``"; "``-joined: protocol change, NCC below ``min_ncc``,
+      image QC warnings, uncertain fraction above ``max_uncertain``.
+
+    Raises
+    ------
+    InputError
+        naming a stored lesion table that cannot be read.
+    """
+    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
+    rows = []
+    for prev, visit in itertools.pairwise([None, *ordered]):
+        assert visit is not None  # pairwise over [None, *ordered]: only ``prev`` can be None
+        flags: list[str] = []
+        protocol = visit_metadata_warnings(prev, visit) if prev is not None else []
+        flags += [f"protocol: {w}" for w in protocol]
+        prov = tracking_status(root, prev, visit, params) if prev is not None else None
+        ncc, image_qc = math.nan, []
+        if prov is not None:
+            registration = prov.get("registration")
+            qc = prov.get("qc")
+            stored = _finite(registration.get("ncc")) if isinstance(registration, dict) else None
+            ncc = math.nan if stored is None else stored
+            warnings = qc.get("protocol_warnings", []) if isinstance(qc, dict) else []
+            image_qc = [str(w) for w in warnings]
+            if ncc < min_ncc and not any("NCC" in w for w in image_qc):
+                flags.append(f"registration NCC {ncc:.2f} < {min_ncc:.2f}")
+            flags += [f"image QC: {w}" for w in image_qc]
+        lesions = visit_lesion_table(root, visit, params.segmentation)
+        uncertain = volume = math.nan
+        if lesions is not None:
+            volume = float(lesions["volume_ml"].sum())
+            if "mean_prob" in lesions.columns and len(lesions):
+                uncertain = uncertain_volume_fraction(lesions, prob_below=prob_below)
+            if uncertain == uncertain and uncertain > max_uncertain:
+                flags.append(f"{uncertain:.0%} of lesion volume has mean probability "
+                             f"< {prob_below:g}")
+        rows.append({
+            "participant_id": visit.participant_id, "session_id": visit.session_id,
+            "acq_date": pd.Timestamp(visit.acq_date),
+            "compared_with": prev.session_id if prev is not None else "",
+            "protocol_change": "; ".join(protocol), "registration_ncc": ncc,
+            "image_qc": "; ".join(image_qc), "segmented": lesions is not None,
+            "lesion_volume_ml": volume, "uncertain_volume_fraction": uncertain,
+            "qc_flags": "; ".join(flags),
+        })
+    return pd.DataFrame(rows, columns=list(QC_COLUMNS))
+
+
+def study_qc_table(study: Study, params: TrackParams = TrackParams()
+                   ) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """:func:`visit_qc_table` of every patient, concatenated, and messages for unreadable
+    files (that patient's rows are left out)."""
+    frames: list[pd.DataFrame] = []
+    problems: list[str] = []
+    for pid in study.participants:
+        visits = study.visits.get(pid, ())
+        if not visits:
+            continue
+        try:
+            frames.append(visit_qc_table(study.root, visits, params))
+        except InputError as e:
+            problems.append(f"QC of {pid} skipped: {e}")
+    if not frames:
+        return pd.DataFrame(columns=list(QC_COLUMNS)), tuple(problems)
+    return pd.concat(frames, ignore_index=True), tuple(problems)

@@ -1,0 +1,77 @@
+"""Models & QC page: the shipped models (integrity, validation, training, card), the
+onnxruntime provider in use, and per-visit QC flags of the study."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui_cohort
+import ui_helpers
+from ms_core import state_keys
+from ms_core.errors import InputError
+from ms_core.trial import MIN_REGISTRATION_NCC, UNCERTAIN_PROB, UNCERTAIN_VOLUME_FRACTION
+
+ui_helpers.ensure_routed()
+study = ui_helpers.current_selection().study
+
+st.title("Models & QC")
+st.caption("Every model is checked against the sha256 in models_onnx/manifest.json and in its "
+           "card before use; an altered or unregistered file is refused.")
+
+infos = ui_cohort.model_infos()
+if not infos:
+    st.error("No model manifest found (models_onnx/manifest.json).")
+for info in infos:
+    st.subheader(f"{info.name} v{info.version}")
+    if info.verified:
+        st.success(f"sha256 verified: `{info.sha256}`")
+    else:
+        st.error(f"sha256 check failed. {info.error}")
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**Family**: {info.family}  \n**Task**: {info.task}")
+        st.markdown("  \n".join(f"**Training {k}**: `{v}`" for k, v in info.training))
+    with right:
+        if info.metrics:
+            st.table({"validation metric": [m for m, _ in info.metrics],
+                      "value": [v for _, v in info.metrics]}, hide_index=True)
+        else:
+            st.write("No validation metrics in the card.")
+    if info.model_card_md:
+        with st.expander(f"MODEL_CARD.md of {info.name}"):
+            st.markdown(info.model_card_md)
+
+st.subheader("Execution provider")
+try:
+    runtime = ui_cohort.runtime_info()
+except InputError as e:
+    st.error(f"The segmentation model cannot be loaded. {e}")
+else:
+    st.metric("Provider in use (lesion_seg, device auto)", runtime.provider)
+    st.caption(f"Session providers: {', '.join(runtime.session_providers)}. Available in this "
+               f"onnxruntime build: {', '.join(runtime.available)}. The tabular models "
+               "(prognosis, diagnosis) always run on the CPU.")
+
+st.subheader(f"Per-visit QC of {study.name}")
+st.markdown(
+    f"- **Protocol change**: scanner or field strength differs from the previous visit "
+    f"(session tables).\n"
+    f"- **Registration**: normalised cross-correlation of the stored comparison with the "
+    f"previous visit below {MIN_REGISTRATION_NCC:.2f}, or its image QC warnings (voxel size, "
+    f"orientation, intensity profile).\n"
+    f"- **Segmentation uncertainty**: more than {UNCERTAIN_VOLUME_FRACTION:.0%} of the "
+    f"segmented lesion volume in lesions whose mean probability is below {UNCERTAIN_PROB:g}.\n"
+    "Registration and uncertainty need the visit analysed (Timeline page); empty otherwise.")
+qc, problems = ui_cohort.qc_table(study)
+for problem in problems:
+    st.warning(problem)
+flagged = qc[qc["qc_flags"] != ""]
+st.write(f"{len(flagged)} of {len(qc)} visits flagged.")
+only = st.toggle("Show flagged visits only", key=state_keys.QC_FLAGGED_ONLY)
+st.dataframe(flagged if only else qc, hide_index=True, column_config={
+    "acq_date": st.column_config.DateColumn("date", format="YYYY-MM-DD"),
+    "registration_ncc": st.column_config.NumberColumn("registration NCC", format="%.3f"),
+    "lesion_volume_ml": st.column_config.NumberColumn("lesion volume (ml)", format="%.2f"),
+    "uncertain_volume_fraction": st.column_config.NumberColumn("uncertain fraction",
+                                                               format="%.2f"),
+})
