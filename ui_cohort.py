@@ -26,6 +26,7 @@ import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
 from ms_core import __version__, state_keys
+from ms_core.atrophy import read_atrophy
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, available_providers, load_onnx_model
 from ms_core.io import read_json
@@ -97,7 +98,8 @@ def _stamps(study: Study) -> tuple[tuple[str, int, int], ...]:
 @st.cache_data(max_entries=8, show_spinner="Computing the trial end points…")
 def _endpoints(root: str, source: str, stamps: tuple[tuple[str, int, int], ...]
                ) -> TrialEndpoints:
-    return study_endpoints(cached_study(root), source=source)  # type: ignore[arg-type]
+    return study_endpoints(cached_study(root), source=source,  # type: ignore[arg-type]
+                           atrophy=read_atrophy)
 
 
 def trial_endpoints(study: Study, source: str = "auto") -> TrialEndpoints:

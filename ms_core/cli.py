@@ -92,8 +92,18 @@ def _cmd_track(args: argparse.Namespace) -> int:
                         device=args.device)
     params = TrackParams(method=args.method, segmentation=seg,
                          enlarging_ratio=args.enlarging_pct / 100.0, change_z=args.change_z)
+    if (args.baseline_t1 is None) != (args.followup_t1 is None) or (
+            args.baseline_t1 and not args.atrophy):
+        raise InputError(None, "--baseline-t1 and --followup-t1 go together, with --atrophy")
+    atrophy = None
+    if args.atrophy:
+        from ms_core.longitudinal import AtrophyRequest
+
+        atrophy = (AtrophyRequest(Path(args.baseline_t1), Path(args.followup_t1))
+                   if args.baseline_t1 else AtrophyRequest(Path(args.baseline_flair),
+                                                           Path(args.followup_flair), "FLAIR"))
     result = track_files(Path(args.baseline_flair), Path(args.followup_flair), Path(args.out),
-                         params)
+                         params, atrophy=atrophy)
     counts = result.table.status.value_counts().to_dict() if len(result.table) else {}
     print(json.dumps({"out": str(args.out), "status_counts": {k: int(v) for k, v in
                                                                counts.items()},
@@ -137,6 +147,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ms_core.dicom import SeriesChoiceError
+    from ms_core.importer import import_visit
+
+    files = {"FLAIR": Path(args.flair)}
+    if args.t1:
+        files["T1w"] = Path(args.t1)
+    series = {m: uid for m, uid in (("FLAIR", args.flair_series), ("T1w", args.t1_series))
+              if uid}
+
+    def progress(fraction: float, text: str) -> None:
+        if args.verbose:
+            print(f"\r{text}: {fraction:4.0%}   ", end="", file=sys.stderr, flush=True)
+
+    try:
+        visit = import_visit(Path(args.study), args.participant, args.session, files,
+                             acq_date=args.date, edss=args.edss,
+                             relapses_since_last=args.relapses, dmt=args.dmt,
+                             replace=args.replace, series=series, converter=args.converter,
+                             progress=progress)
+    except SeriesChoiceError as e:
+        for s in e.series:  # the UIDs to pass to --flair-series / --t1-series
+            print(f"{s.uid}\t{s.label}", file=sys.stderr)
+        raise
+    if args.verbose:
+        print(file=sys.stderr)
+    print(json.dumps({"study": str(args.study), "participant_id": visit.participant_id,
+                      "session_id": visit.session_id, "acq_date": visit.acq_date.isoformat(),
+                      "images": {m: str(p) for m, p in visit.images.items()},
+                      "scanner": visit.scanner, "field_strength_t": visit.field_strength_t}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
@@ -157,6 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("study", help="study folder")
     val.add_argument("--deep", action="store_true", help="also read every image's voxel data")
     val.set_defaults(func=_cmd_validate)
+
+    imp = sub.add_parser("import", help="add a visit (NIfTI or DICOM zip/folder) to a study "
+                                        "(docs/import.md)")
+    imp.add_argument("study", help="study folder (created if missing or empty)")
+    imp.add_argument("--participant", required=True, help="participant id, e.g. sub-13")
+    imp.add_argument("--session", required=True, help="session id, e.g. ses-01")
+    imp.add_argument("--date", required=True, help="visit date YYYY-MM-DD")
+    imp.add_argument("--flair", required=True, help="FLAIR: .nii/.nii.gz, DICOM .zip or folder")
+    imp.add_argument("--t1", help="optional T1w: .nii/.nii.gz, DICOM .zip or folder")
+    imp.add_argument("--edss", type=float, help="EDSS (0-10, steps of 0.5)")
+    imp.add_argument("--relapses", type=int, help="relapses since the last visit")
+    imp.add_argument("--dmt", help="disease-modifying therapy")
+    imp.add_argument("--flair-series", help="SeriesInstanceUID when the FLAIR zip has several")
+    imp.add_argument("--t1-series", help="SeriesInstanceUID when the T1w zip has several")
+    imp.add_argument("--converter", choices=("auto", "dcm2niix", "pydicom"), default="auto",
+                     help="DICOM pixel decoder (auto: dcm2niix when installed)")
+    imp.add_argument("--replace", action="store_true",
+                     help="replace the visit if it exists (its old results are removed)")
+    imp.set_defaults(func=_cmd_import)
     seg = sub.add_parser("segment", help="segment lesions in a FLAIR (network or baseline)")
     seg.add_argument("--flair", required=True, help="FLAIR image (NIfTI)")
     seg.add_argument("--t1", help="optional T1w image of the same visit")
@@ -194,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
     tr.add_argument("--min-lesion-mm3", type=float, default=10.0)
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.add_argument("--atrophy", action="store_true",
+                    help="also measure PBVC and both visits' tissue volumes (provenance.json "
+                         "'atrophy' block; T1w with --baseline-t1/--followup-t1, else the FLAIRs)")
+    tr.add_argument("--baseline-t1", help="earlier T1w for --atrophy (NIfTI)")
+    tr.add_argument("--followup-t1", help="later T1w for --atrophy (NIfTI)")
     tr.add_argument("--out", required=True, help="output folder")
     tr.set_defaults(func=_cmd_track)
 

@@ -1,22 +1,25 @@
 """What the pipeline has measured for a patient, read back from the study's derivatives.
 
 The app shows these next to (not instead of) the demo's ground truth: per visit the network's
-lesion count and volume (``segment``), and per interval the lesion changes against the previous
-visit (``track``). Only *current* results count: made from the same image files (sha256) with
-the same settings (see :func:`ms_core.segment.segmentation_status` and
-:func:`ms_core.longitudinal.tracking_status`).
+lesion count and volume (``segment``) and the brain volumes (:mod:`ms_core.atrophy`), and per
+interval the lesion changes (``track``) and the percentage brain volume change (PBVC) against
+the previous visit. Only *current* results count: made from the same image files (sha256) with
+the same settings (see :func:`ms_core.segment.segmentation_status`,
+:func:`ms_core.longitudinal.tracking_status`, :func:`ms_core.atrophy.volumes_status` and
+:func:`ms_core.atrophy.pbvc_status`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ms_core.atrophy import VOLUME_FIELDS, AtrophyParams, pbvc_status, volumes_status
 from ms_core.domain import Visit
 from ms_core.errors import InputError
 from ms_core.longitudinal import TrackParams, tracking_dir, tracking_status
@@ -31,8 +34,11 @@ from ms_core.segment import SegmentParams, segmentation_status
 from ms_core.study import derivatives_dir
 
 __all__ = [
+    "ATROPHY_COLUMNS",
     "MEASURED_COLUMNS",
     "McDonaldChecklist",
+    "atrophy_frame",
+    "atrophy_table",
     "history_by_lesion",
     "interval_changes",
     "lesion_history",
@@ -46,7 +52,18 @@ __all__ = [
 #: Columns of :func:`measured_table`.
 MEASURED_COLUMNS = ("session_id", "acq_date", "segmented", "lesion_count", "lesion_volume_ml",
                     "compared_with", "new", "enlarging", "new_or_enlarging", "shrinking",
-                    "disappeared")
+                    "disappeared", "brain_volume_ml", "bpf", "gm_fraction", "wm_fraction",
+                    "pbvc_from", "pbvc_pct", "pbvc_pct_per_year")
+#: Columns of :func:`atrophy_table`: the stored volumes (:data:`ms_core.atrophy.VOLUME_FIELDS`)
+#: and the PBVC from the previous measured visit (``pbvc_from``).
+ATROPHY_COLUMNS = ("session_id", "acq_date", *VOLUME_FIELDS, "pbvc_from", "interval_years",
+                   "pbvc_pct", "pbvc_pct_per_year", "pbvc_method", "pbvc_qc_ncc",
+                   "atrophy_warnings")
+#: Default atrophy settings (a module-level value: frozen, safe as an argument default).
+_ATROPHY_DEFAULTS = AtrophyParams()
+#: Columns of :func:`atrophy_table` copied into :func:`measured_table`.
+_ATROPHY_IN_MEASURED = ("brain_volume_ml", "bpf", "gm_fraction", "wm_fraction", "pbvc_from",
+                        "pbvc_pct", "pbvc_pct_per_year")
 
 
 def visit_lesion_table(root: Path, visit: Visit,
@@ -87,12 +104,83 @@ def pending_analysis(root: Path, visits: Sequence[Visit], params: TrackParams = 
     return to_segment, to_compare
 
 
+def _number(value: object) -> float:
+    """A stored number as float; NaN for ``None`` or anything not numeric."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value)
+
+
+def atrophy_frame(visits: Sequence[Visit], volumes: Mapping[str, Mapping[str, object] | None],
+                  pbvc: Mapping[str, Mapping[str, object] | None]) -> pd.DataFrame:
+    """One row per visit (date order) from stored atrophy records, NaN where there is none.
+
+    Pure: ``volumes`` maps a session id to its tissue-volume record
+    (:func:`ms_core.atrophy.measure_visit_volumes`) and ``pbvc`` a follow-up's session id to its
+    PBVC record (:func:`ms_core.atrophy.measure_interval_pbvc`); missing or ``None`` entries
+    give empty cells. Columns :data:`ATROPHY_COLUMNS`.
+
+    >>> import datetime as dt
+    >>> v = [Visit("sub-01", f"ses-0{i}", dt.date(2019 + i, 1, 1), None, None, None, None, None)
+    ...      for i in (1, 2)]
+    >>> t = atrophy_frame(v, {"ses-01": {"volumes": {"brain_volume_ml": 1100.0}}},
+    ...                   {"ses-02": {"baseline_session": "ses-01", "pbvc_pct": -0.5}})
+    >>> t[["brain_volume_ml", "pbvc_from", "pbvc_pct"]].values.tolist()
+    [[1100.0, '', nan], [nan, 'ses-01', -0.5]]
+    """
+    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
+    rows = []
+    for visit in ordered:
+        vol_rec = volumes.get(visit.session_id) or {}
+        vols = vol_rec.get("volumes")
+        vols = vols if isinstance(vols, Mapping) else {}
+        rec = pbvc.get(visit.session_id) or {}
+        warnings = rec.get("warnings")
+        rows.append({
+            "session_id": visit.session_id, "acq_date": pd.Timestamp(visit.acq_date),
+            **{k: _number(vols.get(k)) for k in VOLUME_FIELDS},
+            "pbvc_from": str(rec.get("baseline_session") or ""),
+            "interval_years": _number(rec.get("interval_years")),
+            "pbvc_pct": _number(rec.get("pbvc_pct")),
+            "pbvc_pct_per_year": _number(rec.get("pbvc_pct_per_year")),
+            "pbvc_method": str(rec.get("method") or ""),
+            "pbvc_qc_ncc": _number(rec.get("qc_ncc")),
+            "atrophy_warnings": "; ".join(str(w) for w in warnings)
+            if isinstance(warnings, list) else "",
+        })
+    dtypes = {c: "float64" for c in ATROPHY_COLUMNS} | {
+        "session_id": "str", "acq_date": "datetime64[ns]", "pbvc_from": "str",
+        "pbvc_method": "str", "atrophy_warnings": "str"}
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in ATROPHY_COLUMNS})
+    return pd.DataFrame(rows, columns=list(ATROPHY_COLUMNS)).astype(dtypes)
+
+
+def atrophy_table(root: Path, visits: Sequence[Visit],
+                  params: AtrophyParams = _ATROPHY_DEFAULTS) -> pd.DataFrame:
+    """A patient's current stored atrophy measurements, one row per visit (date order).
+
+    Per visit the tissue volumes (:data:`ms_core.atrophy.VOLUME_FIELDS`), per interval the PBVC
+    from the previous visit with a ``params.modality`` image (``pbvc_from``), in % and %/year,
+    with the method, registration QC and protocol warnings; NaN (or "") where nothing current
+    is stored. See :func:`atrophy_frame`.
+    """
+    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
+    usable = [v for v in ordered if params.modality in v.images]
+    volumes = {v.session_id: volumes_status(root, v, params) for v in usable}
+    pbvc = {b.session_id: pbvc_status(root, a, b, params) for a, b in itertools.pairwise(usable)}
+    return atrophy_frame(ordered, volumes, pbvc)
+
+
 def measured_table(root: Path, visits: Sequence[Visit],
-                   params: TrackParams = TrackParams()) -> pd.DataFrame:
+                   params: TrackParams = TrackParams(),
+                   atrophy: AtrophyParams = _ATROPHY_DEFAULTS) -> pd.DataFrame:
     """One row per visit (date order): the stored measurements, NaN where none are current.
 
     ``new`` ... ``disappeared`` count the lesion statuses against the previous visit
     (``compared_with``); ``new_or_enlarging`` is the trial end point's per-interval count.
+    ``brain_volume_ml`` ... ``pbvc_pct_per_year`` come from :func:`atrophy_table` (the PBVC
+    against ``pbvc_from``, the previous visit with a T1w).
     """
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     rows = []
@@ -111,7 +199,12 @@ def measured_table(root: Path, visits: Sequence[Visit],
                   for s in ("new", "enlarging", "shrinking", "disappeared")}
         row.update(counts, new_or_enlarging=counts["new"] + counts["enlarging"])
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(MEASURED_COLUMNS))
+    table = pd.DataFrame(rows, columns=[c for c in MEASURED_COLUMNS
+                                        if c not in _ATROPHY_IN_MEASURED])
+    brain = atrophy_table(root, ordered, atrophy)
+    for column in _ATROPHY_IN_MEASURED:
+        table[column] = brain[column].to_numpy()
+    return table[list(MEASURED_COLUMNS)]
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ms_core.atrophy import read_atrophy
 from ms_core.domain import Participant, Visit
 from ms_core.features import PROGNOSIS_FEATURES, visit_features
 from ms_core.longitudinal import TrackParams
 from ms_core.measurements import interval_changes, visit_lesion_table
 
-__all__ = ["AtrophyReader", "MRI_FEATURES", "patient_feature_table"]
+__all__ = ["MRI_FEATURES", "AtrophyReader", "patient_feature_table"]
 
 #: Features that come from the images (the rest come from the clinical tables).
 MRI_FEATURES = tuple(f for f in PROGNOSIS_FEATURES if f not in (
@@ -33,12 +34,12 @@ _DAYS_PER_YEAR = 365.25
 
 def patient_feature_table(root: Path, participant: Participant, visits: Sequence[Visit],
                           params: TrackParams = TrackParams(),
-                          atrophy: AtrophyReader | None = None) -> pd.DataFrame:
+                          atrophy: AtrophyReader | None = read_atrophy) -> pd.DataFrame:
     """One row per visit (date order): ``session_id``, :data:`PROGNOSIS_FEATURES` and
     ``mri_measured`` (how many of :data:`MRI_FEATURES` are not NaN).
 
-    ``atrophy`` reads the stored brain-volume measurements of a visit; without it the tissue
-    and PBVC columns stay NaN.
+    ``atrophy`` reads the stored brain-volume measurements of a visit (default
+    :func:`ms_core.atrophy.read_atrophy`); with ``None`` the tissue and PBVC columns stay NaN.
     """
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     rows = []

@@ -144,8 +144,8 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray | No
       subsampled image) drives the fit, and the field is divided out of the whole image without
       rescaling.
 
-    Runs single-threaded: same input, bit-identical output. About 1-5 s for a whole brain at
-    1 mm on one CPU core (shrink 4, the default iterations).
+    Runs single-threaded: same input, bit-identical output, whatever the number of cores.
+    About 1-5 s for a whole brain at 1 mm on one CPU core (shrink 4, the default iterations).
 
     Parameters
     ----------
@@ -207,17 +207,27 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray | No
 def _n4_log_field(image: Any, small: Any, small_mask: Any, iterations: tuple[int, ...]
                   ) -> np.ndarray:
     """N4 fitted on ``small`` inside ``small_mask`` (SimpleITK images), the log bias field
-    evaluated on ``image``'s grid: (X, Y, Z) float32. One thread, so bit-identical on re-run."""
+    evaluated on ``image``'s grid: (X, Y, Z) float32.
+
+    Fit and field evaluation both run on one thread: ITK's threaded sums are unordered, and the
+    B-spline field that ``GetLogBiasFieldAsImage`` evaluates (with the global default thread
+    count, which the filter's own setting does not reach) differs in the last bits with the
+    number of threads. So the same input gives bit-identical output on any machine.
+    """
     import SimpleITK as sitk
 
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
-    n4.SetNumberOfThreads(1)  # ITK's threaded sums are unordered: one thread is reproducible
+    n4.SetNumberOfThreads(1)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
         n4.Execute(small, small_mask)
         log_bias, _ = from_sitk(n4.GetLogBiasFieldAsImage(image))
     except RuntimeError as e:  # ITK reports failures as RuntimeError
         raise ValueError(f"N4 bias correction failed: {str(e).splitlines()[-1]}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return log_bias
 
 

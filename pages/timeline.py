@@ -30,21 +30,27 @@ st.dataframe(table, hide_index=True, column_config=ui_helpers.visit_table_config
 
 st.subheader("Measured by the pipeline")
 measured = ui_helpers.measured(study.root, visits)
-if measured["segmented"].any():
+lesions_measured = bool(measured["segmented"].any())
+atrophy_measured = ui_helpers.has_atrophy(measured)
+if lesions_measured:
     st.plotly_chart(ui_helpers.measured_figure(measured))
+if atrophy_measured:
+    st.plotly_chart(ui_helpers.atrophy_figure(measured))
+if lesions_measured or atrophy_measured:
     st.dataframe(measured, hide_index=True, column_config=ui_helpers.visit_table_config())
-    st.caption("Network segmentation per visit and lesion matching against the previous visit "
-               "(research use only). Empty cells: not analysed yet.")
+    st.caption("Network segmentation per visit and lesion matching against the previous visit; "
+               "brain volume and BPF per visit (T1w, lesions filled) and PBVC (boundary shift "
+               "integral) against the previous visit (research use only). Empty cells: not "
+               "analysed yet.")
     history = ui_helpers.lesion_histories(study.root, visits)
     if len(history):
         st.markdown("**Lesion history** (persistent ids; volume in ml per visit)")
         st.dataframe(history, hide_index=True)
 else:
     st.write("No visit of this patient has been analysed yet.")
-pending_segments, pending_pairs = ui_helpers.pending(study.root, visits)
-if pending_segments or pending_pairs:
-    label = (f"Analyse this patient ({len(pending_segments)} visit(s) to segment, "
-             f"{len(pending_pairs)} interval(s) to compare)")
-    if st.button(label):
-        ui_helpers.run_and_refresh(lambda: ui_helpers.analyse_patient(study.root, visits),
-                                   "Analysis stopped.")
+pending = ui_helpers.pending(study.root, visits)
+if pending.atrophy_note:
+    st.caption(pending.atrophy_note)
+if pending.any and st.button(pending.label):
+    ui_helpers.run_and_refresh(lambda: ui_helpers.analyse_patient(study.root, visits),
+                               "Analysis stopped.")

@@ -229,3 +229,59 @@ def test_compare_visits_then_timeline_shows_measurements(
     history = at.dataframe[2].value  # persistent lesion ids across the compared visits
     assert {"persistent_id", "location", "ses-01", "ses-02"} <= set(history.columns)
     assert history["ses-01"].notna().any() and history["ses-02"].notna().any()
+
+
+def test_timeline_shows_brain_atrophy_pending_then_measured(
+        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import ms_core.atrophy as atrophy
+    import ui_helpers
+    from ms_core.atrophy import PBVCResult, TissueVolumes
+
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    at = _app(study, monkeypatch)
+    at.switch_page("pages/timeline.py").run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert ("Brain atrophy pending (not measured yet): brain volume of ses-01, ses-02, ses-03; "
+            "PBVC of ses-01 → ses-02, ses-02 → ses-03.") in captions
+    assert len(at.get("plotly_chart")) == 2  # EDSS and ground truth: nothing measured yet
+    button = next(b for b in at.button if b.label.startswith("Analyse this patient"))
+    assert "3 brain volume(s) and 2 PBVC interval(s) to measure" in button.label
+
+    # Segmentation and tracking are tested above (stubbed here); the atrophy numerics are
+    # validated in test_atrophy.py (stubbed here: about 25 s per visit). Storage, reading back,
+    # the figure and the table are the real ones.
+    brains = iter([1150.0, 1140.0, 1130.0])
+
+    def fake_tissue(volume: Any, **_: Any) -> TissueVolumes:
+        brain = next(brains)
+        return TissueVolumes(brain, 650.0, brain - 650.0, 1500.0 - brain, 1500.0, brain / 1500,
+                             0.0)
+
+    def fake_pbvc(baseline: Any, followup: Any, **kw: Any) -> PBVCResult:
+        return PBVCResult(-0.9, kw["method"], 0.98, 1150.0, -10.35, np.eye(4))
+
+    monkeypatch.setattr(ui_helpers, "segment_visit", lambda *a, **k: None)
+    monkeypatch.setattr(ui_helpers, "track_visits", lambda *a, **k: None)
+    monkeypatch.setattr(atrophy, "tissue_volumes", fake_tissue)
+    monkeypatch.setattr(atrophy, "percent_brain_volume_change", fake_pbvc)
+    button.click().run(timeout=120)
+    assert not at.exception and not at.error
+    assert not any("Brain atrophy pending" in c.value for c in at.caption)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3
+    figure = json.loads(charts[2].proto.spec)
+    assert [t["name"] for t in figure["data"]] == ["brain volume (ml)", "BPF", "PBVC (%/year)"]
+    assert figure["data"][2]["type"] == "bar"
+    assert figure["layout"]["yaxis2"]["title"]["text"] == "BPF"  # BPF on a second axis
+    measured = at.dataframe[1].value
+    assert measured["brain_volume_ml"].tolist() == [1150.0, 1140.0, 1130.0]
+    assert measured["bpf"].tolist() == pytest.approx([1150 / 1500, 1140 / 1500, 1130 / 1500])
+    assert measured["pbvc_pct"].tolist()[1:] == [-0.9, -0.9]
+    assert measured["pbvc_pct_per_year"].notna().tolist() == [False, True, True]
+    assert measured["segmented"].tolist() == [False, False, False]
+    assert any(b.label.startswith("Analyse this patient (3 visit(s) to segment")
+               and "0 brain volume(s) and 0 PBVC" in b.label for b in at.button)

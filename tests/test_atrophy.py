@@ -1,4 +1,5 @@
-"""Tests for ms_core.atrophy: PBVC, tissue volumes, lesion filling and annualisation.
+"""Tests for ms_core.atrophy: PBVC, tissue volumes, lesion filling and annualisation, the
+whole-head N4 of ms_core.preprocess, and the study derivatives (stored, read back, cached).
 
 The end-to-end tests use a T1w-like head synthesised from the MNI152 template on a 2 mm grid
 (:func:`ms_core.anatomy.tissue_signal`), with the parenchyma shrunk about the brain centroid by
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
@@ -217,3 +220,202 @@ def test_pbvc_on_the_demo_study() -> None:
     res = percent_brain_volume_change(base, follow, spacing_mm=2.0)
     assert res.pbvc_pct == pytest.approx(truth, abs=0.3)
     assert res.qc_ncc > 0.9 and not res.warnings
+
+
+# ----------------------------------------------------------------------------- N4 (preprocess)
+def test_n4_whole_head_mode_removes_a_bias_everywhere_whatever_the_thread_count() -> None:
+    import SimpleITK as sitk
+
+    from ms_core.preprocess import n4_bias_correct
+
+    head, _ = _head(1.0, (0.0, 0.0, 0.0), seed=1)
+    ijk = np.indices(head.shape, dtype=np.float64)
+    bias = np.exp(0.3 * (ijk[0] / head.shape[0] - 0.5))  # x1.35 from left to right
+    biased = (head.data * bias).astype(np.float32)
+    biased[0, 0, 0] = -5.0  # negative noise: set to 0
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        one = n4_bias_correct(biased, head.affine, None)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(4)
+        four = n4_bias_correct(biased, head.affine, None)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    # The B-spline field used to be evaluated with the global thread count, which changed the
+    # last bits of every voxel (and so the atrophy numbers) from machine to machine.
+    assert np.array_equal(one, four) and one.dtype == np.float32
+    assert one[0, 0, 0] == 0.0
+    tpl = load_template()
+    wm = ndi.affine_transform(tpl.wm, np.eye(3) * STEP, output_shape=head.shape, order=1) > 0.9
+    left, right = wm & (ijk[0] < head.shape[0] / 2), wm & (ijk[0] >= head.shape[0] / 2)
+
+    def tilt(img: np.ndarray) -> float:
+        return float(np.log(np.median(img[right]) / np.median(img[left])))
+
+    # Measured: the white matter's left-right tilt drops from 0.082 to 0.003 (unbiased head:
+    # -0.0001).
+    assert tilt(biased) > 0.05
+    assert abs(tilt(one)) < 0.2 * tilt(biased)
+    # The field is divided out of the whole image, not only inside a mask.
+    scalp = (head.data > 0) & ~(ndi.binary_dilation(wm, iterations=15))
+    assert not np.allclose(one[scalp], biased[scalp])
+
+
+# ----------------------------------------------------------------------------- study derivatives
+def _visit(sid: str, date: str, images: dict[str, Path], scanner: str = "S1") -> Any:
+    import datetime as dt
+
+    from ms_core.domain import Visit
+
+    return Visit("sub-01", sid, dt.date.fromisoformat(date), None, None, None, scanner, 3.0,
+                 images)
+
+
+def _tiny_study(root: Path) -> tuple[Any, Any]:
+    """Two visits two years apart: synthetic T1w heads (2 mm; 2 % brain loss, head moved) and
+    FLAIRs, written as study files under ``root``."""
+    from ms_core.anatomy import synthetic_head
+    from ms_core.io import save_volume
+
+    visits = []
+    for sid, date, (factor, shift, seed) in (
+            ("ses-01", "2020-01-01", (1.0, (0.0, 0.0, 0.0), 1)),
+            ("ses-02", "2022-01-01", (0.98, (3.0, -2.0, 1.0), 2))):
+        t1, _ = _head(factor, shift, seed)
+        flair = synthetic_head("FLAIR", with_skull=True)[::STEP, ::STEP, ::STEP]
+        images = {m: image_path(root, "sub-01", sid, m) for m in ("FLAIR", "T1w")}
+        images["FLAIR"].parent.mkdir(parents=True)
+        save_volume(images["T1w"], t1.data, t1.affine)
+        save_volume(images["FLAIR"], 100.0 * flair, t1.affine)
+        visits.append(_visit(sid, date, images))
+    return visits[0], visits[1]
+
+
+def _fake_tissue(calls: list[np.ndarray | None]) -> Any:
+    """Stands in for tissue_volumes (validated above, about 25 s per visit): records the
+    lesion mask it is given and returns fixed volumes."""
+
+    def fake(volume: Volume, *, lesion_mask: np.ndarray | None = None,
+             **_: Any) -> TissueVolumes:
+        calls.append(lesion_mask)
+        brain = 1100.0 - 10.0 * len(calls)
+        return TissueVolumes(brain, 600.0, brain - 600.0, 1500.0 - brain, 1500.0, brain / 1500,
+                             0.0 if lesion_mask is None else 1.5)
+
+    return fake
+
+
+def _no_call(*_: Any, **__: Any) -> Any:
+    raise AssertionError("measured again although a current result is stored")
+
+
+def test_study_atrophy_is_stored_read_back_cached_and_refreshed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ms_core.atrophy as atrophy
+    from ms_core.io import save_volume
+    from ms_core.longitudinal import TrackParams
+    from ms_core.measurements import ATROPHY_COLUMNS, atrophy_table, measured_table
+    from ms_core.models import sha256_file
+    from ms_core.segment import SegmentationResult, SegmentParams, write_outputs
+
+    base, follow = _tiny_study(tmp_path)
+    seg = SegmentParams(method="baseline")
+    params = atrophy.AtrophyParams(spacing_mm=2.0, segmentation=seg)
+    calls: list[np.ndarray | None] = []
+    monkeypatch.setattr(atrophy, "tissue_volumes", _fake_tissue(calls))
+    assert atrophy.pending_atrophy(tmp_path, [follow, base], params) == (
+        [base, follow], [(base, follow)])
+    assert atrophy.read_atrophy(tmp_path, base, follow, params) is None
+
+    volumes, pbvc = atrophy.atrophy_visits(tmp_path, [follow, base], params)  # real PBVC
+    assert set(volumes) == {"ses-01", "ses-02"} and set(pbvc) == {"ses-02"}
+    folder = atrophy.atrophy_dir(tmp_path, follow)
+    assert folder == tmp_path / "derivatives" / "ms_dash" / "sub-01" / "ses-02" / "atrophy"
+    assert {p.name for p in folder.iterdir()} == {"tissue_volumes.json",
+                                                  "pbvc_from_ses-01.json"}
+    stored = read_json(folder / "pbvc_from_ses-01.json")
+    assert stored == pbvc["ses-02"]
+    assert stored["inputs"]["baseline_image"]["sha256"] == sha256_file(base.images["T1w"])
+    assert stored["parameters"] == {"modality": "T1w", "method": "bsi", "spacing_mm": 2.0}
+    assert stored["version"] and stored["created_utc"] and stored["seconds"]["pbvc"] > 0
+    # Reference: the known 2 % scaling; BSI on 2 mm grids measured -2.10 % (see above).
+    truth = 100.0 * (_head(0.98, (3.0, -2.0, 1.0), 2)[1] / _head(1.0, (0.0,) * 3, 1)[1] - 1)
+    assert stored["pbvc_pct"] == pytest.approx(truth, abs=0.3)
+    assert stored["interval_years"] == pytest.approx(731 / 365.25)
+    assert stored["pbvc_pct_per_year"] == pytest.approx(
+        annualised_pct_per_year(stored["pbvc_pct"], 731 / 365.25))
+    assert stored["method"] == "bsi" and stored["qc_ncc"] > 0.9 and stored["warnings"] == []
+    rec = volumes["ses-01"]
+    assert rec["volumes"]["gm_fraction"] == pytest.approx(600.0 / 1500.0)
+    assert set(rec["volumes"]) == set(atrophy.VOLUME_FIELDS)
+    assert set(rec["inputs"]) == {"image"}  # not segmented yet: measured unfilled
+    assert calls == [None, None]
+
+    table = atrophy_table(tmp_path, [follow, base], params)
+    assert list(table.columns) == list(ATROPHY_COLUMNS)
+    assert table.session_id.tolist() == ["ses-01", "ses-02"]
+    assert table.brain_volume_ml.tolist() == [1090.0, 1080.0]
+    assert table.pbvc_from.tolist() == ["", "ses-01"] and np.isnan(table.pbvc_pct[0])
+    assert table.pbvc_pct_per_year[1] == pytest.approx(stored["pbvc_pct_per_year"])
+    measured = measured_table(tmp_path, [base, follow], TrackParams(segmentation=seg), params)
+    assert measured.bpf.tolist() == pytest.approx([1090 / 1500, 1080 / 1500])
+    assert measured.segmented.tolist() == [False, False]
+    assert atrophy.read_atrophy(tmp_path, base, follow, params) == {
+        "pbvc_pct_per_year": stored["pbvc_pct_per_year"], "bpf": 1080 / 1500,
+        "gm_fraction": 0.4, "wm_fraction": 480 / 1500}
+
+    # Unchanged inputs: a second run reads the stored records back, nothing is measured.
+    monkeypatch.setattr(atrophy, "tissue_volumes", _no_call)
+    monkeypatch.setattr(atrophy, "percent_brain_volume_change", _no_call)
+    assert atrophy.atrophy_visits(tmp_path, [base, follow], params) == (volumes, pbvc)
+    assert atrophy.pending_atrophy(tmp_path, [base, follow], params) == ([], [])
+    other = atrophy.AtrophyParams(spacing_mm=1.0, segmentation=seg)  # other PBVC setting
+    assert atrophy.pending_atrophy(tmp_path, [base, follow], other) == ([], [(base, follow)])
+
+    # Segmenting ses-02 makes its volumes out of date (its lesions were not filled); measuring
+    # again fills the stored lesions, carried from the FLAIR onto the T1w grid.
+    t1 = load_volume(follow.images["T1w"], "T1w")
+    centre = (20.0, -10.0, 20.0)
+    labels = sphere_labels(t1.shape, t1.affine, [(centre, 5.0)])
+    write_outputs(atrophy.derivatives_dir(tmp_path, "sub-01", "ses-02"), SegmentationResult(
+        labels.astype(np.float32), labels, t1.affine, pd.DataFrame({"volume_ml": [0.5]}),
+        "numpy", None), seg, {"flair": follow.images["FLAIR"], "t1": follow.images["T1w"]})
+    assert atrophy.pending_atrophy(tmp_path, [base, follow], params) == ([follow], [])
+    monkeypatch.setattr(atrophy, "tissue_volumes", _fake_tissue(calls))
+    refreshed = atrophy.measure_visit_volumes(tmp_path, follow, params)
+    filled = calls[-1]
+    assert filled is not None and filled.shape == t1.shape
+    assert filled[labels > 0].all() and filled.sum() > (labels > 0).sum()  # dilated by 1 voxel
+    mask_file = atrophy.derivatives_dir(tmp_path, "sub-01", "ses-02") / "lesion_mask.nii.gz"
+    assert refreshed["inputs"]["lesion_mask"]["sha256"] == sha256_file(mask_file)
+    assert refreshed["volumes"]["lesion_filled_ml"] == 1.5
+    assert atrophy.volumes_status(tmp_path, follow, params) == refreshed
+
+    # A replaced image makes its records out of date.
+    save_volume(base.images["T1w"], t1.data, t1.affine)
+    assert atrophy.volumes_status(tmp_path, base, params) is None
+    assert atrophy.pbvc_status(tmp_path, base, follow, params) is None
+    assert np.isnan(atrophy_table(tmp_path, [base, follow], params).pbvc_pct).all()
+
+
+def test_atrophy_frame_and_params_edge_cases() -> None:
+    from ms_core.atrophy import AtrophyParams
+    from ms_core.errors import InputError
+    from ms_core.measurements import ATROPHY_COLUMNS, atrophy_frame
+
+    empty = atrophy_frame([], {}, {})
+    assert list(empty.columns) == list(ATROPHY_COLUMNS) and empty.empty
+    a, b = _visit("ses-01", "2020-01-01", {}), _visit("ses-02", "2020-01-01", {})
+    table = atrophy_frame([b, a], {"ses-01": None, "ses-02": {"volumes": "garbage"}},
+                          {"ses-02": {"baseline_session": "ses-01", "pbvc_pct": -0.4,
+                                      "pbvc_pct_per_year": None, "warnings": ["x", "y"]}})
+    assert table.session_id.tolist() == ["ses-01", "ses-02"]
+    assert table.brain_volume_ml.isna().all()  # no record, or a malformed one: empty cells
+    assert table.pbvc_pct.tolist()[1] == -0.4 and np.isnan(table.pbvc_pct_per_year[1])
+    assert table.atrophy_warnings.tolist() == ["", "x; y"]
+    with pytest.raises(InputError, match="modality"):
+        AtrophyParams(modality="DWI")
+    with pytest.raises(InputError, match="method"):
+        AtrophyParams(method="siena")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="spacing"):
+        AtrophyParams(spacing_mm=0.1)

@@ -243,6 +243,62 @@ def test_track_cli_writes_contract_files(tmp_path: Path, monkeypatch: pytest.Mon
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["inputs"]["followup_flair"]["sha256"] and prov["parameters"]["method"] == "joint"
     assert set(prov["seconds"]) >= {"registration", "segmentation", "tracking"}
+    assert "atrophy" not in prov  # only on request (track_files(..., atrophy=...))
+
+
+def test_track_files_adds_an_atrophy_block_with_the_tracked_lesions_filled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ms_core.atrophy as atrophy
+    import ms_core.longitudinal as lon
+    from ms_core.atrophy import PBVCResult, TissueVolumes
+
+    base, follow, move = _pair()
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    save_volume(a, base.data, base.affine)
+    save_volume(b, follow.data, follow.affine)
+    masks: list[tuple[Volume, np.ndarray | None]] = []
+
+    def fake_tissue(volume: Volume, *, lesion_mask: np.ndarray | None = None,
+                    **_: Any) -> TissueVolumes:  # the real one is tested in test_atrophy.py
+        masks.append((volume, lesion_mask))
+        return TissueVolumes(1100.0, 600.0, 500.0, 400.0, 1500.0, 1100 / 1500, 1.0)
+
+    def fake_pbvc(baseline: Volume, followup: Volume, **kw: Any) -> PBVCResult:
+        return PBVCResult(-0.8, kw["method"], 0.97, 1100.0, -8.8, np.eye(4), ("note",))
+
+    monkeypatch.setattr(atrophy, "tissue_volumes", fake_tissue)
+    monkeypatch.setattr(atrophy, "percent_brain_volume_change", fake_pbvc)
+    params = TrackParams(segmentation=SegmentParams(skull_stripped=True))
+    # The FLAIRs themselves stand in for the T1w: lesions must land where they were drawn.
+    request = lon.AtrophyRequest(a, b, modality="FLAIR")
+    monkeypatch.setattr(lon, "load_onnx_model", lambda card, device: _fake_model())
+    out = tmp_path / "out"
+    lon.track_files(a, b, out, params, atrophy=request)
+    prov = json.loads((out / "provenance.json").read_text())
+    block = prov["atrophy"]
+    assert block["pbvc_pct"] == -0.8 and block["method"] == "bsi"
+    assert block["warnings"] == ["note"] and block["lesion_filling"] is True
+    assert block["baseline"]["bpf"] == pytest.approx(1100 / 1500)
+    assert block["followup"]["gm_fraction"] == pytest.approx(0.4)
+    assert block["inputs"]["followup_image"]["sha256"] == prov["inputs"]["followup_flair"][
+        "sha256"]
+    assert {p.name for p in out.iterdir()} >= {"change_mask.nii.gz", "lesion_changes.csv"}
+
+    (b_vol, b_mask), (f_vol, f_mask) = masks
+    assert b_mask is not None and f_mask is not None
+    assert b_mask.shape == base.shape and f_mask.shape == follow.shape
+
+    def at(mask: np.ndarray, volume: Volume, world_mm: np.ndarray) -> bool:
+        i, j, k = np.rint(np.linalg.inv(volume.affine) @ np.append(world_mm, 1.0))[:3]
+        return bool(mask[int(i), int(j), int(k)])
+
+    gone, new = np.array([-26.0, 10.0, 12.0]), np.array([24.0, -30.0, 36.0])
+    assert at(b_mask, b_vol, gone) and not at(b_mask, b_vol, new)  # baseline world
+    follow_new = (move @ np.append(new, 1.0))[:3]  # the follow-up head was moved
+    assert at(f_mask, f_vol, follow_new)
+    assert not at(f_mask, f_vol, (move @ np.append(gone, 1.0))[:3])
+    with pytest.raises(InputError, match="spacing"):
+        lon.AtrophyRequest(a, b, spacing_mm=10.0)
 
 
 def test_track_cli_bad_input_names_the_file(tmp_path: Path,
