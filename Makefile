@@ -64,3 +64,16 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Longer fuzz campaign of the NIfTI readers (docs/reliability.md): hypothesis with FUZZ_EXAMPLES
+# derandomised examples (counts by class in bench/results/fuzz.json), then atheris if installed.
+FUZZ_EXAMPLES ?= 5000
+ATHERIS_RUNS ?= 20000
+.PHONY: fuzz
+fuzz: $(VENV)/.installed-dev
+	@mkdir -p bench/results
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_REPORT=bench/results/fuzz.json \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	@if $(PY) -c "import atheris" 2>/dev/null; then \
+		PYTHONPATH=. $(PY) tests/test_fuzz.py -runs=$(ATHERIS_RUNS) -max_len=8192; \
+	else echo "atheris not installed (pip install atheris): coverage-guided run skipped"; fi

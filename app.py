@@ -84,6 +84,10 @@ def run() -> None:
         st.Page(PAGES_DIR / "patient.py", title="Patient", icon="🧠"),
         st.Page(PAGES_DIR / "timeline.py", title="Timeline", icon="📈"),
         st.Page(PAGES_DIR / "prognosis.py", title="Prognosis", icon="🔮"),
+        st.Page(PAGES_DIR / "cohort.py", title="Cohort / trial", icon="👥"),
+        st.Page(PAGES_DIR / "models.py", title="Models & QC", icon="🧪"),
+        st.Page(PAGES_DIR / "report.py", title="Report", icon="📄"),
+        st.Page(PAGES_DIR / "import_data.py", title="Import", icon="📥"),
     ])
     with ui_helpers.routed_run():
         _sidebar()

@@ -9,15 +9,24 @@ are the only places that convert between the two.
 
 Writes are atomic: data goes to a temporary file in the destination folder, is flushed to disk
 and then renamed over the target, so a crash leaves either the old file or the new one.
+
+Reads are validated before allocation: size caps, data type, dimensions, affine, voxel size and
+the length of the data the header promises are checked from the header and the file size;
+voxel values (NaN/Inf, constant scans, labels) and the gzip checksum when the data is read. Every
+failure is a :class:`~ms_core.errors.NiftiError` naming the file (docs/reliability.md lists the
+checks and the fuzzing behind them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import json
 import logging
+import math
 import os
+import struct
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -28,9 +37,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
-from ms_core.domain import LesionMask, Volume, check_affine
+from ms_core.domain import MODALITIES, LesionMask, Volume, check_affine
 from ms_core.errors import NiftiError
+from ms_core.settings import DEFAULT_MAX_VOXELS, max_file_bytes, max_voxels
 
 __all__ = [
     "MAX_VOXELS",
@@ -43,6 +54,7 @@ __all__ = [
     "nifti_bytes",
     "read_json",
     "read_nifti_header",
+    "remove_stale_temp_files",
     "save_labels",
     "save_volume",
     "to_sitk",
@@ -52,10 +64,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Largest image we accept, in voxels (about 1 GiB of float32).
-MAX_VOXELS = 256 * 1024 * 1024
-#: Plausible voxel sizes in mm for human brain MRI.
-SPACING_RANGE_MM = (0.05, 20.0)
+#: Default largest image, in voxels per 3D volume (512^3, 512 MiB as float32); the limit in force
+#: is :func:`ms_core.settings.max_voxels` (env ``MS_DASH_MAX_VOXELS``).
+MAX_VOXELS = DEFAULT_MAX_VOXELS
+#: Plausible voxel sizes in mm for human brain MRI (7 T: 0.2 mm; thick 2D slices: up to ~7 mm).
+SPACING_RANGE_MM = (0.1, 10.0)
+#: Largest expansion of deflate (zlib technical details): bounds what a .gz file can hold.
+_DEFLATE_MAX_RATIO = 1032
+#: Largest lesion id a label image may hold (labels are stored as int32).
+_MAX_LABEL = int(np.iinfo(np.int32).max)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 #: Permissions of files we write: read/write for the owner, readable by others (as umask allows).
@@ -69,7 +86,9 @@ PHI_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. If the
+    process is killed (``SIGKILL``, power loss) a hidden ``.NAME.*.tmp`` file may be left
+    behind, never a partial ``path``; :func:`remove_stale_temp_files` clears those.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +104,31 @@ def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system supports it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path | str, names: tuple[str, ...]) -> list[Path]:
+    """Delete temporary files that :func:`atomic_open` left for ``names`` in ``folder``.
+
+    Only call this while no other writer can be writing those names (hold the folder's
+    :func:`ms_core.locks.folder_lock`). Returns the files removed.
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: Path | str, payload: bytes) -> None:
@@ -132,11 +176,57 @@ def _json_default(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- NIfTI reading
-def read_nifti_header(path: Path | str) -> nib.Nifti1Image:
+#: Exceptions nibabel, gzip and numpy raise on a malformed header or corrupt voxel data; all of
+#: them become a :class:`NiftiError` naming the file (the fuzz tests in tests/test_fuzz.py check
+#: that nothing else escapes).
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, TypeError,
+    IndexError, KeyError, OverflowError, struct.error, np.linalg.LinAlgError,
+)
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def _spatial_shape(p: Path, shape: tuple[int, ...], volume: int | None) -> tuple[int, int, int]:
+    """The 3D shape to read from an image of ``shape``; checks dimensions and ``volume``."""
+    dims = list(shape)
+    while len(dims) > 4 and dims[-1] == 1:  # (X, Y, Z, T, 1, ...) as some tools write
+        dims.pop()
+    if len(dims) == 4 and dims[3] == 1 and volume is None:
+        dims.pop()
+    if len(dims) < 3:
+        raise NiftiError(p, f"expected a 3D image, got {len(dims)}D shape {tuple(shape)}")
+    if min(dims) < 1:
+        raise NiftiError(p, f"image shape {tuple(shape)} has an empty axis")
+    if len(dims) == 4:
+        n = dims[3]
+        if volume is None:
+            raise NiftiError(p, (
+                f"expected a 3D image, got 4D shape {tuple(shape)} ({n} volumes); pass a single "
+                f"volume, or choose one with volume=0..{n - 1}"))
+        if not 0 <= volume < n:
+            raise NiftiError(p, f"volume {volume} does not exist; this file has volumes 0..{n - 1}")
+    elif len(dims) > 4:
+        raise NiftiError(p, f"expected a 3D image, got {len(dims)}D shape {tuple(shape)}")
+    elif volume not in (None, 0):
+        raise NiftiError(p, f"volume {volume} does not exist; this is a 3D image")
+    return (dims[0], dims[1], dims[2])
+
+
+def read_nifti_header(path: Path | str, *, volume: int | None = None) -> nib.Nifti1Image:
     """Open ``path`` as NIfTI and check its header, without reading the voxel data.
 
-    Checks: file exists and is not empty, is NIfTI-1/2, is 3D (or 4D with one volume), has at most
-    :data:`MAX_VOXELS` voxels, a finite non-singular affine and plausible voxel sizes.
+    Checks, before any voxel is allocated: the file exists, is not empty and is at most
+    :func:`ms_core.settings.max_file_bytes` (``MS_DASH_MAX_FILE_MB``); it is NIfTI-1/2 with a
+    supported data type (integers or floats up to 64 bits; not complex or RGB); it is 3D, or 4D
+    with ``volume`` chosen (trailing axes of length 1 are ignored); one volume has at most
+    :func:`ms_core.settings.max_voxels` voxels (``MS_DASH_MAX_VOXELS``, default 512^3); the
+    affine is finite and non-singular with voxel sizes within :data:`SPACING_RANGE_MM`; and the
+    file can hold the voxel data its header promises (``.nii``: its size; ``.nii.gz``: 1032
+    times its size, deflate's largest expansion). Other truncated or corrupt ``.nii.gz`` files
+    are found when the data is read (:func:`load_volume`, :func:`load_lesion_mask`).
 
     Raises
     ------
@@ -148,23 +238,41 @@ def read_nifti_header(path: Path | str) -> nib.Nifti1Image:
         raise NiftiError(p, "file not found")
     if not p.is_file():
         raise NiftiError(p, "not a regular file")
-    if p.stat().st_size == 0:
+    size = p.stat().st_size
+    if size == 0:
         raise NiftiError(p, "empty file")
+    limit = max_file_bytes()
+    if size > limit:
+        raise NiftiError(p, (f"file is {_mib(size)}, over the {_mib(limit)} limit; "
+                             "set MS_DASH_MAX_FILE_MB to accept larger files"))
     try:
-        img = nib.load(p)
-    except (ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        # mmap=False: the data is copied into memory when read, never mapped from a file that
+        # could change or shrink under us (SIGBUS), and never written back.
+        loaded = nib.load(p, mmap=False)
+    except _READ_ERRORS as e:
         raise NiftiError(p, f"cannot read NIfTI header ({e})") from e
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise NiftiError(p, f"expected a NIfTI image, got {type(img).__name__}")
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise NiftiError(p, f"expected a 3D image, got shape {shape}; pass a single volume")
-    if min(shape) < 1 or int(np.prod(shape)) > MAX_VOXELS:
-        raise NiftiError(p, f"image size {shape} is outside 1..{MAX_VOXELS} voxels")
+    if not isinstance(loaded, nib.Nifti1Image | nib.Nifti2Image):
+        raise NiftiError(p, f"expected a NIfTI image, got {type(loaded).__name__}")
+    img: nib.Nifti1Image = loaded
     try:
-        affine = check_affine(img.affine)
+        dtype = np.dtype(img.header.get_data_dtype())
+        shape = tuple(int(s) for s in img.shape)
+        affine_raw = img.affine
+    except _READ_ERRORS as e:
+        raise NiftiError(p, f"cannot read NIfTI header ({e})") from e
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise NiftiError(p, (f"unsupported voxel data type {dtype}; expected integers or "
+                             "floats of at most 64 bits"))
+    xyz = _spatial_shape(p, shape, volume)
+    n_voxels = math.prod(xyz)
+    cap = max_voxels()
+    if n_voxels > cap:
+        raise NiftiError(p, (f"image size {xyz} ({n_voxels} voxels) is over the limit of {cap} "
+                             "voxels; set MS_DASH_MAX_VOXELS to accept larger images"))
+    if affine_raw is None:
+        raise NiftiError(p, "bad orientation matrix: the header defines none")
+    try:
+        affine = check_affine(affine_raw)
     except ValueError as e:
         raise NiftiError(p, f"bad orientation matrix: {e}") from e
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -172,20 +280,77 @@ def read_nifti_header(path: Path | str) -> nib.Nifti1Image:
     if np.any(spacing < lo) or np.any(spacing > hi):
         sizes = np.round(spacing, 3).tolist()
         raise NiftiError(p, f"voxel size {sizes} mm is outside {lo}-{hi} mm")
+    offset = int(getattr(img.dataobj, "offset", 0))
+    need = offset + math.prod(shape) * dtype.itemsize
+    if str(p).endswith(".gz"):
+        # Deflate expands at most 1032:1, so a small .gz whose header promises gigabytes is
+        # refused here, before nibabel allocates a buffer for them.
+        capacity = _DEFLATE_MAX_RATIO * size
+        have = f"{size} compressed bytes (at most {capacity} once uncompressed)"
+    else:
+        capacity, have = size, f"{size} bytes"
+    if need > capacity:
+        raise NiftiError(p, (f"file is truncated: the header promises {need} bytes "
+                             f"(voxel data from byte {offset}) but the file has {have}"))
     return img
 
 
-def _read_data(img: nib.Nifti1Image, p: Path) -> np.ndarray:
+def _read_data(img: nib.Nifti1Image, p: Path, volume: int | None = None) -> np.ndarray:
+    """The (X, Y, Z) voxel array of ``img`` (one ``volume`` of a 4D file), scaled by nibabel."""
+    ndim = len(img.shape)
+    index: tuple[int | slice, ...] = (slice(None),) * 3
+    if ndim > 3:
+        index += ((volume or 0),) + (0,) * (ndim - 4)
     try:
-        data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.asanyarray(img.dataobj[index] if ndim > 3 else img.dataobj)
+    except MemoryError as e:
+        raise NiftiError(p, f"not enough memory to read {img.shape} voxels") from e
+    except _READ_ERRORS as e:
         raise NiftiError(p, f"voxel data is truncated or corrupt ({e})") from e
-    if data.ndim == 4:
-        data = data[..., 0]
-    return np.asarray(data)
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise NiftiError(p, f"voxel data has shape {data.shape}, expected 3D")
+    if str(p).endswith(".gz"):
+        expected = int(getattr(img.dataobj, "offset", 0)) + math.prod(img.shape) * int(
+            np.dtype(img.get_data_dtype()).itemsize)
+        _verify_gzip(p, expected)
+    return data
 
 
-def load_volume(path: Path | str, modality: str, *, canonical: bool = False) -> Volume:
+def _verify_gzip(p: Path, expected: int) -> None:
+    """Read ``p`` to the end of its gzip stream so that the CRC32 and length are checked.
+
+    nibabel stops reading once it has the voxel data, and deflate has no checksum of its own,
+    so a flipped bit in the compressed data could otherwise decode silently to wrong voxels.
+    Reading stops (unverified, logged) if the stream runs on 16 MiB past ``expected`` bytes:
+    a NIfTI file has nothing after its data, and a deflate bomb must not cost minutes.
+    """
+    limit = expected + (16 << 20)
+    seen = 0
+    try:
+        with gzip.open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                seen += len(block)
+                if seen > limit:
+                    log.warning("%s: %d bytes after the image data; gzip checksum not verified",
+                                p, seen - expected)
+                    return
+    except (OSError, EOFError, zlib.error) as e:
+        raise NiftiError(p, f"voxel data is truncated or corrupt (gzip check: {e})") from e
+
+
+def _check_not_constant(p: Path, data: np.ndarray) -> None:
+    if data.size == 0:
+        return
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        what = "empty (every voxel is 0)" if lo == 0 else f"constant (every voxel is {lo:g})"
+        raise NiftiError(p, f"image is {what}; expected an MR image with contrast")
+
+
+def load_volume(path: Path | str, modality: str, *, canonical: bool = False,
+                volume: int | None = None, allow_constant: bool | None = None) -> Volume:
     """Load a scalar 3D image as a :class:`Volume` (float32).
 
     Parameters
@@ -196,37 +361,68 @@ def load_volume(path: Path | str, modality: str, *, canonical: bool = False) -> 
         Name stored on the volume, e.g. ``"FLAIR"``.
     canonical
         Reorient to the closest RAS+ voxel order (a permutation/flip only: no resampling).
+    volume
+        Which volume of a 4D file to read (0-based); a 4D file with more than one volume and no
+        ``volume`` is refused.
+    allow_constant
+        Accept an image whose voxels are all equal (all zero, say). ``None`` (default): refused
+        for MR scans (``modality`` in ``FLAIR``, ``T1w``, ``T2w``), accepted for derived maps
+        (a probability map of a visit without lesions is all zero).
 
     Raises
     ------
     NiftiError
-        when the file is missing, corrupt, not 3D, has a bad affine, or contains NaN/Inf.
+        when the file fails :func:`read_nifti_header`, its data is truncated or corrupt, it
+        contains NaN/Inf (also after scaling by ``scl_slope``/``scl_inter``), or it is constant
+        where that is refused. NaN/Inf are never cleaned silently: a scanner or converter that
+        writes them has a problem the user should see.
     """
     p = Path(path)
-    img = read_nifti_header(p)
+    img = read_nifti_header(p, volume=volume)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 becomes Inf
+        data = _read_data(img, p, volume).astype(np.float32, copy=False)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise NiftiError(p, (f"image contains NaN or Inf values ({bad} voxels, after scaling); "
+                             "fix the converter or mask them before loading"))
+    if allow_constant is False or (allow_constant is None and modality in MODALITIES):
+        _check_not_constant(p, data)
+    affine = check_affine(img.affine)
     if canonical:
-        img = nib.as_closest_canonical(img)
-    data = _read_data(img, p).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(data)):
-        raise NiftiError(p, "image contains NaN or Inf values")
-    return Volume(data=data, affine=img.affine, modality=modality, source=p)
+        ornt = nib.orientations.io_orientation(affine)
+        if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+            affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+            data = nib.orientations.apply_orientation(data, ornt)
+    return Volume(data=data, affine=affine, modality=modality, source=p)
 
 
-def load_lesion_mask(path: Path | str) -> LesionMask:
-    """Load an integer label image (0 = background) as a :class:`LesionMask`."""
+def load_lesion_mask(path: Path | str, *, volume: int | None = None) -> LesionMask:
+    """Load an integer label image (0 = background) as a :class:`LesionMask`.
+
+    An all-zero mask is valid (a visit without lesions). Float files are accepted when every
+    value is a whole number (after ``scl_slope``/``scl_inter``).
+
+    Raises
+    ------
+    NiftiError
+        as :func:`read_nifti_header`, or for NaN/Inf, non-integer, negative or out-of-range
+        (over 2^31 - 1) labels.
+    """
     p = Path(path)
-    img = read_nifti_header(p)
-    data = _read_data(img, p)
+    img = read_nifti_header(p, volume=volume)
+    data = _read_data(img, p, volume)
     if not np.issubdtype(data.dtype, np.integer):
         if not np.all(np.isfinite(data)):
             raise NiftiError(p, "mask contains NaN or Inf values")
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
             raise NiftiError(p, "mask has non-integer values; expected labels 0, 1, 2, ...")
-        data = rounded.astype(np.int32)
+        data = rounded
     if data.size and data.min() < 0:
         raise NiftiError(p, "mask has negative labels")
-    return LesionMask(labels=data, affine=img.affine, source=p)
+    if data.size and data.max() > _MAX_LABEL:
+        raise NiftiError(p, f"mask label {data.max()} is over the largest id {_MAX_LABEL}")
+    return LesionMask(labels=data.astype(np.int32, copy=False), affine=img.affine, source=p)
 
 
 # ----------------------------------------------------------------------------- NIfTI writing

@@ -35,12 +35,14 @@ from ms_core.io import (
     atomic_write_text,
     load_volume,
     read_json,
+    remove_stale_temp_files,
     save_labels,
     save_volume,
     write_json,
 )
 from ms_core.lesions import lesion_table, threshold_probability
 from ms_core.location import classify_lesions
+from ms_core.locks import folder_lock
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import (
     Grid,
@@ -57,9 +59,11 @@ from ms_core.preprocess import (
 )
 from ms_core.study import derivatives_dir
 
-__all__ = ["LEGACY_PARAM_DEFAULTS", "SegmentParams", "SegmentationResult", "StageTimer",
-           "brain_on_grid", "model_info", "probability_on_grid", "segment_files", "segment_visit",
-           "segment_volumes", "segmentation_status", "write_outputs"]
+__all__ = [
+    "LEGACY_PARAM_DEFAULTS", "OUTPUT_FILES", "PROVENANCE", "SegmentParams", "SegmentationResult",
+    "StageTimer", "brain_on_grid", "model_info", "probability_on_grid", "segment_files",
+    "segment_visit", "segment_volumes", "segmentation_status", "write_outputs",
+]
 
 log = logging.getLogger(__name__)
 Method = Literal["network", "baseline"]
@@ -289,25 +293,44 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
                               info, timer.seconds)
 
 
+#: The result files of a segmentation, in the order written; ``provenance.json`` comes last.
+OUTPUT_FILES = ("lesion_prob.nii.gz", "lesion_mask.nii.gz", "lesions.csv")
+PROVENANCE = "provenance.json"
+
+
 def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentParams,
                   inputs: dict[str, Path]) -> None:
-    """Write the segment CLI's files into ``out_dir`` atomically; provenance last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    save_volume(out_dir / "lesion_prob.nii.gz", result.prob, result.affine, np.float32)
-    save_labels(out_dir / "lesion_mask.nii.gz", (result.labels > 0).astype(np.uint8),
-                result.affine)
-    atomic_write_text(out_dir / "lesions.csv", result.table.to_csv(index=False,
-                                                                    float_format="%.6g"))
-    seconds = {**result.seconds, "write": round(time.perf_counter() - t0, 3)}
-    write_json(out_dir / "provenance.json", {
-        "tool": "ms_core segment", "version": __version__,
-        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "parameters": asdict(params), "provider": result.provider, "model": result.model,
-        "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
-        "n_lesions": len(result.table), "lesion_volume_ml": float(result.table.volume_ml.sum()),
-        "seconds": seconds,
-    })
+    """Write the segment CLI's files into ``out_dir`` atomically; provenance last.
+
+    Under the folder's lock (:func:`ms_core.locks.folder_lock`), the old ``provenance.json`` is
+    removed first, so from then on the folder holds no result that counts as current; each file
+    is written to a temporary name and renamed; ``provenance.json`` is written last and records
+    the sha256 of every output. A run killed at any point therefore leaves either the previous
+    complete result or one without provenance, which :func:`segmentation_status` reports as not
+    current, never a mix taken as current.
+    """
+    with folder_lock(out_dir):
+        (out_dir / PROVENANCE).unlink(missing_ok=True)
+        remove_stale_temp_files(out_dir, (*OUTPUT_FILES, PROVENANCE))
+        t0 = time.perf_counter()
+        save_volume(out_dir / "lesion_prob.nii.gz", result.prob, result.affine, np.float32)
+        save_labels(out_dir / "lesion_mask.nii.gz", (result.labels > 0).astype(np.uint8),
+                    result.affine)
+        atomic_write_text(out_dir / "lesions.csv", result.table.to_csv(index=False,
+                                                                        float_format="%.6g"))
+        seconds = {**result.seconds, "write": round(time.perf_counter() - t0, 3)}
+        write_json(out_dir / PROVENANCE, {
+            "tool": "ms_core segment", "version": __version__,
+            "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "parameters": asdict(params), "provider": result.provider, "model": result.model,
+            "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
+            "outputs": {name: {"sha256": sha256_file(out_dir / name),
+                               "bytes": (out_dir / name).stat().st_size}
+                        for name in OUTPUT_FILES},
+            "n_lesions": len(result.table),
+            "lesion_volume_ml": float(result.table.volume_ml.sum()),
+            "seconds": seconds,
+        })
 
 
 def segment_files(flair_path: Path, t1_path: Path | None, out_dir: Path,
@@ -344,15 +367,38 @@ def _visit_inputs(visit: Visit) -> dict[str, Path]:
 LEGACY_PARAM_DEFAULTS = {"bias_correction": False, "denoise": False}
 
 
+def _outputs_intact(folder: Path, prov: dict[str, object]) -> bool:
+    """Whether every output file recorded in ``prov`` is present with its recorded sha256.
+
+    Provenance written before outputs were recorded (no ``outputs`` key) only needs the files
+    to exist.
+    """
+    recorded = prov.get("outputs")
+    if recorded is None:
+        return all((folder / name).is_file() for name in OUTPUT_FILES)
+    if not isinstance(recorded, dict) or set(recorded) != set(OUTPUT_FILES):
+        return False
+    for name, entry in recorded.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return False
+        if sha256_file(path) != entry["sha256"]:
+            return False
+    return True
+
+
 def segmentation_status(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),
                         model_sha256: str | None = None) -> dict[str, object] | None:
     """The stored segmentation's provenance if it is current, else ``None``.
 
-    Current means: it exists in ``derivatives/ms_dash``, was made with ``params`` (and the model
-    ``model_sha256`` when given) from inputs whose sha256 still match the visit's files. This is
-    the cache of the on-demand segmentation, keyed by input hash.
+    Current means: ``provenance.json`` exists in ``derivatives/ms_dash`` and is complete, was
+    made with ``params`` (and the model ``model_sha256`` when given) from inputs whose sha256
+    still match the visit's files, and every output file it lists is present with the sha256
+    it records. A missing, malformed or partial provenance, or a missing or altered output
+    file, is not current. This is the cache of the on-demand segmentation, keyed by input hash.
     """
-    prov_path = derivatives_dir(root, visit.participant_id, visit.session_id) / "provenance.json"
+    folder = derivatives_dir(root, visit.participant_id, visit.session_id)
+    prov_path = folder / PROVENANCE
     if not prov_path.exists():
         return None
     try:
@@ -364,14 +410,22 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
         same_params = {**LEGACY_PARAM_DEFAULTS, **prov["parameters"]} == asdict(params)
         same_model = model_sha256 is None or (prov.get("model") or {}).get(
             "sha256") == model_sha256
-    except (InputError, KeyError, TypeError, AttributeError):
+        current = same_inputs and same_params and same_model and _outputs_intact(folder, prov)
+    except (InputError, KeyError, TypeError, AttributeError, OSError):
         return None
-    return dict(prov) if same_inputs and same_params and same_model else None
+    return dict(prov) if current else None
 
 
 def segment_visit(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),
                   progress: Callable[[float], None] | None = None) -> SegmentationResult:
-    """Segment a study visit into ``derivatives/ms_dash/sub-X/ses-Y`` (the segment CLI files)."""
+    """Segment a study visit into ``derivatives/ms_dash/sub-X/ses-Y`` (the segment CLI files).
+
+    The whole run holds the visit folder's lock, so two runs on the same visit (two browser
+    sessions, the app and a batch job) run one after the other and never interleave their
+    files; a second run waits up to ``MS_DASH_LOCK_TIMEOUT_S`` and then raises
+    :class:`ms_core.locks.LockTimeout` naming the folder.
+    """
     inputs = _visit_inputs(visit)
     out = derivatives_dir(root, visit.participant_id, visit.session_id)
-    return segment_files(inputs["flair"], inputs.get("t1"), out, params, progress)
+    with folder_lock(out):
+        return segment_files(inputs["flair"], inputs.get("t1"), out, params, progress)

@@ -55,3 +55,9 @@ COHORT_SOURCE = "cohort_source"
 COHORT_TABLE = "cohort_table"
 #: Models & QC page: show only the visits with a QC flag.
 QC_FLAGGED_ONLY = "qc_flagged_only"
+
+# Import page.
+__all__ += ["IMPORTED_VISIT"]
+
+#: Import page: (participant_id, session_id) of the visit just imported (offers to open it).
+IMPORTED_VISIT = "import_data_imported_visit"

@@ -156,3 +156,209 @@ def test_sitk_roundtrip_keeps_world_coordinates() -> None:
     np.testing.assert_allclose(lps, world_ras[:3] * np.array([-1, -1, 1]), atol=1e-9)
     assert img.GetPixel(1, 2, 3) == pytest.approx(float(data[1, 2, 3]))
     assert isinstance(img, sitk.Image)
+
+
+# ----------------------------------------------------------------------------- input validation
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None,
+           dtype: object = None) -> Path:
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine)
+    if dtype is not None:
+        img.header.set_data_dtype(dtype)
+    nib.save(img, path)
+    return path
+
+
+def test_four_d_file_needs_a_volume_index(tmp_path: Path) -> None:
+    data = np.stack([np.full((4, 4, 4), v, np.float32) + np.arange(4.0) for v in (1, 2, 3)],
+                    axis=-1)
+    path = _nifti(tmp_path / "fmri.nii.gz", data)
+    with pytest.raises(NiftiError, match=r"fmri\.nii\.gz.*3 volumes.*volume=0\.\.2"):
+        io.load_volume(path, "FLAIR")
+    vol = io.load_volume(path, "FLAIR", volume=2)
+    np.testing.assert_array_equal(vol.data, data[..., 2])
+    assert io.load_volume(path, "FLAIR", volume=1, canonical=True).shape == (4, 4, 4)
+    with pytest.raises(NiftiError, match="volume 3 does not exist"):
+        io.load_volume(path, "FLAIR", volume=3)
+    single = _nifti(tmp_path / "single.nii", data[..., :1])  # (X, Y, Z, 1) is 3D
+    assert io.load_volume(single, "FLAIR").shape == (4, 4, 4)
+    with pytest.raises(NiftiError, match="volume 1 does not exist"):
+        io.load_volume(tmp_path / "single.nii", "FLAIR", volume=1)
+
+
+@pytest.mark.parametrize(("dtype", "ok"), [
+    (np.uint8, True), (np.int16, True), (np.uint16, True), (np.int32, True),
+    (np.float32, True), (np.float64, True), (np.complex64, False),
+])
+def test_data_types(tmp_path: Path, dtype: type, ok: bool) -> None:
+    data = (np.arange(64).reshape(4, 4, 4) % 7).astype(dtype)
+    path = _nifti(tmp_path / "x.nii", data)
+    if ok:
+        np.testing.assert_array_equal(io.load_volume(path, "T1w").data, data.astype(np.float32))
+    else:
+        with pytest.raises(NiftiError, match=r"x\.nii: unsupported voxel data type complex64"):
+            io.read_nifti_header(path)
+
+
+def test_rgb_data_is_refused(tmp_path: Path) -> None:
+    rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    path = tmp_path / "rgb.nii"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), path)
+    with pytest.raises(NiftiError, match="unsupported voxel data type"):
+        io.load_volume(path, "FLAIR")
+
+
+def test_voxel_and_file_size_caps_are_configurable(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _nifti(tmp_path / "big.nii.gz", np.ones((10, 10, 10), np.float32))
+    monkeypatch.setenv("MS_DASH_MAX_VOXELS", "999")
+    with pytest.raises(NiftiError, match=r"big\.nii\.gz.*1000 voxels.*limit of 999.*"
+                                         "MS_DASH_MAX_VOXELS"):
+        io.read_nifti_header(path)
+    monkeypatch.setenv("MS_DASH_MAX_VOXELS", "1000")
+    io.read_nifti_header(path)
+    monkeypatch.setenv("MS_DASH_MAX_FILE_MB", "0.0001")  # about 100 bytes
+    with pytest.raises(NiftiError, match=r"big\.nii\.gz: file is .* MiB, over the .*"
+                                         "MS_DASH_MAX_FILE_MB"):
+        io.read_nifti_header(path)
+
+
+def test_default_voxel_cap_is_512_cubed() -> None:
+    assert io.MAX_VOXELS == 512**3
+
+
+@pytest.mark.parametrize(("spacing", "ok"), [
+    ((0.1, 1.0, 1.0), True), ((0.09, 1.0, 1.0), False), ((1.0, 1.0, 10.0), True),
+    ((1.0, 1.0, 10.5), False),
+])
+def test_voxel_size_range(tmp_path: Path, spacing: tuple[float, float, float], ok: bool) -> None:
+    path = _nifti(tmp_path / "s.nii", np.arange(64, dtype=np.float32).reshape(4, 4, 4),
+                  np.diag([*spacing, 1.0]))
+    if ok:
+        io.read_nifti_header(path)
+    else:
+        with pytest.raises(NiftiError, match=r"voxel size .* outside 0\.1-10\.0 mm"):
+            io.read_nifti_header(path)
+
+
+def test_truncated_uncompressed_file_is_found_from_the_header(tmp_path: Path) -> None:
+    good = _nifti(tmp_path / "good.nii", np.ones((8, 8, 8), np.float32))
+    bad = tmp_path / "cut.nii"
+    bad.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(NiftiError, match=r"cut\.nii: file is truncated: the header promises "
+                                         r"2400 bytes .* has 1000 bytes"):
+        io.read_nifti_header(bad)
+
+
+def test_gzip_whose_header_promises_more_than_deflate_can_hold(tmp_path: Path) -> None:
+    raw = bytearray(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_bytes())
+    raw[42:48] = struct.pack("<3h", 500, 500, 500)  # dim[1:4]; 500 MB of float32 promised
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(NiftiError, match=r"truncated.*compressed bytes"):
+        io.read_nifti_header(path)
+
+
+def test_corrupt_gzip_stream_is_reported(tmp_path: Path) -> None:
+    good = _nifti(tmp_path / "g.nii.gz", np.random.default_rng(2).random((30, 30, 30)))
+    raw = bytearray(good.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "flipped.nii.gz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(NiftiError, match=r"flipped\.nii\.gz.*(truncated or corrupt|cannot read)"):
+        io.load_volume(bad, "FLAIR")
+    crc = bytearray(good.read_bytes())
+    crc[-6] ^= 0x01  # CRC32 of the gzip trailer
+    (tmp_path / "crc.nii.gz").write_bytes(bytes(crc))
+    with pytest.raises(NiftiError, match=r"crc\.nii\.gz"):
+        io.load_volume(tmp_path / "crc.nii.gz", "FLAIR")
+
+
+@pytest.mark.parametrize(("values", "needle"), [
+    (np.full((4, 4, 4), np.inf, np.float32), "NaN or Inf"),
+    (np.where(np.arange(64).reshape(4, 4, 4) == 5, np.nan, 1.0).astype(np.float32), "1 voxels"),
+    (np.full((4, 4, 4), 1e300), "NaN or Inf"),  # float64 beyond float32
+])
+def test_non_finite_data_is_refused(tmp_path: Path, values: np.ndarray, needle: str) -> None:
+    path = _nifti(tmp_path / "nf.nii", values)
+    with pytest.raises(NiftiError, match=needle):
+        io.load_volume(path, "prob")
+
+
+def test_scaling_to_inf_is_refused(tmp_path: Path) -> None:
+    raw = bytearray(nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4)).to_bytes())
+    raw[112:116] = struct.pack("<f", 3.0e38)  # scl_slope: int16 * 3e38 overflows float32
+    raw[352:354] = struct.pack("<h", 30000)
+    (tmp_path / "scaled.nii").write_bytes(bytes(raw))
+    with pytest.raises(NiftiError, match="NaN or Inf"):
+        io.load_volume(tmp_path / "scaled.nii", "T1w")
+
+
+def test_empty_or_constant_scan_is_refused_but_derived_maps_may_be(tmp_path: Path) -> None:
+    zero = _nifti(tmp_path / "zero.nii.gz", np.zeros((4, 4, 4), np.float32))
+    const = _nifti(tmp_path / "const.nii.gz", np.full((4, 4, 4), 7.0, np.float32))
+    with pytest.raises(NiftiError, match=r"zero\.nii\.gz: image is empty \(every voxel is 0\)"):
+        io.load_volume(zero, "FLAIR")
+    with pytest.raises(NiftiError, match=r"image is constant \(every voxel is 7\)"):
+        io.load_volume(const, "T1w")
+    assert io.load_volume(zero, "prob").data.max() == 0.0  # no lesions: a valid map
+    assert io.load_volume(zero, "FLAIR", allow_constant=True).shape == (4, 4, 4)
+    with pytest.raises(NiftiError, match="empty"):
+        io.load_volume(zero, "prob", allow_constant=False)
+    assert io.load_lesion_mask(zero).volume_ml == 0.0
+
+
+def test_mask_labels_beyond_int32_are_refused(tmp_path: Path) -> None:
+    data = np.zeros((4, 4, 4), np.float64)
+    data[1, 1, 1] = 2.0**40
+    with pytest.raises(NiftiError, match="over the largest id"):
+        io.load_lesion_mask(_nifti(tmp_path / "ids.nii", data))
+
+
+def test_canonical_reorientation_keeps_world_coordinates(tmp_path: Path) -> None:
+    aff = np.array([[0.0, 0, -2, 10], [-1, 0, 0, 5], [0, 3, 0, -4], [0, 0, 0, 1]])
+    data = np.random.default_rng(3).random((5, 6, 7)).astype(np.float32)
+    path = _nifti(tmp_path / "las.nii", data, aff)
+    plain, canon = io.load_volume(path, "T1w"), io.load_volume(path, "T1w", canonical=True)
+    ref = nib.as_closest_canonical(nib.load(path))
+    np.testing.assert_allclose(canon.affine, ref.affine)
+    np.testing.assert_array_equal(canon.data, np.asanyarray(ref.dataobj).astype(np.float32))
+    world = plain.affine @ np.array([1, 2, 3, 1.0])
+    ijk = np.rint(np.linalg.solve(canon.affine, world)).astype(int)[:3]
+    assert canon.data[tuple(ijk)] == plain.data[1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- PHI
+def _headers_of_every_writer(tmp_path: Path) -> dict[str, nib.Nifti1Header]:
+    data = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    io.save_volume(tmp_path / "v.nii.gz", data, np.eye(4))
+    io.save_volume(tmp_path / "v.nii", data, np.eye(4), np.int16)
+    io.save_labels(tmp_path / "l.nii.gz", data.astype(np.uint16) * 20, np.eye(4))  # uint16
+    viewer = nib.Nifti1Image.from_bytes(gzip.decompress(io.nifti_bytes(data, np.eye(4))))
+    return {"save_volume gz": nib.load(tmp_path / "v.nii.gz").header,
+            "save_volume nii": nib.load(tmp_path / "v.nii").header,
+            "save_labels": nib.load(tmp_path / "l.nii.gz").header,
+            "nifti_bytes": viewer.header}
+
+
+def test_every_writer_clears_identifying_header_fields(tmp_path: Path) -> None:
+    """descrip, aux_file, intent_name, db_name empty and no header extensions (which can carry
+    a whole DICOM header) in every NIfTI we write."""
+    for writer, hdr in _headers_of_every_writer(tmp_path).items():
+        for key in io.PHI_FIELDS:
+            assert hdr[key].item() in (b"", ""), (writer, key)
+        assert len(hdr.extensions) == 0, writer
+
+
+def test_loaded_phi_does_not_survive_a_round_trip(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.arange(27, dtype=np.float32).reshape(3, 3, 3), np.eye(4))
+    img.header["descrip"] = b"Doe^Jane 1970-01-01"
+    img.header["aux_file"] = b"MRN123456"
+    img.header["intent_name"] = b"Jane"
+    img.header["db_name"] = b"hospital"
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"PatientName=Doe"))
+    nib.save(img, tmp_path / "phi.nii.gz")
+    vol = io.load_volume(tmp_path / "phi.nii.gz", "FLAIR")
+    io.save_volume(tmp_path / "out.nii.gz", vol.data, vol.affine)
+    raw = gzip.decompress((tmp_path / "out.nii.gz").read_bytes())
+    for secret in (b"Doe", b"MRN123456", b"Jane", b"hospital"):
+        assert secret not in raw

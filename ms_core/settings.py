@@ -1,0 +1,111 @@
+"""Deployment settings read from environment variables (no Streamlit here).
+
+Each setting is read when its function is called, so a test or a server wrapper can change the
+environment without re-importing anything. A malformed value raises :class:`InputError` naming
+the variable, rather than silently falling back to the default.
+
+==========================  =========  ==========================================================
+variable                    default    meaning
+==========================  =========  ==========================================================
+``MS_DASH_READ_ONLY``       off        ``1``/``true``/``yes``/``on``: demo mode; the app hides
+                                       every button that writes results (see docs/reliability.md)
+``MS_DASH_REQUIRE_LOGIN``   off        ``1``: the app asks for OpenID Connect sign-in
+                                       (``st.login``; ``[auth]`` in .streamlit/secrets.toml)
+``MS_DASH_MAX_VOXELS``      512**3     largest image accepted, in voxels per 3D volume
+``MS_DASH_MAX_FILE_MB``     2048       largest NIfTI file accepted, in MiB (compressed or not)
+``MS_DASH_LOCK_TIMEOUT_S``  900        seconds a run waits for another run on the same visit
+==========================  =========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+
+from ms_core.errors import InputError
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT_S",
+    "DEFAULT_MAX_FILE_MB",
+    "DEFAULT_MAX_VOXELS",
+    "LOCK_TIMEOUT_ENV",
+    "MAX_FILE_MB_ENV",
+    "MAX_VOXELS_ENV",
+    "READ_ONLY_ENV",
+    "REQUIRE_LOGIN_ENV",
+    "lock_timeout_s",
+    "max_file_bytes",
+    "max_voxels",
+    "read_only",
+    "require_login",
+]
+
+READ_ONLY_ENV = "MS_DASH_READ_ONLY"
+REQUIRE_LOGIN_ENV = "MS_DASH_REQUIRE_LOGIN"
+MAX_VOXELS_ENV = "MS_DASH_MAX_VOXELS"
+MAX_FILE_MB_ENV = "MS_DASH_MAX_FILE_MB"
+LOCK_TIMEOUT_ENV = "MS_DASH_LOCK_TIMEOUT_S"
+
+#: 512^3 voxels: 512 MiB as float32, far above any clinical brain MRI (about 256^3 at most).
+DEFAULT_MAX_VOXELS = 512**3
+#: A 512^3 float64 volume is 1 GiB uncompressed; 2 GiB leaves room for 4D files.
+DEFAULT_MAX_FILE_MB = 2048
+#: A CPU segmentation takes about 30 s; a second run on the same visit waits up to 15 min.
+DEFAULT_LOCK_TIMEOUT_S = 900.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def _switch(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise InputError(None, f"{name}={raw!r} is not a switch; use 1 or 0")
+
+
+def read_only() -> bool:
+    """Whether the app runs as a read-only demo (``MS_DASH_READ_ONLY=1``).
+
+    In read-only mode the pages hide the buttons that write into the study (segment, compare,
+    analyse, save report, import); reading and downloads stay available. Unset or empty is off.
+    """
+    return _switch(READ_ONLY_ENV)
+
+
+def require_login() -> bool:
+    """Whether the app asks for sign-in before showing anything (``MS_DASH_REQUIRE_LOGIN=1``).
+
+    Needs ``Authlib>=1.3.2`` and an ``[auth]`` section in ``.streamlit/secrets.toml``; see
+    docs/reliability.md.
+    """
+    return _switch(REQUIRE_LOGIN_ENV)
+
+
+def _positive(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise InputError(None, f"{name}={raw!r} is not a number") from e
+    if not value > 0 or value == float("inf"):
+        raise InputError(None, f"{name}={raw!r} must be a positive finite number")
+    return value
+
+
+def max_voxels() -> int:
+    """Largest 3D image accepted by :mod:`ms_core.io`, in voxels (``MS_DASH_MAX_VOXELS``)."""
+    return int(_positive(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
+
+
+def max_file_bytes() -> int:
+    """Largest NIfTI file accepted by :mod:`ms_core.io`, in bytes (``MS_DASH_MAX_FILE_MB``)."""
+    return int(_positive(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB) * 1024 * 1024)
+
+
+def lock_timeout_s() -> float:
+    """Seconds to wait for a visit's folder lock (``MS_DASH_LOCK_TIMEOUT_S``)."""
+    return _positive(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)
