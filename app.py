@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui_helpers
-from ms_core import state_keys
+from ms_core import settings, state_keys
 from ms_core.errors import StudyError
 from ms_core.study import Study
 
@@ -80,15 +80,23 @@ def _sidebar() -> None:
 def run() -> None:
     """Configure the page, route to the selected page and draw the shared sidebar."""
     st.set_page_config(page_title="MS MRI dashboard", layout="wide")
-    page = st.navigation([
+    if settings.require_login() and not st.user.is_logged_in:
+        st.title("MS MRI dashboard")
+        st.button("Sign in", on_click=st.login)  # OIDC, configured in .streamlit/secrets.toml
+        st.stop()
+    pages = [
         st.Page(PAGES_DIR / "patient.py", title="Patient", icon="🧠"),
         st.Page(PAGES_DIR / "timeline.py", title="Timeline", icon="📈"),
         st.Page(PAGES_DIR / "prognosis.py", title="Prognosis", icon="🔮"),
         st.Page(PAGES_DIR / "cohort.py", title="Cohort / trial", icon="👥"),
         st.Page(PAGES_DIR / "models.py", title="Models & QC", icon="🧪"),
         st.Page(PAGES_DIR / "report.py", title="Report", icon="📄"),
-        st.Page(PAGES_DIR / "import_data.py", title="Import", icon="📥"),
-    ])
+    ]
+    if not settings.read_only():  # the read-only demo mode cannot add visits
+        pages.append(st.Page(PAGES_DIR / "import_data.py", title="Import", icon="📥"))
+    page = st.navigation(pages)
+    if settings.require_login():
+        st.sidebar.button("Sign out", on_click=st.logout)
     with ui_helpers.routed_run():
         _sidebar()
         page.run()

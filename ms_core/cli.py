@@ -180,6 +180,32 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from ms_core.batch import BatchConfig, run_batch
+
+    config = BatchConfig(workers=args.workers, threads=args.threads, backend=args.backend,
+                         ray_address=args.ray_address, gpus_per_task=args.gpus_per_task,
+                         stages=tuple(args.stages.split(",")),
+                         participants=tuple(p for p in (args.participants or "").split(",") if p),
+                         seg_method=args.seg_method)
+
+    def progress(done: int, total: int, pid: str) -> None:
+        bar = "#" * round(30 * done / total)
+        print(f"\r[{bar:<30}] {done}/{total} tasks (last: {pid})   ", end="", file=sys.stderr,
+              flush=True)
+
+    result = run_batch(Path(args.study), config, progress)
+    print(file=sys.stderr)
+    for failure in result.failures:
+        print(f"failed: {failure['participant_id']} {failure['stage']} {failure['visit']}: "
+              f"{failure['error']}", file=sys.stderr)
+    print(json.dumps({"study": str(args.study), "patients": len(result.outcomes),
+                      "rows": len(result.table), "failures": len(result.failures),
+                      "outputs": [str(p) for p in result.table_paths],
+                      "report": str(result.report_path), "seconds": round(result.seconds, 1)}))
+    return 1 if result.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ms_core",
@@ -282,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of patients held out for the test metrics")
     tp.add_argument("--fast", action="store_true", help="small grids (quick check)")
     tp.set_defaults(func=_cmd_train_prognosis)
+
+    bt = sub.add_parser("batch", help="process a whole study (segment, track, atrophy, "
+                                      "features), resumable; merged cohort table")
+    bt.add_argument("study", help="study folder")
+    bt.add_argument("--workers", type=int, default=2, help="parallel patients (default 2)")
+    bt.add_argument("--threads", type=int, default=1, help="CPU threads per worker (default 1)")
+    bt.add_argument("--backend", choices=("local", "ray"), default="local")
+    bt.add_argument("--ray-address", help="existing Ray cluster (e.g. ray://head:10001 or auto); "
+                                          "default: start a local one")
+    bt.add_argument("--gpus-per-task", type=float, default=0.0,
+                    help="Ray resource hint for GPU workers (e.g. 0.25)")
+    bt.add_argument("--stages", default="segment,track,atrophy,features",
+                    help="comma-separated subset of segment,track,atrophy,features")
+    bt.add_argument("--participants", help="comma-separated participant ids (default: all)")
+    bt.add_argument("--seg-method", choices=("network", "baseline"), default="network")
+    bt.set_defaults(func=_cmd_batch)
 
     rep = sub.add_parser("report", help="one-patient report (HTML and PDF) with provenance")
     rep.add_argument("study", help="study folder")

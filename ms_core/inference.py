@@ -117,6 +117,12 @@ def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[i
     return np.asarray(acc / norm, dtype=np.float32)
 
 
+def _env_threads() -> int:
+    """``MS_DASH_THREADS`` (set by batch workers), 0 when unset or not a positive integer."""
+    value = os.environ.get("MS_DASH_THREADS", "")
+    return int(value) if value.isdigit() else 0
+
+
 def available_providers() -> tuple[str, ...]:
     """The execution providers this onnxruntime build offers (not all may start here)."""
     import onnxruntime as ort
@@ -145,14 +151,14 @@ def load_onnx_model(card: ModelCard, device: str = "auto", threads: int | None =
 
     ``auto`` uses CUDA when onnxruntime can actually start it (``session.get_providers()``), CPU
     otherwise. ``cuda`` raises :class:`InputError` when CUDA cannot be used. ``threads`` sets the
-    CPU intra-op threads (default: all cores).
+    CPU intra-op threads (default: ``$MS_DASH_THREADS``, else all cores).
     """
     import onnxruntime as ort
 
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(None, f"device must be auto, cpu or cuda, not {device!r}")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or _env_threads() or (os.cpu_count() or 1)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     path = str(card.onnx_path)

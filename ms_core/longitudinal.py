@@ -51,6 +51,7 @@ from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model
 from ms_core.io import atomic_write_text, load_volume, read_json, save_labels, write_json
 from ms_core.lesions import label_components
+from ms_core.locks import folder_lock
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import Grid, normalize_intensity, resample_to_grid, working_grid
 from ms_core.registration import register_affine
@@ -510,6 +511,7 @@ def write_track_outputs(out_dir: Path, result: TrackResult, params: TrackParams,
     ``extra``: more top-level provenance entries (the optional ``atrophy`` block).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "provenance.json").unlink(missing_ok=True)  # never current while half-written
     save_labels(out_dir / "change_mask.nii.gz", result.change_mask, result.affine)
     save_labels(out_dir / "lesion_ids.nii.gz", result.lesion_ids, result.affine)
     atomic_write_text(out_dir / "lesion_changes.csv",
@@ -674,8 +676,11 @@ def track_visits(root: Path, baseline: Visit, followup: Visit,
     warnings = result.qc.get("protocol_warnings")
     if isinstance(warnings, list):
         warnings.extend(visit_metadata_warnings(baseline, followup))
-    write_track_outputs(tracking_dir(root, baseline, followup), result, params,
-                        {"baseline_flair": b_path, "followup_flair": f_path})
+    out = tracking_dir(root, baseline, followup)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # two runs on the same pair write one after the other
+        write_track_outputs(out, result, params,
+                            {"baseline_flair": b_path, "followup_flair": f_path})
     return result
 
 

@@ -298,6 +298,7 @@ def report_inputs(root: Path, participant_id: str, models_dir: Path | str = MODE
     files += sorted((root / participant_id).glob("ses-*/anat/*.nii*"))
     deriv = root / "derivatives" / PIPELINE / participant_id
     files += sorted(p for p in deriv.rglob("*") if p.is_file()
+                    and not p.name.startswith(".")  # lock and temporary files
                     and REPORT_DIRNAME not in p.relative_to(deriv).parts[:1])
     models = Path(models_dir)
     files += [models / "manifest.json", models / "prognosis" / "model.onnx",

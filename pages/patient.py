@@ -12,6 +12,7 @@ from ms_core.diagnosis import score_lesion_table
 from ms_core.errors import InputError
 from ms_core.features import age_years
 from ms_core.measurements import mcdonald_checklist
+from ms_core.settings import read_only
 from ms_core.visits import lesion_totals, overlay_caption, summarize_visit
 
 ui_helpers.ensure_routed()
@@ -93,7 +94,7 @@ with summary_col:
 st.subheader("Lesion segmentation (network)")
 if segmentation is None:
     st.write("This visit has not been segmented with the current model and settings.")
-    if "FLAIR" in visit.images and st.button("Segment this visit"):
+    if "FLAIR" in visit.images and not read_only() and st.button("Segment this visit"):
         ui_helpers.run_and_refresh(lambda: ui_helpers.run_segmentation(study.root, visit),
                                    "Segmentation failed.")
 else:
@@ -141,7 +142,8 @@ if previous is not None:
     if tracking is None:
         st.write("These two visits have not been compared yet (registration, lesion matching; "
                  "stored segmentations are reused).")
-        if "FLAIR" in visit.images and "FLAIR" in previous.images and st.button(
+        if "FLAIR" in visit.images and "FLAIR" in previous.images and not read_only() \
+                and st.button(
                 f"Compare with {previous.session_id}"):
             ui_helpers.run_and_refresh(
                 lambda: ui_helpers.run_tracking(study.root, previous, visit),

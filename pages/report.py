@@ -21,6 +21,7 @@ from ms_core.report import (
     report_inputs,
     write_report,
 )
+from ms_core.settings import read_only
 
 
 @st.cache_data(max_entries=8, show_spinner="Building the report…")
@@ -62,8 +63,9 @@ html_col.download_button("Download HTML", html.encode("utf-8"), f"{report.stem}.
                          "text/html", on_click="ignore", icon=":material/download:")
 pdf_col.download_button("Download PDF", pdf, f"{report.stem}.pdf", "application/pdf",
                         on_click="ignore", icon=":material/picture_as_pdf:")
-if save_col.button("Save in the study folder", help="Writes the HTML, the PDF and a "
-                   "provenance JSON into derivatives/ms_dash/<patient>/report/."):
+if not read_only() and save_col.button(
+        "Save in the study folder", help="Writes the HTML, the PDF and a provenance JSON into "
+                                         "derivatives/ms_dash/<patient>/report/."):
     try:
         paths = write_report(report)
     except OSError as e:

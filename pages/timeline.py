@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui_helpers
+from ms_core.settings import read_only
 from ms_core.timeline import dmt_periods, has_volumes, visit_table
 
 ui_helpers.ensure_routed()
@@ -51,6 +52,6 @@ else:
 pending = ui_helpers.pending(study.root, visits)
 if pending.atrophy_note:
     st.caption(pending.atrophy_note)
-if pending.any and st.button(pending.label):
+if pending.any and not read_only() and st.button(pending.label):
     ui_helpers.run_and_refresh(lambda: ui_helpers.analyse_patient(study.root, visits),
                                "Analysis stopped.")

@@ -141,6 +141,8 @@ def test_network_segmentation_is_deterministic_and_finds_lesions(small_study: Pa
         assert result.returncode == 0, result.stderr
         runs.append((tmp_path / name / "lesion_mask.nii.gz").read_bytes())
     assert runs[0] == runs[1]  # bit-identical mask on re-run
+    assert (tmp_path / "a" / "lesions.csv").read_bytes() == \
+        (tmp_path / "b" / "lesions.csv").read_bytes()
     prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
     assert prov["provider"] == "CPUExecutionProvider" and len(prov["model"]["sha256"]) == 64
     mask = load_volume(tmp_path / "a" / "lesion_mask.nii.gz", "mask")

@@ -1,0 +1,113 @@
+"""Tests for ms_core.batch: resumable, failure-tolerant study processing, local and Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ms_core.batch import BatchConfig, cohort_dir, run_batch
+from ms_core.errors import InputError
+from ms_core.features import PROGNOSIS_FEATURES
+from ms_core.study import derivatives_dir, image_path
+
+REPO = Path(__file__).resolve().parents[1]
+#: One patient, three visits, the classical segmentation (fast) and tracking.
+CHEAP = ["--participants", "sub-01", "--stages", "segment,track,features",
+         "--seg-method", "baseline", "--workers", "1"]
+
+
+def _batch_cli(study: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "ms_core", "batch", str(study), *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _outputs(study: Path) -> dict[str, bytes]:
+    """Every result file of the pipeline except provenance (which holds times and seconds)."""
+    root = study / "derivatives" / "ms_dash"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix != ".json" and not p.name.startswith(".")
+            and "cohort" not in p.parts}
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        BatchConfig(workers=0)
+    with pytest.raises(ValueError, match="unknown stages"):
+        BatchConfig(stages=("segment", "paint"))
+    with pytest.raises(ValueError, match="backend"):
+        BatchConfig(backend="slurm")  # type: ignore[arg-type]
+
+
+def test_killed_batch_resumes_to_identical_results(small_study: Path, tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    shutil.copytree(small_study, reference)
+    shutil.copytree(small_study, killed)
+    proc = _batch_cli(reference, *CHEAP)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["failures"] == 0
+
+    proc = _batch_cli(killed, *CHEAP)
+    first = derivatives_dir(killed, "sub-01", "ses-01") / "provenance.json"
+    deadline = time.monotonic() + 600
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # now inside the second visit
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = _batch_cli(killed, *CHEAP)
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    report = json.loads((cohort_dir(killed) / "batch_report.json").read_text())
+    assert report["skipped_current"]["segment"] >= 1  # the finished visit was not redone
+    assert report["done"]["segment"] + report["skipped_current"]["segment"] == 3
+    assert _outputs(killed) == _outputs(reference)
+    assert (cohort_dir(killed) / "cohort_table.csv").read_bytes() == \
+        (cohort_dir(reference) / "cohort_table.csv").read_bytes()
+    # Nothing left to do: a third run skips everything.
+    third = run_batch(killed, BatchConfig(workers=1, participants=("sub-01",),
+                                          stages=("segment", "track"), seg_method="baseline"))
+    assert sum(o.done.get("segment", 0) + o.done.get("track", 0) for o in third.outcomes) == 0
+
+
+def test_one_bad_visit_does_not_stop_the_others(small_study: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    flair = image_path(study, "sub-01", "ses-02", "FLAIR")
+    flair.write_bytes(flair.read_bytes()[:2000])  # truncated
+    result = run_batch(study, BatchConfig(workers=1, participants=("sub-01",),
+                                          stages=("segment", "features"),
+                                          seg_method="baseline"))
+    failures = result.failures
+    assert [(f["stage"], f["visit"]) for f in failures] == [("segment", "ses-02")]
+    assert "FLAIR" in failures[0]["error"] or "sub-01_ses-02" in failures[0]["error"]
+    outcome = result.outcomes[0]
+    assert outcome.done["segment"] == 2
+    table = pd.read_csv(cohort_dir(study) / "cohort_table.csv")
+    assert table.session_id.tolist() == ["ses-01", "ses-02", "ses-03"]
+    assert table.lesion_count.isna().tolist() == [False, True, False]
+    with pytest.raises(InputError, match="no participants"):
+        run_batch(study, BatchConfig(participants=("sub-99",)))
+
+
+def test_ray_backend_gives_the_local_table(small_study: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    local = run_batch(study, BatchConfig(workers=1, stages=("features",))).table
+    ray_result = run_batch(study, BatchConfig(workers=2, backend="ray", stages=("features",)))
+    assert ray_result.failures == []
+    pd.testing.assert_frame_equal(ray_result.table, local)
+    assert set(PROGNOSIS_FEATURES) <= set(local.columns)
+    assert local.participant_id.nunique() == 2 and local.worsening_risk_2y.between(0, 1).all()
+    parquet = pd.read_parquet(cohort_dir(study) / "cohort_table.parquet")
+    assert len(parquet) == len(local)
