@@ -446,3 +446,20 @@ def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:
     model = _segmentation_session(str(path), sha256_file(path) if path.is_file() else "")
     return RuntimeInfo(model.provider, tuple(model.session.get_providers()),
                        available_providers())
+
+
+def batch_table(root: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The merged table and report of the last ``batch`` run, or ``None`` when there is none."""
+    from ms_core.batch import cohort_dir
+
+    csv = cohort_dir(root) / "cohort_table.csv"
+    report = cohort_dir(root) / "batch_report.json"
+    if not (csv.is_file() and report.is_file()):
+        return None
+    return _batch_table(str(csv), str(report), file_stamp(csv), file_stamp(report))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _batch_table(csv: str, report: str, csv_stamp: tuple[int, int],
+                 report_stamp: tuple[int, int]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    return pd.read_csv(csv), dict(read_json(report))

@@ -428,9 +428,9 @@ def run_batch(root: Path | str, config: BatchConfig = BatchConfig(),
         (segment_visit_task, (root_s, pid, v.session_id, config), f"{pid} {v.session_id}")
         for pid in pids for v in study.visits.get(pid, ()) if "FLAIR" in v.images
     ] if "segment" in config.stages else []
-    rest = replace(config, stages=tuple(st for st in config.stages if st != "segment"))
-    phase2: list[Task] = [(process_patient, (root_s, pid, rest), pid) for pid in pids] \
-        if rest.stages else []
+    later = tuple(st for st in config.stages if st != "segment")
+    phase2: list[Task] = [(process_patient, (root_s, pid, replace(config, stages=later)), pid)
+                          for pid in pids] if later else []
     total = len(phase1) + len(phase2)
     by_patient: dict[str, list[PatientOutcome]] = {pid: [] for pid in pids}
     make_runner = _ray_runner if config.backend == "ray" else _local_runner

@@ -75,3 +75,19 @@ for col, (label, data, name, mime) in zip(st.columns(3), (
         ("Download provenance (JSON)", sidecar, f"{stem}.provenance.json", "application/json")),
         strict=True):
     col.download_button(label, data=data, file_name=name, mime=mime)
+
+st.subheader("Batch cohort table (one row per visit)")
+batch = ui_cohort.batch_table(study.root)
+if batch is None:
+    st.write("No batch run stored yet. `python -m ms_core batch STUDY` segments, compares, "
+             "measures atrophy and scores every visit, and writes this table.")
+else:
+    table, report = batch
+    st.caption(f"From `{report.get('outputs', ['?'])[0]}`, made {report.get('created_utc')} "
+               f"by ms_core {report.get('app_version')} ({report.get('patients')} patients, "
+               f"{len(report.get('failures', []))} failed step(s)). Risk: the prognosis model's "
+               "probability of confirmed worsening within 2 years (research only).")
+    st.dataframe(table, hide_index=True)
+    for failure in report.get("failures", []):
+        st.warning(f"{failure['participant_id']} {failure['stage']} {failure['visit']}: "
+                   f"{failure['error']}")

@@ -201,9 +201,15 @@ def _canvas_stats(page: Any, timeout_s: float = 45.0) -> tuple[float, float]:
     return _image_stats(_canvas_png(page))
 
 
+#: Pages after Patient and Timeline: (report name, sidebar label, URL path).
+OTHER_PAGES = (("prognosis", "Prognosis", "prognosis"), ("cohort", "Cohort / trial", "cohort"),
+               ("models", "Models & QC", "models"), ("report", "Report", "report"),
+               ("import", "Import", "import_data"))
+
+
 def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
             participant: str | None = None, visit: str | None = None) -> list[PageReport]:
-    """Visit the Patient then the Timeline page; return one report per page.
+    """Visit the Patient, the Timeline and then every other page; return one report per page.
 
     Parameters
     ----------
@@ -212,7 +218,7 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
     chromium
         Path of the Chromium binary.
     out_dir
-        Where to write ``patient.png`` and ``timeline.png``; ``None`` takes no screenshots.
+        Where to write ``<page>.png`` for every page; ``None`` takes no screenshots.
     participant, visit
         Sidebar choices to make first (ids such as ``"sub-07"``, ``"ses-02"``).
     """
@@ -274,6 +280,19 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
             report = current[-1]
             report.n_plotly_charts = page.locator('[data-testid="stPlotlyChart"]').count()
             _finish(page, report, out_dir, t0)
+
+            # Every other page, through the sidebar navigation.
+            for name, label, path in OTHER_PAGES:
+                t0 = time.perf_counter()
+                current.append(PageReport(name))
+                page.locator('[data-testid="stSidebarNav"] a').filter(has_text=label).click()
+                page.wait_for_url(f"**/{path}", timeout=_TIMEOUT_MS)
+                _wait_idle(page)
+                page.wait_for_selector("h1", timeout=_TIMEOUT_MS)
+                time.sleep(1.5)  # charts and iframes settle
+                report = current[-1]
+                report.n_plotly_charts = page.locator('[data-testid="stPlotlyChart"]').count()
+                _finish(page, report, out_dir, t0)
             reports = current
         finally:
             browser.close()

@@ -111,3 +111,20 @@ def test_ray_backend_gives_the_local_table(small_study: Path, tmp_path: Path) ->
     assert local.participant_id.nunique() == 2 and local.worsening_risk_2y.between(0, 1).all()
     parquet = pd.read_parquet(cohort_dir(study) / "cohort_table.parquet")
     assert len(parquet) == len(local)
+
+
+def test_cohort_page_reads_the_merged_table(small_study: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    study = tmp_path / "study"
+    shutil.copytree(small_study, study)
+    run_batch(study, BatchConfig(workers=1, stages=("features",)))
+    monkeypatch.setenv("MS_DASH_STUDY", str(study))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/cohort.py").run()
+    assert not at.exception
+    assert any("cohort_table.csv" in c.value for c in at.caption)
+    shown = at.dataframe[-1].value
+    assert len(shown) == 6 and "worsening_risk_2y" in shown.columns

@@ -1,4 +1,4 @@
-"""The real app in headless Chromium: both pages render, no errors, NiiVue draws the brain.
+"""The real app in headless Chromium: every page renders, no errors, NiiVue draws the brain.
 
 Skipped when the ``playwright`` package or a Chromium binary is missing (``make browser-deps``
 installs Debian's chromium). Screenshots go to a temporary folder, or to ``docs/screenshots``
@@ -48,11 +48,12 @@ def test_pages_render_without_errors_and_viewer_is_not_blank(
         # still treats pages/ as an old-style multipage folder then (see
         # ui_helpers.ensure_routed); the page must come with the router and its sidebar.
         heading, sidebar = first_look(f"{url}/timeline", chromium=chromium)
-        patient, timeline = capture(url, chromium=chromium, out_dir=out_dir)
+        patient, timeline, *others = capture(url, chromium=chromium, out_dir=out_dir)
     assert heading == "Timeline of sub-01"
     assert "Study folder" in sidebar and "Patient" in sidebar
 
-    for page in (patient, timeline):
+    assert [p.name for p in others] == ["prognosis", "cohort", "models", "report", "import"]
+    for page in (patient, timeline, *others):
         assert page.exceptions == [], page
         assert page.console_errors == [], page
         assert page.screenshot and Path(page.screenshot).stat().st_size > 10_000
@@ -66,3 +67,7 @@ def test_pages_render_without_errors_and_viewer_is_not_blank(
     assert timeline.url == f"{url}/timeline"
     assert timeline.title == "Timeline of sub-01"
     assert timeline.n_plotly_charts == 2
+    titles = {p.name: p.title for p in others}
+    assert titles["prognosis"] == "Prognosis of sub-01"
+    assert {p.name: p.n_plotly_charts for p in others}["prognosis"] == 2  # waterfall, calibration
+    assert {p.name: p.n_plotly_charts for p in others}["cohort"] >= 4
