@@ -61,6 +61,7 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	$(PY) bench/segment_speed.py --method network
 	$(PY) bench/segment_speed.py --method baseline
 	$(PY) bench/prognosis_speed.py
+	$(PY) bench/batch_scaling.py
 
 clean-venv:
 	rm -rf $(VENV)

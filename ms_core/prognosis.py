@@ -116,6 +116,7 @@ class PrognosisModel:
     calibration: tuple[float, float]
     shap_fn: Callable[[np.ndarray], tuple[np.ndarray, float]]
     kind: str
+    features: tuple[str, ...] = PROGNOSIS_FEATURES
 
     @property
     def card(self) -> dict[str, Any]:
@@ -170,9 +171,13 @@ def _linear_shap(explainer: Mapping[str, Any]) -> Callable[[np.ndarray], tuple[n
     return run
 
 
-def load_prognosis_model(models_dir: Path | str = MODELS_DIR, name: str = "prognosis"
+def load_prognosis_model(models_dir: Path | str = MODELS_DIR, name: str = "prognosis",
+                         features: tuple[str, ...] | None = PROGNOSIS_FEATURES
                          ) -> PrognosisModel:
     """Verify and load the prognosis model ``name`` from ``models_dir``.
+
+    Any binary clinical model written by :func:`ms_core.prognosis_fit.write_model` loads here;
+    ``features`` is the input list this code expects (``None``: whatever the card says).
 
     Raises
     ------
@@ -181,11 +186,11 @@ def load_prognosis_model(models_dir: Path | str = MODELS_DIR, name: str = "progn
     """
     verified = verify_model(name, models_dir, _CARD_FIELDS)
     card = verified.card
-    features = tuple(card["input"].get("features", ()))
-    if features != PROGNOSIS_FEATURES:
+    names = tuple(card["input"].get("features", ()))
+    if not names or (features is not None and names != features):
         raise ModelError(verified.card_path, (
-            f"model features {list(features)} differ from this version's "
-            f"{list(PROGNOSIS_FEATURES)}; retrain the model"))
+            f"model features {list(names)} differ from this version's "
+            f"{list(features or ())}; retrain the model"))
     exp_path = verified.onnx_path.parent / card["explainer"]["path"]
     if not exp_path.is_file():
         raise ModelError(exp_path, "explainer file not found")
@@ -197,12 +202,12 @@ def load_prognosis_model(models_dir: Path | str = MODELS_DIR, name: str = "progn
         shap_fn = {"tree": _tree_shap, "linear": _linear_shap}[kind](explainer)
     except KeyError as e:
         raise ModelError(exp_path, f"unknown or incomplete explainer ({kind!r}): {e}") from e
-    medians = np.array([card["medians"][f] for f in PROGNOSIS_FEATURES], dtype=np.float64)
+    medians = np.array([card["medians"][f] for f in names], dtype=np.float64)
     model = PrognosisModel(
         verified=verified, onnx=load_tabular_model(verified), medians=medians,
         calibration=(float(card["calibration"]["a"]), float(card["calibration"]["b"])),
-        shap_fn=shap_fn, kind=kind)
-    check = score(model, dict(zip(PROGNOSIS_FEATURES, medians.tolist(), strict=True)))
+        shap_fn=shap_fn, kind=kind, features=names)
+    check = score(model, dict(zip(names, medians.tolist(), strict=True)))
     gap = abs(_sigmoid(check.base_value + float(check.shap_values.sum())) - check.prob)
     if gap > 1e-4:
         raise ModelError(exp_path, f"explainer disagrees with the ONNX model by {gap:.1e}")
@@ -213,17 +218,18 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def feature_vector(features: Mapping[str, float | None]) -> np.ndarray:
-    """(F,) float64 in :data:`~ms_core.features.PROGNOSIS_FEATURES` order; absent or None is NaN.
+def feature_vector(features: Mapping[str, float | None],
+                   names: tuple[str, ...] = PROGNOSIS_FEATURES) -> np.ndarray:
+    """(F,) float64 in ``names`` order (default the prognosis features); absent or None is NaN.
 
     >>> v = feature_vector({"age_years": 40, "bpf": None}); v[0], bool(np.isnan(v[-3]))
     (np.float64(40.0), True)
     """
-    unknown = sorted(set(features) - set(PROGNOSIS_FEATURES))
+    unknown = sorted(set(features) - set(names))
     if unknown:
-        raise ValueError(f"unknown prognosis features {unknown}; known: {PROGNOSIS_FEATURES}")
-    out = np.full(len(PROGNOSIS_FEATURES), np.nan)
-    for i, name in enumerate(PROGNOSIS_FEATURES):
+        raise ValueError(f"unknown prognosis features {unknown}; known: {names}")
+    out = np.full(len(names), np.nan)
+    for i, name in enumerate(names):
         value = features.get(name)
         if value is not None:
             try:
@@ -256,14 +262,14 @@ def score(model: PrognosisModel, features: Mapping[str, float | None]) -> Progno
         Feature name -> value (units in the names, see ``ms_core.features``); missing or
         ``None``/NaN values are imputed with the training medians and flagged.
     """
-    raw = feature_vector(features)
+    raw = feature_vector(features, model.features)
     missing = np.isnan(raw)
     x = np.where(missing, model.medians, raw)
     prob = float(model.onnx.predict_proba(raw.reshape(1, -1))[0, 1])
     phi, base = explain(model, x)
     return PrognosisResult(
         prob=prob, interval=_interval(model.card, prob), shap_values=phi, base_value=base,
-        feature_names=PROGNOSIS_FEATURES, feature_values=x,
+        feature_names=model.features, feature_values=x,
         imputed=tuple(bool(m) for m in missing), threshold=float(model.card.get("threshold", .5)),
         model_version=model.version)
 

@@ -121,12 +121,15 @@ class FitResult:
     n_train_patients: int
     n_test_patients: int
     seconds: float
+    features: tuple[str, ...] = PROGNOSIS_FEATURES
+    outcome_column: str = OUTCOME_COLUMN
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- input --------------------------------------------------------------------------------------
 
-def read_cohort_table(path: Path | str) -> pd.DataFrame:
+def read_cohort_table(path: Path | str, *, features: tuple[str, ...] = PROGNOSIS_FEATURES,
+                      outcome_column: str = OUTCOME_COLUMN) -> pd.DataFrame:
     """Read and check a cohort CSV: ``patient_id``, every feature of
     :data:`~ms_core.features.PROGNOSIS_FEATURES`, and :data:`OUTCOME_COLUMN` (0/1).
 
@@ -146,14 +149,14 @@ def read_cohort_table(path: Path | str) -> pd.DataFrame:
         table = pd.read_csv(p)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
         raise InputError(p, f"cannot read the cohort CSV: {e}") from e
-    needed = ["patient_id", *PROGNOSIS_FEATURES, OUTCOME_COLUMN]
+    needed = ["patient_id", *features, outcome_column]
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise InputError(p, f"missing columns {missing}; see docs/prognosis.md for the format")
     if table["patient_id"].isna().any():
         raise InputError(p, "empty patient_id in rows "
                             f"{(table.index[table['patient_id'].isna()] + 2).tolist()[:5]}")
-    for col in [*PROGNOSIS_FEATURES, OUTCOME_COLUMN, *(["true_risk"] if "true_risk" in table
+    for col in [*features, outcome_column, *(["true_risk"] if "true_risk" in table
                                                         else [])]:
         values = pd.to_numeric(table[col], errors="coerce")
         bad = values.isna() & table[col].notna()
@@ -162,11 +165,11 @@ def read_cohort_table(path: Path | str) -> pd.DataFrame:
             raise InputError(p, f"column {col!r} has a non-numeric value "
                                 f"{table[col][bad].iloc[0]!r} (line {row})")
         table[col] = values.astype("float64")
-    outcome = table[OUTCOME_COLUMN]
+    outcome = table[outcome_column]
     if outcome.isna().any() or not outcome.isin([0.0, 1.0]).all():
-        raise InputError(p, f"{OUTCOME_COLUMN} must be 0 or 1 in every row")
+        raise InputError(p, f"{outcome_column} must be 0 or 1 in every row")
     if outcome.nunique() < 2:
-        raise InputError(p, f"{OUTCOME_COLUMN} has a single class; both outcomes are needed")
+        raise InputError(p, f"{outcome_column} has a single class; both outcomes are needed")
     table["patient_id"] = table["patient_id"].astype(str)
     return table
 
@@ -348,9 +351,10 @@ def _youden(y: np.ndarray, p: np.ndarray) -> float:
     return float(min(max(thr[k], 0.0), 1.0))
 
 
-def _split(table: pd.DataFrame, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+def _split(table: pd.DataFrame, config: FitConfig, outcome_column: str = OUTCOME_COLUMN
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the training and test parts (patients kept whole, outcome-stratified)."""
-    per_patient = table.groupby("patient_id")[OUTCOME_COLUMN].max()
+    per_patient = table.groupby("patient_id")[outcome_column].max()
     rng = np.random.default_rng(config.seed)
     test_ids: list[str] = []
     for _, ids in per_patient.groupby(per_patient):
@@ -361,7 +365,9 @@ def _split(table: pd.DataFrame, config: FitConfig) -> tuple[np.ndarray, np.ndarr
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def fit_prognosis(table: pd.DataFrame, config: FitConfig = FitConfig()) -> FitResult:
+def fit_prognosis(table: pd.DataFrame, config: FitConfig = FitConfig(), *,
+                  features: tuple[str, ...] = PROGNOSIS_FEATURES,
+                  outcome_column: str = OUTCOME_COLUMN) -> FitResult:
     """Run the whole training protocol of the module docstring on a checked cohort table.
 
     Parameters
@@ -370,16 +376,19 @@ def fit_prognosis(table: pd.DataFrame, config: FitConfig = FitConfig()) -> FitRe
         As returned by :func:`read_cohort_table` (or :func:`ms_core.cohort.cohort_table`).
     config
         Split, folds, bootstrap and grid settings.
+    features, outcome_column
+        The model's inputs (in order) and its 0/1 outcome: the EDSS-worsening model by default;
+        the other binary clinical models (``ms_core.clinical_models``) pass their own.
     """
     from sklearn.base import clone
     from sklearn.metrics import brier_score_loss
     from sklearn.model_selection import cross_val_predict
 
     start = time.perf_counter()
-    x_all = table[list(PROGNOSIS_FEATURES)].to_numpy(dtype=np.float64)
-    y_all = table[OUTCOME_COLUMN].to_numpy(dtype=np.int64)
+    x_all = table[list(features)].to_numpy(dtype=np.float64)
+    y_all = table[outcome_column].to_numpy(dtype=np.int64)
     g_all = table["patient_id"].astype(str).to_numpy()
-    train, test = _split(table, config)
+    train, test = _split(table, config, outcome_column)
     if np.unique(y_all[test]).size < 2 or np.unique(y_all[train]).size < 2:
         raise ValueError("too few patients with each outcome for a train/test split; "
                          f"{int(y_all.sum())} events in {len(y_all)} rows")
@@ -433,8 +442,8 @@ def fit_prognosis(table: pd.DataFrame, config: FitConfig = FitConfig()) -> FitRe
         medians=np.asarray(imputer.statistics_, dtype=np.float64),
         background_mean=imputed.mean(axis=0), config=config,
         n_train_patients=int(np.unique(g).size), n_test_patients=int(np.unique(g_test).size),
-        seconds=round(time.perf_counter() - start, 1),
-        extra={"chosen_params": {k.removeprefix("clf__"): v
+        seconds=round(time.perf_counter() - start, 1), features=tuple(features),
+        outcome_column=outcome_column, extra={"chosen_params": {k.removeprefix("clf__"): v
                                  for k, v in search.best_params_.items()}},
     )
 
@@ -448,7 +457,7 @@ def _onnx_bytes(result: FitResult) -> bytes:
     from skl2onnx import to_onnx
 
     clf = result.pipeline.named_steps["clf"]
-    sample = np.zeros((1, len(PROGNOSIS_FEATURES)), dtype=np.float32)
+    sample = np.zeros((1, len(result.features)), dtype=np.float32)
     model = to_onnx(result.pipeline, sample, options={id(clf): {"zipmap": False}},
                     target_opset={"": 17, "ai.onnx.ml": 3})
     graph = model.graph
@@ -488,7 +497,7 @@ def _onnx_bytes(result: FitResult) -> bytes:
 def _explainer(result: FitResult) -> dict[str, Any]:
     """JSON-safe description of the shipped model for SHAP (see :mod:`ms_core.prognosis`)."""
     clf = result.pipeline.named_steps["clf"]
-    base = {"features": list(PROGNOSIS_FEATURES), "medians": result.medians.tolist(),
+    base = {"features": list(result.features), "medians": result.medians.tolist(),
             "calibration": {"a": result.calibration[0], "b": result.calibration[1]}}
     if result.family == "logistic":
         scaler = result.pipeline.named_steps["scale"]
@@ -559,7 +568,9 @@ def _card_markdown(card: Mapping[str, Any]) -> str:
 
 def write_model(result: FitResult, out: Path | str, *, name: str = "prognosis",
                 version: str = "1.0.0", command: str = "", data_description: str = "",
-                intended_use: str = "", limits: str = "") -> Path:
+                intended_use: str = "", limits: str = "",
+                task: str = "probability of confirmed disability worsening within 2 years",
+                output_columns: tuple[str, str] = ("no worsening", "worsening")) -> Path:
     """Export and register the model under ``out/name`` with ``out/manifest.json``.
 
     Writes ``model.onnx``, ``explainer.json``, ``model.json`` (card), ``MODEL_CARD.md``. The
@@ -589,17 +600,17 @@ def write_model(result: FitResult, out: Path | str, *, name: str = "prognosis",
     sha = sha256_file(folder / "model.onnx")
     card: dict[str, Any] = {
         "name": name, "version": version, "sha256": sha, "family": result.family,
-        "task": "probability of confirmed disability worsening within 2 years",
-        "input": {"name": session.get_inputs()[0].name, "features": list(PROGNOSIS_FEATURES),
+        "task": task, "outcome_column": result.outcome_column,
+        "input": {"name": session.get_inputs()[0].name, "features": list(result.features),
                   "dtype": "float32", "missing": "NaN, imputed with the training medians"},
-        "output": {"name": "probabilities", "columns": ["no worsening", "worsening"],
+        "output": {"name": "probabilities", "columns": list(output_columns),
                    "calibration": "Platt (sigmoid of a * margin + b) inside the ONNX graph"},
         "calibration": {"a": result.calibration[0], "b": result.calibration[1]},
         "threshold": result.threshold,
         "explainer": {"path": "explainer.json", "kind": explainer["kind"],
                       "sha256": sha256_file(folder / "explainer.json"),
                       "output": "calibrated log-odds"},
-        "medians": dict(zip(PROGNOSIS_FEATURES, result.medians.tolist(), strict=True)),
+        "medians": dict(zip(result.features, result.medians.tolist(), strict=True)),
         "metrics": {"test": result.test, "nested_cv": result.cv, "parity_max_abs": parity},
         "data": {"description": data_description, "n_train_patients": result.n_train_patients,
                  "n_test_patients": result.n_test_patients},
