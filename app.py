@@ -91,6 +91,7 @@ def run() -> None:
         st.Page(PAGES_DIR / "cohort.py", title="Cohort / trial", icon="👥"),
         st.Page(PAGES_DIR / "models.py", title="Models & QC", icon="🧪"),
         st.Page(PAGES_DIR / "report.py", title="Report", icon="📄"),
+        st.Page(PAGES_DIR / "how_it_works.py", title="How it works", icon="🧭"),
     ]
     if not settings.read_only():  # the read-only demo mode cannot add visits
         pages.append(st.Page(PAGES_DIR / "import_data.py", title="Import", icon="📥"))
