@@ -204,6 +204,7 @@ def _canvas_stats(page: Any, timeout_s: float = 45.0) -> tuple[float, float]:
 #: Pages after Patient and Timeline: (report name, sidebar label, URL path).
 OTHER_PAGES = (("prognosis", "Prognosis", "prognosis"), ("cohort", "Cohort / trial", "cohort"),
                ("models", "Models & QC", "models"), ("report", "Report", "report"),
+               ("how_it_works", "How it works", "how_it_works"),
                ("import", "Import", "import_data"))
 
 

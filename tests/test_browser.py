@@ -52,7 +52,8 @@ def test_pages_render_without_errors_and_viewer_is_not_blank(
     assert heading == "Timeline of sub-01"
     assert "Study folder" in sidebar and "Patient" in sidebar
 
-    assert [p.name for p in others] == ["prognosis", "cohort", "models", "report", "import"]
+    assert [p.name for p in others] == ["prognosis", "cohort", "models", "report",
+                                        "how_it_works", "import"]
     for page in (patient, timeline, *others):
         assert page.exceptions == [], page
         assert page.console_errors == [], page
