@@ -337,7 +337,14 @@ KEY_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("Specificity", "metrics.test.recorded_labels.specificity"),
         ("Real MS scans called MS-typical", "metrics.real_data.sensitivity_at_threshold"),
     ),
+    "differential": (
+        ("Held-out macro AUC", "metrics.test.recorded_labels.macro_auc"),
+        ("Oracle macro AUC", "metrics.test.recorded_labels.oracle_macro_auc"),
+        ("Calibration error (top-label ECE)", "metrics.test.recorded_labels.ece_top_label"),
+    ),
 }
+#: Binary clinical models written by ms_core.prognosis_fit share the prognosis card layout.
+_BINARY_CARD_METRICS = KEY_METRICS["prognosis"]
 
 
 @dataclass(frozen=True)
@@ -387,7 +394,7 @@ def _model_info(name: str, root: Path) -> ModelInfo:
         except InputError:
             card = {}
         sha = str(card.get("sha256", "unknown"))
-    metrics = tuple((label, _fmt(v)) for label, path in KEY_METRICS.get(name, ())
+    metrics = tuple((label, _fmt(v)) for label, path in KEY_METRICS.get(name, _BINARY_CARD_METRICS)
                     if (v := _get(card, path)) is not None)
     training = card.get("training") or {}
     commit = training.get("commit") or training.get("git_commit_at_launch") or "not recorded"

@@ -8,6 +8,7 @@ import ui_cohort
 import ui_helpers
 from ms_core import state_keys
 from ms_core.trial import SOURCES, arm_summary, filter_patients, km_by_arm
+from ms_core.workflow import research_notice
 
 ui_helpers.ensure_routed()
 study = ui_helpers.current_selection().study
@@ -87,6 +88,7 @@ else:
                f"by ms_core {report.get('app_version')} ({report.get('patients')} patients, "
                f"{len(report.get('failures', []))} failed step(s)). Risk: the prognosis model's "
                "probability of confirmed worsening within 2 years (research only).")
+    st.caption(research_notice("prognosis"))  # the batch scores with the shipped model
     st.dataframe(table, hide_index=True)
     for failure in report.get("failures", []):
         st.warning(f"{failure['participant_id']} {failure['stage']} {failure['visit']}: "

@@ -9,11 +9,17 @@ import ui_helpers
 import ui_prognosis
 from ms_core import state_keys
 from ms_core.diagnosis import score_lesion_table
+from ms_core.differential import (
+    CLASS_LABELS,
+    cached_differential_model,
+    score_differential_table,
+)
 from ms_core.errors import InputError
 from ms_core.features import age_years
 from ms_core.measurements import mcdonald_checklist
 from ms_core.settings import read_only
 from ms_core.visits import lesion_totals, overlay_caption, summarize_visit
+from ms_core.workflow import research_notice
 
 ui_helpers.ensure_routed()
 selection = ui_helpers.current_selection()
@@ -103,7 +109,7 @@ else:
     st.caption(f"Model {model.get('name')} v{model.get('version')} "
                f"(sha256 {str(model.get('sha256'))[:12]}…) on {prov['provider']}, "
                f"threshold {prov['parameters']['threshold']}, made {prov['created_utc']}. "
-               "Research use only.")
+               + research_notice("lesion_seg"))
     n_col, v_col = st.columns(2)
     n_col.metric("Lesions found", len(seg_table))
     v_col.metric("Lesion volume", f"{seg_table['volume_ml'].sum():.2f} ml")
@@ -136,6 +142,21 @@ else:
             st.metric("Pattern typical of MS (vs small-vessel / migraine-like)",
                       f"{pattern.prob_ms_pattern:.0%}", pattern.pattern, delta_color="off")
             st.caption(pattern.limits)
+            st.caption(research_notice("diagnosis"))
+        st.subheader("Differential (research)")
+        try:
+            diff = score_differential_table(
+                cached_differential_model(), seg_table,
+                age_years=age_years(study.participants[pid], visit.acq_date))
+        except (InputError, ValueError) as e:
+            st.info(f"Differential not available. {e}")
+        else:
+            for col, (name, p) in zip(st.columns(3), diff.by_class().items(), strict=True):
+                col.metric(name, f"{p:.0%}")
+            st.caption(f"Largest contributions to {CLASS_LABELS[diff.most_likely]} (SHAP, "
+                       "centred calibrated log-odds; positive favours it):")
+            st.dataframe(diff.top_contributions(5), hide_index=True)
+            st.caption(f"{diff.limits} {research_notice('differential')}")
 
 if previous is not None:
     st.subheader(f"Changes since {previous.label}")

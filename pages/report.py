@@ -22,6 +22,7 @@ from ms_core.report import (
     write_report,
 )
 from ms_core.settings import read_only
+from ms_core.workflow import model_card_ref
 
 
 @st.cache_data(max_entries=8, show_spinner="Building the report…")
@@ -39,7 +40,8 @@ selection = ui_helpers.current_selection()
 study, pid, visit = selection.study, selection.participant_id, selection.visit
 
 st.title(f"Report of {pid}")
-st.caption(NOTICE)
+st.caption(f"{NOTICE} Model cards: {model_card_ref('lesion_seg')}, "
+           f"{model_card_ref('prognosis', models_dir=ui_prognosis.models_dir())}.")
 try:
     model: PrognosisModel | None = ui_prognosis.prognosis_model()
 except InputError:
