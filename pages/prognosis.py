@@ -10,6 +10,7 @@ from ms_core import state_keys
 from ms_core.errors import InputError
 from ms_core.features import LOCATION_FEATURES
 from ms_core.prognosis import score
+from ms_core.workflow import research_notice
 
 ui_helpers.ensure_routed()
 selection = ui_helpers.current_selection()
@@ -44,6 +45,7 @@ int_col.metric("Observed in similar test patients", f"{lo:.0%} – {hi:.0%}",
 thr_col.metric("High-risk threshold", f"{result.threshold:.0%}",
                "above" if result.prob >= result.threshold else "below",
                delta_color="inverse")
+st.caption(research_notice("prognosis", models_dir=ui_prognosis.models_dir()))
 if int(row["mri_measured"]) == 0:
     st.warning("No MRI measurement of this patient is stored yet: lesion and brain-volume "
                "inputs are imputed with the training medians. Run \"Analyse this patient\" on "
@@ -90,3 +92,13 @@ st.metric("Probability with these inputs", f"{changed.prob:.0%}",
 
 with st.expander("Inputs of this visit"):
     st.dataframe(result.table()[["label", "value", "imputed", "shap"]], hide_index=True)
+
+# CIS conversion and treatment response (ms_core.clinical_models), where they apply.
+clinical = ui_prognosis.applicable_clinical_models(study.participants[pid], visit)
+if clinical:
+    st.header("Other clinical models")
+    tabs = st.tabs([ui_prognosis.CLINICAL_TITLES[n] for n in clinical])
+    for tab, name in zip(tabs, clinical, strict=True):
+        with tab:
+            ui_prognosis.show_clinical_model(name, study.root, study.participants[pid], visits,
+                                             visit, row.to_dict())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui_helpers
+from ms_core.clinical_models import dmt_switch_activity
 from ms_core.settings import read_only
 from ms_core.timeline import dmt_periods, has_volumes, visit_table
 
@@ -49,6 +50,18 @@ if lesions_measured or atrophy_measured:
         st.dataframe(history, hide_index=True)
 else:
     st.write("No visit of this patient has been analysed yet.")
+switches = dmt_switch_activity(visits, measured, truths)
+if len(switches):
+    st.subheader("Activity before and after each DMT switch")
+    st.dataframe(switches, hide_index=True, column_config={
+        "switch_date": st.column_config.DateColumn("switch", format="YYYY-MM-DD"),
+        **{c: st.column_config.NumberColumn(c.replace("_", " "), format="%.2f")
+           for c in switches.columns if c.endswith(("_arr", "_per_year", "_years"))}})
+    st.caption("Observed, not modelled: annualised relapse rate (relapses per patient-year, "
+               "from the visits table) and new or enlarging T2 lesions per year (lesion_source: "
+               "the pipeline's measurements, else the demo's ground truth) in the therapy period "
+               "before vs after each switch. Short periods give unstable rates, and a switch "
+               "often follows a burst of activity (regression to the mean). Research use only.")
 pending = ui_helpers.pending(study.root, visits)
 if pending.atrophy_note:
     st.caption(pending.atrophy_note)

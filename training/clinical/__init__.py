@@ -1,0 +1,1 @@
+"""CIS conversion and treatment-response models: the shipped models' training driver."""
