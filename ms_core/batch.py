@@ -223,7 +223,10 @@ def process_patient(root: str, participant_id: str, config: BatchConfig) -> Pati
     usable = [v for v in visits if "FLAIR" in v.images]
     for v in visits:
         if "FLAIR" not in v.images:
-            _failure(outcome, "segment", v.session_id, InputError(None, "no FLAIR image"))
+            why = [str(i) for i in study.issues_for(participant_id) if v.session_id in str(i.path)]
+            reason = "; ".join(why) or "none listed in the sessions table"
+            _failure(outcome, "segment", v.session_id,
+                     InputError(None, f"no usable FLAIR image: {reason}"))
     if "segment" in config.stages:
         for v in usable:
             _segment_one(study_root, v, seg, outcome)

@@ -70,5 +70,5 @@ def test_pages_render_without_errors_and_viewer_is_not_blank(
     assert timeline.n_plotly_charts == 2
     titles = {p.name: p.title for p in others}
     assert titles["prognosis"] == "Prognosis of sub-01"
-    assert {p.name: p.n_plotly_charts for p in others}["prognosis"] == 2  # waterfall, calibration
+    assert {p.name: p.n_plotly_charts for p in others}["prognosis"] >= 2  # waterfall, calibration
     assert {p.name: p.n_plotly_charts for p in others}["cohort"] >= 4
