@@ -12,24 +12,28 @@ its card has every field the code needs. Anything else is refused with :class:`M
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ms_core.errors import InputError
-from ms_core.io import read_json
+from ms_core.io import read_json, write_json
 
 __all__ = [
     "MODELS_DIR",
     "ModelCard",
     "ModelError",
     "VerifiedModel",
+    "code_commit",
     "load_model_card",
+    "register_model",
     "sha256_file",
     "verify_model",
 ]
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models_onnx"
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models_onnx"
 #: Card fields every model needs.
 _COMMON = ("name", "version", "sha256", "training")
 #: Further card fields of the image segmentation models.
@@ -143,3 +147,31 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(card_path, f"model card field missing or malformed: {e}") from e
+
+
+def register_model(models_dir: Path | str, name: str, entry: dict[str, Any]) -> None:
+    """Add or replace ``name`` in ``models_dir/manifest.json`` (atomically), keeping the others.
+
+    ``entry`` holds ``onnx`` and ``card`` (paths relative to ``models_dir``) and ``sha256``.
+    """
+    path = Path(models_dir) / "manifest.json"
+    manifest = read_json(path) if path.exists() else {"models": {}}
+    manifest.setdefault("models", {})[name] = entry
+    write_json(path, manifest)
+
+
+def code_commit(paths: tuple[str, ...] = (), repo: Path = REPO) -> dict[str, Any]:
+    """The HEAD commit of ``repo`` and whether ``paths`` (relative to it) had uncommitted
+    changes, for a model card's training record: ``{"commit", "code_uncommitted"}``.
+
+    ``commit`` is ``"unknown"`` (and the flag ``None``) outside a git checkout.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", *paths)) if paths else None
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "code_uncommitted": None}
+    return {"commit": head or "unknown", "code_uncommitted": dirty}

@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,8 +46,8 @@ import pandas as pd
 from ms_core import __version__
 from ms_core.errors import InputError
 from ms_core.features import PROGNOSIS_FEATURES
-from ms_core.io import atomic_write_bytes, atomic_write_text, read_json, write_json
-from ms_core.models import sha256_file
+from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.models import code_commit, register_model, sha256_file
 
 __all__ = [
     "EXPLAINABLE",
@@ -524,15 +523,6 @@ def _explainer(result: FitResult) -> dict[str, Any]:
     raise ValueError(f"family {result.family!r} is not shippable; use one of {EXPLAINABLE}")
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=Path(__file__).resolve().parents[1])
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _card_markdown(card: Mapping[str, Any]) -> str:
     t = card["metrics"]["test"]
     cv = card["metrics"]["nested_cv"]
@@ -614,7 +604,7 @@ def write_model(result: FitResult, out: Path | str, *, name: str = "prognosis",
         "metrics": {"test": result.test, "nested_cv": result.cv, "parity_max_abs": parity},
         "data": {"description": data_description, "n_train_patients": result.n_train_patients,
                  "n_test_patients": result.n_test_patients},
-        "training": {"command": command, "commit": _git_commit(),
+        "training": {"command": command, "commit": code_commit()["commit"],
                      "date": dt.date.today().isoformat(), "seconds": result.seconds,
                      "config": result.config.__dict__, "app_version": __version__,
                      "chosen_params": result.extra.get("chosen_params", {})},
@@ -625,11 +615,8 @@ def write_model(result: FitResult, out: Path | str, *, name: str = "prognosis",
     }
     write_json(folder / "model.json", card)
     atomic_write_text(folder / "MODEL_CARD.md", _card_markdown(card))
-    manifest_path = root / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.is_file() else {"models": {}}
-    manifest.setdefault("models", {})[name] = {"onnx": f"{name}/model.onnx",
-                                               "card": f"{name}/model.json", "sha256": sha}
-    write_json(manifest_path, manifest)
+    register_model(root, name, {"onnx": f"{name}/model.onnx", "card": f"{name}/model.json",
+                                "sha256": sha})
     log.info("wrote %s (%s, parity %.1e)", folder, result.family, parity)
     return folder
 

@@ -28,7 +28,7 @@ from ms_core.diagnosis import (
 )
 from ms_core.inference import TabularModel
 from ms_core.location import LOCATIONS
-from ms_core.models import MODELS_DIR, ModelError, read_json
+from ms_core.models import MODELS_DIR, ModelError, read_json, register_model
 
 _MANIFEST = MODELS_DIR / "manifest.json"
 SHIPPED = _MANIFEST.exists() and "diagnosis" in read_json(_MANIFEST).get("models", {})
@@ -247,7 +247,7 @@ def test_training_writes_a_verified_model_with_parity(tmp_path: Path) -> None:
     data = json.loads(manifest.read_text())
     data["models"]["other"] = {"onnx": "o.onnx", "card": "o.json", "sha256": "0"}
     manifest.write_text(json.dumps(data))
-    tr.update_manifest(tmp_path / "models", "diagnosis", data["models"]["diagnosis"])
+    register_model(tmp_path / "models", "diagnosis", data["models"]["diagnosis"])
     assert set(json.loads(manifest.read_text())["models"]) == {"diagnosis", "other"}
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,8 +57,8 @@ from ms_core.diagnosis import (
     pattern_features,
     simulate_patterns,
 )
-from ms_core.io import atomic_write_bytes, atomic_write_text, read_json, write_json
-from ms_core.models import MODELS_DIR, sha256_file
+from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -207,28 +206,6 @@ def check_parity(pipe: Pipeline, onnx_bytes: bytes, x: np.ndarray,
         raise ParityError(f"ONNX and scikit-learn probabilities differ by {diff:.3g} > {tol:g}; "
                           "refusing to write the model")
     return diff
-
-
-def git_commit(repo: Path = REPO) -> dict[str, Any]:
-    """HEAD commit and whether this module or ms_core/diagnosis.py had uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
-    try:
-        head = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--", "ms_core/diagnosis.py",
-                         "training/diagnosis"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "code_uncommitted": None}
-    return {"commit": head, "code_uncommitted": dirty}
-
-
-def update_manifest(models_dir: Path, name: str, entry: dict[str, str]) -> None:
-    """Add or replace ``name`` in ``models_dir/manifest.json``, keeping the other models."""
-    path = models_dir / "manifest.json"
-    manifest = read_json(path) if path.exists() else {"models": {}}
-    manifest.setdefault("models", {})[name] = entry
-    write_json(path, manifest)
 
 
 # ----------------------------------------------------------------------------- real data
@@ -456,7 +433,7 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 4000, n_test: int = 20
                                    f"--seed {seed}"),
             "seed": seed, "train_seed": train_seed, "test_seed": test_seed,
             "bootstrap_seed": boot_seed, "n_train": n_train, "n_test": n_test,
-            **git_commit(),
+            **code_commit(("ms_core/diagnosis.py", "training/diagnosis")),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "data": "synthetic patients of ms_core.diagnosis.simulate_patterns (MS 50 %, "
                     "small-vessel disease 35 %, migraine 15 %; 5 % of labels flipped)",
@@ -474,7 +451,7 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 4000, n_test: int = 20
     }
     write_json(out_dir / "model.json", card)
     atomic_write_text(out_dir / "MODEL_CARD.md", _card_markdown(card))
-    update_manifest(out_dir.parent, MODEL_NAME, {"onnx": f"{out_dir.name}/model.onnx",
+    register_model(out_dir.parent, MODEL_NAME, {"onnx": f"{out_dir.name}/model.onnx",
                                                  "card": f"{out_dir.name}/model.json",
                                                  "sha256": digest})
     if eval_out is not None:

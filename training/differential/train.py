@@ -36,7 +36,6 @@ import argparse
 import datetime as dt
 import logging
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -61,8 +60,8 @@ from ms_core.differential import (
     cohort_differential_features,
     simulate_differential,
 )
-from ms_core.io import atomic_write_bytes, atomic_write_text, read_json, write_json
-from ms_core.models import MODELS_DIR, sha256_file
+from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
 from ms_core.prognosis_fit import PARITY_TOL, bootstrap_auc, expected_calibration_error
 
 log = logging.getLogger(__name__)
@@ -241,28 +240,6 @@ def explainer(pipe: Pipeline, x_train: np.ndarray, temperature: float) -> dict[s
             "output": "centred calibrated logits (z_k - mean_j z_j) / T"}
 
 
-def git_commit(repo: Path = REPO) -> dict[str, Any]:
-    """HEAD commit and whether the differential code had uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
-    try:
-        head = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--", "ms_core/differential.py",
-                         "training/differential"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "code_uncommitted": None}
-    return {"commit": head, "code_uncommitted": dirty}
-
-
-def update_manifest(models_dir: Path, name: str, entry: dict[str, str]) -> None:
-    """Add or replace ``name`` in ``models_dir/manifest.json``, keeping the other models."""
-    path = models_dir / "manifest.json"
-    manifest = read_json(path) if path.exists() else {"models": {}}
-    manifest.setdefault("models", {})[name] = entry
-    write_json(path, manifest)
-
-
 def _card_markdown(card: dict[str, Any]) -> str:
     m = card["metrics"]
     rec, tru = m["test"]["recorded_labels"], m["test"]["true_class"]
@@ -376,7 +353,8 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 6000, n_test: int = 30
                                    f"--seed {seed}"),
             "seed": seed, "train_seed": train_seed, "test_seed": test_seed,
             "bootstrap_seed": boot_seed, "n_train": n_train, "n_test": n_test,
-            "n_bootstrap": n_boot, **git_commit(),
+            "n_bootstrap": n_boot,
+            **code_commit(("ms_core/differential.py", "training/differential")),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - start, 1),
             "machine": f"{platform.machine()}, {platform.system()}, Python "
@@ -397,7 +375,7 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 6000, n_test: int = 30
     }
     write_json(out_dir / "model.json", card)
     atomic_write_text(out_dir / "MODEL_CARD.md", _card_markdown(card))
-    update_manifest(out_dir.parent, MODEL_NAME, {"onnx": f"{out_dir.name}/model.onnx",
+    register_model(out_dir.parent, MODEL_NAME, {"onnx": f"{out_dir.name}/model.onnx",
                                                  "card": f"{out_dir.name}/model.json",
                                                  "sha256": digest})
     return card

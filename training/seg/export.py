@@ -16,7 +16,6 @@ import copy
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,7 +24,7 @@ import torch
 from ms_core.anatomy import load_template
 from ms_core.evaluate import dice
 from ms_core.io import read_json, write_json
-from ms_core.models import MODELS_DIR, sha256_file
+from ms_core.models import MODELS_DIR, register_model, sha256_file
 from training.seg.model import UNet3D, use_stable_instance_norm
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import DEFAULT_MNI, load_weights
@@ -50,13 +49,6 @@ def parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> dict[str, 
     p_onnx = sess.run(None, {"image": x})[0]
     return {"max_abs_prob_diff": float(np.abs(p_torch - p_onnx).max()),
             "mask_dice": dice(p_torch >= 0.5, p_onnx >= 0.5)}
-
-
-def update_manifest(models_dir: Path, name: str, entry: dict[str, Any]) -> None:
-    path = models_dir / "manifest.json"
-    manifest = read_json(path) if path.exists() else {"models": {}}
-    manifest.setdefault("models", {})[name] = entry
-    write_json(path, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluation": old.get("evaluation", {}),
     }
     write_json(card_path, card)
-    update_manifest(args.models_dir, NAME, {"onnx": f"{NAME}/model.onnx",
+    register_model(args.models_dir, NAME, {"onnx": f"{NAME}/model.onnx",
                                             "card": f"{NAME}/model.json", "sha256": digest})
     print(f"exported {out_dir / 'model.onnx'} sha256 {digest}")
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,20 +27,12 @@ import torch.nn.functional as F
 
 from ms_core.anatomy import load_template
 from ms_core.io import atomic_write_text, write_json
+from ms_core.models import code_commit
 from training.seg.model import UNet3D
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MNI = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     widths = tuple(int(w) for w in args.widths.split(","))
     write_json(args.out / "config.json", {
         **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "widths": widths, "git_commit": git_commit(), "torch": torch.__version__,
+        "widths": widths, "git_commit": code_commit()["commit"], "torch": torch.__version__,
         "command": " ".join(["python -m training.seg.train", *(argv or sys.argv[1:])]),
     })
 
