@@ -62,6 +62,10 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	$(PY) bench/segment_speed.py --method baseline
 	$(PY) bench/prognosis_speed.py
 	$(PY) bench/batch_scaling.py
+	$(PY) bench/stage_timings.py
+	$(PY) bench/ort_vs_torch.py
+	$(PY) bench/overlap_tta.py
+	$(PY) bench/app_responsiveness.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -29,7 +29,7 @@ from ms_core import state_keys
 from ms_core.atrophy import measure_interval_pbvc, measure_visit_volumes, pending_atrophy
 from ms_core.domain import Visit
 from ms_core.errors import InputError
-from ms_core.io import load_lesion_mask, load_volume, read_json
+from ms_core.io import load_lesion_mask, load_volume, probability_viewer_bytes, read_json
 from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
 from ms_core.measurements import (
     history_by_lesion,
@@ -505,9 +505,14 @@ def run_segmentation(root: Path, visit: Visit) -> None:
 
 
 def probability_overlay(root: Path, visit: Visit) -> bytes | None:
-    """Gzipped NIfTI bytes of the stored lesion probability map, or ``None``."""
+    """The stored lesion probability map as compact uint8 NIfTI bytes (0-255), or ``None``."""
     path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesion_prob.nii.gz"
-    return _file_bytes(str(path), _stamp(path)) if path.exists() else None
+    return _probability_bytes(str(path), _stamp(path)) if path.exists() else None
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _probability_bytes(path: str, stamp: tuple[int, int]) -> bytes:
+    return probability_viewer_bytes(path)
 
 
 # ----------------------------------------------------------------------------- tracking

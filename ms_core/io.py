@@ -52,6 +52,7 @@ __all__ = [
     "load_lesion_mask",
     "load_volume",
     "nifti_bytes",
+    "probability_viewer_bytes",
     "read_json",
     "read_nifti_header",
     "remove_stale_temp_files",
@@ -442,6 +443,18 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, dtype: Any = np.float32) -
     """Serialise an array as gzipped NIfTI-1 bytes (for the browser viewer or downloads)."""
     img = _scrubbed_image(data, affine, dtype)
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+def probability_viewer_bytes(path: Path | str) -> bytes:
+    """A stored probability map as compact gzipped uint8 NIfTI bytes for the browser viewer.
+
+    Values ``round(255 p)`` (0-255) instead of float32 probabilities: the same picture under a
+    colour map, at a small fraction of the message size (a float32 map of a 3D FLAIR grid is
+    about 16 MB in base64). Not for computation: read the stored file for that.
+    """
+    prob = load_volume(path, "prob")
+    quantised = np.rint(np.clip(prob.data, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return nifti_bytes(quantised, prob.affine, np.uint8)
 
 
 def save_volume(path: Path | str, data: np.ndarray, affine: np.ndarray,

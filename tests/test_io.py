@@ -362,3 +362,25 @@ def test_loaded_phi_does_not_survive_a_round_trip(tmp_path: Path) -> None:
     raw = gzip.decompress((tmp_path / "out.nii.gz").read_bytes())
     for secret in (b"Doe", b"MRN123456", b"Jane", b"hospital"):
         assert secret not in raw
+
+
+def test_probability_viewer_bytes_are_compact_uint8_with_the_same_geometry(tmp_path: Path
+                                                                           ) -> None:
+    import gzip
+
+    import nibabel as nib
+
+    from ms_core.io import nifti_bytes, probability_viewer_bytes, save_volume
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((40, 48, 36)).astype(np.float32)
+    affine = np.diag([0.9, 1.1, 3.0, 1.0])
+    affine[:3, 3] = [-20.0, 5.0, 12.0]
+    path = tmp_path / "lesion_prob.nii.gz"
+    save_volume(path, prob, affine, np.float32)
+    payload = probability_viewer_bytes(path)
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(payload))
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(np.asanyarray(img.dataobj) / 255.0, prob, atol=0.5 / 255 + 1e-7)
+    assert len(payload) < len(nifti_bytes(prob, affine, np.float32)) / 2
