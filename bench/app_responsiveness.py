@@ -53,7 +53,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ms_core import state_keys  # noqa: E402
-from ms_core.io import atomic_write_text, load_lesion_mask, load_volume, nifti_bytes  # noqa: E402
+from ms_core.io import (  # noqa: E402
+    atomic_write_text,
+    load_lesion_mask,
+    probability_viewer_bytes,
+)
 from ms_core.study import derivatives_dir, lesion_overlay_path, load_study  # noqa: E402
 from ms_core.visits import binary_overlay_bytes  # noqa: E402
 
@@ -177,11 +181,9 @@ def processed_visit(study: Path, tmp: Path, reruns: int, pid: str, sid: str
 
 
 def _uint8_probability_b64(path: Path) -> int:
-    """base64 size of the stored probability map as uint8 round(255 p) instead of float32: the
-    size a quantised viewer overlay would have (size estimate only; nothing is sent)."""
-    vol = load_volume(path, "lesion_prob")
-    q = np.round(np.clip(vol.data, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return _b64_len(nifti_bytes(q, vol.affine, np.uint8))
+    """base64 size of the probability overlay the viewer is sent (uint8, see
+    ``ms_core.io.probability_viewer_bytes``, which ``ui_helpers.probability_overlay`` uses)."""
+    return _b64_len(probability_viewer_bytes(path))
 
 
 def message_sizes(study: Path) -> dict[str, Any]:
@@ -202,9 +204,9 @@ def message_sizes(study: Path) -> dict[str, Any]:
                     continue
                 image = _b64_len(path.read_bytes())
                 rows.append({"visit": f"{pid}/{visit.session_id}", "image": modality,
-                             "image_b64": image, "overlay_b64": overlay, "prob_b64": prob,
+                             "image_b64": image, "overlay_b64": overlay, "prob_float32_b64": prob,
                              "prob_uint8_b64": prob_u8,
-                             "largest_message": image + max(overlay, prob)})
+                             "largest_message": image + max(overlay, prob_u8)})
     largest = max(rows, key=lambda r: r["largest_message"])
     sizes = [r["largest_message"] for r in rows]
     return {"views": len(rows), "largest": largest,
