@@ -46,8 +46,13 @@ browser-deps:
 			|| echo "chromium could not be installed: browser tests will be skipped"; \
 		else echo "chromium not found and cannot be installed: browser tests will be skipped"; fi; }
 
+# Two pytest workers (the CI machine has 2 cores); a test file stays on one worker, in order.
+# Exit status 5 (no test collected) means the suite is broken: say so and fail.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev browser-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@status=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no test: the suite is broken" >&2; exit 1; fi; \
+	exit $$status
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
