@@ -1,4 +1,4 @@
-"""Screenshots of the Patient and Timeline pages for the README, with render checks.
+"""Screenshots of every page for the README, with render checks.
 
 Starts ``streamlit run app.py`` on a study, opens both pages in headless Chromium (Debian's
 ``chromium``; WebGL2 through SwiftShader) and writes ``patient.png`` and ``timeline.png``.

@@ -43,8 +43,9 @@ int_col.metric("Observed in similar test patients", f"{lo:.0%} – {hi:.0%}",
                help="Wilson 95 % interval of the worsening rate among held-out test patients "
                     "whose predicted risk fell in the same tenth (calibration bin).")
 thr_col.metric("High-risk threshold", f"{result.threshold:.0%}",
-               "above" if result.prob >= result.threshold else "below",
-               delta_color="inverse")
+               help="Youden's J on the training out-of-fold predictions (docs/prognosis.md).")
+thr_col.caption("This patient is **above** the threshold." if result.prob >= result.threshold
+                else "This patient is below the threshold.")
 st.caption(research_notice("prognosis", models_dir=ui_prognosis.models_dir()))
 if int(row["mri_measured"]) == 0:
     st.warning("No MRI measurement of this patient is stored yet: lesion and brain-volume "
