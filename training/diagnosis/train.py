@@ -59,6 +59,7 @@ from ms_core.diagnosis import (
 )
 from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
 from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
+from training.onnx_checks import ParityError, onnx_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,6 @@ MODEL_LIMITS = [
     "lesions lower the count, missed small lesions lower the punctate fraction, and the "
     "location classes do not separate central (SVD) from peripheral (MS) pontine lesions.",
 ]
-
-
-class ParityError(RuntimeError):
-    """ONNX and scikit-learn probabilities differ by more than :data:`PARITY_TOL`."""
 
 
 @dataclass(frozen=True)
@@ -187,15 +184,6 @@ def export_onnx(pipe: Pipeline, n_features: int) -> bytes:
     if OUTPUT_NAME not in outputs:
         raise RuntimeError(f"skl2onnx gave outputs {outputs}, expected {OUTPUT_NAME!r}")
     return bytes(onx.SerializeToString())
-
-
-def onnx_probabilities(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Run the ONNX model on CPU: (N, F) -> (N, 2) probabilities."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    out = sess.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, dtype=np.float32)})
-    return np.asarray(out[0], dtype=np.float64)
 
 
 def check_parity(pipe: Pipeline, onnx_bytes: bytes, x: np.ndarray,

@@ -63,6 +63,7 @@ from ms_core.differential import (
 from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
 from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
 from ms_core.prognosis_fit import PARITY_TOL, bootstrap_auc, expected_calibration_error
+from training.onnx_checks import ParityError, onnx_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,6 @@ MODEL_LIMITS = [
     "three classes. Spinal MRI, the central vein sign, contrast enhancement, CSF and the "
     "clinical picture are not used.",
 ]
-
-
-class ParityError(RuntimeError):
-    """ONNX and scikit-learn probabilities differ by more than :data:`PARITY_TOL`."""
 
 
 @dataclass(frozen=True)
@@ -209,15 +206,6 @@ def export_onnx(pipe: Pipeline, temperature: float) -> bytes:
                                                        [None, len(CLASSES)])])
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
-
-
-def onnx_probabilities(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Run the ONNX model on CPU: (N, F) -> (N, 3) probabilities."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    out = sess.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, dtype=np.float32)})
-    return np.asarray(out[0], dtype=np.float64)
 
 
 def check_parity(onnx_bytes: bytes, p_sklearn: np.ndarray, x: np.ndarray) -> float:
