@@ -85,7 +85,7 @@ Lancet Neurol 2018;17:162-173 (McDonald 2017).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,6 +113,7 @@ __all__ = [
     "SimulatedCohort",
     "cohort_features",
     "equivalent_diameter_mm",
+    "features_by_patient",
     "load_diagnosis_model",
     "pattern_features",
     "score_lesion_table",
@@ -448,13 +449,24 @@ def cohort_features(cohort: SimulatedCohort) -> pd.DataFrame:
 
     Indexed by ``patient_id``, columns :data:`DIAGNOSIS_FEATURES`.
     """
-    groups = dict(tuple(cohort.lesions.groupby("patient_id", sort=True)))
-    empty = cohort.lesions.iloc[0:0]
-    rows = [pattern_features(groups.get(pid, empty), age_years=age)
-            for pid, age in zip(cohort.patients.patient_id, cohort.patients.age_years,
-                                strict=True)]
-    return pd.DataFrame(rows, index=pd.Index(cohort.patients.patient_id, name="patient_id"),
-                        columns=list(DIAGNOSIS_FEATURES))
+    return features_by_patient(cohort.lesions, cohort.patients, pattern_features,
+                               DIAGNOSIS_FEATURES)
+
+
+def features_by_patient(lesions: pd.DataFrame, patients: pd.DataFrame,
+                        feature_fn: Callable[..., dict[str, float]],
+                        columns: Sequence[str]) -> pd.DataFrame:
+    """``feature_fn(lesions of the patient, age_years=...)`` for every row of ``patients``
+    (columns ``patient_id``, ``age_years``); a patient without lesions gets an empty table.
+
+    Indexed by ``patient_id``, ``columns`` in order.
+    """
+    groups = dict(tuple(lesions.groupby("patient_id", sort=True)))
+    empty = lesions.iloc[0:0]
+    rows = [feature_fn(groups.get(pid, empty), age_years=age)
+            for pid, age in zip(patients.patient_id, patients.age_years, strict=True)]
+    return pd.DataFrame(rows, index=pd.Index(patients.patient_id, name="patient_id"),
+                        columns=list(columns))
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -99,7 +99,12 @@ import pandas as pd
 from scipy.special import gammaln, logsumexp, ndtr, ndtri
 from scipy.stats import nbinom
 
-from ms_core.diagnosis import DIAGNOSIS_FEATURES, FEATURE_DESCRIPTIONS, pattern_features
+from ms_core.diagnosis import (
+    DIAGNOSIS_FEATURES,
+    FEATURE_DESCRIPTIONS,
+    features_by_patient,
+    pattern_features,
+)
 from ms_core.io import read_json
 from ms_core.location import LOCATIONS
 from ms_core.mcdonald import dissemination_in_space
@@ -378,13 +383,8 @@ def simulate_differential(n: int, seed: int, *, label_noise: float = _LABEL_NOIS
 def cohort_differential_features(cohort: SimulatedDifferentialCohort) -> pd.DataFrame:
     """Features of every simulated patient: indexed by ``patient_id``, columns
     :data:`DIFFERENTIAL_FEATURES`."""
-    groups = dict(tuple(cohort.lesions.groupby("patient_id", sort=True)))
-    empty = cohort.lesions.iloc[0:0]
-    rows = [differential_features(groups.get(pid, empty), age_years=age)
-            for pid, age in zip(cohort.patients.patient_id, cohort.patients.age_years,
-                                strict=True)]
-    return pd.DataFrame(rows, index=pd.Index(cohort.patients.patient_id, name="patient_id"),
-                        columns=list(DIFFERENTIAL_FEATURES))
+    return features_by_patient(cohort.lesions, cohort.patients, differential_features,
+                               DIFFERENTIAL_FEATURES)
 
 
 # ----------------------------------------------------------------------------- scoring
