@@ -2,7 +2,8 @@
 
 The sidebar picks the study folder, a patient and a visit and stores them in
 ``st.session_state`` under the keys of :mod:`ms_core.state_keys`; the pages read them from there.
-The study folder starts as ``$MS_DASH_STUDY`` or ``data/demo`` next to this file.
+The study folder starts as ``$MS_DASH_STUDY`` or ``data/demo`` next to this file. Below them,
+every page lists the server's running background jobs (:mod:`ui_jobs`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui_helpers
+import ui_jobs
 from ms_core import settings, state_keys
 from ms_core.errors import StudyError
 from ms_core.study import Study
@@ -100,6 +102,7 @@ def run() -> None:
         st.sidebar.button("Sign out", on_click=st.logout)
     with ui_helpers.routed_run():
         _sidebar()
+        ui_jobs.sidebar_jobs()
         page.run()
 
 

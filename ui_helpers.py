@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import textwrap
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ms_core import state_keys
-from ms_core.atrophy import measure_interval_pbvc, measure_visit_volumes, pending_atrophy
+from ms_core import batch, state_keys
+from ms_core.atrophy import pending_atrophy
 from ms_core.domain import Visit
 from ms_core.errors import InputError
 from ms_core.io import load_lesion_mask, load_volume, probability_viewer_bytes, read_json
+from ms_core.jobs import Progress
 from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
 from ms_core.measurements import (
     history_by_lesion,
@@ -82,7 +84,6 @@ __all__ = [
     "previous_visit",
     "probability_overlay",
     "routed_run",
-    "run_and_refresh",
     "run_segmentation",
     "run_tracking",
     "segmentation_result",
@@ -382,6 +383,9 @@ def visit_table_config() -> dict[str, Any]:
                                     help="brain volume change since the previous visit"),
         "pbvc_pct_per_year": cc.NumberColumn("PBVC (%/year)", format="%.2f"),
         "pbvc_from": None,
+        **{c: cc.TextColumn(c.replace("_", " "), width="medium") for c in (
+            "segmentation_provenance", "change_provenance", "volume_provenance",
+            "pbvc_provenance", "clinical_source", "truth_source")},
     }
 
 
@@ -409,13 +413,34 @@ def _band_colour(name: str, order: Sequence[str]) -> str:
     return str(_BAND_PALETTE[index % len(_BAND_PALETTE)])
 
 
+#: Characters per hover line of a provenance text (longer texts wrap at spaces).
+_HOVER_WIDTH = 80
+
+
+def _provenance_hover(table: pd.DataFrame, column: str) -> list[str]:
+    """The provenance texts of ``column``, wrapped into hover lines (``<br>``); tables made
+    before the column existed say so instead of failing."""
+    texts = table[column] if column in table.columns else pd.Series("provenance not recorded",
+                                                                    index=table.index)
+    return ["<br>".join(textwrap.wrap(str(t), _HOVER_WIDTH, break_long_words=False,
+                                      break_on_hyphens=False)) for t in texts]
+
+
+def _hover_data(table: pd.DataFrame, columns: Sequence[str], provenance: str) -> list[list[Any]]:
+    """``customdata`` rows: the values of ``columns`` and then the wrapped ``provenance``."""
+    values = table[list(columns)].astype(object).to_numpy().tolist()
+    return [[*row, text] for row, text in zip(values, _provenance_hover(table, provenance),
+                                              strict=True)]
+
+
 def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,
                 dmts: Sequence[str] = ()) -> go.Figure:
     """EDSS step plot with relapse markers over DMT background bands.
 
     ``table`` comes from :func:`ms_core.timeline.visit_table` and ``periods`` from
     :func:`ms_core.timeline.dmt_periods`; ``dmts`` (see :func:`study_dmts`) keeps each DMT's
-    colour the same for every patient of a study.
+    colour the same for every patient of a study. Hovers name the file the EDSS and relapses
+    come from (``clinical_source``).
     """
     fig = go.Figure()
     for period in periods.itertuples(index=False):
@@ -427,9 +452,10 @@ def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,
         )
     fig.add_trace(go.Scatter(
         x=table["acq_date"], y=table["edss"], mode="lines+markers", line_shape="hv",
-        connectgaps=True, name="EDSS", customdata=table[["session_id", "dmt"]],
+        connectgaps=True, name="EDSS",
+        customdata=_hover_data(table, ["session_id", "dmt"], "clinical_source"),
         hovertemplate="%{customdata[0]} %{x|%Y-%m-%d}<br>EDSS %{y}<br>%{customdata[1]}"
-                      "<extra></extra>",
+                      "<br>EDSS from %{customdata[2]}<extra></extra>",
     ))
     relapses = relapse_visits(table)
     if not relapses.empty:
@@ -439,8 +465,10 @@ def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,
             name="Relapses since last visit",
             marker={"symbol": "star", "color": "crimson", "size": 10 + 6 * counts,
                     "line": {"width": 1, "color": "white"}},
-            customdata=counts, hovertemplate="%{x|%Y-%m-%d}: %{customdata} relapse(s)"
-                                             "<extra></extra>",
+            customdata=[[n, text] for n, text in zip(
+                counts.tolist(), _provenance_hover(relapses, "clinical_source"), strict=True)],
+            hovertemplate="%{x|%Y-%m-%d}: %{customdata[0]} relapse(s)<br>Relapses from "
+                          "%{customdata[1]}<extra></extra>",
         ))
     edss = table["edss"].dropna()
     lo = max(0.0, float(edss.min()) - 1.0) if not edss.empty else 0.0
@@ -453,15 +481,18 @@ def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,
 
 
 def volume_figure(table: pd.DataFrame) -> go.Figure:
-    """Total lesion volume and brain volume (ml) per visit, from the ground truth."""
+    """Total lesion volume and brain volume (ml) per visit, from the ground truth; hovers name
+    each visit's ``truth.json`` (``truth_source``)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "Total lesion volume (ml)", "Brain volume (ml)"))
     for col, (name, colour) in enumerate(
             (("lesion_volume_ml", "crimson"), ("brain_volume_ml", "#4fa3e0")), start=1):
         fig.add_trace(go.Scatter(
             x=table["acq_date"], y=table[name], mode="lines+markers", name=name,
-            line={"color": colour}, customdata=table["session_id"],
-            hovertemplate="%{customdata} %{x|%Y-%m-%d}: %{y:.2f} ml<extra></extra>",
+            line={"color": colour},
+            customdata=_hover_data(table, ["session_id"], "truth_source"),
+            hovertemplate="%{customdata[0]} %{x|%Y-%m-%d}: %{y:.2f} ml<br>%{customdata[1]}"
+                          "<extra></extra>",
         ), row=1, col=col)
     fig.update_layout(title="Ground truth volumes per visit", height=340, showlegend=False,
                       margin={"t": 80, "b": 40})
@@ -496,12 +527,13 @@ def segmentation_result(root: Path, visit: Visit) -> tuple[dict[str, Any], pd.Da
     return prov, pd.read_csv(table_path)
 
 
-def run_segmentation(root: Path, visit: Visit) -> None:
-    """Segment the visit with the network now, showing a progress bar (blocks this session)."""
-    bar = st.progress(0.0, text="Segmenting lesions…")
-    segment_visit(root, visit, progress=lambda f: bar.progress(
-        min(f, 1.0), text=f"Segmenting lesions… {f:.0%}"))
-    bar.empty()
+def run_segmentation(root: Path, visit: Visit, progress: Progress) -> None:
+    """Segment the visit with the network unless its segmentation is current (a background
+    job's work: no Streamlit here; see :mod:`ui_jobs`)."""
+    if segmentation_status(root, visit) is None:  # a queued job may find it done meanwhile
+        progress(0.0, "Reading the images and loading the model…")
+        segment_visit(root, visit, progress=lambda f: progress(
+            f, f"Segmenting lesions… {min(f, 1.0):.0%}"))
 
 
 def probability_overlay(root: Path, visit: Visit) -> bytes | None:
@@ -516,17 +548,6 @@ def _probability_bytes(path: str, stamp: tuple[int, int]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- tracking
-def run_and_refresh(action: Callable[[], None], failure: str) -> None:
-    """Run a long action started by a button; rerun the page on success, else show
-    ``failure`` and the error (which names the file)."""
-    try:
-        action()
-    except InputError as e:
-        st.error(f"{failure} {e}")
-    else:
-        st.rerun()
-
-
 def previous_visit(visits: Sequence[Visit], visit: Visit) -> Visit | None:
     """The visit before ``visit`` in date order, or ``None`` for the first one."""
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
@@ -557,12 +578,13 @@ def tracking_result(root: Path, baseline: Visit, followup: Visit
     return prov, pd.read_csv(tracking_dir(root, baseline, followup) / "lesion_changes.csv")
 
 
-def run_tracking(root: Path, baseline: Visit, followup: Visit) -> None:
-    """Compare two visits now (reusing stored segmentations), with a progress bar."""
-    bar = st.progress(0.0, text="Comparing visits…")
-    track_visits(root, baseline, followup, progress=lambda f: bar.progress(
-        min(f, 1.0), text=f"Comparing visits… {f:.0%}"))
-    bar.empty()
+def run_tracking(root: Path, baseline: Visit, followup: Visit, progress: Progress) -> None:
+    """Compare two visits (reusing stored segmentations) unless the comparison is current
+    (a background job's work: no Streamlit here; see :mod:`ui_jobs`)."""
+    if tracking_status(root, baseline, followup) is None:
+        progress(0.0, "Reading the images…")
+        track_visits(root, baseline, followup, progress=lambda f: progress(
+            f, f"Comparing visits… {min(f, 1.0):.0%}"))
 
 
 def change_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
@@ -647,35 +669,10 @@ def pending(root: Path, visits: Sequence[Visit]) -> Pending:
     return Pending(to_segment, to_compare, volumes, pbvc)
 
 
-def analyse_patient(root: Path, visits: Sequence[Visit]) -> None:
-    """Segment every visit not yet segmented, compare each visit with the previous one, then
-    measure the brain volumes (lesions filled) and the PBVC of each interval (about 20-30 s
-    each on 2 cores; stored results that are still current are not measured again)."""
-    todo_seg, pairs = pending_analysis(root, visits)
-    todo_vol, todo_pbvc = pending_atrophy(root, visits)
-    steps = max(1, len(todo_seg) + len(pairs) + len(todo_vol) + len(todo_pbvc))
-    bar = st.progress(0.0, text="Analysing visits…")
-    for i, v in enumerate(todo_seg):
-        segment_visit(root, v, progress=lambda f, i=i, v=v: bar.progress(
-            min((i + f) / steps, 1.0), text=f"Segmenting {v.session_id}… {f:.0%}"))
-    done = len(todo_seg)
-    for a, b in pairs:
-        bar.progress(min(done / steps, 1.0), text=f"Comparing {b.session_id} with {a.session_id}…")
-        track_visits(root, a, b)
-        done += 1
-    # Segmenting changes which lesions are filled: ask again what is out of date.
-    todo_vol, todo_pbvc = pending_atrophy(root, visits)
-    steps = max(steps, done + len(todo_vol) + len(todo_pbvc))
-    for v in todo_vol:
-        bar.progress(min(done / steps, 1.0), text=f"Measuring the brain volume of {v.session_id}…")
-        measure_visit_volumes(root, v)
-        done += 1
-    for a, b in todo_pbvc:
-        bar.progress(min(done / steps, 1.0),
-                     text=f"Measuring the brain volume change {a.session_id} → {b.session_id}…")
-        measure_interval_pbvc(root, a, b)
-        done += 1
-    bar.empty()
+def analyse_patient(root: Path, visits: Sequence[Visit], progress: Progress) -> None:
+    """:func:`ms_core.batch.analyse_patient`: segment, compare and measure the brain volumes of
+    every visit still pending (a background job's work; see :mod:`ui_jobs`)."""
+    batch.analyse_patient(root, visits, progress)
 
 
 def has_atrophy(table: pd.DataFrame) -> bool:
@@ -689,27 +686,31 @@ def atrophy_figure(table: pd.DataFrame) -> go.Figure:
     """Measured brain volume and BPF per visit, and annualised PBVC per interval.
 
     ``table`` is a :func:`ms_core.measurements.measured_table`; each PBVC bar sits at the
-    follow-up visit of its interval.
+    follow-up visit of its interval. Hovers name the method, settings and file of each number
+    (``volume_provenance``, ``pbvc_provenance``).
     """
     fig = make_subplots(rows=1, cols=2, specs=[[{"secondary_y": True}, {}]], subplot_titles=(
         "Brain volume (ml) and BPF", "Brain volume change since previous visit (%/year)"))
     fig.add_trace(go.Scatter(
         x=table["acq_date"], y=table["brain_volume_ml"], mode="lines+markers",
-        name="brain volume (ml)", line={"color": "#4fa3e0"}, customdata=table["session_id"],
-        hovertemplate="%{customdata} %{x|%Y-%m-%d}: %{y:.0f} ml<extra></extra>",
+        name="brain volume (ml)", line={"color": "#4fa3e0"},
+        customdata=_hover_data(table, ["session_id"], "volume_provenance"),
+        hovertemplate="%{customdata[0]} %{x|%Y-%m-%d}: %{y:.0f} ml<br>%{customdata[1]}"
+                      "<extra></extra>",
     ), row=1, col=1, secondary_y=False)
     fig.add_trace(go.Scatter(
         x=table["acq_date"], y=table["bpf"], mode="lines+markers", name="BPF",
-        line={"color": "#7a5195", "dash": "dot"}, customdata=table["session_id"],
-        hovertemplate="%{customdata}: BPF %{y:.3f}<extra></extra>",
+        line={"color": "#7a5195", "dash": "dot"},
+        customdata=_hover_data(table, ["session_id"], "volume_provenance"),
+        hovertemplate="%{customdata[0]}: BPF %{y:.3f}<br>%{customdata[1]}<extra></extra>",
     ), row=1, col=1, secondary_y=True)
     rate = table["pbvc_pct_per_year"]
     fig.add_trace(go.Bar(
         x=table["acq_date"], y=rate, name="PBVC (%/year)",
         marker_color=["crimson" if r < 0 else "seagreen" for r in rate.fillna(0.0)],
-        customdata=table[["pbvc_from", "pbvc_pct"]],
+        customdata=_hover_data(table, ["pbvc_from", "pbvc_pct"], "pbvc_provenance"),
         hovertemplate="%{y:.2f} %/year since %{customdata[0]} (PBVC %{customdata[1]:.2f} %)"
-                      "<extra></extra>",
+                      "<br>%{customdata[2]}<extra></extra>",
     ), row=1, col=2)
     fig.update_yaxes(title_text="ml", row=1, col=1, secondary_y=False)
     fig.update_yaxes(title_text="BPF", row=1, col=1, secondary_y=True)
@@ -720,18 +721,26 @@ def atrophy_figure(table: pd.DataFrame) -> go.Figure:
 
 
 def measured_figure(table: pd.DataFrame) -> go.Figure:
-    """Measured lesion count per visit and new/enlarging lesions per interval."""
+    """Measured lesion count per visit and new/enlarging lesions per interval.
+
+    Hovers name the segmentation (model, method, threshold, minimum lesion size, file) of each
+    count and the comparison (tracking method, enlarging ratio, change z, registration NCC)
+    of each interval: the ``segmentation_provenance`` and ``change_provenance`` columns.
+    """
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "Lesions (network)", "New or enlarging since previous visit"))
-    fig.add_trace(go.Scatter(x=table["acq_date"], y=table["lesion_count"], mode="lines+markers",
-                             name="lesions", customdata=table["session_id"],
-                             hovertemplate="%{customdata}: %{y} lesions<extra></extra>"),
-                  row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=table["acq_date"], y=table["lesion_count"], mode="lines+markers", name="lesions",
+        customdata=_hover_data(table, ["session_id", "lesion_volume_ml"],
+                               "segmentation_provenance"),
+        hovertemplate="%{customdata[0]}: %{y} lesions, %{customdata[1]:.2f} ml"
+                      "<br>%{customdata[2]}<extra></extra>"), row=1, col=1)
     for status, colour in (("new", "crimson"), ("enlarging", "orange")):
-        fig.add_trace(go.Bar(x=table["acq_date"], y=table[status], name=status,
-                             marker_color=colour, customdata=table["compared_with"],
-                             hovertemplate=f"%{{y}} {status} vs %{{customdata}}<extra></extra>"),
-                      row=1, col=2)
+        fig.add_trace(go.Bar(
+            x=table["acq_date"], y=table[status], name=status, marker_color=colour,
+            customdata=_hover_data(table, ["compared_with"], "change_provenance"),
+            hovertemplate=f"%{{y}} {status} vs %{{customdata[0]}}<br>%{{customdata[1]}}"
+                          "<extra></extra>"), row=1, col=2)
     fig.update_layout(barmode="stack", height=340, margin={"t": 60, "b": 40},
                       title="Measured by the pipeline", legend={"orientation": "h", "y": -0.2})
     return fig

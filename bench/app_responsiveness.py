@@ -16,15 +16,16 @@ largest message to the browser <= 5 MB.
    (network, default settings, about a minute; skipped with ``--no-segment``). The app opens on
    the patient's first visit, is rerun, and the sidebar then switches to the processed visit:
    the first view of a processed visit in a running app (its image, overlay, segmentation and
-   lesion table not cached yet). Then reruns, the probability-map toggle (FLAIR, then T1w: the
-   largest message), and the Timeline and Prognosis pages on it.
-3. **Message size**. The NiiVue component sends its arguments as one JSON string
-   (``niivue_component`` base64-encodes the image and every overlay). Measured two ways:
-   the ``json_args`` of the component element in AppTest (exact, for the views above), and,
-   for every visit of the study and both viewable images, base64(image file) + base64(lesion
-   overlay as ``ui_helpers`` builds it) + base64(the probability map where one is stored);
-   the largest is reported, and what the probability map would weigh as uint8 round(255 p)
-   instead of float32.
+   lesion table not cached yet). Then reruns, the probability overlay (FLAIR, then T1w), and
+   the T1w with the previous visit side by side (two images and two overlays: the largest
+   message), and the Timeline and Prognosis pages on it.
+3. **Message size**. The viewer (``ui_viewer``, our NiiVue component) sends a JSON spec plus
+   one binary argument per volume: display copies of the images (cropped, uint8, gzipped,
+   ``ms_core.viewer.image_viewer_bytes``) and uint8 overlays. Measured two ways: the JSON and
+   binary arguments of the component element in AppTest (exact, for the views above), and,
+   for every visit of the study and both viewable images, side by side with the previous
+   visit: display copy of both images + the larger of the lesion overlay and the uint8
+   probability map, for both panes; the largest is reported.
 
 AppTest times the server side only (script run, caches, serialisation); the browser's
 decoding and NiiVue's rendering come on top and are not measured here.
@@ -34,7 +35,6 @@ Prints JSON and saves ``bench/results/app_responsiveness.json``.
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import json
 import logging
@@ -59,14 +59,11 @@ from ms_core.io import (  # noqa: E402
     probability_viewer_bytes,
 )
 from ms_core.study import derivatives_dir, lesion_overlay_path, load_study  # noqa: E402
+from ms_core.viewer import image_viewer_bytes  # noqa: E402
 from ms_core.visits import binary_overlay_bytes  # noqa: E402
 
 APP = REPO / "app.py"
 TARGETS = {"rerun_ms": 200, "first_view_processed_visit_ms": 2000, "message_mb": 5.0}
-
-
-def _b64_len(data: bytes) -> int:
-    return len(base64.b64encode(data))
 
 
 def _timed(run: Any) -> float:
@@ -81,12 +78,12 @@ def _stats(ms: list[float]) -> dict[str, float]:
 
 
 def _viewer_message_bytes(at: Any) -> int | None:
-    """Length of the NiiVue component's JSON arguments in the last run, None when not drawn."""
+    """Bytes of the viewer's JSON and binary arguments in the last run, None when not drawn."""
     for el in at.main:
         proto = getattr(el, "proto", None)
         if getattr(el, "type", "") == "component_instance" and proto is not None \
                 and "niivue" in proto.component_name:
-            return len(proto.json_args.encode())
+            return len(proto.json_args.encode()) + sum(len(a.bytes) for a in proto.special_args)
     return None
 
 
@@ -158,13 +155,17 @@ def processed_visit(study: Path, tmp: Path, reruns: int, pid: str, sid: str
     shown = [m.label for m in at.metric]
     message = _viewer_message_bytes(at)
     again = [_timed(at.run) for _ in range(reruns)]
-    prob_first = _timed(lambda: at.toggle(key=state_keys.SHOW_PROBABILITY).set_value(True).run())
-    _check(at, "probability toggle")
+    prob_first = _timed(lambda: at.radio(key=state_keys.VIEW_OVERLAY).set_value(
+        "Probability").run())
+    _check(at, "probability overlay")
     prob_message = _viewer_message_bytes(at)
     prob_again = [_timed(at.run) for _ in range(reruns)]
     t1_prob = _timed(lambda: at.radio(key=state_keys.VIEW_MODALITY).set_value("T1w").run())
     _check(at, "T1w with the probability map")
     t1_prob_message = _viewer_message_bytes(at)
+    side_first = _timed(lambda: at.toggle(key=state_keys.VIEW_SIDE_BY_SIDE).set_value(True).run())
+    _check(at, "side by side")
+    side_message = _viewer_message_bytes(at)
     return {"study": f"one-patient copy of the study, {pid} {sid} segmented",
             "visit": f"{pid}/{sid}",
             "segment_s": round(segment_s, 1),
@@ -176,37 +177,42 @@ def processed_visit(study: Path, tmp: Path, reruns: int, pid: str, sid: str
             "viewer_message_bytes_with_probability": prob_message,
             "t1w_with_probability_first_ms": round(t1_prob, 1),
             "viewer_message_bytes_t1w_with_probability": t1_prob_message,
+            "side_by_side_first_ms": round(side_first, 1),
+            "viewer_message_bytes_t1w_side_by_side_with_probability": side_message,
             "timeline": _page_runs(at, "pages/timeline.py", reruns),
             "prognosis": _page_runs(at, "pages/prognosis.py", reruns)}, root
 
 
-def _uint8_probability_b64(path: Path) -> int:
-    """base64 size of the probability overlay the viewer is sent (uint8, see
-    ``ms_core.io.probability_viewer_bytes``, which ``ui_helpers.probability_overlay`` uses)."""
-    return _b64_len(probability_viewer_bytes(path))
-
-
 def message_sizes(study: Path) -> dict[str, Any]:
-    """Part 3: base64 image + overlay bytes the viewer would send, for every visit."""
+    """Part 3: bytes the viewer sends for every visit and image, side by side with the
+    previous visit (both panes with the larger of their lesion and probability overlays)."""
     st = load_study(study, check_images=False)
+
+    def overlay(pid: str, sid: str) -> int:
+        found = lesion_overlay_path(study, pid, sid)
+        mask = len(binary_overlay_bytes(load_lesion_mask(found[0]))) if found else 0
+        prob_path = derivatives_dir(study, pid, sid) / "lesion_prob.nii.gz"
+        prob = len(probability_viewer_bytes(prob_path)) if prob_path.exists() else 0
+        return max(mask, prob)
+
     rows = []
     for pid, visits in st.visits.items():
-        for visit in visits:
-            found = lesion_overlay_path(study, pid, visit.session_id)
-            overlay = (_b64_len(binary_overlay_bytes(load_lesion_mask(found[0])))
-                       if found else 0)
-            prob_path = derivatives_dir(study, pid, visit.session_id) / "lesion_prob.nii.gz"
-            prob = _b64_len(prob_path.read_bytes()) if prob_path.exists() else 0
-            prob_u8 = _uint8_probability_b64(prob_path) if prob_path.exists() else 0
+        for i, visit in enumerate(visits):
+            previous = visits[i - 1] if i else None
             for modality in ("FLAIR", "T1w"):
                 path = visit.images.get(modality)
                 if path is None:
                     continue
-                image = _b64_len(path.read_bytes())
-                rows.append({"visit": f"{pid}/{visit.session_id}", "image": modality,
-                             "image_b64": image, "overlay_b64": overlay, "prob_float32_b64": prob,
-                             "prob_uint8_b64": prob_u8,
-                             "largest_message": image + max(overlay, prob_u8)})
+                image = len(image_viewer_bytes(path, modality))
+                before = previous.images.get(modality) if previous else None
+                prev_image = len(image_viewer_bytes(before, modality)) if before else 0
+                prev_overlay = overlay(pid, previous.session_id) if before and previous else 0
+                row = {"visit": f"{pid}/{visit.session_id}", "image": modality,
+                       "image_bytes": image, "overlay_bytes": overlay(pid, visit.session_id),
+                       "previous_image_bytes": prev_image,
+                       "previous_overlay_bytes": prev_overlay}
+                row["largest_message"] = sum(v for k, v in row.items() if k.endswith("_bytes"))
+                rows.append(row)
     largest = max(rows, key=lambda r: r["largest_message"])
     sizes = [r["largest_message"] for r in rows]
     return {"views": len(rows), "largest": largest,
@@ -246,7 +252,8 @@ def main() -> int:
     if processed is not None:
         measured += [processed[k] or 0 for k in (
             "viewer_message_bytes", "viewer_message_bytes_with_probability",
-            "viewer_message_bytes_t1w_with_probability")]
+            "viewer_message_bytes_t1w_with_probability",
+            "viewer_message_bytes_t1w_side_by_side_with_probability")]
     largest_mb = round(max(sizes["largest_mb"], max(measured) / 1e6,
                            processed_sizes["largest_mb"] if processed_sizes else 0), 3)
     verdict = {"worst_median_rerun_ms": max(reruns_ms),

@@ -15,6 +15,10 @@ patients' feature rows (``ms_core.patient_features``), measurements and prognosi
 merged into ``derivatives/ms_dash/cohort/cohort_table.{csv,parquet}`` with
 ``batch_report.json``.
 
+:func:`analyse_patient` does the same work for one patient in this process, stopping at the
+first error and reporting ``progress(fraction, text)``: the app's "Analyse this patient", run as
+a background job (:mod:`ms_core.jobs`).
+
 Backends: ``local`` runs the tasks in a process pool (``spawn``; each worker limited to
 ``threads`` CPU threads in onnxruntime, SimpleITK and BLAS); ``ray`` submits the same task as a
 Ray remote function with resource hints (``num_cpus=threads``, ``num_gpus``) to a local or
@@ -35,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -43,11 +47,15 @@ from ms_core import __version__
 from ms_core.errors import InputError
 from ms_core.io import atomic_open, atomic_write_text, write_json
 
+if TYPE_CHECKING:
+    from ms_core.domain import Visit
+
 __all__ = [
     "STAGES",
     "BatchConfig",
     "BatchResult",
     "PatientOutcome",
+    "analyse_patient",
     "cohort_dir",
     "limit_threads",
     "process_patient",
@@ -277,6 +285,64 @@ def process_patient(root: str, participant_id: str, config: BatchConfig) -> Pati
             _failure(outcome, "features", "-", e)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def analyse_patient(root: Path, visits: Sequence[Visit],
+                    progress: Callable[[float, str], None] | None = None) -> None:
+    """Bring one patient up to date: the app's "Analyse this patient" (Timeline page).
+
+    Segments every visit not yet segmented, compares each visit with the previous one, then
+    measures the brain volumes (lesions filled) and the PBVC of each interval (about 20-30 s
+    each on 2 cores). Results that are still current are not made again
+    (:func:`ms_core.measurements.pending_analysis`, :func:`ms_core.atrophy.pending_atrophy`).
+    Unlike :func:`process_patient` it stops at the first error, which it raises.
+
+    Parameters
+    ----------
+    root
+        The study folder.
+    visits
+        The patient's :class:`~ms_core.domain.Visit` objects, in any order.
+    progress
+        ``progress(fraction, text)`` with the fraction of the steps done, in [0, 1].
+    """
+    from ms_core.atrophy import measure_interval_pbvc, measure_visit_volumes, pending_atrophy
+    from ms_core.longitudinal import track_visits
+    from ms_core.measurements import pending_analysis
+    from ms_core.segment import segment_visit
+
+    def report(fraction: float, text: str) -> None:
+        if progress is not None:
+            progress(min(fraction, 1.0), text)
+
+    todo_seg, pairs = pending_analysis(root, visits)
+    todo_vol, todo_pbvc = pending_atrophy(root, visits)
+    steps = max(1, len(todo_seg) + len(pairs) + len(todo_vol) + len(todo_pbvc))
+    report(0.0, "Analysing visits…")
+    def segmenting(i: int, visit: Visit) -> Callable[[float], None]:
+        return lambda f: report((i + f) / steps,
+                                f"Segmenting {visit.session_id}… {min(f, 1.0):.0%}")
+
+    for i, v in enumerate(todo_seg):
+        segment_visit(root, v, progress=segmenting(i, v))
+    done = len(todo_seg)
+    for a, b in pairs:
+        report(done / steps, f"Comparing {b.session_id} with {a.session_id}…")
+        track_visits(root, a, b)
+        done += 1
+    # Segmenting changes which lesions are filled: ask again what is out of date.
+    todo_vol, todo_pbvc = pending_atrophy(root, visits)
+    steps = max(steps, done + len(todo_vol) + len(todo_pbvc))
+    for v in todo_vol:
+        report(done / steps, f"Measuring the brain volume of {v.session_id}…")
+        measure_visit_volumes(root, v)
+        done += 1
+    for a, b in todo_pbvc:
+        report(done / steps,
+               f"Measuring the brain volume change {a.session_id} → {b.session_id}…")
+        measure_interval_pbvc(root, a, b)
+        done += 1
+    report(1.0, "Analysis finished")
 
 
 def _local_worker_init(threads: int) -> None:

@@ -6,7 +6,8 @@ interval the lesion changes (``track``) and the percentage brain volume change (
 the previous visit. Only *current* results count: made from the same image files (sha256) with
 the same settings (see :func:`ms_core.segment.segmentation_status`,
 :func:`ms_core.longitudinal.tracking_status`, :func:`ms_core.atrophy.volumes_status` and
-:func:`ms_core.atrophy.pbvc_status`).
+:func:`ms_core.atrophy.pbvc_status`). Each number comes with one line saying where it comes
+from (model, settings, file; :mod:`ms_core.provenance_text`) in a ``*_provenance`` column.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ms_core.atrophy import VOLUME_FIELDS, AtrophyParams, pbvc_status, volumes_status
+from ms_core.atrophy import (
+    VOLUME_FIELDS,
+    AtrophyParams,
+    atrophy_dir,
+    pbvc_status,
+    volumes_status,
+)
 from ms_core.domain import Visit
 from ms_core.errors import InputError
 from ms_core.longitudinal import TrackParams, tracking_dir, tracking_status
@@ -29,6 +36,12 @@ from ms_core.mcdonald import (
     checklist_rows,
     dissemination_in_space,
     dissemination_in_time,
+)
+from ms_core.provenance_text import (
+    change_provenance,
+    pbvc_provenance,
+    segmentation_provenance,
+    volume_provenance,
 )
 from ms_core.segment import SegmentParams, segmentation_status
 from ms_core.study import derivatives_dir
@@ -53,17 +66,35 @@ __all__ = [
 MEASURED_COLUMNS = ("session_id", "acq_date", "segmented", "lesion_count", "lesion_volume_ml",
                     "compared_with", "new", "enlarging", "new_or_enlarging", "shrinking",
                     "disappeared", "brain_volume_ml", "bpf", "gm_fraction", "wm_fraction",
-                    "pbvc_from", "pbvc_pct", "pbvc_pct_per_year")
+                    "pbvc_from", "pbvc_pct", "pbvc_pct_per_year", "segmentation_provenance",
+                    "change_provenance", "volume_provenance", "pbvc_provenance")
 #: Columns of :func:`atrophy_table`: the stored volumes (:data:`ms_core.atrophy.VOLUME_FIELDS`)
-#: and the PBVC from the previous measured visit (``pbvc_from``).
+#: and the PBVC from the previous measured visit (``pbvc_from``), each with its provenance.
 ATROPHY_COLUMNS = ("session_id", "acq_date", *VOLUME_FIELDS, "pbvc_from", "interval_years",
                    "pbvc_pct", "pbvc_pct_per_year", "pbvc_method", "pbvc_qc_ncc",
-                   "atrophy_warnings")
+                   "atrophy_warnings", "volume_provenance", "pbvc_provenance")
 #: Default atrophy settings (a module-level value: frozen, safe as an argument default).
 _ATROPHY_DEFAULTS = AtrophyParams()
 #: Columns of :func:`atrophy_table` copied into :func:`measured_table`.
 _ATROPHY_IN_MEASURED = ("brain_volume_ml", "bpf", "gm_fraction", "wm_fraction", "pbvc_from",
-                        "pbvc_pct", "pbvc_pct_per_year")
+                        "pbvc_pct", "pbvc_pct_per_year", "volume_provenance", "pbvc_provenance")
+#: Study-relative folder layout used in the provenance texts (``derivatives/ms_dash/...``).
+_RELATIVE = Path()
+
+
+def _lesions_csv(root: Path, visit: Visit) -> Path:
+    return derivatives_dir(root, visit.participant_id, visit.session_id) / "lesions.csv"
+
+
+def _changes_csv(root: Path, baseline: Visit, followup: Visit) -> Path:
+    return tracking_dir(root, baseline, followup) / "lesion_changes.csv"
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read the {what} ({e})") from e
 
 
 def visit_lesion_table(root: Path, visit: Visit,
@@ -71,11 +102,7 @@ def visit_lesion_table(root: Path, visit: Visit,
     """The visit's current segmentation lesion table (``lesions.csv``), or ``None``."""
     if segmentation_status(root, visit, params) is None:
         return None
-    path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesions.csv"
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read the lesion table ({e})") from e
+    return _read_csv(_lesions_csv(root, visit), "lesion table")
 
 
 def interval_changes(root: Path, baseline: Visit, followup: Visit,
@@ -83,11 +110,7 @@ def interval_changes(root: Path, baseline: Visit, followup: Visit,
     """The current ``lesion_changes.csv`` of ``followup`` against ``baseline``, or ``None``."""
     if tracking_status(root, baseline, followup, params) is None:
         return None
-    path = tracking_dir(root, baseline, followup) / "lesion_changes.csv"
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read the lesion changes ({e})") from e
+    return _read_csv(_changes_csv(root, baseline, followup), "lesion changes")
 
 
 def pending_analysis(root: Path, visits: Sequence[Visit], params: TrackParams = TrackParams()
@@ -118,7 +141,9 @@ def atrophy_frame(visits: Sequence[Visit], volumes: Mapping[str, Mapping[str, ob
     Pure: ``volumes`` maps a session id to its tissue-volume record
     (:func:`ms_core.atrophy.measure_visit_volumes`) and ``pbvc`` a follow-up's session id to its
     PBVC record (:func:`ms_core.atrophy.measure_interval_pbvc`); missing or ``None`` entries
-    give empty cells. Columns :data:`ATROPHY_COLUMNS`.
+    give empty cells. Columns :data:`ATROPHY_COLUMNS`; ``volume_provenance`` and
+    ``pbvc_provenance`` name each record's method, settings and file
+    (:func:`ms_core.provenance_text.volume_provenance`, ``"not measured"`` without a record).
 
     >>> import datetime as dt
     >>> v = [Visit("sub-01", f"ses-0{i}", dt.date(2019 + i, 1, 1), None, None, None, None, None)
@@ -136,6 +161,7 @@ def atrophy_frame(visits: Sequence[Visit], volumes: Mapping[str, Mapping[str, ob
         vols = vols if isinstance(vols, Mapping) else {}
         rec = pbvc.get(visit.session_id) or {}
         warnings = rec.get("warnings")
+        folder = atrophy_dir(_RELATIVE, visit)
         rows.append({
             "session_id": visit.session_id, "acq_date": pd.Timestamp(visit.acq_date),
             **{k: _number(vols.get(k)) for k in VOLUME_FIELDS},
@@ -147,10 +173,16 @@ def atrophy_frame(visits: Sequence[Visit], volumes: Mapping[str, Mapping[str, ob
             "pbvc_qc_ncc": _number(rec.get("qc_ncc")),
             "atrophy_warnings": "; ".join(str(w) for w in warnings)
             if isinstance(warnings, list) else "",
+            "volume_provenance": volume_provenance(
+                vol_rec, (folder / "tissue_volumes.json").as_posix()),
+            "pbvc_provenance": pbvc_provenance(rec, (
+                folder / f"pbvc_from_{rec['baseline_session']}.json").as_posix()
+                if rec.get("baseline_session") else ""),
         })
     dtypes = {c: "float64" for c in ATROPHY_COLUMNS} | {
         "session_id": "str", "acq_date": "datetime64[ns]", "pbvc_from": "str",
-        "pbvc_method": "str", "atrophy_warnings": "str"}
+        "pbvc_method": "str", "atrophy_warnings": "str", "volume_provenance": "str",
+        "pbvc_provenance": "str"}
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=dtypes[c]) for c in ATROPHY_COLUMNS})
     return pd.DataFrame(rows, columns=list(ATROPHY_COLUMNS)).astype(dtypes)
@@ -180,24 +212,39 @@ def measured_table(root: Path, visits: Sequence[Visit],
     ``new`` ... ``disappeared`` count the lesion statuses against the previous visit
     (``compared_with``); ``new_or_enlarging`` is the trial end point's per-interval count.
     ``brain_volume_ml`` ... ``pbvc_pct_per_year`` come from :func:`atrophy_table` (the PBVC
-    against ``pbvc_from``, the previous visit with a T1w).
+    against ``pbvc_from``, the previous visit with a T1w). The ``*_provenance`` columns say
+    where each group of numbers comes from (:mod:`ms_core.provenance_text`): the segmentation
+    (model, method, threshold, minimum lesion size, provider, date, ``lesions.csv``), the
+    comparison (visit, tracking method, enlarging ratio, change z, registration NCC,
+    ``lesion_changes.csv``), the tissue volumes and the PBVC; ``"not measured"`` where no
+    current result is stored.
     """
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     rows = []
     for prev, visit in itertools.pairwise([None, *ordered]):
         assert visit is not None
-        table = visit_lesion_table(root, visit, params.segmentation)
+        seg = segmentation_status(root, visit, params.segmentation)
+        table = _read_csv(_lesions_csv(root, visit), "lesion table") if seg else None
+        compared = prev.session_id if prev is not None else ""
         row: dict[str, object] = {
             "session_id": visit.session_id, "acq_date": pd.Timestamp(visit.acq_date),
             "segmented": table is not None,
             "lesion_count": float(len(table)) if table is not None else np.nan,
             "lesion_volume_ml": float(table.volume_ml.sum()) if table is not None else np.nan,
-            "compared_with": prev.session_id if prev is not None else "",
+            "compared_with": compared,
+            "segmentation_provenance": segmentation_provenance(
+                seg, _lesions_csv(_RELATIVE, visit).as_posix()),
         }
-        changes = interval_changes(root, prev, visit, params) if prev is not None else None
+        track = tracking_status(root, prev, visit, params) if prev is not None else None
+        changes = None
+        if prev is not None and track is not None:
+            changes = _read_csv(_changes_csv(root, prev, visit), "lesion changes")
         counts = {s: (float((changes.status == s).sum()) if changes is not None else np.nan)
                   for s in ("new", "enlarging", "shrinking", "disappeared")}
-        row.update(counts, new_or_enlarging=counts["new"] + counts["enlarging"])
+        row.update(counts, new_or_enlarging=counts["new"] + counts["enlarging"],
+                   change_provenance=change_provenance(
+                       track, compared,
+                       _changes_csv(_RELATIVE, prev, visit).as_posix() if prev else ""))
         rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in MEASURED_COLUMNS
                                         if c not in _ATROPHY_IN_MEASURED])

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 __all__ = [
     "LESION_LOCATION",
+    "LESION_TABLE",
     "PARTICIPANT",
     "PATIENT_VIEWER",
+    "PREVIEW_MIN_SIZE",
+    "PREVIEW_THRESHOLD",
+    "SELECTED_LESION",
     "SESSION",
-    "SHOW_CHANGES",
-    "SHOW_PROBABILITY",
     "STUDY_ROOT",
     "VIEW_MODALITY",
+    "VIEW_OPACITY",
+    "VIEW_OVERLAY",
+    "VIEW_SIDE_BY_SIDE",
     "WHAT_IF_PREFIX",
 ]
 
@@ -24,10 +29,20 @@ SESSION = "session_id"
 VIEW_MODALITY = "view_modality"
 #: Prefix of the Patient page viewer's component key (one key per image shown).
 PATIENT_VIEWER = "patient_viewer"
-#: Patient page: overlay the segmentation's probability map instead of the binary mask.
-SHOW_PROBABILITY = "show_probability"
-#: Patient page: overlay the lesion changes since the previous visit (takes precedence).
-SHOW_CHANGES = "show_changes"
+#: Patient page viewer: the overlay shown (a label of ``ui_viewer.OVERLAYS``).
+VIEW_OVERLAY = "view_overlay"
+#: Patient page viewer: show the previous visit side by side with linked crosshairs.
+VIEW_SIDE_BY_SIDE = "view_side_by_side"
+#: Patient page viewer: overlay opacity (0-1).
+VIEW_OPACITY = "view_opacity"
+#: Patient page: probability threshold of the live lesion preview.
+PREVIEW_THRESHOLD = "preview_threshold"
+#: Patient page: minimum lesion size (mm^3) of the live lesion preview.
+PREVIEW_MIN_SIZE = "preview_min_size"
+#: Prefix of the Patient page's selected-lesion state (one per visit).
+SELECTED_LESION = "selected_lesion"
+#: Prefix of the Patient page's selectable lesion table key (one per visit).
+LESION_TABLE = "lesion_table"
 #: Patient page: show only the segmented lesions of this location (set from the Prognosis page).
 LESION_LOCATION = "lesion_location"
 #: Prefix of the Prognosis page's what-if slider keys (one per modifiable feature).
@@ -61,3 +76,9 @@ __all__ += ["IMPORTED_VISIT"]
 
 #: Import page: (participant_id, session_id) of the visit just imported (offers to open it).
 IMPORTED_VISIT = "import_data_imported_visit"
+
+# Background jobs (ui_jobs).
+__all__ += ["JOBS_SEEN"]
+
+#: ids (set of int) of the finished background jobs whose failure this session has shown.
+JOBS_SEEN = "jobs_seen"

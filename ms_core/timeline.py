@@ -10,33 +10,44 @@ Conventions
   visit with a given DMT and ends at the first visit with another one (or at the last visit).
 * Missing values stay missing: EDSS ``NaN``, relapse counts ``<NA>``, volumes ``NaN``. A visit
   with no DMT recorded belongs to a period labelled :data:`NO_DMT`.
+* Every row says where its numbers come from (``clinical_source``, ``truth_source``): the
+  study's sessions table for EDSS, relapses and DMT, and the synthetic study's ``truth.json``
+  for the ground-truth volumes (paths relative to the study folder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ms_core.domain import Visit
+from ms_core.study import truth_dir
 
 __all__ = [
     "NO_DMT",
+    "NO_TRUTH",
     "PERIOD_COLUMNS",
     "VISIT_COLUMNS",
+    "clinical_source",
     "dmt_periods",
     "has_volumes",
     "relapse_visits",
+    "truth_source",
     "visit_table",
 ]
 
 #: Label of a period whose visits have no DMT recorded (empty, ``none`` or ``n/a``).
 NO_DMT = "none recorded"
+#: ``truth_source`` of a visit without ground truth.
+NO_TRUTH = "no ground truth (no truth.json)"
 #: Columns of :func:`visit_table`.
 VISIT_COLUMNS = (
     "session_id", "acq_date", "years_from_first", "edss", "edss_step", "relapses_since_last",
     "dmt", "lesion_volume_ml", "brain_volume_ml", "lesion_count", "new_or_enlarging",
+    "clinical_source", "truth_source",
 )
 #: Columns of :func:`dmt_periods`.
 PERIOD_COLUMNS = ("dmt", "start", "end", "first_session", "last_session", "n_visits")
@@ -54,6 +65,37 @@ def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return float("nan")
     return float(value)
+
+
+def clinical_source(visit: Visit) -> str:
+    """Where a visit's EDSS, relapse count and DMT come from: the study's sessions table.
+
+    The app reads them as entered with the study (rated by the study's clinicians; generated
+    with the synthetic demo study) and computes none of them.
+
+    >>> import datetime as dt
+    >>> clinical_source(Visit("sub-01", "ses-01", dt.date(2020, 1, 1), 2.0, 0, None, None, None))
+    'sub-01/sub-01_sessions.tsv (as entered with the study, not computed by the app)'
+    """
+    pid = visit.participant_id
+    return f"{pid}/{pid}_sessions.tsv (as entered with the study, not computed by the app)"
+
+
+def truth_source(visit: Visit, truth: Mapping[str, Any] | None) -> str:
+    """Where a visit's ground-truth volumes come from: its ``truth.json``, or :data:`NO_TRUTH`.
+
+    Only synthetic studies have one: the demo generator (:mod:`ms_core.demo`) writes the
+    volumes it drew, so they are known, not measured.
+
+    >>> import datetime as dt
+    >>> v = Visit("sub-01", "ses-01", dt.date(2020, 1, 1), None, None, None, None, None)
+    >>> truth_source(v, {"brain_volume_ml": 1100.0})
+    'demo ground truth (known by construction): derivatives/ground_truth/sub-01/ses-01/truth.json'
+    """
+    if truth is None:
+        return NO_TRUTH
+    path = (truth_dir(Path(), visit.participant_id, visit.session_id) / "truth.json").as_posix()
+    return f"demo ground truth (known by construction): {path}"
 
 
 def _empty(columns: Sequence[str], dtypes: Mapping[str, str]) -> pd.DataFrame:
@@ -77,9 +119,11 @@ def visit_table(visits: Sequence[Visit],
         Columns :data:`VISIT_COLUMNS`: ``acq_date`` datetime64, ``years_from_first`` float
         (years since the first visit), ``edss`` float (NaN when missing), ``edss_step`` (EDSS
         carried forward from the last visit that had one, for drawing a step line and placing
-        markers), ``relapses_since_last`` Int64, ``dmt`` str, and the truth fields
+        markers), ``relapses_since_last`` Int64, ``dmt`` str, the truth fields
         ``lesion_volume_ml``, ``brain_volume_ml`` (ml), ``lesion_count``,
-        ``new_or_enlarging`` as float (NaN without truth).
+        ``new_or_enlarging`` as float (NaN without truth), and where they come from:
+        ``clinical_source`` (:func:`clinical_source`) and ``truth_source``
+        (:func:`truth_source`).
 
     >>> import datetime as dt
     >>> v = [Visit("sub-01", "ses-01", dt.date(2020, 1, 1), 2.0, 0, "A", None, None),
@@ -88,7 +132,7 @@ def visit_table(visits: Sequence[Visit],
     {'edss': [2.0, nan], 'edss_step': [2.0, 2.0], 'relapses_since_last': [0, 2]}
     """
     dtypes = {"acq_date": "datetime64[ns]", "relapses_since_last": "Int64", "dmt": "str",
-              "session_id": "str"}
+              "session_id": "str", "clinical_source": "str", "truth_source": "str"}
     dtypes.update({c: "float64" for c in ("years_from_first", "edss", "edss_step",
                                            *_TRUTH_FIELDS)})
     if not visits:
@@ -98,7 +142,7 @@ def visit_table(visits: Sequence[Visit],
     truths = truths or {}
     rows = []
     for v in ordered:
-        truth = truths.get(v.session_id) or {}
+        truth = truths.get(v.session_id)
         rows.append({
             "session_id": v.session_id,
             "acq_date": pd.Timestamp(v.acq_date),
@@ -106,7 +150,9 @@ def visit_table(visits: Sequence[Visit],
             "edss": float("nan") if v.edss is None else float(v.edss),
             "relapses_since_last": v.relapses_since_last,
             "dmt": _dmt_label(v),
-            **{f: _number(truth.get(f)) for f in _TRUTH_FIELDS},
+            **{f: _number((truth or {}).get(f)) for f in _TRUTH_FIELDS},
+            "clinical_source": clinical_source(v),
+            "truth_source": truth_source(v, truth),
         })
     table = pd.DataFrame(rows)
     table["edss_step"] = table["edss"].ffill()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
-from niivue_component import niivue_viewer
 
 import ui_helpers
+import ui_jobs
 import ui_prognosis
+import ui_viewer
 from ms_core import state_keys
 from ms_core.diagnosis import score_lesion_table
 from ms_core.differential import (
@@ -18,7 +21,7 @@ from ms_core.errors import InputError
 from ms_core.features import age_years
 from ms_core.measurements import mcdonald_checklist
 from ms_core.settings import read_only
-from ms_core.visits import lesion_totals, overlay_caption, summarize_visit
+from ms_core.visits import lesion_totals, summarize_visit
 from ms_core.workflow import research_notice
 
 ui_helpers.ensure_routed()
@@ -37,61 +40,16 @@ files, geometries, problems = ui_helpers.check_images(study.root, visit)
 for message in problems.values():
     st.error(message)
 
+segmentation = ui_helpers.segmentation_result(study.root, visit)
+previous = ui_helpers.previous_visit(selection.visits, visit)
+tracking = (ui_helpers.tracking_result(study.root, previous, visit)
+            if previous is not None else None)
+location = st.session_state.get(state_keys.LESION_LOCATION)
 viewer_col, summary_col = st.columns([3, 2], gap="medium")
 with viewer_col:
-    modality = st.radio("Image", ui_helpers.VIEW_MODALITIES, horizontal=True,
-                        key=state_keys.VIEW_MODALITY)
-    try:
-        overlay = ui_helpers.lesion_overlay(study.root, visit)
-    except InputError as e:
-        st.error(f"Lesion overlay not shown. {e}")
-        overlay = None
-    segmentation = ui_helpers.segmentation_result(study.root, visit)
-    prob = ui_helpers.probability_overlay(study.root, visit) if segmentation else None
-    previous = ui_helpers.previous_visit(selection.visits, visit)
-    tracking = (ui_helpers.tracking_result(study.root, previous, visit)
-                if previous is not None else None)
-    changes = (ui_helpers.change_overlay(study.root, previous, visit)
-               if previous is not None and tracking else None)
-    location = st.session_state.get(state_keys.LESION_LOCATION)
-    location_ids = (segmentation[1].lesion_id[segmentation[1].location == location].tolist()
-                    if location and segmentation and "location" in segmentation[1] else None)
-    show_changes = changes is not None and st.toggle(
-        "Show lesion changes since the previous visit", key=state_keys.SHOW_CHANGES)
-    show_prob = (not show_changes and prob is not None
-                 and st.toggle("Show the lesion probability map",
-                               key=state_keys.SHOW_PROBABILITY))
-    if show_changes:
-        layers = [{"data": changes, "name": "change_mask.nii.gz", "colormap": "warm",
-                   "opacity": 0.8}]
-    elif show_prob:
-        layers = [{"data": prob, "name": "lesion_prob.nii.gz", "colormap": "warm",
-                   "opacity": 0.6}]
-    elif location_ids is not None:
-        subset = ui_prognosis.location_overlay(study.root, visit, location_ids)
-        layers = [{"data": subset, "name": "lesions_location.nii.gz", "colormap": "green",
-                   "opacity": 0.8}] if subset else []
-    else:
-        layers = [{"data": overlay.data, "name": "lesions.nii.gz", "colormap": "red",
-                   "opacity": 0.7}] if overlay else []
-    if geometries.get(modality) is not None:
-        path = files[modality]
-        niivue_viewer(
-            nifti_data=ui_helpers.image_file_bytes(path), filename=path.name,
-            overlays=layers or None,
-            height=560, view_mode="multiplanar", update_interval_ms=None,
-            key=f"{state_keys.PATIENT_VIEWER}-{pid}-{visit.session_id}-{modality}",
-        )
-        st.caption("Changes: bright = new or enlarging lesion tissue, dark red = shrinking or "
-                   "disappeared." if show_changes else
-                   f"Green: the network's {location.replace('_', ' ')} lesions."
-                   if location_ids is not None else
-                   overlay_caption(overlay.source, overlay.path) if overlay
-                   else "No lesion mask for this visit.")
-    elif modality in problems:
-        st.info(f"The {modality} image cannot be shown: see the error above.")
-    else:
-        st.info(f"This visit has no {modality} image.")
+    viewer = ui_viewer.patient_viewer(study.root, visit, previous, files, geometries, problems,
+                                      segmentation=segmentation, tracking=tracking,
+                                      location=location)
 
 with summary_col:
     st.subheader("Visit summary")
@@ -100,9 +58,12 @@ with summary_col:
 st.subheader("Lesion segmentation (network)")
 if segmentation is None:
     st.write("This visit has not been segmented with the current model and settings.")
-    if "FLAIR" in visit.images and not read_only() and st.button("Segment this visit"):
-        ui_helpers.run_and_refresh(lambda: ui_helpers.run_segmentation(study.root, visit),
-                                   "Segmentation failed.")
+    if "FLAIR" in visit.images and not read_only():
+        ui_jobs.job_button(
+            "Segment this visit", ui_jobs.job_key("segment", study.root, pid, visit.session_id),
+            f"segmenting {pid} {visit.session_id}",
+            functools.partial(ui_helpers.run_segmentation, study.root, visit),
+            "Segmentation failed.")
 else:
     prov, seg_table = segmentation
     model = prov.get("model") or {}
@@ -110,19 +71,33 @@ else:
                f"(sha256 {str(model.get('sha256'))[:12]}…) on {prov['provider']}, "
                f"threshold {prov['parameters']['threshold']}, made {prov['created_utc']}. "
                + research_notice("lesion_seg"))
+    live = viewer.preview.table if viewer.preview is not None else seg_table
     n_col, v_col = st.columns(2)
-    n_col.metric("Lesions found", len(seg_table))
-    v_col.metric("Lesion volume", f"{seg_table['volume_ml'].sum():.2f} ml")
-    if location_ids is not None:
+    n_col.metric("Lesions found", len(live))
+    v_col.metric("Lesion volume", f"{live['volume_ml'].sum():.2f} ml")
+    stored_t = prov["parameters"]["threshold"]
+    stored_m = prov["parameters"].get("min_lesion_mm3", 0.0)
+    if viewer.preview is not None and (viewer.threshold, viewer.min_mm3) != (stored_t, stored_m):
+        st.info(f"Preview at threshold {viewer.threshold:g} and at least {viewer.min_mm3:g} mm³ "
+                f"(stored segmentation: {stored_t:g}, {stored_m:g} mm³, {len(seg_table)} "
+                "lesions). The McDonald checklist, scores, comparisons and timeline below use "
+                "the stored segmentation.")
+    if location:
         note, clear = st.columns([4, 1])
         note.info(f"Showing the {location.replace('_', ' ')} lesions (from the Prognosis page).")
         if clear.button("Show all lesions"):
             st.session_state[state_keys.LESION_LOCATION] = None
             st.rerun()
-        shown = seg_table[seg_table["location"] == location]
-    else:
-        shown = seg_table
-    st.dataframe(shown, hide_index=True, column_config=ui_helpers.lesion_table_config())
+    shown = ui_viewer.shown_lesions(live, location)
+    chosen = viewer.selection.lesion
+    if chosen is not None and chosen in set(shown["lesion_id"]):
+        row = shown[shown["lesion_id"] == chosen].iloc[0]
+        st.markdown(f"**Selected lesion {chosen}**: {row['volume_ml']:.3f} ml, "
+                    f"{str(row['location']).replace('_', ' ')}, mean probability "
+                    f"{row['mean_prob']:.2f}.")
+    st.dataframe(ui_viewer.highlight_selected(shown, chosen), hide_index=True,
+                 column_config=ui_helpers.lesion_table_config(), on_select="rerun",
+                 selection_mode="single-row", key=ui_viewer.table_key(pid, visit.session_id))
     if "location" in seg_table.columns:
         st.subheader("McDonald 2017: MRI criteria")
         checklist = mcdonald_checklist(seg_table, tracking[1] if tracking else None,
@@ -163,11 +138,13 @@ if previous is not None:
     if tracking is None:
         st.write("These two visits have not been compared yet (registration, lesion matching; "
                  "stored segmentations are reused).")
-        if "FLAIR" in visit.images and "FLAIR" in previous.images and not read_only() \
-                and st.button(
-                f"Compare with {previous.session_id}"):
-            ui_helpers.run_and_refresh(
-                lambda: ui_helpers.run_tracking(study.root, previous, visit),
+        if "FLAIR" in visit.images and "FLAIR" in previous.images and not read_only():
+            ui_jobs.job_button(
+                f"Compare with {previous.session_id}",
+                ui_jobs.job_key("compare", study.root, pid, previous.session_id,
+                                visit.session_id),
+                f"comparing {pid} {visit.session_id} with {previous.session_id}",
+                functools.partial(ui_helpers.run_tracking, study.root, previous, visit),
                 "Comparison failed.")
     else:
         track_prov, change_table = tracking

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
 import ui_helpers
+import ui_jobs
 from ms_core.clinical_models import dmt_switch_activity
 from ms_core.settings import read_only
 from ms_core.timeline import dmt_periods, has_volumes, visit_table
@@ -23,6 +26,7 @@ for message in problems:
     st.warning(f"Ground truth skipped. {message}")
 table = visit_table(visits, truths)
 
+st.caption("Hover any point for where the number comes from (model, parameters, file).")
 st.plotly_chart(ui_helpers.edss_figure(table, dmt_periods(visits), ui_helpers.study_dmts(study)))
 st.caption("Coloured bands: disease-modifying therapy from the visit it was recorded at. "
            "Stars: relapses since the previous visit (larger = more).")
@@ -65,6 +69,8 @@ if len(switches):
 pending = ui_helpers.pending(study.root, visits)
 if pending.atrophy_note:
     st.caption(pending.atrophy_note)
-if pending.any and not read_only() and st.button(pending.label):
-    ui_helpers.run_and_refresh(lambda: ui_helpers.analyse_patient(study.root, visits),
-                               "Analysis stopped.")
+if pending.any and not read_only():
+    ui_jobs.job_button(pending.label, ui_jobs.job_key("analyse", study.root, pid),
+                       f"analysing {pid}",
+                       functools.partial(ui_helpers.analyse_patient, study.root, visits),
+                       "Analysis stopped.")

@@ -37,7 +37,9 @@ __all__ = [
     "find_chromium",
     "first_look",
     "free_port",
+    "pick",
     "serve",
+    "wait_idle",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +151,7 @@ def _image_stats(png: bytes) -> tuple[float, float]:
     return float(rgb.mean(axis=2).std()), float(red.mean())
 
 
-def _wait_idle(page: Any) -> None:
+def wait_idle(page: Any) -> None:
     """Wait until Streamlit has finished the current script run."""
     page.wait_for_selector('[data-testid="stAppViewContainer"]', timeout=_TIMEOUT_MS)
     page.wait_for_function(
@@ -157,7 +159,7 @@ def _wait_idle(page: Any) -> None:
         timeout=_TIMEOUT_MS)
 
 
-def _pick(page: Any, label: str, option_prefix: str, expect_heading: str) -> None:
+def pick(page: Any, label: str, option_prefix: str, expect_heading: str) -> None:
     """Choose the option starting with ``option_prefix`` in the sidebar selectbox ``label``,
     then wait for a heading containing ``expect_heading`` (the rerun has drawn the page)."""
     box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
@@ -166,7 +168,7 @@ def _pick(page: Any, label: str, option_prefix: str, expect_heading: str) -> Non
     page.get_by_role("option").filter(has_text=option_prefix).first.click()
     page.locator("h1, h2, h3").filter(has_text=expect_heading).first.wait_for(
         timeout=_TIMEOUT_MS)
-    _wait_idle(page)
+    wait_idle(page)
 
 
 def _canvas_png(page: Any) -> bytes:
@@ -259,11 +261,11 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
             t0 = time.perf_counter()
             current.append(PageReport("patient"))
             page.goto(base_url + "/", wait_until="domcontentloaded")
-            _wait_idle(page)
+            wait_idle(page)
             if participant:
-                _pick(page, "Patient", participant, f"Patient {participant}")
+                pick(page, "Patient", participant, f"Patient {participant}")
             if visit:
-                _pick(page, "Visit", visit, f"Visit {visit}")
+                pick(page, "Visit", visit, f"Visit {visit}")
             page.wait_for_selector("h1", timeout=_TIMEOUT_MS)
             report = current[-1]
             report.canvas_std, report.red_fraction = _canvas_stats(page)
@@ -274,7 +276,7 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
             current.append(PageReport("timeline"))
             page.locator('[data-testid="stSidebarNav"] a').filter(has_text="Timeline").click()
             page.wait_for_url("**/timeline", timeout=_TIMEOUT_MS)
-            _wait_idle(page)
+            wait_idle(page)
             page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(
                 timeout=_TIMEOUT_MS)
             time.sleep(1.0)
@@ -288,7 +290,7 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
                 current.append(PageReport(name))
                 page.locator('[data-testid="stSidebarNav"] a').filter(has_text=label).click()
                 page.wait_for_url(f"**/{path}", timeout=_TIMEOUT_MS)
-                _wait_idle(page)
+                wait_idle(page)
                 page.wait_for_selector("h1", timeout=_TIMEOUT_MS)
                 time.sleep(1.5)  # charts and iframes settle
                 report = current[-1]
@@ -310,7 +312,7 @@ def first_look(url: str, *, chromium: str) -> tuple[str, str]:
         try:
             page = browser.new_page(viewport={"width": VIEWPORT_PX[0], "height": VIEWPORT_PX[1]})
             page.goto(url, wait_until="domcontentloaded")
-            _wait_idle(page)
+            wait_idle(page)
             heading = page.locator("h1").first
             heading.wait_for(timeout=_TIMEOUT_MS)
             sidebar = page.locator('[data-testid="stSidebar"]')

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ms_core import state_keys
+import ui_jobs
+from ms_core import jobs, state_keys
+from ms_core.errors import InputError
 from ms_core.study import image_path, truth_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,14 +34,26 @@ def _app(study: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 
 
 def _viewer_args(at: AppTest) -> dict[str, Any] | None:
-    """Arguments passed to the NiiVue component, or None when no viewer was drawn."""
+    """The viewer's first pane as drawn (``filename``, ``overlays`` or None, ``view_mode``,
+    ``n_panes``), or None when no viewer was drawn."""
     for el in at.main:
         proto = getattr(el, "proto", None)
         if getattr(el, "type", "") == "component_instance" and proto is not None \
                 and "niivue" in proto.component_name:
-            args: dict[str, Any] = json.loads(proto.json_args)
-            return args
+            spec = json.loads(json.loads(proto.json_args)["spec"])
+            pane = spec["panes"][0]
+            return {"filename": pane["image_name"], "overlays": pane["overlays"] or None,
+                    "view_mode": spec["view_mode"], "n_panes": len(spec["panes"])}
     return None
+
+
+def _finish_job(at: AppTest, key: str, timeout_s: float = 300) -> None:
+    """Wait for the background job ``key`` started by a button, check it succeeded, then run
+    the page again (as its progress fragment does when the job ends)."""
+    job = jobs.wait(key, timeout_s)
+    assert job.status == "done", job.error
+    jobs.forget(key)
+    at.run()
 
 
 def _summary(at: AppTest) -> dict[str, str]:
@@ -60,7 +75,7 @@ def test_patient_page_shows_viewer_summary_and_lesions(small_study: Path,
     args = _viewer_args(at)
     assert args is not None
     assert args["filename"] == "sub-01_ses-01_FLAIR.nii.gz"
-    assert args["view_mode"] == "multiplanar" and args["update_interval_ms"] is None
+    assert args["view_mode"] == "multiplanar" and args["n_panes"] == 1
     assert len(args["overlays"]) == 1 and args["overlays"][0]["colormap"] == "red"
     assert any("ground truth" in c.value for c in at.caption)
 
@@ -183,12 +198,13 @@ def test_segment_button_runs_the_network_and_shows_its_result(
     at = _app(study, monkeypatch)
     assert "not been segmented" in " ".join(m.value for m in at.markdown)
     button = next(b for b in at.button if b.label == "Segment this visit")
-    button.click().run(timeout=300)
+    button.click().run()
+    _finish_job(at, ui_jobs.job_key("segment", study, "sub-01", "ses-01"))
     assert not at.exception and not at.error
     assert any(m.label == "Lesions found" for m in at.metric)
     assert any("sha256" in c.value for c in at.caption)
     assert (study / "derivatives" / "ms_dash" / "sub-01" / "ses-01" / "lesion_mask.nii.gz").exists()
-    at.toggle(key=state_keys.SHOW_PROBABILITY).set_value(True).run()
+    at.radio(key=state_keys.VIEW_OVERLAY).set_value("Probability").run()
     args = _viewer_args(at)
     assert args is not None and args["overlays"][0]["name"] == "lesion_prob.nii.gz"
 
@@ -209,12 +225,13 @@ def test_compare_visits_then_timeline_shows_measurements(
     checklist = at.dataframe[1].value
     assert checklist["item"].str.contains("periventricular").any()
     button = next(b for b in at.button if b.label == "Compare with ses-01")
-    button.click().run(timeout=300)
+    button.click().run()
+    _finish_job(at, ui_jobs.job_key("compare", study, "sub-01", "ses-01", "ses-02"))
     assert not at.exception and not at.error
     labels = {m.label for m in at.metric}
     assert {"New", "Enlarging", "Shrinking", "Disappeared"} <= labels
     assert any("registration QC" in c.value for c in at.caption)
-    at.toggle(key=state_keys.SHOW_CHANGES).set_value(True).run()
+    at.radio(key=state_keys.VIEW_OVERLAY).set_value("Changed voxels").run()
     args = _viewer_args(at)
     assert args is not None and args["overlays"][0]["name"] == "change_mask.nii.gz"
 
@@ -236,7 +253,8 @@ def test_timeline_shows_brain_atrophy_pending_then_measured(
     import numpy as np
 
     import ms_core.atrophy as atrophy
-    import ui_helpers
+    import ms_core.longitudinal as longitudinal
+    import ms_core.segment as segment
     from ms_core.atrophy import PBVCResult, TissueVolumes
 
     study = tmp_path / "study"
@@ -264,11 +282,12 @@ def test_timeline_shows_brain_atrophy_pending_then_measured(
     def fake_pbvc(baseline: Any, followup: Any, **kw: Any) -> PBVCResult:
         return PBVCResult(-0.9, kw["method"], 0.98, 1150.0, -10.35, np.eye(4))
 
-    monkeypatch.setattr(ui_helpers, "segment_visit", lambda *a, **k: None)
-    monkeypatch.setattr(ui_helpers, "track_visits", lambda *a, **k: None)
+    monkeypatch.setattr(segment, "segment_visit", lambda *a, **k: None)
+    monkeypatch.setattr(longitudinal, "track_visits", lambda *a, **k: None)
     monkeypatch.setattr(atrophy, "tissue_volumes", fake_tissue)
     monkeypatch.setattr(atrophy, "percent_brain_volume_change", fake_pbvc)
-    button.click().run(timeout=120)
+    button.click().run()
+    _finish_job(at, ui_jobs.job_key("analyse", study, "sub-01"), timeout_s=120)
     assert not at.exception and not at.error
     assert not any("Brain atrophy pending" in c.value for c in at.caption)
     charts = at.get("plotly_chart")
@@ -285,3 +304,73 @@ def test_timeline_shows_brain_atrophy_pending_then_measured(
     assert measured["segmented"].tolist() == [False, False, False]
     assert any(b.label.startswith("Analyse this patient (3 visit(s) to segment")
                and "0 brain volume(s) and 0 PBVC" in b.label for b in at.button)
+
+
+def test_segmenting_runs_in_the_background_and_other_pages_render_meanwhile(
+        small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui_helpers
+
+    reported, release = threading.Event(), threading.Event()
+
+    def slow_segment(root: Path, visit: Any, progress: Any = None) -> None:
+        progress(0.4)
+        reported.set()
+        if not release.wait(TIMEOUT_S):
+            raise TimeoutError("the test never released the job")
+
+    monkeypatch.setattr(ui_helpers, "segment_visit", slow_segment)  # writes nothing
+    key = ui_jobs.job_key("segment", small_study, "sub-01", "ses-01")
+    at = _app(small_study, monkeypatch)
+    try:
+        next(b for b in at.button if b.label == "Segment this visit").click().run()
+        assert reported.wait(TIMEOUT_S)
+        at.run()
+        assert not at.exception
+        assert "Segment this visit" not in [b.label for b in at.button]  # progress instead
+        bars = [p.proto for p in at.main.get("progress")]
+        assert len(bars) == 1 and bars[0].value == 40
+        assert bars[0].text.startswith("segmenting sub-01 ses-01: Segmenting lesions… 40%")
+        running = "Running: segmenting sub-01 ses-01 — 40 %"
+        assert running in [c.value for c in at.sidebar.caption]
+
+        at.switch_page("pages/cohort.py").run()  # the session is not blocked by the job
+        assert not at.exception
+        assert at.title[0].value == "Cohort / trial"
+        assert running in [c.value for c in at.sidebar.caption]  # on every page
+        assert jobs.get(key).status == "running"  # type: ignore[union-attr]
+    finally:
+        release.set()
+    assert jobs.wait(key, TIMEOUT_S).status == "done"
+    at.switch_page("pages/patient.py").run()
+    assert not at.exception
+    assert "Segment this visit" in [b.label for b in at.button]  # the fake stored nothing
+    assert not at.main.get("progress") and not at.sidebar.caption
+    jobs.forget(key)
+
+
+def test_failed_job_shows_its_error_once(small_study: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui_helpers
+
+    flair = small_study / "sub-01" / "ses-01" / "anat" / "sub-01_ses-01_FLAIR.nii.gz"
+
+    release = threading.Event()
+
+    def broken(root: Path, visit: Any, progress: Any = None) -> None:
+        release.wait(TIMEOUT_S)  # fail only after the click's run has drawn the progress
+        raise InputError(flair, "not a NIfTI file")
+
+    monkeypatch.setattr(ui_helpers, "segment_visit", broken)
+    key = ui_jobs.job_key("segment", small_study, "sub-01", "ses-01")
+    at = _app(small_study, monkeypatch)
+    next(b for b in at.button if b.label == "Segment this visit").click().run()
+    assert not at.error and at.main.get("progress")
+    release.set()
+    assert jobs.wait(key, TIMEOUT_S).status == "failed"
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"Segmentation failed. {flair}: not a NIfTI file"]
+    assert "Segment this visit" in [b.label for b in at.button]  # to try again
+    at.run()
+    assert not at.error  # shown once
+    jobs.forget(key)

@@ -79,8 +79,8 @@ def test_location_feature_links_to_its_lesions_in_the_viewer(
     shown = at.dataframe[0].value
     assert (shown["location"] == at.session_state[state_keys.LESION_LOCATION]).all()
     viewer = next(el for el in at.main if getattr(el, "type", "") == "component_instance")
-    args = json.loads(viewer.proto.json_args)
-    assert args["overlays"][0]["name"] == "lesions_location.nii.gz"
+    spec = json.loads(json.loads(viewer.proto.json_args)["spec"])
+    assert spec["panes"][0]["overlays"][0]["name"] == "lesions_location.nii.gz"
     # Beside the McDonald checklist: the lesion-pattern score with its stated limits.
     pattern = _metric(at, "Pattern typical of MS (vs small-vessel / migraine-like)")
     assert pattern.value.endswith("%")

@@ -131,3 +131,46 @@ def test_cohort_page_reads_the_merged_table(small_study: Path, tmp_path: Path,
     assert any("cohort_table.csv" in c.value for c in at.caption)
     shown = at.dataframe[-1].value
     assert len(shown) == 6 and "worsening_risk_2y" in shown.columns
+
+
+def test_analyse_patient_reports_progress_in_order_and_stops_at_an_error(
+        small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's "Analyse this patient" loop with every stage stubbed (they have own tests)."""
+    import ms_core.atrophy as atrophy
+    import ms_core.longitudinal as longitudinal
+    import ms_core.segment as segment
+    from ms_core.batch import analyse_patient
+    from ms_core.study import load_study
+
+    calls: list[str] = []
+
+    def fake_segment(root: Path, visit: object, progress: object = None) -> None:
+        calls.append(f"segment {visit.session_id}")  # type: ignore[attr-defined]
+        progress(0.5)  # type: ignore[operator]
+
+    monkeypatch.setattr(segment, "segment_visit", fake_segment)
+    monkeypatch.setattr(longitudinal, "track_visits",
+                        lambda root, a, b: calls.append(f"track {b.session_id}"))
+    monkeypatch.setattr(atrophy, "measure_visit_volumes",
+                        lambda root, v: calls.append(f"volumes {v.session_id}"))
+    monkeypatch.setattr(atrophy, "measure_interval_pbvc",
+                        lambda root, a, b: calls.append(f"pbvc {b.session_id}"))
+    visits = load_study(small_study).visits["sub-01"]
+    reports: list[tuple[float, str]] = []
+    analyse_patient(small_study, list(reversed(visits)), lambda f, text: reports.append((f, text)))
+    assert calls == ["segment ses-01", "segment ses-02", "segment ses-03", "track ses-02",
+                     "track ses-03", "volumes ses-01", "volumes ses-02", "volumes ses-03",
+                     "pbvc ses-02", "pbvc ses-03"]
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert (0.05, "Segmenting ses-01… 50%") in reports  # half of the first of 10 steps
+    assert "Comparing ses-02 with ses-01…" in [t for _, t in reports]
+
+    def broken(root: Path, a: object, b: object) -> None:
+        raise InputError(small_study / "x.nii.gz", "unreadable")
+
+    calls.clear()
+    monkeypatch.setattr(longitudinal, "track_visits", broken)
+    with pytest.raises(InputError, match="unreadable"):
+        analyse_patient(small_study, visits)
+    assert calls == ["segment ses-01", "segment ses-02", "segment ses-03"]

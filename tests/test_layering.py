@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-APP_CODE = [REPO / "app.py", REPO / "ui_helpers.py", *sorted((REPO / "pages").glob("*.py"))]
+APP_CODE = [REPO / "app.py", *sorted(REPO.glob("ui_*.py")),
+            *sorted((REPO / "pages").glob("*.py"))]
 LIB_CODE = sorted((REPO / "ms_core").rglob("*.py"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,14 @@ import pytest
 from ms_core.domain import Visit
 from ms_core.timeline import (
     NO_DMT,
+    NO_TRUTH,
     PERIOD_COLUMNS,
     VISIT_COLUMNS,
+    clinical_source,
     dmt_periods,
     has_volumes,
     relapse_visits,
+    truth_source,
     visit_table,
 )
 
@@ -133,3 +137,62 @@ def test_truth_volumes_join_by_session_and_missing_truth_is_nan() -> None:
 def test_visit_table_dtypes_match_empty_table(column: str) -> None:
     # Same dtypes whether or not there are visits, so callers can concatenate tables.
     assert visit_table(THREE)[column].dtype == visit_table([])[column].dtype
+
+
+# ----------------------------------------------------------------------------- sources
+def _clinical_study(root: Path) -> list[Visit]:
+    """A study with a sessions table and, for ses-01 only, a demo ``truth.json``."""
+    from ms_core.io import write_json
+    from ms_core.study import load_study, truth_dir
+
+    root.mkdir(exist_ok=True)
+    (root / "participants.tsv").write_text(
+        "participant_id\tsex\tbirth_year\tms_type\tonset_year\nsub-01\tF\t1980\tRR\t2010\n")
+    (root / "sub-01").mkdir()
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text(
+        "session_id\tacq_date\tedss\trelapses_since_last\tdmt\tscanner\tfield_strength_t\n"
+        "ses-01\t2020-01-01\t2.5\t0\tA\tS\t3\nses-02\t2021-01-01\t3.5\t2\tA\tS\t3\n")
+    folder = truth_dir(root, "sub-01", "ses-01")
+    folder.mkdir(parents=True)
+    write_json(folder / "truth.json", {"lesion_volume_ml": 1.5, "brain_volume_ml": 1200.0})
+    return list(load_study(root, check_images=False).visits["sub-01"])
+
+
+def test_sources_name_the_files_the_numbers_were_read_from(tmp_path: Path) -> None:
+    import ui_helpers
+
+    visits = _clinical_study(tmp_path)
+    truths, problems = ui_helpers.truths_for(tmp_path, visits)
+    assert problems == []
+    table = visit_table(visits, truths)
+    clinical = table["clinical_source"].tolist()
+    assert clinical[0] == clinical[1] == ("sub-01/sub-01_sessions.tsv (as entered with the "
+                                          "study, not computed by the app)")
+    assert (tmp_path / clinical[0].split(" ")[0]).read_text().count("ses-0") == 2
+    truth = table["truth_source"].tolist()
+    assert truth[0].startswith("demo ground truth (known by construction): ")
+    assert (tmp_path / truth[0].rsplit(" ", 1)[1]).exists()
+    assert truth[1] == NO_TRUTH
+    assert truth_source(visits[0], {}) == truth[0]  # an empty truth.json is still the source
+    assert clinical_source(visits[1]) == clinical[1]
+
+
+def test_edss_and_volume_hovers_show_their_source(tmp_path: Path) -> None:
+    import ui_helpers
+
+    visits = _clinical_study(tmp_path)
+    table = visit_table(visits, ui_helpers.truths_for(tmp_path, visits)[0])
+    edss = ui_helpers.edss_figure(table, dmt_periods(visits))
+    assert [t.name for t in edss.data] == ["EDSS", "Relapses since last visit"]
+    line, stars = edss.data
+    assert all("sub-01_sessions.tsv" in row[2] for row in line.customdata)
+    assert "EDSS from %{customdata[2]}" in line.hovertemplate
+    assert stars.customdata[0][0] == 2 and "sub-01_sessions.tsv" in stars.customdata[0][1]
+    assert "%{customdata[1]}" in stars.hovertemplate
+    volumes = ui_helpers.volume_figure(table)
+    assert len(volumes.data) == 2
+    for trace in volumes.data:
+        hovers = [row[1].replace("<br>", " ") for row in trace.customdata]
+        assert hovers[0].endswith("derivatives/ground_truth/sub-01/ses-01/truth.json")
+        assert hovers[1] == NO_TRUTH
+        assert "%{customdata[1]}" in trace.hovertemplate

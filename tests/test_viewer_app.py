@@ -1,0 +1,261 @@
+"""The Patient page's viewer on a segmented and compared visit: live threshold and size
+sliders, lesion status colours, side by side with linked crosshairs (AppTest), and in a real
+browser: choosing a table row moves the crosshairs, clicking a lesion selects its row.
+
+One study is segmented and compared once for this module (about 1.5 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+from streamlit.testing.v1 import AppTest
+
+from ms_core import state_keys
+from ms_core.io import load_lesion_mask, load_volume
+from ms_core.lesions import label_components
+from ms_core.longitudinal import track_visits, tracking_dir
+from ms_core.segment import segment_visit
+from ms_core.study import derivatives_dir, load_study
+from ms_core.viewer import STATUS_STYLES
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "app.py"
+PID = "sub-01"
+
+
+@pytest.fixture(scope="module")
+def processed(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the small study with sub-01's first two visits segmented and compared."""
+    root = tmp_path_factory.mktemp("viewer") / "study"
+    shutil.copytree(small_study, root)
+    first, second = load_study(root).visits[PID][:2]
+    segment_visit(root, first)
+    segment_visit(root, second)
+    track_visits(root, first, second)
+    return root
+
+
+def _visit_ids(root: Path) -> tuple[str, str]:
+    first, second = load_study(root).visits[PID][:2]
+    return first.session_id, second.session_id
+
+
+def _spec(at: AppTest) -> dict[str, Any]:
+    for el in at.main:
+        proto = getattr(el, "proto", None)
+        if getattr(el, "type", "") == "component_instance" and proto is not None \
+                and "niivue" in proto.component_name:
+            spec: dict[str, Any] = json.loads(json.loads(proto.json_args)["spec"])
+            return spec
+    raise AssertionError("no viewer on the page")
+
+
+def _lesion_table(at: AppTest) -> pd.DataFrame:
+    key = f"{state_keys.LESION_TABLE}-{PID}-"
+    frame = next(d for d in at.dataframe if str(d.proto.id).find(key) >= 0 or
+                 "lesion_id" in d.value.columns)
+    return frame.value
+
+
+@pytest.fixture()
+def page(processed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    monkeypatch.setenv("MS_DASH_STUDY", str(processed))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.sidebar.selectbox[1].set_value(_visit_ids(processed)[1]).run()
+    assert not at.exception, at.exception
+    yield at
+
+
+def test_sliders_update_mask_and_table_live(page: AppTest, processed: Path) -> None:
+    at = page
+    sid = _visit_ids(processed)[1]
+    stored = pd.read_csv(derivatives_dir(processed, PID, sid) / "lesions.csv")
+    table = _lesion_table(at)
+    assert table["lesion_id"].tolist() == stored["lesion_id"].tolist()  # stored settings
+    assert np.allclose(table["volume_ml"], stored["volume_ml"])
+    overlay = _spec(at)["panes"][0]["overlays"][0]
+    assert overlay["name"] == "lesions.nii.gz" and overlay["label_lut"] is not None
+
+    at.slider(key=state_keys.PREVIEW_THRESHOLD).set_value(0.2).run()
+    assert not at.exception
+    lower = _lesion_table(at)
+    assert lower["volume_ml"].sum() > stored["volume_ml"].sum()
+    assert _spec(at)["panes"][0]["overlays"][0]["id"] != overlay["id"]  # a new mask was sent
+    assert any("Preview at threshold 0.2" in str(i.value) for i in at.info)
+
+    at.slider(key=state_keys.PREVIEW_THRESHOLD).set_value(0.5).run()
+    at.slider(key=state_keys.PREVIEW_MIN_SIZE).set_value(100.0).run()
+    bigger = _lesion_table(at)
+    assert len(bigger) == int((stored["volume_ml"] * 1000 >= 100.0 - 1e-6).sum())
+
+
+def test_status_overlay_and_side_by_side(page: AppTest, processed: Path) -> None:
+    at = page
+    first, second = load_study(processed).visits[PID][:2]
+    at.radio(key=state_keys.VIEW_OVERLAY).set_value("Lesion status").run()
+    spec = _spec(at)
+    overlay = spec["panes"][0]["overlays"][0]
+    assert overlay["name"] == "lesion_status.nii.gz"
+    assert overlay["label_lut"]["labels"][1:] == [s.name for s in STATUS_STYLES]
+    changes = pd.read_csv(tracking_dir(processed, first, second) / "lesion_changes.csv")
+    assert {c["label"] for c in spec["legend"]} == set(changes["status"])
+
+    at.toggle(key=state_keys.VIEW_SIDE_BY_SIDE).set_value(True).run()
+    spec = _spec(at)
+    assert len(spec["panes"]) == 2
+    prov = json.loads((tracking_dir(processed, first, second) / "provenance.json").read_text())
+    f2b = np.asarray(prov["registration"]["followup_to_baseline_ras_mm"])
+    to_ref = np.asarray(spec["panes"][1]["to_ref"]).reshape(4, 4)
+    assert np.allclose(to_ref @ f2b, np.eye(4), atol=1e-9)   # baseline -> follow-up
+    assert spec["panes"][1]["title"].startswith(first.session_id)
+    assert "stored rigid registration" in " ".join(c.value for c in at.caption)
+
+
+# ----------------------------------------------------------------------------- real browser
+def _chromium() -> str:
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("playwright is not installed")
+    from browser_session import find_chromium
+    path = find_chromium()
+    if path is None:
+        pytest.skip("chromium not found (apt-get install -y chromium)")
+    return path
+
+
+def _wait(page: Any, predicate: Any, what: str, timeout_s: float = 120.0) -> Any:
+    """Poll ``predicate`` until truthy; Playwright's own wait lets the page's events in (a
+    plain sleep would not: the sync API handles them only inside its calls)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        page.wait_for_timeout(300)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _inside_voxel(root: Path, sid: str, lesion_id: int, z_mm: float) -> list[float]:
+    """World point of a voxel of ``lesion_id`` on the axial slice at ``z_mm``, near its
+    centre (the stored mask's components are the lesion ids)."""
+    mask = load_lesion_mask(derivatives_dir(root, PID, sid) / "lesion_mask.nii.gz")
+    labels = label_components(mask.labels, affine=mask.affine)
+    vox = np.argwhere(labels == lesion_id).astype(float)
+    world = vox @ mask.affine[:3, :3].T + mask.affine[:3, 3]
+    on_slice = world[np.abs(world[:, 2] - z_mm) < 0.5 * abs(mask.affine[2, 2]) + 1e-3]
+    assert len(on_slice), "no voxel of the lesion on the crosshair's axial slice"
+    centre = on_slice.mean(axis=0)
+    return [float(v) for v in on_slice[np.argmin(((on_slice - centre) ** 2).sum(1))]]
+
+
+def _background_point(root: Path, sid: str, crosshair_mm: list[float]) -> list[float]:
+    """World point of a bright (brain) voxel on the crosshair's axial slice that lies more
+    than 8 mm from every lesion (a click there selects nothing)."""
+    visit = load_study(root).visit(PID, sid)
+    flair = load_volume(visit.images["FLAIR"], "FLAIR")
+    mask = load_lesion_mask(derivatives_dir(root, PID, sid) / "lesion_mask.nii.gz")
+    k = int(np.rint((np.linalg.inv(flair.affine) @ np.array([*crosshair_mm, 1.0]))[2]))
+    zooms = np.sqrt((flair.affine[:3, :3] ** 2).sum(axis=0))
+    far = ndi.distance_transform_edt(mask.labels == 0, sampling=zooms)[:, :, k] > 8.0
+    bright = flair.data[:, :, k] > np.percentile(flair.data[:, :, k], 80)
+    ij = np.argwhere(far & bright)
+    i, j = ij[len(ij) // 2]
+    world = flair.affine @ np.array([i, j, k, 1.0])
+    return [float(v) for v in world[:3]]
+
+
+def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
+                                                               tmp_path: Path) -> None:
+    chromium = _chromium()
+    from browser_session import CHROMIUM_ARGS, free_port, pick, serve, wait_idle
+    from playwright.sync_api import sync_playwright
+
+    sid = _visit_ids(processed)[1]
+    stored = pd.read_csv(derivatives_dir(processed, PID, sid) / "lesions.csv")
+    assert len(stored) >= 1
+    with serve(processed, free_port(), log_path=tmp_path / "log") as url, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "/")
+        wait_idle(page)
+        pick(page, "Visit", sid, f"Visit {sid}")
+
+        def viewer() -> Any:
+            return next((f for f in page.frames if "niivue_ms_viewer" in f.url), None)
+
+        _wait(page, lambda: viewer() and viewer().evaluate("document.body.dataset.ready === '1'"),
+              "the viewer to load")
+        # 1. Choosing a table row moves the crosshair to that lesion.
+        grid = page.locator('[data-testid="stDataFrame"]').first  # the lesion table
+        grid.scroll_into_view_if_needed()
+        box = grid.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # first row's selection box
+        text = _wait(page, lambda: page.get_by_text("Selected lesion").count() and
+                     page.get_by_text("Selected lesion").first.inner_text(),
+                     "the selected lesion")
+        lesion = int(text.strip().removeprefix("Selected lesion "))
+        row = stored[stored.lesion_id == lesion].iloc[0]
+        centroid = [row.centroid_x_mm, row.centroid_y_mm, row.centroid_z_mm]
+        def at_centroid() -> Any:
+            m = viewer().evaluate("window.msViewer.crosshairMm(0)")
+            return m if m and np.allclose(m, centroid, atol=1e-3) else None
+
+        mm = _wait(page, at_centroid, "the crosshair move")
+
+        # 2. A click on background clears the selection; a click on the lesion selects it.
+        canvas = page.frame_locator('iframe[title*="niivue"]').locator("canvas").first
+        canvas.scroll_into_view_if_needed()
+        cbox = canvas.bounding_box()
+        assert cbox is not None
+        away = _background_point(processed, sid, mm)
+        point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(away)})")
+        assert point is not None
+        page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
+        _wait(page, lambda: page.get_by_text("Selected lesion").count() == 0,
+              "the selection to clear")
+        target = _inside_voxel(processed, sid, lesion, float(mm[2]))
+        point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(target)})")
+        assert point is not None
+        page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
+        text = _wait(page, lambda: page.get_by_text("Selected lesion").count() and
+                     page.get_by_text("Selected lesion").first.inner_text(),
+                     "the clicked lesion to be selected")
+        assert text.strip() == f"Selected lesion {lesion}", text
+
+        # 3. Side by side: the baseline's crosshair follows through the stored registration.
+        first, second = load_study(processed).visits[PID][:2]
+        prov = json.loads((tracking_dir(processed, first, second) / "provenance.json")
+                          .read_text())
+        f2b = np.asarray(prov["registration"]["followup_to_baseline_ras_mm"])
+        page.get_by_text(f"Side by side with {first.session_id}").click()
+        _wait(page, lambda: viewer().evaluate("window.msViewer.nPanes()") == 2
+              and viewer().evaluate("window.msViewer.crosshairMm(0)") is not None,
+              "the second pane")
+        page.wait_for_timeout(2000)
+        canvas.scroll_into_view_if_needed()
+        cbox = canvas.bounding_box()
+        assert cbox is not None
+        point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(target)})")
+        page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
+        page.wait_for_timeout(1500)
+        here = np.array([*viewer().evaluate("window.msViewer.crosshairMm(0)"), 1.0])
+        there = viewer().evaluate("window.msViewer.crosshairMm(1)")
+        assert there is not None
+        assert np.allclose(there, (f2b @ here)[:3], atol=0.5)
+        browser.close()
+    assert errors == []
