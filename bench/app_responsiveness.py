@@ -35,11 +35,9 @@ Prints JSON and saves ``bench/results/app_responsiveness.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -52,9 +50,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core import state_keys  # noqa: E402
 from ms_core.io import (  # noqa: E402
-    atomic_write_text,
     load_lesion_mask,
     probability_viewer_bytes,
 )
@@ -271,14 +269,9 @@ def main() -> int:
         "processed_visit": processed, "message_sizes": sizes,
         "message_sizes_processed_copy": processed_sizes,
         "streamlit": streamlit.__version__,
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_avg_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "date_utc": now_utc(), "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    atomic_write_text(REPO / "bench" / "results" / "app_responsiveness.json", text + "\n")
+    save_result("app_responsiveness", result)
     return 0
 
 

@@ -35,10 +35,7 @@ Prints JSON and saves ``bench/results/ort_vs_torch.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -50,9 +47,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core.evaluate import dice  # noqa: E402
 from ms_core.inference import load_onnx_model, window_starts  # noqa: E402
-from ms_core.io import atomic_write_text, load_volume  # noqa: E402
+from ms_core.io import load_volume  # noqa: E402
 from ms_core.models import load_model_card  # noqa: E402
 from ms_core.preprocess import (  # noqa: E402
     crop_box,
@@ -274,14 +272,9 @@ def main() -> int:
         "repeats": args.repeats, "runs": runs, "ort_settings": settings,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
                      "numpy": np.__version__},
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_avg_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "date_utc": now_utc(), "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    atomic_write_text(REPO / "bench" / "results" / "ort_vs_torch.json", text + "\n")
+    save_result("ort_vs_torch", result)
     return 0
 
 

@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +24,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
-from ms_core.io import atomic_write_text, load_lesion_mask  # noqa: E402
+from ms_core.io import load_lesion_mask  # noqa: E402
 from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.segment import SegmentParams  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
@@ -80,12 +77,8 @@ def main() -> int:
     result = {"benchmark": "overlap_choice", "reference_overlap": overlaps[0],
               "model": {"version": card.version, "sha256": card.sha256},
               "n_visits": len(rows), "summary": summary, "visits": rows,
-              "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "python": platform.python_version()}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    atomic_write_text(REPO / "bench" / "results" / "overlap_choice.json", text + "\n")
+              "date_utc": now_utc(), "machine": machine()}
+    save_result("overlap_choice", result)
     return 0
 
 

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -47,10 +45,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core.domain import LesionMask  # noqa: E402
 from ms_core.evaluate import dice, evaluate_masks  # noqa: E402
 from ms_core.inference import OnnxModel, load_onnx_model, window_starts  # noqa: E402
-from ms_core.io import atomic_write_text, load_lesion_mask, load_volume  # noqa: E402
+from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
 from ms_core.lesions import threshold_probability  # noqa: E402
 from ms_core.models import ModelCard, load_model_card  # noqa: E402
 from ms_core.preprocess import (  # noqa: E402
@@ -320,15 +319,10 @@ def main() -> int:
         "cases": results, "model": f"{card.name} {card.version}",
         "onnxruntime": ort.__version__,
         "note": "inference_s: sliding-window stage only, one run per variant",
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_avg_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "date_utc": now_utc(), "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
     suffix = "" if args.device == "cpu" else f"_{args.device}"
-    atomic_write_text(REPO / "bench" / "results" / f"overlap_tta{suffix}.json", text + "\n")
+    save_result(f"overlap_tta{suffix}", result)
     return 0
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import resource
 import shutil
@@ -235,24 +234,21 @@ def main() -> int:
         for case in cases:
             study = _demo_study(Path(tmp), args.demo) if case == "demo" else None
             results[case] = _run_case(case, args.runs, study, args.device)
+    sys.path.insert(0, str(REPO))
+    from bench._common import machine, now_utc, save_result
+
     result = {
         "benchmark": "stage_timings", "device": args.device, "cases": results,
         "inputs": {"demo": f"{args.demo}/{DEMO_PID}/{DEMO_SID} FLAIR + T1w",
                    "patient26": f"{P26} FLAIR + T1w, skull_stripped"},
         "groups_definition": {g: list(m) for g, m in GROUPS.items()},
         "percentiles": "numpy.percentile, linear interpolation",
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.machine(), "python": platform.python_version(),
-                    "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "date_utc": now_utc(), "machine": {**machine(), "processor": platform.machine()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
     sys.path.insert(0, str(REPO))
-    from ms_core.io import atomic_write_text
 
     suffix = "" if args.device == "cpu" else f"_{args.device}"
-    atomic_write_text(REPO / "bench" / "results" / f"stage_timings{suffix}.json", text + "\n")
+    save_result(f"stage_timings{suffix}", result)
     return 0
 
 
