@@ -70,6 +70,7 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	$(PY) bench/stage_timings.py
 	$(PY) bench/ort_vs_torch.py
 	$(PY) bench/overlap_tta.py
+	$(PY) bench/overlap_choice.py
 	$(PY) bench/app_responsiveness.py
 
 clean-venv:
