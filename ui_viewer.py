@@ -231,19 +231,18 @@ def display_image(path: Path, modality: str) -> bytes:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _preview(folder: str, threshold: float, min_mm3: float,
-             stamps: tuple[tuple[int, int], ...]) -> tuple[Preview, np.ndarray]:
+             stamps: tuple[tuple[int, int], ...]) -> Preview:
     base = Path(folder)
     prob = load_volume(base / "lesion_prob.nii.gz", "prob")
     mask = load_lesion_mask(base / "lesion_mask.nii.gz")
     stored = pd.read_csv(base / "lesions.csv")
-    return (preview_lesions(prob.data, prob.affine, threshold=threshold, min_lesion_mm3=min_mm3,
-                            stored_mask=mask.labels, stored_table=stored), prob.affine)
+    return preview_lesions(prob.data, prob.affine, threshold=threshold, min_lesion_mm3=min_mm3,
+                           stored_mask=mask.labels, stored_table=stored)
 
 
-def preview(root: Path, visit: Visit, threshold: float, min_mm3: float
-            ) -> tuple[Preview, np.ndarray]:
-    """Lesions of the stored segmentation at the viewer's threshold and minimum size, and the
-    probability map's affine (shared across sessions, read-only)."""
+def preview(root: Path, visit: Visit, threshold: float, min_mm3: float) -> Preview:
+    """Lesions of the stored segmentation at the viewer's threshold and minimum size (a cached
+    resource shared across sessions: read-only)."""
     folder = derivatives_dir(root, visit.participant_id, visit.session_id)
     stamps = tuple(file_stamp(folder / f) for f in
                    ("lesion_prob.nii.gz", "lesion_mask.nii.gz", "lesions.csv"))
@@ -253,9 +252,9 @@ def preview(root: Path, visit: Visit, threshold: float, min_mm3: float
 @st.cache_data(max_entries=32, show_spinner=False)
 def _preview_bytes(folder: str, threshold: float, min_mm3: float,
                    stamps: tuple[tuple[int, int], ...], ids: tuple[int, ...] | None) -> bytes:
-    found, affine = _preview(folder, threshold, min_mm3, stamps)
+    found = _preview(folder, threshold, min_mm3, stamps)
     labels = found.labels > 0 if ids is None else np.isin(found.labels, ids)
-    return labels_viewer_bytes(labels.astype(np.uint8), affine)
+    return labels_viewer_bytes(labels.astype(np.uint8), found.affine)
 
 
 def preview_overlay(root: Path, visit: Visit, threshold: float, min_mm3: float,
@@ -295,12 +294,11 @@ NO_OVERLAY = "None"
 
 @dataclass
 class ViewerState:
-    """What the viewer block leaves for the rest of the page: the live lesion ``preview`` (with
-    the probability map's ``affine``) when the visit is segmented, and the ``selection``."""
+    """What the viewer block leaves for the rest of the page: the live lesion ``preview`` when
+    the visit is segmented, and the ``selection``."""
 
     selection: Selection
     preview: Preview | None = None
-    affine: np.ndarray | None = None
     threshold: float | None = None
     min_mm3: float | None = None
 
@@ -367,7 +365,7 @@ def patient_viewer(root: Path, visit: Visit, previous: Visit | None,
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.7, 0.05, key=state_keys.VIEW_OPACITY)
     if segmentation is not None:
         state.threshold, state.min_mm3 = preview_controls(segmentation[0])
-        state.preview, state.affine = preview(root, visit, state.threshold, state.min_mm3)
+        state.preview = preview(root, visit, state.threshold, state.min_mm3)
 
     layers: list[Layer] = []
     legend: tuple[LabelStyle, ...] = ()
@@ -424,14 +422,16 @@ def patient_viewer(root: Path, visit: Visit, previous: Visit | None,
                       crosshair_mm=crosshair, crosshair_token=state.selection.token,
                       height=460 if len(panes) > 1 else 520, legend=legend)
     if state.preview is not None:
-        follow_click(state.selection, click, state.preview.labels, state.affine)
+        follow_click(state.selection, click, state.preview.labels, state.preview.affine)
     st.caption(_caption(overlay, location, truth_overlay, state, linked_by))
     return state
 
 
 def shown_lesions(table: pd.DataFrame, location: str | None) -> pd.DataFrame:
     """The lesion table rows shown (only one location's when the Prognosis page asked)."""
-    return table[table["location"] == location].reset_index(drop=True) if location else table
+    # A copy: the preview's table is a cached resource shared by every session.
+    return (table[table["location"] == location].reset_index(drop=True) if location
+            else table.copy())
 
 
 def _previous_layers(root: Path, previous: Visit, overlay: str, opacity: float) -> list[Layer]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 from ms_core.io import load_volume, nifti_bytes
 from ms_core.lesions import label_components, lesion_table, threshold_probability
@@ -93,7 +94,8 @@ def image_viewer_bytes(path: Path | str, modality: str, *, margin_vox: int = 4) 
     """
     vol = load_volume(path, modality)
     data = vol.data
-    hi = float(np.percentile(data, 99.5))
+    sample = data[::2, ::2, ::2]  # percentiles of a display window: a sample is enough
+    hi = float(np.percentile(sample, 99.5))
     inside = data > 0.02 * hi if hi > 0 else data != 0
     if not inside.any():
         inside = np.ones(data.shape, bool)
@@ -101,7 +103,7 @@ def image_viewer_bytes(path: Path | str, modality: str, *, margin_vox: int = 4) 
     lo = [max(int(a.min()) - margin_vox, 0) for a in idx]
     up = [min(int(a.max()) + margin_vox + 1, n) for a, n in zip(idx, data.shape, strict=True)]
     crop = data[lo[0]:up[0], lo[1]:up[1], lo[2]:up[2]]
-    top = float(np.percentile(crop, 99.9)) or 1.0
+    top = float(np.percentile(crop[::2, ::2, ::2], 99.9)) or 1.0
     quantised = np.rint(np.clip(crop / top, 0.0, 1.0) * 255.0).astype(np.uint8)
     affine = np.array(vol.affine, np.float64)
     affine[:3, 3] = affine[:3, :3] @ np.asarray(lo, np.float64) + affine[:3, 3]
@@ -131,13 +133,26 @@ def status_labels(lesion_ids: np.ndarray, changes: pd.DataFrame) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Preview:
-    """Lesions at the viewer's settings: ``labels`` (X, Y, Z) int32 on the probability map's
-    grid and their ``table`` (:func:`ms_core.lesions.lesion_table` columns plus ``location``)."""
+    """Lesions at the viewer's settings.
+
+    ``labels`` (int32) cover only the box around the lesions (and the stored mask), on the
+    probability map's grid; ``affine`` maps that box to world mm (the map's affine shifted by
+    ``offset`` voxels), so world coordinates, centroids and overlays are those of the full
+    grid. ``table``: :func:`ms_core.lesions.lesion_table` columns plus ``location``.
+    """
 
     labels: np.ndarray
+    affine: np.ndarray
+    offset: tuple[int, int, int]
     table: pd.DataFrame
     threshold: float
     min_lesion_mm3: float
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask``'s true voxels, or ``None`` when there are none."""
+    found = ndi.find_objects(mask.astype(np.uint8))
+    return found[0] if found else None
 
 
 def preview_lesions(prob: np.ndarray, affine: np.ndarray, *, threshold: float,
@@ -148,16 +163,29 @@ def preview_lesions(prob: np.ndarray, affine: np.ndarray, *, threshold: float,
     ``stored_mask``/``stored_table``: the stored segmentation's binary mask and lesion table;
     each previewed lesion takes the ``location`` of the stored lesion it overlaps most (stored
     ids are the mask's components in scan order, as when the segmentation was written), and
-    :data:`UNCLASSIFIED` when it overlaps none. Raises ``ValueError`` for a threshold outside
-    (0, 1] or a negative size.
+    :data:`UNCLASSIFIED` when it overlaps none. The work is done inside the box around the
+    voxels at or above the threshold and the stored mask: every lesion lies in it, and scan
+    order (hence the ids) is the same as on the full grid. Raises ``ValueError`` for a
+    threshold outside (0, 1] or a negative size.
     """
-    labels = threshold_probability(prob, affine=affine, threshold=threshold,
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    prob = np.asarray(prob)
+    wanted = prob >= threshold
+    if stored_mask is not None:
+        wanted |= np.asarray(stored_mask) > 0
+    box = _box(wanted) or tuple(slice(0, 1) for _ in prob.shape[:3])
+    offset = tuple(int(b.start) for b in box)
+    crop_affine = np.array(affine, np.float64)
+    crop_affine[:3, 3] = crop_affine[:3, :3] @ np.asarray(offset, np.float64) + crop_affine[:3, 3]
+    prob_c = prob[box]
+    labels = threshold_probability(prob_c, affine=crop_affine, threshold=threshold,
                                    min_lesion_mm3=min_lesion_mm3)
-    table = lesion_table(labels, affine=affine, prob=prob)
+    table = lesion_table(labels, affine=crop_affine, prob=prob_c)
     location = [UNCLASSIFIED] * len(table)
     if (stored_mask is not None and stored_table is not None and len(table)
             and "location" in stored_table.columns):
-        stored = label_components(stored_mask, affine=affine)
+        stored = label_components(np.asarray(stored_mask)[box], affine=crop_affine)
         where = dict(zip(stored_table["lesion_id"].astype(int), stored_table["location"],
                          strict=True))
         both = (labels > 0) & (stored > 0)
@@ -172,7 +200,8 @@ def preview_lesions(prob: np.ndarray, affine: np.ndarray, *, threshold: float,
             for new_id, (_, old_id) in best.items():
                 location[index[new_id]] = str(where.get(old_id, UNCLASSIFIED))
     table["location"] = location
-    return Preview(labels, table, threshold, min_lesion_mm3)
+    return Preview(labels, crop_affine, (offset[0], offset[1], offset[2]), table, threshold,
+                   min_lesion_mm3)
 
 
 def lesion_at(labels: np.ndarray, affine: np.ndarray, mm: tuple[float, float, float] | list[float],
