@@ -31,6 +31,7 @@ from browser_session import (  # noqa: E402
     free_port,
     pick,
     serve,
+    stable_box,
     wait_idle,
 )
 
@@ -83,13 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             wait_idle(page)
             page.get_by_text(f"Side by side with {first.session_id}").click()
             wait_idle(page)
+            page.locator('iframe[title*="niivue"]').scroll_into_view_if_needed()
+            page.wait_for_function("() => [...document.querySelectorAll('iframe')].some("
+                                   "f => f.contentDocument && f.contentDocument.body && "
+                                   "f.contentDocument.body.dataset.ready === '1')",
+                                   timeout=60_000)
             grid = page.locator('[data-testid="stDataFrame"]').first
-            grid.scroll_into_view_if_needed()
-            box = grid.bounding_box()
-            assert box is not None
+            box = stable_box(page, grid)
             page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)
             page.get_by_text("Selected lesion").first.wait_for(timeout=60_000)
             report["selected"] = page.get_by_text("Selected lesion").first.inner_text()
+            report["sliders"] = [page.locator('[data-testid="stSlider"]').nth(i).inner_text()
+                                 .split("\n")[:2] for i in range(3)]
+            if page.get_by_text("Preview at threshold").count():
+                raise RuntimeError(f"a slider was moved: {report['sliders']}")
             wait_idle(page)
             page.wait_for_timeout(3000)
             frame = next(f for f in page.frames if "niivue_ms_viewer" in f.url)

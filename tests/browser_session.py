@@ -39,6 +39,7 @@ __all__ = [
     "free_port",
     "pick",
     "serve",
+    "stable_box",
     "wait_idle",
 ]
 
@@ -157,6 +158,24 @@ def wait_idle(page: Any) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
         timeout=_TIMEOUT_MS)
+
+
+def stable_box(page: Any, locator: Any, settle_s: float = 1.0,
+               timeout_s: float = 60.0) -> dict[str, float]:
+    """``locator``'s bounding box once the page has stopped moving it (the same box twice,
+    ``settle_s`` apart): a click at computed coordinates must not land on a widget that the
+    layout is still sliding past."""
+    locator.scroll_into_view_if_needed()
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        wait_idle(page)
+        box = locator.bounding_box()
+        if box is not None and box == last:
+            return dict(box)
+        last = box
+        page.wait_for_timeout(int(settle_s * 1000))
+    raise AssertionError(f"{locator} kept moving for {timeout_s} s")
 
 
 def pick(page: Any, label: str, option_prefix: str, expect_heading: str) -> None:

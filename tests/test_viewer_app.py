@@ -178,7 +178,7 @@ def _background_point(root: Path, sid: str, crosshair_mm: list[float]) -> list[f
 def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
                                                                tmp_path: Path) -> None:
     chromium = _chromium()
-    from browser_session import CHROMIUM_ARGS, free_port, pick, serve, wait_idle
+    from browser_session import CHROMIUM_ARGS, free_port, pick, serve, stable_box, wait_idle
     from playwright.sync_api import sync_playwright
 
     sid = _visit_ids(processed)[1]
@@ -201,9 +201,7 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
               "the viewer to load")
         # 1. Choosing a table row moves the crosshair to that lesion.
         grid = page.locator('[data-testid="stDataFrame"]').first  # the lesion table
-        grid.scroll_into_view_if_needed()
-        box = grid.bounding_box()
-        assert box is not None
+        box = stable_box(page, grid)
         page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # first row's selection box
         text = _wait(page, lambda: page.get_by_text("Selected lesion").count() and
                      page.get_by_text("Selected lesion").first.inner_text(),
@@ -219,9 +217,7 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
 
         # 2. A click on background clears the selection; a click on the lesion selects it.
         canvas = page.frame_locator('iframe[title*="niivue"]').locator("canvas").first
-        canvas.scroll_into_view_if_needed()
-        cbox = canvas.bounding_box()
-        assert cbox is not None
+        cbox = stable_box(page, canvas)
         away = _background_point(processed, sid, mm)
         point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(away)})")
         assert point is not None
@@ -247,9 +243,7 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
               and viewer().evaluate("window.msViewer.crosshairMm(0)") is not None,
               "the second pane")
         page.wait_for_timeout(2000)
-        canvas.scroll_into_view_if_needed()
-        cbox = canvas.bounding_box()
-        assert cbox is not None
+        cbox = stable_box(page, canvas)
         point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(target)})")
         page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
         page.wait_for_timeout(1500)
