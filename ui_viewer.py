@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,13 +220,23 @@ def highlight_selected(table: pd.DataFrame, lesion: int | None) -> Any:
 
 # ----------------------------------------------------------------------------- cached data
 @st.cache_data(max_entries=16, show_spinner=False)
-def _display_image(path: str, modality: str, stamp: tuple[int, int]) -> bytes:
-    return image_viewer_bytes(path, modality)
+def _display_image(path: str, modality: str, stamp: tuple[int, int], step: int) -> bytes:
+    return image_viewer_bytes(path, modality, step=step)
 
 
-def display_image(path: Path, modality: str) -> bytes:
-    """A compact display copy of a scan (cropped, uint8, gzipped), cached on the file."""
-    return _display_image(str(path), modality, file_stamp(path))
+def display_image(path: Path, modality: str, step: int = 1) -> bytes:
+    """A compact display copy of a scan (cropped, uint8, gzipped; every ``step``-th voxel),
+    cached on the file."""
+    return _display_image(str(path), modality, file_stamp(path), step)
+
+
+#: Bytes of volumes one viewer message may carry (the target is 5 MB; the JSON spec is small).
+MESSAGE_BUDGET = 4_500_000
+
+
+def message_bytes(panes: Sequence[Pane]) -> int:
+    """Bytes of the volumes the panes send (images and overlays)."""
+    return sum(len(p.image) + sum(len(layer.data) for layer in p.layers) for p in panes)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -410,9 +420,14 @@ def patient_viewer(root: Path, visit: Visit, previous: Visit | None,
         b2f, _ = link_transforms(np.asarray(registration) if registration is not None else None)
         linked_by = "the stored rigid registration" if registration is not None else \
             "scanner coordinates only (compare the visits to register them)"
-        panes.append(Pane(display_image(prev_image, modality), prev_image.name,
-                          f"{previous.session_id} · {modality} (previous)",
-                          _previous_layers(root, previous, overlay, opacity), to_ref=b2f))
+        side_pane = Pane(display_image(prev_image, modality), prev_image.name,
+                         f"{previous.session_id} · {modality} (previous)",
+                         _previous_layers(root, previous, overlay, opacity), to_ref=b2f)
+        if message_bytes([*panes, side_pane]) > MESSAGE_BUDGET:
+            side_pane = replace(side_pane, image=display_image(prev_image, modality, step=2),
+                                title=f"{side_pane.title}, half resolution")
+            linked_by += "; the previous visit is sent at half resolution (message size)"
+        panes.append(side_pane)
     if state.preview is not None:
         follow_table_selection(state.selection, shown_lesions(state.preview.table, location),
                                pid, sid)

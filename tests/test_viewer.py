@@ -160,6 +160,24 @@ def test_display_copy_is_small_cropped_uint8_and_stays_in_place(tmp_path: Path) 
     assert len(blob) < 0.5 * len(nifti_bytes(data, affine, np.int16))
 
 
+def test_coarse_display_copy_keeps_world_coordinates(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).uniform(100, 900, (40, 44, 30)).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    affine[:3, 3] = [-20.0, -22.0, -20.0]
+    path = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    full = nib.Nifti1Image.from_bytes(gzip.decompress(image_viewer_bytes(path, "T1w")))
+    coarse = nib.Nifti1Image.from_bytes(gzip.decompress(
+        image_viewer_bytes(path, "T1w", step=2)))
+    assert coarse.shape == tuple((n + 1) // 2 for n in full.shape)
+    assert np.allclose(np.diag(coarse.affine)[:3], 2 * np.diag(full.affine)[:3])
+    # coarse voxel (i, j, k) is full voxel (2i, 2j, 2k): same place, same value
+    assert np.allclose(coarse.affine @ [3, 4, 5, 1], full.affine @ [6, 8, 10, 1])
+    assert np.asarray(coarse.dataobj)[3, 4, 5] == np.asarray(full.dataobj)[6, 8, 10]
+    with pytest.raises(ValueError, match="step"):
+        image_viewer_bytes(path, "T1w", step=0)
+
+
 def test_labels_viewer_bytes_refuse_codes_that_do_not_fit() -> None:
     with pytest.raises(ValueError, match="0-255"):
         labels_viewer_bytes(np.full((2, 2, 2), 300), np.eye(4))

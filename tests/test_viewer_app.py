@@ -123,6 +123,28 @@ def test_status_overlay_and_side_by_side(page: AppTest, processed: Path) -> None
     assert "stored rigid registration" in " ".join(c.value for c in at.caption)
 
 
+def test_side_by_side_sends_the_previous_visit_coarser_over_the_budget(
+        page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui_viewer
+
+    at = page
+    at.toggle(key=state_keys.VIEW_SIDE_BY_SIDE).set_value(True).run()
+    full = _message(at)
+    monkeypatch.setattr(ui_viewer, "MESSAGE_BUDGET", 1)
+    at.run()
+    spec = _spec(at)
+    assert spec["panes"][1]["title"].endswith("half resolution")
+    assert not spec["panes"][0]["title"].endswith("half resolution")
+    assert _message(at) < full
+    assert "half resolution" in " ".join(c.value for c in at.caption)
+
+
+def _message(at: AppTest) -> int:
+    """Bytes of the viewer's binary arguments."""
+    el = next(e for e in at.main if getattr(e, "type", "") == "component_instance")
+    return sum(len(a.bytes) for a in el.proto.special_args)
+
+
 # ----------------------------------------------------------------------------- real browser
 def _chromium() -> str:
     if importlib.util.find_spec("playwright") is None:
@@ -200,12 +222,19 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
         _wait(page, lambda: viewer() and viewer().evaluate("document.body.dataset.ready === '1'"),
               "the viewer to load")
         # 1. Choosing a table row moves the crosshair to that lesion.
-        grid = page.locator('[data-testid="stDataFrame"]').first  # the lesion table
-        box = stable_box(page, grid)
-        page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # first row's selection box
-        text = _wait(page, lambda: page.get_by_text("Selected lesion").count() and
-                     page.get_by_text("Selected lesion").first.inner_text(),
-                     "the selected lesion")
+        grid = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first
+        text = None
+        for attempt in range(3):  # a click while the grid still initialises can be lost
+            box = stable_box(page, grid)
+            page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # first row's selection box
+            try:
+                text = _wait(page, lambda: page.get_by_text("Selected lesion").count() and
+                             page.get_by_text("Selected lesion").first.inner_text(),
+                             "the selected lesion", timeout_s=40)
+                break
+            except AssertionError:
+                page.screenshot(path=str(tmp_path / f"table_click_{attempt}.png"))
+        assert text, f"no lesion selected after 3 clicks; screenshots in {tmp_path}"
         lesion = int(text.strip().removeprefix("Selected lesion "))
         row = stored[stored.lesion_id == lesion].iloc[0]
         centroid = [row.centroid_x_mm, row.centroid_y_mm, row.centroid_z_mm]
