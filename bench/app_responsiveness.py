@@ -59,6 +59,7 @@ from ms_core.io import (  # noqa: E402
 from ms_core.study import derivatives_dir, lesion_overlay_path, load_study  # noqa: E402
 from ms_core.viewer import image_viewer_bytes  # noqa: E402
 from ms_core.visits import binary_overlay_bytes  # noqa: E402
+from ui_viewer import MESSAGE_BUDGET as BUDGET  # noqa: E402
 
 APP = REPO / "app.py"
 TARGETS = {"rerun_ms": 200, "first_view_processed_visit_ms": 2000, "message_mb": 5.0}
@@ -205,16 +206,22 @@ def message_sizes(study: Path) -> dict[str, Any]:
                 before = previous.images.get(modality) if previous else None
                 prev_image = len(image_viewer_bytes(before, modality)) if before else 0
                 prev_overlay = overlay(pid, previous.session_id) if before and previous else 0
+                here = image + overlay(pid, visit.session_id)
+                coarse = before is not None and here + prev_image + prev_overlay > BUDGET
+                if coarse:  # as ui_viewer does: the previous visit at half resolution
+                    prev_image = len(image_viewer_bytes(before, modality, step=2))
                 row = {"visit": f"{pid}/{visit.session_id}", "image": modality,
-                       "image_bytes": image, "overlay_bytes": overlay(pid, visit.session_id),
+                       "image_bytes": image, "overlay_bytes": here - image,
                        "previous_image_bytes": prev_image,
-                       "previous_overlay_bytes": prev_overlay}
-                row["largest_message"] = sum(v for k, v in row.items() if k.endswith("_bytes"))
+                       "previous_overlay_bytes": prev_overlay, "previous_half_resolution": coarse}
+                row["largest_message"] = sum(int(v) for k, v in row.items()
+                                             if k.endswith("_bytes"))
                 rows.append(row)
     largest = max(rows, key=lambda r: r["largest_message"])
     sizes = [r["largest_message"] for r in rows]
     return {"views": len(rows), "largest": largest,
             "median_bytes": int(np.median(sizes)),
+            "previous_half_resolution": sum(bool(r["previous_half_resolution"]) for r in rows),
             "largest_mb": round(largest["largest_message"] / 1e6, 3)}
 
 
