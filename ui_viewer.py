@@ -239,6 +239,14 @@ def message_bytes(panes: Sequence[Pane]) -> int:
     return sum(len(p.image) + sum(len(layer.data) for layer in p.layers) for p in panes)
 
 
+def _segmentation_files(root: Path, visit: Visit) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """The visit's segmentation folder and the stamps of the files a preview reads (its cache
+    key: a new segmentation makes a new preview)."""
+    folder = derivatives_dir(root, visit.participant_id, visit.session_id)
+    return str(folder), tuple(file_stamp(folder / f) for f in
+                              ("lesion_prob.nii.gz", "lesion_mask.nii.gz", "lesions.csv"))
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _preview(folder: str, threshold: float, min_mm3: float,
              stamps: tuple[tuple[int, int], ...]) -> Preview:
@@ -253,10 +261,8 @@ def _preview(folder: str, threshold: float, min_mm3: float,
 def preview(root: Path, visit: Visit, threshold: float, min_mm3: float) -> Preview:
     """Lesions of the stored segmentation at the viewer's threshold and minimum size (a cached
     resource shared across sessions: read-only)."""
-    folder = derivatives_dir(root, visit.participant_id, visit.session_id)
-    stamps = tuple(file_stamp(folder / f) for f in
-                   ("lesion_prob.nii.gz", "lesion_mask.nii.gz", "lesions.csv"))
-    return _preview(str(folder), round(threshold, 4), round(min_mm3, 4), stamps)
+    folder, stamps = _segmentation_files(root, visit)
+    return _preview(folder, round(threshold, 4), round(min_mm3, 4), stamps)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -270,10 +276,8 @@ def _preview_bytes(folder: str, threshold: float, min_mm3: float,
 def preview_overlay(root: Path, visit: Visit, threshold: float, min_mm3: float,
                     ids: Sequence[int] | None = None) -> bytes:
     """The previewed lesions (or only ``ids``) as a compact uint8 overlay."""
-    folder = derivatives_dir(root, visit.participant_id, visit.session_id)
-    stamps = tuple(file_stamp(folder / f) for f in
-                   ("lesion_prob.nii.gz", "lesion_mask.nii.gz", "lesions.csv"))
-    return _preview_bytes(str(folder), round(threshold, 4), round(min_mm3, 4), stamps,
+    folder, stamps = _segmentation_files(root, visit)
+    return _preview_bytes(folder, round(threshold, 4), round(min_mm3, 4), stamps,
                           tuple(int(i) for i in ids) if ids is not None else None)
 
 
