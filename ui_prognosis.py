@@ -26,8 +26,6 @@ from ms_core.diagnosis import load_diagnosis_model
 from ms_core.domain import Participant, Visit
 from ms_core.errors import InputError
 from ms_core.inference import TabularModel
-from ms_core.io import load_lesion_mask, nifti_bytes
-from ms_core.lesions import select_lesions
 from ms_core.measurements import visit_lesion_table
 from ms_core.models import MODELS_DIR, sha256_file
 from ms_core.patient_features import patient_feature_table
@@ -39,9 +37,8 @@ from ms_core.prognosis import (
     reliability_curve,
 )
 from ms_core.prognosis import score as score_model
-from ms_core.study import derivatives_dir
 from ms_core.workflow import research_notice
-from ui_helpers import file_stamp, measured
+from ui_helpers import measured
 
 __all__ = [
     "CLINICAL_MODELS",
@@ -53,7 +50,6 @@ __all__ = [
     "clinical_model",
     "diagnosis_model",
     "feature_table",
-    "location_overlay",
     "models_dir",
     "prognosis_model",
     "show_clinical_model",
@@ -290,16 +286,3 @@ def feature_label(name: str) -> str:
     return FEATURE_LABELS.get(name, name)
 
 
-def location_overlay(root: Path, visit: Visit, ids: Sequence[int]) -> bytes | None:
-    """Gzipped NIfTI of only the segmented lesions ``ids`` of a visit, or ``None``."""
-    path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesion_mask.nii.gz"
-    if not path.exists():
-        return None
-    return _location_overlay(str(path), tuple(int(i) for i in ids), file_stamp(path))
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _location_overlay(path: str, ids: tuple[int, ...], stamp: tuple[int, int]) -> bytes:
-    mask = load_lesion_mask(path)
-    subset = select_lesions(mask.labels, ids, affine=mask.affine)
-    return nifti_bytes(subset, mask.affine, np.uint8)

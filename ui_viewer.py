@@ -313,8 +313,6 @@ class ViewerState:
 
     selection: Selection
     preview: Preview | None = None
-    threshold: float | None = None
-    min_mm3: float | None = None
 
 
 def _stored_setting(prov: dict[str, Any], name: str, default: float) -> float:
@@ -378,8 +376,7 @@ def patient_viewer(root: Path, visit: Visit, previous: Visit | None,
              "stored registration.")
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.7, 0.05, key=state_keys.VIEW_OPACITY)
     if segmentation is not None:
-        state.threshold, state.min_mm3 = preview_controls(segmentation[0])
-        state.preview = preview(root, visit, state.threshold, state.min_mm3)
+        state.preview = preview(root, visit, *preview_controls(segmentation[0]))
 
     layers: list[Layer] = []
     legend: tuple[LabelStyle, ...] = ()
@@ -388,9 +385,9 @@ def patient_viewer(root: Path, visit: Visit, previous: Visit | None,
         table = state.preview.table
         location_ids = table.lesion_id[table.location == location].tolist()
     if overlay == LESIONS and state.preview is not None:
-        assert state.threshold is not None and state.min_mm3 is not None
         name = "lesions_location.nii.gz" if location_ids is not None else "lesions.nii.gz"
-        layers = [Layer(preview_overlay(root, visit, state.threshold, state.min_mm3,
+        layers = [Layer(preview_overlay(root, visit, state.preview.threshold,
+                                        state.preview.min_lesion_mm3,
                                         location_ids), name, opacity=opacity,
                         labels=(LESION_COLOUR,))]
         legend = (LESION_COLOUR,)
@@ -472,9 +469,9 @@ def _caption(overlay: str, location: str | None, truth: Any, state: ViewerState,
     if overlay == LESIONS and location and state.preview is not None:
         parts.append(f"Showing the network's {location.replace('_', ' ')} lesions.")
     elif overlay == LESIONS and state.preview is not None:
-        parts.append(f"Network lesions at threshold {state.threshold:g}, at least "
-                     f"{state.min_mm3:g} mm³. Click a lesion to select it in the table; choose "
-                     "a row to move the crosshair to it.")
+        parts.append(f"Network lesions at threshold {state.preview.threshold:g}, at least "
+                     f"{state.preview.min_lesion_mm3:g} mm³. Click a lesion to select it in the "
+                     "table; choose a row to move the crosshair to it.")
     elif overlay == LESIONS and truth is not None:
         parts.append(overlay_caption(truth.source, truth.path))
     elif overlay == STATUS:

@@ -77,8 +77,10 @@ else:
     v_col.metric("Lesion volume", f"{live['volume_ml'].sum():.2f} ml")
     stored_t = prov["parameters"]["threshold"]
     stored_m = prov["parameters"].get("min_lesion_mm3", 0.0)
-    if viewer.preview is not None and (viewer.threshold, viewer.min_mm3) != (stored_t, stored_m):
-        st.info(f"Preview at threshold {viewer.threshold:g} and at least {viewer.min_mm3:g} mm³ "
+    shown_at = ((viewer.preview.threshold, viewer.preview.min_lesion_mm3)
+                if viewer.preview is not None else (stored_t, stored_m))
+    if shown_at != (stored_t, stored_m):
+        st.info(f"Preview at threshold {shown_at[0]:g} and at least {shown_at[1]:g} mm³ "
                 f"(stored segmentation: {stored_t:g}, {stored_m:g} mm³, {len(seg_table)} "
                 "lesions). The McDonald checklist, scores, comparisons and timeline below use "
                 "the stored segmentation.")
