@@ -268,17 +268,24 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
                           .read_text())
         f2b = np.asarray(prov["registration"]["followup_to_baseline_ras_mm"])
         page.get_by_text(f"Side by side with {first.session_id}").click()
-        _wait(page, lambda: viewer().evaluate("window.msViewer.nPanes()") == 2
-              and viewer().evaluate("window.msViewer.crosshairMm(0)") is not None,
-              "the second pane")
-        page.wait_for_timeout(2000)
+        _wait(page, lambda: viewer().evaluate(
+            "window.msViewer.nPanes() === 2 && window.msViewer.loaded(1) && "
+            "document.body.dataset.ready === '1'"), "the second pane to load")
         cbox = stable_box(page, canvas)
         point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(target)})")
         page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
-        page.wait_for_timeout(1500)
-        here = np.array([*viewer().evaluate("window.msViewer.crosshairMm(0)"), 1.0])
-        there = viewer().evaluate("window.msViewer.crosshairMm(1)")
-        assert there is not None
-        assert np.allclose(there, (f2b @ here)[:3], atol=0.5)
+
+        def linked() -> Any:
+            # Pane 1 may report its own load position first: wait for the click's link.
+            here = viewer().evaluate("window.msViewer.crosshairMm(0)")
+            there = viewer().evaluate("window.msViewer.crosshairMm(1)")
+            if here is None or there is None:
+                return None
+            expected = (f2b @ np.array([*here, 1.0]))[:3]
+            return (there, expected) if np.allclose(there, expected, atol=0.5) else None
+
+        there, expected = _wait(page, linked, "the baseline crosshair at the registered point",
+                                timeout_s=30)
+        assert np.allclose(there, expected, atol=0.5)
         browser.close()
     assert errors == []
