@@ -10,18 +10,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["StableInstanceNorm3d", "UNet3D", "use_stable_instance_norm"]
+__all__ = ["NORMS", "StableInstanceNorm3d", "UNet3D", "use_stable_instance_norm"]
+
+
+#: Normalisation layers a :class:`UNet3D` can use.
+NORMS = ("instance", "batch")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    raise ValueError(f"unknown normalisation {kind!r}; expected one of {NORMS}")
 
 
 class _Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, norm: str = "instance") -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
-            nn.InstanceNorm3d(c_out, affine=True),
+            _norm(norm, c_out),
             nn.LeakyReLU(0.01, inplace=True),
             nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
-            nn.InstanceNorm3d(c_out, affine=True),
+            _norm(norm, c_out),
             nn.LeakyReLU(0.01, inplace=True),
         )
 
@@ -72,16 +84,24 @@ def use_stable_instance_norm(module: nn.Module) -> int:
 
 
 class UNet3D(nn.Module):
-    """U-Net with ``len(widths)`` levels, strided-conv down- and transposed-conv upsampling."""
+    """U-Net with ``len(widths)`` levels, strided-conv down- and transposed-conv upsampling.
 
-    def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+    ``norm="instance"`` normalises every feature map by the statistics of the window it sees, so
+    the output at a voxel depends on where the sliding window falls (how much background, how
+    many lesions it holds). ``norm="batch"`` uses statistics learned in training at inference:
+    the network is then an ordinary convolution whose output does not depend on the window.
+    """
+
+    def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128),
+                 norm: str = "instance") -> None:
         super().__init__()
         self.widths = widths
+        self.norm = norm
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
         c = in_channels
         for i, w in enumerate(widths):
-            self.enc.append(_Block(c, w))
+            self.enc.append(_Block(c, w, norm))
             if i < len(widths) - 1:
                 self.down.append(nn.Conv3d(w, w, 2, stride=2))
             c = w
@@ -89,7 +109,7 @@ class UNet3D(nn.Module):
         self.dec = nn.ModuleList()
         for w_hi, w_lo in zip(widths[::-1][:-1], widths[::-1][1:], strict=True):
             self.up.append(nn.ConvTranspose3d(w_hi, w_lo, 2, stride=2))
-            self.dec.append(_Block(2 * w_lo, w_lo))
+            self.dec.append(_Block(2 * w_lo, w_lo, norm))
         self.head = nn.Conv3d(widths[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

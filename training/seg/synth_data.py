@@ -102,10 +102,11 @@ class _Contrast:
     t1: dict[str, float]
 
 
-def _draw_contrast(rng: np.random.Generator) -> _Contrast:
+def _draw_contrast(rng: np.random.Generator,
+                   lesion_contrast: tuple[float, float] = (1.25, 2.6)) -> _Contrast:
     wm = rng.uniform(0.35, 0.65)
     flair = {"wm": wm, "gm": wm * rng.uniform(1.02, 1.45), "csf": wm * rng.uniform(0.03, 0.45),
-             "lesion": wm * rng.uniform(1.25, 2.6)}
+             "lesion": wm * rng.uniform(*lesion_contrast)}
     wm1 = rng.uniform(0.5, 0.9)
     t1 = {"wm": wm1, "gm": wm1 * rng.uniform(0.5, 0.85), "csf": wm1 * rng.uniform(0.08, 0.4),
           "lesion": wm1 * rng.uniform(0.35, 0.95)}
@@ -116,13 +117,15 @@ class PatchSampler:
     """Draws (image, label) training patches; deterministic for a given ``seed``."""
 
     def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0,
-                 lesion_fraction: float = 0.7, hard_negatives: bool = False) -> None:
+                 lesion_fraction: float = 0.7, hard_negatives: bool = False,
+                 lesion_contrast: tuple[float, float] = (1.25, 2.6)) -> None:
         self.tpl = load_template()
         self.bank = bank
         self.patch = patch
         self.rng = np.random.default_rng(seed)
         self.lesion_fraction = lesion_fraction
         self.hard_negatives = hard_negatives
+        self.lesion_contrast = lesion_contrast
         self.brain_voxels = np.argwhere(self.tpl.brain > 0.5).astype(np.int16)
         # Coarse (4 mm) tissue fractions for the image-level normalisation statistics.
         sl = (slice(None, None, 4),) * 3
@@ -174,7 +177,7 @@ class PatchSampler:
         mean_lesion_fraction = float(self.bank.masks[k].sum()) / float(
             (tpl.brain > 0.5).sum())
 
-        c = _draw_contrast(rng)
+        c = _draw_contrast(rng, self.lesion_contrast)
         channels = []
         for con in (c.flair, c.t1):
             texture = 1.0 + _smooth_field(rng, (p, p, p), 6, 0.04)
