@@ -108,16 +108,14 @@ def torch_predictors(threads: int) -> dict[str, Predictor]:
 
     import torch
 
-    from training.seg.model import UNet3D, use_stable_instance_norm
+    from training.seg.model import UNet3D, architecture_of, use_stable_instance_norm
     from training.seg.train import load_weights
 
     torch.set_num_threads(threads)
     weights = REPO / "models_onnx" / "lesion_seg" / "weights.npz"
-    with np.load(weights) as data:
-        widths = tuple(int(data[f"enc.{i}.net.0.weight"].shape[0])
-                       for i in range(sum(1 for k in data.files
-                                          if k.startswith("enc.") and k.endswith(".net.0.weight"))))
-    net = UNet3D(2, widths)
+    with np.load(weights, allow_pickle=False) as data:
+        widths, norm = architecture_of({k: data[k].shape for k in data.files})
+    net = UNet3D(2, widths, norm=norm)
     load_weights(net, weights)
     net.eval()
     stable = copy.deepcopy(net)

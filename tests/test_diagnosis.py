@@ -254,10 +254,11 @@ def test_training_writes_a_verified_model_with_parity(tmp_path: Path) -> None:
 def test_training_refuses_to_write_without_parity(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("skl2onnx")
+    from training import onnx_checks
     from training.diagnosis import train as tr
 
-    real = tr.onnx_probabilities
-    monkeypatch.setattr(tr, "onnx_probabilities",
+    real = onnx_checks.onnx_probabilities
+    monkeypatch.setattr(onnx_checks, "onnx_probabilities",
                         lambda onnx_bytes, x: np.clip(real(onnx_bytes, x) + 1e-3, 0, 1))
     out = tmp_path / "models" / "diagnosis"
     with pytest.raises(tr.ParityError, match="refusing to write"):

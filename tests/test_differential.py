@@ -290,6 +290,6 @@ def test_training_writes_a_loadable_model_and_refuses_bad_parity(
     assert card["export"]["parity"]["max_abs_prob_diff"] <= 1e-5
     assert (root / "differential" / "MODEL_CARD.md").read_text().startswith("# Model card")
     monkeypatch.setattr(tr, "PARITY_TOL", -1.0)
-    with pytest.raises(tr.ParityError, match="not written"):
+    with pytest.raises(tr.ParityError, match="refusing to write"):
         tr.train(tmp_path / "bad" / "differential", n_train=300, n_test=150, n_boot=5)
     assert not (tmp_path / "bad" / "differential" / "model.onnx").exists()

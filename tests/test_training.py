@@ -29,3 +29,64 @@ def test_stable_instance_norm_needs_affine_norm() -> None:
 
     with pytest.raises(ValueError, match="affine"):
         StableInstanceNorm3d(torch.nn.InstanceNorm3d(4, affine=False))
+
+
+def test_architecture_is_read_back_from_the_state_dict() -> None:
+    from training.seg.model import architecture_of
+
+    for norm in ("instance", "batch"):
+        net = UNet3D(2, (4, 8, 16), norm=norm)
+        state = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        assert architecture_of(state) == ((4, 8, 16), norm)
+    with pytest.raises(ValueError, match="UNet3D"):
+        architecture_of({"head.weight": (1, 4, 1, 1, 1)})
+    with pytest.raises(ValueError, match="normalisation"):
+        UNet3D(2, (4, 8), norm="group")
+
+
+def _far_change(norm: str) -> float:
+    """Largest output change in one corner when the opposite corner of the input changes."""
+    torch.manual_seed(0)
+    net = UNet3D(2, (4, 8), norm=norm)
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics for batch norm
+        net(torch.randn(2, 2, 24, 24, 24) * 2 + 1)
+    net.eval()
+    x = torch.randn(1, 2, 40, 40, 40)
+    y = x.clone()
+    y[:, :, :6, :6, :6] += 5.0  # a bright blob far from the corner we read
+    with torch.no_grad():
+        a, b = net(x)[..., 30:, 30:, 30:], net(y)[..., 30:, 30:, 30:]
+    return float((a - b).abs().max())
+
+
+def test_batch_norm_output_does_not_depend_on_what_else_the_window_holds() -> None:
+    # Instance norm: the window's statistics move every output voxel (the sliding-window
+    # placement effect); batch norm at inference is a plain convolution.
+    assert _far_change("instance") > 1e-3
+    assert _far_change("batch") == 0.0
+
+
+def test_batch_norm_calibration_uses_the_plain_average_of_the_patches() -> None:
+    from training.seg.train import calibrate_batch_norm
+
+    torch.manual_seed(1)
+    patches = [np.random.default_rng(i).normal(i, 1.0 + i, (2, 16, 16, 16)).astype(np.float32)
+               for i in range(4)]
+
+    class Sampler:
+        i = 0
+
+        def sample(self) -> tuple[np.ndarray, np.ndarray]:
+            self.i += 1
+            return patches[self.i - 1], np.zeros((1, 16, 16, 16), np.float32)
+
+    net = UNet3D(2, (4, 8), norm="batch")
+    calibrate_batch_norm(net, Sampler(), patches=4, batch=2)  # type: ignore[arg-type]
+    assert not net.training
+    conv, bn = net.enc[0].net[0], net.enc[0].net[1]
+    with torch.no_grad():
+        feats = conv(torch.from_numpy(np.stack(patches)))
+    expected = feats.mean(dim=(0, 2, 3, 4)).numpy()
+    np.testing.assert_allclose(bn.running_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1

@@ -59,7 +59,7 @@ from ms_core.diagnosis import (
 )
 from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
 from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
-from training.onnx_checks import ParityError, onnx_probabilities
+from training.onnx_checks import ParityError, check_parity, onnx_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +184,6 @@ def export_onnx(pipe: Pipeline, n_features: int) -> bytes:
     if OUTPUT_NAME not in outputs:
         raise RuntimeError(f"skl2onnx gave outputs {outputs}, expected {OUTPUT_NAME!r}")
     return bytes(onx.SerializeToString())
-
-
-def check_parity(pipe: Pipeline, onnx_bytes: bytes, x: np.ndarray,
-                 tol: float = PARITY_TOL) -> float:
-    """Max |p_onnx - p_sklearn| over ``x``; raises :class:`ParityError` above ``tol``."""
-    diff = float(np.max(np.abs(onnx_probabilities(onnx_bytes, x) - pipe.predict_proba(x))))
-    if not diff <= tol:
-        raise ParityError(f"ONNX and scikit-learn probabilities differ by {diff:.3g} > {tol:g}; "
-                          "refusing to write the model")
-    return diff
 
 
 # ----------------------------------------------------------------------------- real data
@@ -382,7 +372,8 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 4000, n_test: int = 20
     metrics["train_auc_recorded"] = float(roc_auc_score(tr.label, pipe.predict_proba(tr.x)[:, 1]))
 
     onnx_bytes = export_onnx(pipe, len(MODEL_FEATURES))
-    parity = check_parity(pipe, onnx_bytes, te.x)  # raises before anything is written
+    parity = check_parity(onnx_bytes, pipe.predict_proba(te.x), te.x,
+                          PARITY_TOL)  # raises before anything is written
     real: dict[str, Any] | None = None
     if real_data is not None:
         real = real_data_check(real_data_features(real_data),

@@ -63,7 +63,7 @@ from ms_core.differential import (
 from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
 from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
 from ms_core.prognosis_fit import PARITY_TOL, bootstrap_auc, expected_calibration_error
-from training.onnx_checks import ParityError, onnx_probabilities
+from training.onnx_checks import ParityError, check_parity
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,6 @@ def export_onnx(pipe: Pipeline, temperature: float) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def check_parity(onnx_bytes: bytes, p_sklearn: np.ndarray, x: np.ndarray) -> float:
-    """``max |p_onnx - p_sklearn|``; raises :class:`ParityError` above :data:`PARITY_TOL`."""
-    gap = float(np.max(np.abs(onnx_probabilities(onnx_bytes, x) - p_sklearn)))
-    if not gap <= PARITY_TOL:
-        raise ParityError(f"ONNX/scikit-learn parity {gap:.2e} > {PARITY_TOL:.0e}; "
-                          "model not written")
-    return gap
-
-
 def explainer(pipe: Pipeline, x_train: np.ndarray, temperature: float) -> dict[str, Any]:
     """JSON explainer: coefficients in raw feature units, so ``z = coef @ x + intercept``."""
     scaler, clf = pipe.named_steps["scale"], pipe.named_steps["classifier"]
@@ -306,7 +297,7 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 6000, n_test: int = 30
     metrics["train_macro_auc"] = _macro_auc(tr.label, calibrated_proba(pipe, tr.x, temperature))
 
     onnx_bytes = export_onnx(pipe, temperature)
-    parity = check_parity(onnx_bytes, p_test, te.x)  # raises before anything is written
+    parity = check_parity(onnx_bytes, p_test, te.x, PARITY_TOL)  # raises before anything is written
 
     import onnxruntime
     import skl2onnx

@@ -25,7 +25,7 @@ from ms_core.anatomy import load_template
 from ms_core.evaluate import dice
 from ms_core.io import read_json, write_json
 from ms_core.models import MODELS_DIR, register_model, sha256_file
-from training.seg.model import UNet3D, use_stable_instance_norm
+from training.seg.model import UNet3D, describe, use_stable_instance_norm
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import DEFAULT_MNI, load_weights
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = read_json(args.run / "config.json")
     metrics = read_json(args.run / "metrics.json")
     widths = tuple(int(w) for w in config["widths"])
-    net = UNet3D(2, widths)
+    net = UNet3D(2, widths, norm=config.get("norm", "instance"))
     load_weights(net, args.run / args.weights)
     net.eval()
     reference = _WithSigmoid(net).eval()  # the trained torch model, as used in training
@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "name": NAME, "version": args.version, "sha256": digest,
         "task": "MS white-matter lesion segmentation (binary), research use only",
-        "architecture": f"3D U-Net, widths {list(widths)}, instance norm (exported as "
-                        f"per-axis means for float32 accuracy), LeakyReLU; "
-                        f"{sum(p.numel() for p in net.parameters())} parameters",
+        "architecture": describe(net),
         "input": {"name": "image", "layout": "NCXYZ (x, y, z in RAS+ voxel order)",
                   "channels": ["FLAIR", "T1w"], "missing_channel": "zeros (T1w optional)",
                   "patch_size": [64, 64, 64], "multiple_of": 8, "dtype": "float32"},
@@ -115,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                          "git_commit"), "torch": config.get("torch"),
                      "data": "synthetic MNI152 volumes with 27 real consensus lesion masks of "
                              "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded",
+                     "norm": net.norm,
+                     "bn_calibration_patches": metrics.get("bn_calibration_patches"),
                      "best_synthetic_val_dice": metrics.get("best_synthetic_val_dice"),
                      "train_seconds": metrics.get("train_seconds")},
         "export": {"opset": 17, "onnxruntime": ort.__version__, "parity": check},

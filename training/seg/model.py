@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "StableInstanceNorm3d", "UNet3D", "use_stable_instance_norm"]
+__all__ = ["NORMS", "StableInstanceNorm3d", "UNet3D", "architecture_of", "describe",
+           "use_stable_instance_norm"]
 
 
 #: Normalisation layers a :class:`UNet3D` can use.
@@ -122,3 +123,22 @@ class UNet3D(nn.Module):
         for up, dec, skip in zip(self.up, self.dec, skips[::-1], strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
         return self.head(x)
+
+
+def architecture_of(state: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...], str]:
+    """(widths, norm) of a :class:`UNet3D` from its state-dict names and shapes."""
+    n_levels = sum(1 for k in state if k.startswith("enc.") and k.endswith(".net.0.weight"))
+    if n_levels == 0:
+        raise ValueError("not a UNet3D state dict: no enc.N.net.0.weight entries")
+    widths = tuple(int(state[f"enc.{i}.net.0.weight"][0]) for i in range(n_levels))
+    norm = "batch" if any(k.endswith(".running_mean") for k in state) else "instance"
+    return widths, norm
+
+
+def describe(net: UNet3D) -> str:
+    """One line for the model card: levels, normalisation, parameter count."""
+    norm = ("batch norm (statistics re-estimated after training; output independent of the "
+            "sliding-window placement)" if net.norm == "batch" else
+            "instance norm (exported as per-axis means for float32 accuracy)")
+    return (f"3D U-Net, widths {list(net.widths)}, {norm}, LeakyReLU; "
+            f"{sum(p.numel() for p in net.parameters())} parameters")
