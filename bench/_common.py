@@ -31,8 +31,14 @@ def now_utc() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def save_result(name: str, result: dict[str, Any]) -> None:
-    """Print ``result`` as JSON and save it atomically as ``bench/results/<name>.json``."""
+def print_result(result: dict[str, Any], out: Path | None = None) -> None:
+    """Print ``result`` as JSON and, when ``out`` is given, save it there atomically."""
     text = json.dumps(result, indent=2)
     print(text)
-    atomic_write_text(RESULTS / f"{name}.json", text + "\n")
+    if out is not None:
+        atomic_write_text(out, text + "\n")
+
+
+def save_result(name: str, result: dict[str, Any]) -> None:
+    """Print ``result`` as JSON and save it atomically as ``bench/results/<name>.json``."""
+    print_result(result, RESULTS / f"{name}.json")

@@ -21,7 +21,6 @@ errors and seconds); ``--out`` also writes it to a file.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -36,6 +35,7 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import print_result  # noqa: E402
 from ms_core.atrophy import (  # noqa: E402
     PBVC_METHODS,
     annualised_pct_per_year,
@@ -43,7 +43,7 @@ from ms_core.atrophy import (  # noqa: E402
     register_to_mni,
     tissue_volumes,
 )
-from ms_core.io import atomic_write_text, load_lesion_mask, load_volume, read_json  # noqa: E402
+from ms_core.io import load_lesion_mask, load_volume, read_json  # noqa: E402
 from ms_core.preprocess import Grid, resample_to_grid  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
 
@@ -193,10 +193,7 @@ def main() -> int:
                     "wall_seconds": round(time.perf_counter() - t_start, 1)},
         "pairs": pairs, "visits": visits,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        atomic_write_text(args.out, text + "\n")
+    print_result(result, args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ other ``min_share`` values of the rule (sensitivity), timings and the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.io import atomic_write_text, load_lesion_mask, load_volume, read_json  # noqa: E402
+from bench._common import print_result  # noqa: E402
+from ms_core.io import load_lesion_mask, load_volume, read_json  # noqa: E402
 from ms_core.location import LOCATIONS, MIN_ZONE_SHARE, classify_shares, zone_shares  # noqa: E402
 from ms_core.preprocess import template_to_subject  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
@@ -96,10 +96,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        atomic_write_text(args.out, text + "\n")
+    print_result(result, args.out)
     return 0
 
 
