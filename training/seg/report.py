@@ -285,7 +285,10 @@ sha256 `{card['sha256']}` (checked before every load; see `models_onnx/manifest.
 - Real-data accuracy is below the target (patient26 Dice and lesion F1 ≥ 0.70): expect missed
   small lesions and false-positive dots; review every mask.
 - Validated on one real scan (patient26, 3 T, MNI space) and synthetic data only; the hard-
-  negative training design was informed by patient26's errors.
+  negative training design (v2) and the switch to batch norm (v3) were informed by patient26
+  runs, so patient26 is not a fully independent test.
+- Under-segments real lesions: on patient26 it misses some lesions and outlines the ones it finds too small
+  (predicted lesion volume well below the reference); lesion volumes are lower bounds.
 - No cortical, spinal-cord or gadolinium-enhancing lesion detection; white-matter T2/FLAIR
   hyperintensities only.
 """
