@@ -90,7 +90,8 @@ class UNet3D(nn.Module):
     ``norm="instance"`` normalises every feature map by the statistics of the window it sees, so
     the output at a voxel depends on where the sliding window falls (how much background, how
     many lesions it holds). ``norm="batch"`` uses statistics learned in training at inference:
-    the network is then an ordinary convolution whose output does not depend on the window.
+    the network is then an ordinary convolution, and only the zero padding at the window's
+    edges still depends on where the window falls.
     """
 
     def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128),
@@ -137,8 +138,8 @@ def architecture_of(state: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...],
 
 def describe(net: UNet3D) -> str:
     """One line for the model card: levels, normalisation, parameter count."""
-    norm = ("batch norm (statistics re-estimated after training; output independent of the "
-            "sliding-window placement)" if net.norm == "batch" else
+    norm = ("batch norm (statistics re-estimated after training, fixed at inference)"
+            if net.norm == "batch" else
             "instance norm (exported as per-axis means for float32 accuracy)")
     return (f"3D U-Net, widths {list(net.widths)}, {norm}, LeakyReLU; "
             f"{sum(p.numel() for p in net.parameters())} parameters")
