@@ -219,8 +219,8 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   batch norm the network is one fixed convolution at inference (`tests/test_training.py`);
   only the zero padding at the window edges still depends on the placement. The same
   benchmark with v3: the two overlaps' masks agree at Dice 0.92, and 96³ windows score 0.571
-  against 0.575 with 64³ (FLAIR + T1w). v3 also widens the synthetic FLAIR lesion/white-matter contrast
-  from 1.25–2.6 to 1.15–2.6 (`--lesion-contrast 1.15,2.6`), so faint lesions are seen in
+  against 0.575 with 64³ (FLAIR + T1w). v3 also widens the synthetic FLAIR lesion/white-matter
+  contrast from 1.25–2.6 to 1.15–2.6 (`--lesion-contrast 1.15,2.6`), so faint lesions are seen in
   training; that range was set from first principles, not fitted to patient26. The
   window-placement problem itself was found on patient26 runs, so the same caveat applies.
 - Seconds in this run were measured while other jobs shared the two cores; `bench/segment_speed.py`
@@ -289,8 +289,9 @@ sha256 `{card['sha256']}` (checked before every load; see `models_onnx/manifest.
 - Validated on one real scan (patient26, 3 T, MNI space) and synthetic data only; the hard-
   negative training design (v2) and the switch to batch norm (v3) were informed by patient26
   runs, so patient26 is not a fully independent test.
-- Under-segments real lesions: on patient26 it misses some lesions and outlines the ones it finds too small
-  (predicted lesion volume well below the reference); lesion volumes are lower bounds.
+- Under-segments real lesions: on patient26 it misses some lesions and outlines the ones it
+  finds too small (predicted lesion volume well below the reference); lesion volumes are lower
+  bounds.
 - No cortical, spinal-cord or gadolinium-enhancing lesion detection; white-matter T2/FLAIR
   hyperintensities only.
 """
