@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     c = card.raw
     text = f"""# Lesion segmentation: evaluation
 
-Produced by `python -m training.seg.report` (commit `{commit}`) on {results['machine']['cpus']}
+Produced by `python -m training.seg.report --visits {len(demo['baseline'])}` (commit
+`{commit}`) on {results['machine']['cpus']}
 CPU cores ({results['machine']['platform']}), onnxruntime provider `{results['provider']}`.
 Model `lesion_seg` version {card.version}, sha256 `{card.sha256[:16]}…`; training command
 `{c['training'].get('command')}`; best synthetic validation Dice during training
