@@ -25,6 +25,7 @@ __all__ = [
     "gaussian_importance",
     "load_onnx_model",
     "load_tabular_model",
+    "run_bound",
     "sliding_window",
     "window_starts",
 ]
@@ -139,10 +140,31 @@ class OnnxModel:
     provider: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, X, Y, Z) float32 -> (N, 1, X, Y, Z) probabilities."""
-        out = self.session.run([self.card.output_name],
-                               {self.card.input_name: batch.astype(np.float32, copy=False)})
+        """(N, C, X, Y, Z) float32 -> (N, 1, X, Y, Z) probabilities.
+
+        On CUDA the call goes through IO binding (:func:`run_bound`); on CPU a plain ``run``.
+        """
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.provider == "CUDAExecutionProvider":
+            return run_bound(self.session, self.card.input_name, x, self.card.output_name,
+                             "cuda")
+        out = self.session.run([self.card.output_name], {self.card.input_name: x})
         return np.asarray(out[0])
+
+
+def run_bound(session: Any, input_name: str, x: np.ndarray, output_name: str,
+              device: str) -> np.ndarray:
+    """One inference through onnxruntime IO binding, the output allocated on ``device``.
+
+    The input is copied to the device once, onnxruntime allocates the output there from its
+    arena (no host buffer per node) and it is copied back once. ``device`` is "cuda" or "cpu"
+    (the CPU form is what the tests can check on a machine without a GPU).
+    """
+    binding = session.io_binding()
+    binding.bind_cpu_input(input_name, np.ascontiguousarray(x, dtype=np.float32))
+    binding.bind_output(output_name, device)
+    session.run_with_iobinding(binding)
+    return np.asarray(binding.copy_outputs_to_cpu()[0])
 
 
 def load_onnx_model(card: ModelCard, device: str = "auto", threads: int | None = None
