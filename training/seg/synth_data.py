@@ -32,10 +32,13 @@ from scipy import ndimage as ndi
 
 from ms_core.anatomy import Template, load_template
 
-__all__ = ["VALIDATION_PATIENTS", "LesionBank", "PatchSampler", "load_lesion_bank"]
+__all__ = ["DEFAULT_LESION_CONTRAST", "VALIDATION_PATIENTS", "LesionBank", "PatchSampler",
+           "load_lesion_bank"]
 
 #: Real patients never used for training.
 VALIDATION_PATIENTS = ("patient26",)
+#: FLAIR lesion / white-matter intensity ratio range of the synthetic lesions (models up to v2).
+DEFAULT_LESION_CONTRAST = (1.25, 2.6)
 MASK_NAME = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 
 
@@ -103,7 +106,7 @@ class _Contrast:
 
 
 def _draw_contrast(rng: np.random.Generator,
-                   lesion_contrast: tuple[float, float] = (1.25, 2.6)) -> _Contrast:
+                   lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST) -> _Contrast:
     wm = rng.uniform(0.35, 0.65)
     flair = {"wm": wm, "gm": wm * rng.uniform(1.02, 1.45), "csf": wm * rng.uniform(0.03, 0.45),
              "lesion": wm * rng.uniform(*lesion_contrast)}
@@ -118,7 +121,7 @@ class PatchSampler:
 
     def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0,
                  lesion_fraction: float = 0.7, hard_negatives: bool = False,
-                 lesion_contrast: tuple[float, float] = (1.25, 2.6)) -> None:
+                 lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST) -> None:
         self.tpl = load_template()
         self.bank = bank
         self.patch = patch

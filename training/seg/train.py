@@ -15,6 +15,7 @@ patient26 excluded (validation only).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -29,7 +30,7 @@ from ms_core.anatomy import load_template
 from ms_core.io import atomic_write_text, write_json
 from ms_core.models import code_commit
 from training.seg.model import NORMS, UNet3D
-from training.seg.synth_data import PatchSampler, load_lesion_bank
+from training.seg.synth_data import DEFAULT_LESION_CONTRAST, PatchSampler, load_lesion_bank
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MNI = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI"
@@ -74,6 +75,7 @@ def calibrate_batch_norm(model: torch.nn.Module, sampler: PatchSampler, patches:
     weights is the statistic inference should use.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
@@ -82,8 +84,8 @@ def calibrate_batch_norm(model: torch.nn.Module, sampler: PatchSampler, patches:
         for _ in range(max(1, patches // batch)):
             xs = [sampler.sample()[0] for _ in range(batch)]
             model(torch.from_numpy(np.stack(xs)))
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
     model.eval()
 
 
@@ -105,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lesion-fraction", type=float, default=0.7,
                     help="share of patches centred on a lesion voxel")
     ap.add_argument("--norm", choices=NORMS, default="instance",
-                    help="feature normalisation: instance (per window) or batch (learned "
-                         "statistics, output independent of the sliding-window placement)")
-    ap.add_argument("--lesion-contrast", type=str, default="1.25,2.6",
+                    help="feature normalisation: instance (per window) or batch (statistics "
+                         "learned in training, fixed at inference)")
+    ap.add_argument("--lesion-contrast", type=str,
+                    default=",".join(str(v) for v in DEFAULT_LESION_CONTRAST),
                     help="range of FLAIR lesion / white-matter intensity ratios, 'lo,hi'")
     ap.add_argument("--bn-calibration", type=int, default=96,
                     help="with --norm batch: training patches used to re-estimate the "
@@ -130,12 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     contrast = tuple(float(v) for v in args.lesion_contrast.split(","))
     if len(contrast) != 2 or not 1.0 < contrast[0] < contrast[1]:
         ap.error(f"--lesion-contrast needs 'lo,hi' with 1 < lo < hi, got {args.lesion_contrast!r}")
-    sampler = PatchSampler(bank, args.patch, seed=args.seed,
-                           lesion_fraction=args.lesion_fraction,
-                           hard_negatives=args.hard_negatives, lesion_contrast=contrast)
-    val_sampler = PatchSampler(bank, args.patch, seed=args.seed + 10_000,
-                               lesion_fraction=args.lesion_fraction,
-                               hard_negatives=args.hard_negatives, lesion_contrast=contrast)
+    make_sampler = functools.partial(PatchSampler, bank, args.patch,
+                                     lesion_fraction=args.lesion_fraction,
+                                     hard_negatives=args.hard_negatives, lesion_contrast=contrast)
+    sampler = make_sampler(seed=args.seed)
+    val_sampler = make_sampler(seed=args.seed + 10_000)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
     val_x = torch.from_numpy(np.stack([v[0] for v in val]))
     val_y = torch.from_numpy(np.stack([v[1] for v in val]))
