@@ -90,3 +90,23 @@ def test_batch_norm_calibration_uses_the_plain_average_of_the_patches() -> None:
     expected = feats.mean(dim=(0, 2, 3, 4)).numpy()
     np.testing.assert_allclose(bn.running_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.1
+
+
+def test_tversky_loss_is_dice_at_half_and_weighs_misses_above() -> None:
+    from training.seg.train import soft_dice_loss, tversky_loss
+
+    torch.manual_seed(2)
+    target = (torch.rand(1, 1, 8, 8, 8) > 0.7).float()
+    logits = torch.randn(1, 1, 8, 8, 8)
+    assert float(tversky_loss(logits, target, 0.5)) == pytest.approx(
+        float(soft_dice_loss(logits, target)), abs=1e-6)
+    # An under-segmenting prediction (misses half the lesion) against an over-segmenting one
+    # with the same number of wrong voxels: beta > 0.5 punishes the misses more.
+    lesion = torch.zeros(1, 1, 8, 8, 8)
+    lesion[..., 2:6, 2:6, 2:6] = 1.0
+    under = torch.where(lesion.bool(), 10.0, -10.0)
+    under[..., 2:6, 2:6, 2:4] = -10.0  # 32 missed voxels
+    over = torch.where(lesion.bool(), 10.0, -10.0)
+    over[..., 0:2, 0:4, 0:4] = 10.0  # 32 extra voxels
+    assert float(tversky_loss(under, lesion, 0.7)) > float(tversky_loss(over, lesion, 0.7))
+    assert float(tversky_loss(under, lesion, 0.3)) < float(tversky_loss(over, lesion, 0.3))

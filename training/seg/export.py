@@ -51,6 +51,26 @@ def parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> dict[str, 
             "mask_dice": dice(p_torch >= 0.5, p_onnx >= 0.5)}
 
 
+def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
+    """Where a fine-tuning run's starting weights came from (``--init``), else ``None``.
+
+    Follows the chain back through each parent run's ``config.json`` where it is on disk, so
+    the card lists every command needed to reproduce the weights, oldest first.
+    """
+    if not config.get("init"):
+        return None
+    chain: list[dict[str, object]] = []
+    cur: dict[str, object] | None = config
+    while cur is not None and cur.get("init"):
+        parent_cfg = Path(str(cur["init"])).parent / "config.json"
+        parent = read_json(parent_cfg) if parent_cfg.exists() else None
+        chain.insert(0, {"weights": cur["init"], "weights_sha256": cur.get("init_sha256"),
+                         "command": parent.get("command") if parent else None})
+        cur = parent
+    return {"weights": config["init"], "weights_sha256": config.get("init_sha256"),
+            "commands_before": [c["command"] for c in chain]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="training run folder")
@@ -109,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                           "brain_extraction": "MNI152 brain mask registered to the FLAIR "
                                               "(skipped with --skull-stripped)"},
         "training": {"command": config.get("command"), "seed": config.get("seed"),
-                     "steps": config.get("steps"), "git_commit_at_launch": config.get(
+                     "steps": config.get("steps"),
+                     "noise": config.get("noise", "white"),
+                     "initialised_from": _initialised_from(config),
+                     "git_commit_at_launch": config.get(
                          "git_commit"), "torch": config.get("torch"),
                      "data": "synthetic MNI152 volumes with 27 real consensus lesion masks of "
                              "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded",

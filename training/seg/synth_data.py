@@ -7,7 +7,10 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
 
 - per-tissue FLAIR and T1 intensities (GM, WM, CSF, lesion) drawn from wide ranges, lesion
   texture, partial volume from trilinear sampling;
-- smooth bias field, Rician noise, isotropic blur and thick-slice blur along a random axis
+- smooth bias field, Rician noise (``noise="white"``: independent per voxel, as up to model
+  3.0.0; ``noise="mixed"``: 2-20 % of the white-matter intensity, often spatially correlated as
+  after k-space apodisation and resampling onto the 1 mm grid, plus fine tissue texture such as
+  vessels and perivascular spaces), isotropic blur and thick-slice blur along a random axis
   (slice thickness 1-5 mm), gamma;
 - skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
 - with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
@@ -32,13 +35,15 @@ from scipy import ndimage as ndi
 
 from ms_core.anatomy import Template, load_template
 
-__all__ = ["DEFAULT_LESION_CONTRAST", "VALIDATION_PATIENTS", "LesionBank", "PatchSampler",
-           "load_lesion_bank"]
+__all__ = ["DEFAULT_LESION_CONTRAST", "NOISE_MODELS", "VALIDATION_PATIENTS", "LesionBank",
+           "PatchSampler", "correlated_noise", "load_lesion_bank"]
 
 #: Real patients never used for training.
 VALIDATION_PATIENTS = ("patient26",)
 #: FLAIR lesion / white-matter intensity ratio range of the synthetic lesions (models up to v2).
 DEFAULT_LESION_CONTRAST = (1.25, 2.6)
+#: Image noise models of :class:`PatchSampler` (see the module docstring).
+NOISE_MODELS = ("white", "mixed")
 MASK_NAME = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 
 
@@ -99,6 +104,21 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], nodes: int,
     return np.einsum("ia,jb,kc,abc->ijk", wx, wy, wz, coarse, optimize=True).astype(np.float32)
 
 
+def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...],
+                     sigma_vox: float) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian noise smoothed with a Gaussian of ``sigma_vox`` voxels.
+
+    ``sigma_vox=0`` gives independent (white) noise. Smoothing correlates neighbouring voxels
+    as resampling and k-space filtering do in real scans; the result is rescaled to unit
+    standard deviation so the noise level is set separately.
+    """
+    n = rng.standard_normal(shape, dtype=np.float32)
+    if sigma_vox > 0:
+        n = ndi.gaussian_filter(n, sigma_vox)
+        n = n / max(float(n.std()), 1e-6)
+    return n.astype(np.float32)
+
+
 @dataclasses.dataclass
 class _Contrast:
     flair: dict[str, float]
@@ -121,7 +141,11 @@ class PatchSampler:
 
     def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0,
                  lesion_fraction: float = 0.7, hard_negatives: bool = False,
-                 lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST) -> None:
+                 lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
+                 noise: str = "white") -> None:
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+        self.noise = noise
         self.tpl = load_template()
         self.bank = bank
         self.patch = patch
@@ -187,6 +211,9 @@ class PatchSampler:
             lesion_tex = 1.0 + _smooth_field(rng, (p, p, p), 8, rng.uniform(0.0, 0.15))
             img = (gm * con["gm"] + wm * con["wm"] + csf * con["csf"]) * texture
             img = img * (1 - lesion_pv) + lesion_pv * con["lesion"] * lesion_tex
+            if self.noise == "mixed":  # fine tissue texture: vessels, perivascular spaces
+                img = img * (1.0 + rng.uniform(0.0, 0.05)
+                             * correlated_noise(rng, (p, p, p), rng.uniform(1.0, 2.5)))
             if con is c.flair and self.hard_negatives:
                 bright = con["wm"] * rng.uniform(1.2, 2.2)
                 img = img * (1 - mimic) + mimic * bright
@@ -197,9 +224,15 @@ class PatchSampler:
             elif rng.random() < 0.5:
                 img = ndi.gaussian_filter(img, rng.uniform(0.2, 0.9))
             img = img * np.exp(_smooth_field(rng, (p, p, p), 3, rng.uniform(0.0, 0.15)))
-            sigma_n = rng.uniform(0.003, 0.04)
-            n1 = rng.standard_normal((p, p, p), dtype=np.float32)
-            n2 = rng.standard_normal((p, p, p), dtype=np.float32)
+            if self.noise == "white":
+                sigma_n = rng.uniform(0.003, 0.04)
+                n1 = rng.standard_normal((p, p, p), dtype=np.float32)
+                n2 = rng.standard_normal((p, p, p), dtype=np.float32)
+            else:
+                sigma_n = con["wm"] * rng.uniform(0.02, 0.20)
+                corr = rng.uniform(0.4, 1.2) if rng.random() < 0.6 else 0.0
+                n1 = correlated_noise(rng, (p, p, p), corr)
+                n2 = correlated_noise(rng, (p, p, p), corr)
             img = np.sqrt((img + sigma_n * n1) ** 2 + (sigma_n * n2) ** 2)
             img = img / self._median_brain(con, mean_lesion_fraction)
             img = np.power(np.maximum(img, 0.0), math.exp(rng.normal(0.0, 0.15)))

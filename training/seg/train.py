@@ -28,9 +28,14 @@ import torch.nn.functional as F
 
 from ms_core.anatomy import load_template
 from ms_core.io import atomic_write_text, write_json
-from ms_core.models import code_commit
+from ms_core.models import code_commit, sha256_file
 from training.seg.model import NORMS, UNet3D
-from training.seg.synth_data import DEFAULT_LESION_CONTRAST, PatchSampler, load_lesion_bank
+from training.seg.synth_data import (
+    DEFAULT_LESION_CONTRAST,
+    NOISE_MODELS,
+    PatchSampler,
+    load_lesion_bank,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MNI = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI"
@@ -41,6 +46,19 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = torch.sigmoid(logits)
     inter = (p * target).sum()
     return 1.0 - (2.0 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
+
+
+def tversky_loss(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """1 - soft Tversky index over the whole batch (Salehi et al., MLMI 2017).
+
+    False negatives weigh ``beta`` and false positives ``1 - beta``; ``beta=0.5`` is the soft
+    Dice loss, ``beta > 0.5`` favours recall (larger outlines, more faint lesions).
+    """
+    p = torch.sigmoid(logits)
+    tp = (p * target).sum()
+    fn = ((1.0 - p) * target).sum()
+    fp = (p * (1.0 - target)).sum()
+    return 1.0 - (2.0 * tp + 1.0) / (2.0 * (tp + beta * fn + (1.0 - beta) * fp) + 1.0)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -115,7 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bn-calibration", type=int, default=96,
                     help="with --norm batch: training patches used to re-estimate the "
                          "normalisation statistics of the best weights at the end")
+    ap.add_argument("--noise", choices=NOISE_MODELS, default="white",
+                    help="image noise of the synthetic patches: white (independent per voxel, "
+                         "models up to 3.0.0) or mixed (stronger, often spatially correlated, "
+                         "with fine tissue texture)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these weights (a run's weights_best.npz) instead of a "
+                         "random initialisation: fine-tuning")
+    ap.add_argument("--tversky-beta", type=float, default=0.5,
+                    help="weight of false negatives in the overlap loss (false positives get "
+                         "1 - beta); 0.5 is soft Dice (models up to 3.1.0), above 0.5 favours "
+                         "recall")
     args = ap.parse_args(argv)
+    if not 0.0 < args.tversky_beta < 1.0:
+        ap.error(f"--tversky-beta must be between 0 and 1, got {args.tversky_beta}")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -123,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     widths = tuple(int(w) for w in args.widths.split(","))
     write_json(args.out / "config.json", {
         **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "widths": widths, "git_commit": code_commit()["commit"], "torch": torch.__version__,
+        "widths": widths,
+        "init_sha256": sha256_file(args.init) if args.init is not None else None,
+        "git_commit": code_commit()["commit"], "torch": torch.__version__,
         "command": " ".join(["python -m training.seg.train", *(argv or sys.argv[1:])]),
     })
 
@@ -135,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--lesion-contrast needs 'lo,hi' with 1 < lo < hi, got {args.lesion_contrast!r}")
     make_sampler = functools.partial(PatchSampler, bank, args.patch,
                                      lesion_fraction=args.lesion_fraction,
-                                     hard_negatives=args.hard_negatives, lesion_contrast=contrast)
+                                     hard_negatives=args.hard_negatives, lesion_contrast=contrast,
+                                     noise=args.noise)
     sampler = make_sampler(seed=args.seed)
     val_sampler = make_sampler(seed=args.seed + 10_000)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
@@ -145,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     model = UNet3D(2, widths, norm=args.norm)
+    if args.init is not None:
+        try:
+            load_weights(model, args.init)
+        except (OSError, KeyError, RuntimeError) as e:
+            ap.error(f"--init {args.init}: cannot load these weights into a U-Net with "
+                     f"--widths {args.widths} --norm {args.norm}: {e}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log_path = args.out / "train_log.jsonl"
     log_lines: list[str] = []
@@ -158,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]))
         logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y)
+        overlap_loss = (soft_dice_loss(logits, y) if args.tversky_beta == 0.5
+                        else tversky_loss(logits, y, args.tversky_beta))
+        loss = F.binary_cross_entropy_with_logits(logits, y) + overlap_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
