@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,21 @@ def test_tversky_loss_is_dice_at_half_and_weighs_misses_above() -> None:
     over[..., 0:2, 0:4, 0:4] = 10.0  # 32 extra voxels
     assert float(tversky_loss(under, lesion, 0.7)) > float(tversky_loss(over, lesion, 0.7))
     assert float(tversky_loss(under, lesion, 0.3)) < float(tversky_loss(over, lesion, 0.3))
+
+
+def test_export_records_the_whole_fine_tuning_chain(tmp_path: Path) -> None:
+    from ms_core.io import write_json
+    from training.seg.export import _initialised_from
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    write_json(first / "config.json", {"command": "train --out a", "init": None})
+    write_json(second / "config.json", {"command": "train --out b --init a/w.npz",
+                                        "init": str(first / "w.npz"), "init_sha256": "aa"})
+    third = {"command": "train --out c --init b/w.npz", "init": str(second / "w.npz"),
+             "init_sha256": "bb"}
+    assert _initialised_from({"command": "train --out a", "init": None}) is None
+    info = _initialised_from(third)
+    assert info == {"weights": str(second / "w.npz"), "weights_sha256": "bb",
+                    "commands_before": ["train --out a", "train --out b --init a/w.npz"]}
