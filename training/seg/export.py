@@ -59,16 +59,14 @@ def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
     """
     if not config.get("init"):
         return None
-    chain: list[dict[str, object]] = []
+    commands: list[object] = []
     cur: dict[str, object] | None = config
     while cur is not None and cur.get("init"):
         parent_cfg = Path(str(cur["init"])).parent / "config.json"
-        parent = read_json(parent_cfg) if parent_cfg.exists() else None
-        chain.insert(0, {"weights": cur["init"], "weights_sha256": cur.get("init_sha256"),
-                         "command": parent.get("command") if parent else None})
-        cur = parent
+        cur = read_json(parent_cfg) if parent_cfg.exists() else None
+        commands.insert(0, cur.get("command") if cur else None)
     return {"weights": config["init"], "weights_sha256": config.get("init_sha256"),
-            "commands_before": [c["command"] for c in chain]}
+            "commands_before": commands}
 
 
 def main(argv: list[str] | None = None) -> int:

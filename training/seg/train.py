@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]))
         logits = model(x)
+        # Tversky at 0.5 equals soft Dice up to rounding; the original keeps earlier runs
+        # reproducible bit for bit.
         overlap_loss = (soft_dice_loss(logits, y) if args.tversky_beta == 0.5
                         else tversky_loss(logits, y, args.tversky_beta))
         loss = F.binary_cross_entropy_with_logits(logits, y) + overlap_loss
