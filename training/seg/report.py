@@ -245,8 +245,8 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   was 0.888 against 0.893 for `seg_v4` (v3.0.0: 0.870), and patient26 FLAIR Dice fell to 0.588
   (lesion F1 unchanged, 0.690). The shipped model was chosen on that demo selection set;
   patient26 pointed the same way.
-- Seconds in this run were measured while other jobs shared the two cores; `bench/segment_speed.py`
-  gives the clean timing.
+- Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
+  processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was
   exported as per-axis means, `training/seg/model.py::StableInstanceNorm3d`: onnxruntime's own
   InstanceNormalization accumulated float32 sums over whole patches and missed the 1e-3 parity
