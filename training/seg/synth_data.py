@@ -6,7 +6,13 @@ spatial transform (rotation, anisotropic scale, elastic warp, left-right flip) a
 template tissue maps and the mask, then random contrasts and artefacts (domain randomisation):
 
 - per-tissue FLAIR and T1 intensities (GM, WM, CSF, lesion) drawn from wide ranges, lesion
-  texture, partial volume from trilinear sampling;
+  texture, partial volume from trilinear sampling. With ``lesion_model="uniform"`` (models up to
+  3.1.0) every lesion of a patch has the same FLAIR contrast; ``"varied"`` draws a contrast per
+  lesion, skewed towards faint ones, and makes each lesion fainter at its border than in its
+  core, as on real scans (open_ms_data patient26: border voxels 1.34, core 1.47 times white
+  matter);
+- with ``winsorise``: the share of FLAIR patches clipped at 1.3-2.0 times white matter, as
+  pipelines that winsorise intensities leave them (open_ms_data's FLAIR is capped near 1.6);
 - smooth bias field, Rician noise (``noise="white"``: independent per voxel, as up to model
   3.0.0; ``noise="mixed"``: 2-20 % of the white-matter intensity, often spatially correlated as
   after k-space apodisation and resampling onto the 1 mm grid, plus fine tissue texture such as
@@ -35,8 +41,8 @@ from scipy import ndimage as ndi
 
 from ms_core.anatomy import Template, load_template
 
-__all__ = ["DEFAULT_LESION_CONTRAST", "NOISE_MODELS", "VALIDATION_PATIENTS", "LesionBank",
-           "PatchSampler", "correlated_noise", "load_lesion_bank"]
+__all__ = ["DEFAULT_LESION_CONTRAST", "LESION_MODELS", "NOISE_MODELS", "VALIDATION_PATIENTS",
+           "LesionBank", "PatchSampler", "correlated_noise", "load_lesion_bank"]
 
 #: Real patients never used for training.
 VALIDATION_PATIENTS = ("patient26",)
@@ -44,6 +50,8 @@ VALIDATION_PATIENTS = ("patient26",)
 DEFAULT_LESION_CONTRAST = (1.25, 2.6)
 #: Image noise models of :class:`PatchSampler` (see the module docstring).
 NOISE_MODELS = ("white", "mixed")
+#: FLAIR lesion appearance models of :class:`PatchSampler` (see the module docstring).
+LESION_MODELS = ("uniform", "varied")
 MASK_NAME = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 
 
@@ -142,10 +150,17 @@ class PatchSampler:
     def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0,
                  lesion_fraction: float = 0.7, hard_negatives: bool = False,
                  lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
-                 noise: str = "white") -> None:
+                 noise: str = "white", lesion_model: str = "uniform",
+                 winsorise: float = 0.0) -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+        if lesion_model not in LESION_MODELS:
+            raise ValueError(f"lesion_model must be one of {LESION_MODELS}, got {lesion_model!r}")
+        if not 0.0 <= winsorise <= 1.0:
+            raise ValueError(f"winsorise is a share of patches, 0-1, got {winsorise}")
         self.noise = noise
+        self.lesion_model = lesion_model
+        self.winsorise = winsorise
         self.tpl = load_template()
         self.bank = bank
         self.patch = patch
@@ -205,12 +220,17 @@ class PatchSampler:
             (tpl.brain > 0.5).sum())
 
         c = _draw_contrast(rng, self.lesion_contrast)
+        # FLAIR lesion contrast minus 1, per voxel ("varied"); None: con["lesion"] everywhere.
+        excess = (self._lesion_excess(rng, lesion, label)
+                  if self.lesion_model == "varied" else None)
         channels = []
         for con in (c.flair, c.t1):
             texture = 1.0 + _smooth_field(rng, (p, p, p), 6, 0.04)
             lesion_tex = 1.0 + _smooth_field(rng, (p, p, p), 8, rng.uniform(0.0, 0.15))
             img = (gm * con["gm"] + wm * con["wm"] + csf * con["csf"]) * texture
-            img = img * (1 - lesion_pv) + lesion_pv * con["lesion"] * lesion_tex
+            level = (con["wm"] * (1.0 + excess) if excess is not None and con is c.flair
+                     else con["lesion"])
+            img = img * (1 - lesion_pv) + lesion_pv * level * lesion_tex
             if self.noise == "mixed":  # fine tissue texture: vessels, perivascular spaces
                 img = img * (1.0 + rng.uniform(0.0, 0.05)
                              * correlated_noise(rng, (p, p, p), rng.uniform(1.0, 2.5)))
@@ -234,6 +254,8 @@ class PatchSampler:
                 n1 = correlated_noise(rng, (p, p, p), corr)
                 n2 = correlated_noise(rng, (p, p, p), corr)
             img = np.sqrt((img + sigma_n * n1) ** 2 + (sigma_n * n2) ** 2)
+            if con is c.flair and self.winsorise > 0 and rng.random() < self.winsorise:
+                img = np.minimum(img, con["wm"] * rng.uniform(1.3, 2.0))
             img = img / self._median_brain(con, mean_lesion_fraction)
             img = np.power(np.maximum(img, 0.0), math.exp(rng.normal(0.0, 0.15)))
             # Skull-stripped. Without hard negatives each channel draws its own mask level
@@ -243,6 +265,23 @@ class PatchSampler:
         if rng.random() < 0.5:  # modality dropout: FLAIR-only input
             channels[1] = np.zeros_like(channels[1])
         return np.stack(channels), label[None]
+
+    def _lesion_excess(self, rng: np.random.Generator, lesion: np.ndarray,
+                       label: np.ndarray) -> np.ndarray:
+        """Per-voxel FLAIR lesion / white-matter ratio minus 1 for ``lesion_model="varied"``.
+
+        Each connected lesion (with its partial-volume fringe) gets its own contrast around a
+        patch-wide level, drawn as ``lo + (hi - lo) * u**1.5`` so faint lesions are common; the
+        excess falls from the core to ``rim`` (0.6-1) of it at the border over 1-3 voxels.
+        """
+        lo, hi = self.lesion_contrast
+        comps, n = ndi.label(lesion > 0.05, structure=np.ones((3, 3, 3)))
+        u = np.clip(rng.uniform() + rng.normal(0.0, 0.15, n), 0.0, 1.0)
+        per_comp = np.concatenate([[0.0], lo + (hi - lo) * u ** 1.5 - 1.0]).astype(np.float32)
+        rim, ramp = rng.uniform(0.6, 1.0), rng.uniform(1.0, 3.0)
+        depth = ndi.distance_transform_edt(label > 0)  # 1 on the border voxels, 0 outside
+        profile = rim + (1.0 - rim) * np.clip((depth - 1.0) / ramp, 0.0, 1.0)
+        return (per_comp[comps] * profile).astype(np.float32)
 
     def _mimics(self, rng: np.random.Generator, inside: np.ndarray, gm: np.ndarray,
                 wm: np.ndarray, ventricles: np.ndarray) -> np.ndarray:

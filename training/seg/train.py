@@ -32,6 +32,7 @@ from ms_core.models import code_commit, sha256_file
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import (
     DEFAULT_LESION_CONTRAST,
+    LESION_MODELS,
     NOISE_MODELS,
     PatchSampler,
     load_lesion_bank,
@@ -137,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="image noise of the synthetic patches: white (independent per voxel, "
                          "models up to 3.0.0) or mixed (stronger, often spatially correlated, "
                          "with fine tissue texture)")
+    ap.add_argument("--lesion-model", choices=LESION_MODELS, default="uniform",
+                    help="FLAIR lesion appearance: uniform (one contrast per patch, models up to "
+                         "3.1.0) or varied (a contrast per lesion, skewed faint, fainter border)")
+    ap.add_argument("--winsorise", type=float, default=0.0,
+                    help="share of FLAIR patches clipped at 1.3-2.0 times white matter, as "
+                         "intensity-winsorising pipelines leave them (0 up to model 3.1.0)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a run's weights_best.npz) instead of a "
                          "random initialisation: fine-tuning")
@@ -164,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     tpl = load_template()
     bank = load_lesion_bank(args.mni_dir, tpl)
     contrast = tuple(float(v) for v in args.lesion_contrast.split(","))
+    if not 0.0 <= args.winsorise <= 1.0:
+        ap.error(f"--winsorise is a share of patches, 0-1, got {args.winsorise}")
     if len(contrast) != 2 or not 1.0 < contrast[0] < contrast[1]:
         ap.error(f"--lesion-contrast needs 'lo,hi' with 1 < lo < hi, got {args.lesion_contrast!r}")
     make_sampler = functools.partial(PatchSampler, bank, args.patch,
                                      lesion_fraction=args.lesion_fraction,
                                      hard_negatives=args.hard_negatives, lesion_contrast=contrast,
-                                     noise=args.noise)
+                                     noise=args.noise, lesion_model=args.lesion_model,
+                                     winsorise=args.winsorise)
     sampler = make_sampler(seed=args.seed)
     val_sampler = make_sampler(seed=args.seed + 10_000)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
