@@ -60,3 +60,46 @@ def test_both_noise_models_give_valid_patches(bank: LesionBank) -> None:
         assert set(np.unique(y)) <= {0.0, 1.0}
         patches[noise] = x
     assert not np.array_equal(patches["white"], patches["mixed"])
+
+
+def test_sampler_rejects_an_unknown_lesion_model_or_winsorise_share(bank: LesionBank) -> None:
+    with pytest.raises(ValueError, match="lesion_model must be one of"):
+        PatchSampler(bank, 32, lesion_model="bright")
+    with pytest.raises(ValueError, match="winsorise is a share"):
+        PatchSampler(bank, 32, winsorise=1.5)
+
+
+def test_varied_lesions_get_own_contrasts_and_a_fainter_border(bank: LesionBank) -> None:
+    sampler = PatchSampler(bank, 32, seed=3, lesion_model="varied", lesion_contrast=(1.2, 2.4))
+    label = np.zeros((32, 32, 32), np.float32)
+    label[4:12, 4:12, 4:12] = 1.0
+    label[20:28, 20:28, 20:28] = 1.0
+    from scipy import ndimage as ndi
+
+    lesion = ndi.gaussian_filter(label, 0.7)  # partial-volume fringe around both lesions
+    fringe = (lesion > 0.05) & (label == 0)
+    differ = 0
+    for _ in range(5):
+        excess = sampler._lesion_excess(sampler.rng, lesion, label)
+        assert excess.dtype == np.float32
+        assert (excess[lesion <= 0.05] == 0).all() and (excess[fringe] > 0).all()
+        assert 0.2 * 0.6 - 1e-6 <= excess[label > 0].min() and excess.max() <= 1.4 + 1e-6
+        cores = excess[8, 8, 8], excess[24, 24, 24]
+        for core, border in zip(cores, (excess[4, 8, 8], excess[20, 24, 24]), strict=True):
+            assert border < core
+        differ += abs(cores[0] - cores[1]) > 1e-3
+    assert differ == 5
+
+
+def test_winsorised_flair_has_a_plateau_at_its_maximum(bank: LesionBank) -> None:
+    plateaus = {}
+    for share in (0.0, 1.0):
+        sampler = PatchSampler(bank, 32, seed=11, lesion_fraction=1.0, winsorise=share,
+                               lesion_contrast=(2.2, 2.6))
+        counts = []
+        for _ in range(3):
+            flair = sampler.sample()[0][0]
+            counts.append(int((flair == flair.max()).sum()))
+        plateaus[share] = min(counts)
+    assert plateaus[0.0] == 1  # a continuous image has one brightest voxel
+    assert plateaus[1.0] >= 10  # clipped lesion cores share the cap
