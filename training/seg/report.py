@@ -245,6 +245,17 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   was 0.888 against 0.893 for `seg_v4` (v3.0.0: 0.870), and patient26 FLAIR Dice fell to 0.588
   (lesion F1 unchanged, 0.690). The shipped model was chosen on that demo selection set;
   patient26 pointed the same way.
+- Tried and not shipped: `seg_v6`, 1500 steps from the v3.1.0 weights with **varied lesion
+  appearance** (`--lesion-model varied --winsorise 0.5 --seed 6`, other flags as `seg_v4`): a
+  FLAIR contrast per lesion skewed towards faint ones, each lesion fainter at its border than in
+  its core (patient26's consensus lesions: border voxels 1.34, core 1.47 times white matter),
+  and half of the FLAIR patches clipped at 1.3–2.0 times white matter as winsorising pipelines
+  leave them. On the demo selection set it over-segmented (mean Dice 0.826 against 0.893; sub-10
+  0.638 with 0.61 ml predicted for 0.34 ml true), and patient26 FLAIR fell to Dice 0.624, lesion
+  F1 0.669 (4.36 ml predicted). Its last, uncalibrated weights reached patient26 Dice 0.710 but
+  lesion F1 0.589 (40 % false-positive lesions) and demo mean Dice 0.738. So patient26's
+  under-segmentation is not explained by lesion contrast alone; the options stay in
+  `training/seg/synth_data.py` (off by default, earlier patches bit-identical).
 - Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
   processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was
