@@ -241,7 +241,8 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
 - Tried and not shipped: `seg_v5`, a further 1000 steps from the v3.1.0 weights with a
   recall-weighted **Tversky loss** (`--tversky-beta 0.7`, Salehi et al. 2017) against the
   remaining under-segmentation. Synthetic validation Dice rose (0.693 vs 0.647), but on the
-  selection set, first visits of demo patients 7–12 (never in this report's tables), mean Dice
+  selection set, first visits of demo patients 7–12 (never in this report's tables;
+  `python -m training.seg.selection models_onnx CANDIDATE_DIR` prints it), mean Dice
   was 0.888 against 0.893 for `seg_v4` (v3.0.0: 0.870), and patient26 FLAIR Dice fell to 0.588
   (lesion F1 unchanged, 0.690). The shipped model was chosen on that demo selection set;
   patient26 pointed the same way.

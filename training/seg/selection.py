@@ -1,0 +1,89 @@
+"""Compare candidate lesion-segmentation models before one is shipped (model selection).
+
+Usage (export each candidate to its own folder first)::
+
+    python -m training.seg.export --run training/runs/seg_v6 --models-dir /tmp/m_v6 --version 0.0.0
+    python -m training.seg.selection models_onnx /tmp/m_v6
+
+For each models folder, the FLAIR-only network (the report's settings) is run on
+
+- the **selection set**: the first visit of demo patients 7-12 by default (``--skip 6``), which
+  the report (``python -m training.seg.report --visits 6``) never shows;
+- **patient26** of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY), printed
+  alongside. It is the issue's real-data test, so a model is chosen on the selection set; where
+  patient26 also moved the choice, the report says so.
+
+Prints one JSON object per folder: per-visit and mean Dice and lesion F1, and patient26's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ms_core.inference import load_onnx_model
+from ms_core.io import load_lesion_mask
+from ms_core.models import load_model_card
+from ms_core.segment import SegmentParams
+from ms_core.study import image_path, load_study, truth_dir
+from training.seg.report import P26, P26_FLAIR, P26_MASK, REPO, _run
+
+
+def selection_patients(patients: list[str], skip: int, count: int) -> list[str]:
+    """The demo patients of the selection set: ``count`` after the report's first ``skip``."""
+    chosen = patients[skip: skip + count]
+    if len(chosen) < count:
+        raise ValueError(f"the demo study has {len(patients)} patients; the selection set needs "
+                         f"{skip + count} (--skip {skip} --count {count})")
+    return chosen
+
+
+def evaluate_candidate(models_dir: Path, demo_root: Path, patients: list[str]) -> dict[str, Any]:
+    """FLAIR-only network of ``models_dir`` on the selection visits and on patient26."""
+    card = load_model_card("lesion_seg", models_dir)
+    model = load_onnx_model(card, "cpu")
+    study = load_study(demo_root)
+    net = SegmentParams(method="network")
+    rows = {}
+    for pid in patients:
+        sid = study.visits[pid][0].session_id
+        truth = load_lesion_mask(truth_dir(demo_root, pid, sid) / "lesion_labels.nii.gz")
+        r = _run(image_path(demo_root, pid, sid, "FLAIR"), None, truth, net, model)
+        rows[pid] = {k: r[k] for k in ("dice", "f1_any", "pred_ml", "truth_ml")}
+    out: dict[str, Any] = {
+        "models_dir": str(models_dir), "version": card.version, "sha256": card.sha256,
+        "selection": rows,
+        "selection_mean": {m: float(np.mean([r[m] for r in rows.values() if r[m] is not None]))
+                           for m in ("dice", "f1_any")},
+    }
+    if (P26 / P26_FLAIR).exists():
+        r = _run(P26 / P26_FLAIR, None, load_lesion_mask(P26 / P26_MASK),
+                 SegmentParams(method="network", skull_stripped=True), model)
+        out["patient26"] = {k: r[k] for k in ("dice", "f1_any", "tpr_any", "fpr_any", "pred_ml",
+                                              "truth_ml")}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("models_dirs", type=Path, nargs="+", help="folders holding lesion_seg")
+    ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
+    ap.add_argument("--skip", type=int, default=6, help="demo patients the report shows")
+    ap.add_argument("--count", type=int, default=6, help="demo patients in the selection set")
+    args = ap.parse_args(argv)
+    try:
+        patients = selection_patients(list(load_study(args.demo).visits), args.skip, args.count)
+    except (OSError, ValueError) as e:
+        ap.error(f"{args.demo}: {e}")
+    for models_dir in args.models_dirs:
+        print(json.dumps(evaluate_candidate(models_dir, args.demo, patients)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
