@@ -255,8 +255,12 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   0.638 with 0.61 ml predicted for 0.34 ml true), and patient26 FLAIR fell to Dice 0.624, lesion
   F1 0.669 (4.36 ml predicted). Its last, uncalibrated weights reached patient26 Dice 0.710 but
   lesion F1 0.589 (40 % false-positive lesions) and demo mean Dice 0.738. So patient26's
-  under-segmentation is not explained by lesion contrast alone; the options stay in
-  `training/seg/synth_data.py` (off by default, earlier patches bit-identical).
+  under-segmentation is not explained by lesion contrast alone. `seg_v7` isolated the lesion
+  model (800 steps from v3.1.0, `--lesion-model varied` without `--winsorise`, `--seed 7`):
+  selection-set mean Dice 0.713 (sub-10 0.182), patient26 FLAIR Dice 0.657, lesion F1 0.676,
+  18.8 % false-positive lesions; so the over-segmentation comes from the varied lesions, not the
+  clipping. Both options stay in `training/seg/synth_data.py`, off by default (earlier patches
+  bit-identical).
 - Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
   processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was
