@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from ms_core.errors import StudyError
 from ms_core.inference import load_onnx_model
 from ms_core.io import load_lesion_mask
 from ms_core.models import load_model_card
 from ms_core.segment import SegmentParams
-from ms_core.study import image_path, load_study, truth_dir
+from ms_core.study import Study, image_path, load_study, truth_dir
 from training.seg.report import P26, P26_FLAIR, P26_MASK, REPO, _run
 
 
@@ -43,11 +44,11 @@ def selection_patients(patients: list[str], skip: int, count: int) -> list[str]:
     return chosen
 
 
-def evaluate_candidate(models_dir: Path, demo_root: Path, patients: list[str]) -> dict[str, Any]:
+def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
+                       patients: list[str]) -> dict[str, Any]:
     """FLAIR-only network of ``models_dir`` on the selection visits and on patient26."""
     card = load_model_card("lesion_seg", models_dir)
     model = load_onnx_model(card, "cpu")
-    study = load_study(demo_root)
     net = SegmentParams(method="network")
     rows = {}
     for pid in patients:
@@ -77,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=6, help="demo patients in the selection set")
     args = ap.parse_args(argv)
     try:
-        patients = selection_patients(list(load_study(args.demo).visits), args.skip, args.count)
-    except (OSError, ValueError) as e:
+        study = load_study(args.demo)
+    except (OSError, StudyError) as e:  # names the folder
+        ap.error(str(e))
+    try:
+        patients = selection_patients(list(study.visits), args.skip, args.count)
+    except ValueError as e:
         ap.error(f"{args.demo}: {e}")
     for models_dir in args.models_dirs:
-        print(json.dumps(evaluate_candidate(models_dir, args.demo, patients)), flush=True)
+        print(json.dumps(evaluate_candidate(models_dir, args.demo, study, patients)), flush=True)
     return 0
 
 

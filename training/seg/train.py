@@ -171,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     tpl = load_template()
     bank = load_lesion_bank(args.mni_dir, tpl)
     contrast = tuple(float(v) for v in args.lesion_contrast.split(","))
-    if not 0.0 <= args.winsorise <= 1.0:
-        ap.error(f"--winsorise is a share of patches, 0-1, got {args.winsorise}")
     if len(contrast) != 2 or not 1.0 < contrast[0] < contrast[1]:
         ap.error(f"--lesion-contrast needs 'lo,hi' with 1 < lo < hi, got {args.lesion_contrast!r}")
     make_sampler = functools.partial(PatchSampler, bank, args.patch,
@@ -180,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                                      hard_negatives=args.hard_negatives, lesion_contrast=contrast,
                                      noise=args.noise, lesion_model=args.lesion_model,
                                      winsorise=args.winsorise)
-    sampler = make_sampler(seed=args.seed)
+    try:
+        sampler = make_sampler(seed=args.seed)
+    except ValueError as e:  # the sampler checks its options (e.g. --winsorise outside 0-1)
+        ap.error(str(e))
     val_sampler = make_sampler(seed=args.seed + 10_000)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
     val_x = torch.from_numpy(np.stack([v[0] for v in val]))
