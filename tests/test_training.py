@@ -130,3 +130,13 @@ def test_export_records_the_whole_fine_tuning_chain(tmp_path: Path) -> None:
     info = _initialised_from(third)
     assert info == {"weights": str(second / "w.npz"), "weights_sha256": "bb",
                     "commands_before": ["train --out a", "train --out b --init a/w.npz"]}
+
+
+def test_export_records_every_data_and_loss_option() -> None:
+    from training.seg.export import _recorded_options
+
+    old_run = {"command": "train --out a", "seed": 1}  # before any of the options existed
+    assert _recorded_options(old_run) == {"noise": "white", "lesion_model": "uniform",
+                                          "winsorise": 0.0, "tversky_beta": 0.5}
+    new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7}
+    assert _recorded_options(new_run) == new_run

@@ -69,6 +69,17 @@ def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
             "commands_before": commands}
 
 
+#: Training options that change the synthetic data or the loss, with the value runs made
+#: before the option existed used.
+_RECORDED_OPTIONS = {"noise": "white", "lesion_model": "uniform", "winsorise": 0.0,
+                     "tversky_beta": 0.5}
+
+
+def _recorded_options(config: dict[str, object]) -> dict[str, object]:
+    """The run's data and loss options for the card (older runs: the value they trained with)."""
+    return {k: config.get(k, default) for k, default in _RECORDED_OPTIONS.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="training run folder")
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "(skipped with --skull-stripped)"},
         "training": {"command": config.get("command"), "seed": config.get("seed"),
                      "steps": config.get("steps"),
-                     "noise": config.get("noise", "white"),
+                     **_recorded_options(config),
                      "initialised_from": _initialised_from(config),
                      "git_commit_at_launch": config.get(
                          "git_commit"), "torch": config.get("torch"),
