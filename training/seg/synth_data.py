@@ -10,7 +10,7 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   3.1.0) every lesion of a patch has the same FLAIR contrast; ``"varied"`` draws a contrast per
   lesion, skewed towards faint ones, and makes each lesion fainter at its border than in its
   core, as on real scans (open_ms_data patient26: border voxels 1.34, core 1.47 times white
-  matter);
+  matter); ``"mixed"`` draws one of the two per patch, with equal odds;
 - with ``winsorise``: the share of FLAIR patches clipped at 1.3-2.0 times white matter, as
   pipelines that winsorise intensities leave them (open_ms_data's FLAIR is capped near 1.6);
 - smooth bias field, Rician noise (``noise="white"``: independent per voxel, as up to model
@@ -51,7 +51,7 @@ DEFAULT_LESION_CONTRAST = (1.25, 2.6)
 #: Image noise models of :class:`PatchSampler` (see the module docstring).
 NOISE_MODELS = ("white", "mixed")
 #: FLAIR lesion appearance models of :class:`PatchSampler` (see the module docstring).
-LESION_MODELS = ("uniform", "varied")
+LESION_MODELS = ("uniform", "varied", "mixed")
 MASK_NAME = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 
 
@@ -221,8 +221,9 @@ class PatchSampler:
 
         c = _draw_contrast(rng, self.lesion_contrast)
         # FLAIR lesion contrast minus 1, per voxel ("varied"); None: con["lesion"] everywhere.
-        excess = (self._lesion_excess(rng, lesion, label)
-                  if self.lesion_model == "varied" else None)
+        varied = self.lesion_model == "varied" or (self.lesion_model == "mixed"
+                                                     and rng.random() < 0.5)
+        excess = self._lesion_excess(rng, lesion, label) if varied else None
         channels = []
         for con in (c.flair, c.t1):
             texture = 1.0 + _smooth_field(rng, (p, p, p), 6, 0.04)

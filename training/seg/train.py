@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                          "with fine tissue texture)")
     ap.add_argument("--lesion-model", choices=LESION_MODELS, default="uniform",
                     help="FLAIR lesion appearance: uniform (one contrast per patch, models up to "
-                         "3.1.0) or varied (a contrast per lesion, skewed faint, fainter border)")
+                         "3.1.0), varied (a contrast per lesion, skewed faint, fainter border) or "
+                         "mixed (one of the two per patch)")
     ap.add_argument("--winsorise", type=float, default=0.0,
                     help="share of FLAIR patches clipped at 1.3-2.0 times white matter, as "
                          "intensity-winsorising pipelines leave them (0 up to model 3.1.0)")
