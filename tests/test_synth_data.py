@@ -91,6 +91,27 @@ def test_varied_lesions_get_own_contrasts_and_a_fainter_border(bank: LesionBank)
     assert differ == 5
 
 
+@pytest.mark.parametrize(("model", "expected"), [("uniform", "none"), ("varied", "all"),
+                                               ("mixed", "some")])
+def test_lesion_model_decides_which_patches_get_varied_lesions(bank: LesionBank, model: str,
+                                                               expected: str) -> None:
+    sampler = PatchSampler(bank, 32, seed=5, lesion_fraction=1.0, lesion_model=model)
+    calls = []
+    real = sampler._lesion_excess
+
+    def spy(*args: object) -> np.ndarray:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    sampler._lesion_excess = spy  # type: ignore[method-assign]
+    n = 12
+    for i in range(n):
+        sampler.sample()
+        assert len(calls) <= i + 1
+    got = "none" if not calls else "all" if len(calls) == n else "some"
+    assert got == expected
+
+
 def test_winsorised_flair_has_a_plateau_at_its_maximum(bank: LesionBank) -> None:
     plateaus = {}
     for share in (0.0, 1.0):

@@ -1,0 +1,157 @@
+"""Benchmark: the segmentation network's operating points (threshold, flip TTA) on two sets.
+
+Usage: ``python bench/operating_points.py [--models-dir models_onnx] [--tta 0,1]
+[--thresholds 0.05,0.1,0.2,0.3,0.4,0.5,0.6] [--demo data/demo] [--name operating_points]``.
+
+Does a different probability threshold or flip test-time augmentation (TTA) meet the real-data
+targets of the segmentation issue (patient26 Dice >= 0.70 *and* lesion F1 >= 0.70) without
+costing accuracy elsewhere? The FLAIR-only network (the report's settings: 64^3 windows, 50 %
+overlap, lesions >= 10 mm^3) runs once per TTA setting on
+
+- the **selection set**: the first visits of demo patients 7-12 (synthetic, known ground
+  truth; never shown in ``docs/segmentation.md``'s tables), as ``python -m training.seg.selection``
+  uses it;
+- **patient26** of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY; FLAIR
+  as distributed, skull-stripped, against the consensus mask); skipped when ../shared is absent.
+
+and each probability map is thresholded at every ``--thresholds`` value. For patient26 it also
+prints how the consensus voxels split by FLAIR intensity (divided by the brain median) and what
+share of each band the network finds at 0.5: where the missed lesion volume lies.
+
+Prints JSON and saves ``bench/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._common import machine, now_utc, save_result  # noqa: E402
+from ms_core.domain import LesionMask  # noqa: E402
+from ms_core.evaluate import evaluate_masks  # noqa: E402
+from ms_core.inference import load_onnx_model  # noqa: E402
+from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
+from ms_core.lesions import threshold_probability  # noqa: E402
+from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segment import SegmentParams, segment_volumes  # noqa: E402
+from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
+from training.seg.selection import selection_patients  # noqa: E402
+
+#: FLAIR / brain-median bands for the patient26 intensity profile.
+BANDS = (0.0, 1.1, 1.2, 1.3, 1.4, 1.5, np.inf)
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    flair: Path
+    truth: np.ndarray  # bool, on the FLAIR grid
+    skull_stripped: bool
+
+
+def score(prob: np.ndarray, truth: np.ndarray, affine: np.ndarray, threshold: float,
+          min_lesion_mm3: float) -> dict[str, float]:
+    """Dice and lesion-wise figures (>= 1 voxel overlap) of ``prob`` at ``threshold``."""
+    labels = threshold_probability(prob, affine=affine, threshold=threshold,
+                                   min_lesion_mm3=min_lesion_mm3)
+    m = evaluate_masks(LesionMask((labels > 0).astype(np.int32), affine),
+                       LesionMask(truth.astype(np.int32), affine))
+    lw = m["lesion_any_voxel"]
+    return {"dice": round(float(m["dice"]), 4), "f1": round(float(lw["f1"] or 0.0), 4),
+            "tpr": round(float(lw["tpr"] or 0.0), 4), "fpr": round(float(lw["fpr"] or 0.0), 4),
+            "pred_ml": round(float(m["pred_volume_ml"]), 3)}
+
+
+def intensity_profile(flair: np.ndarray, truth: np.ndarray, prob: np.ndarray,
+                      threshold: float) -> list[dict[str, Any]]:
+    """Consensus voxels per FLAIR / brain-median band: count and share found at ``threshold``."""
+    brain = flair > 0
+    ratio = flair / float(np.median(flair[brain]))
+    rows = []
+    for lo, hi in itertools.pairwise(BANDS):
+        band = truth & (ratio >= lo) & (ratio < hi)
+        n = int(band.sum())
+        rows.append({"band": f"{lo:.1f}-{hi:.1f}" if np.isfinite(hi) else f">={lo:.1f}",
+                     "truth_voxels": n,
+                     "found": round(float(np.mean(prob[band] >= threshold)), 3) if n else None})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
+    ap.add_argument("--tta", default="0,1", help="TTA settings to run: 0 (off), 1 (on)")
+    ap.add_argument("--thresholds", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6")
+    ap.add_argument("--name", default="operating_points", help="results file name")
+    args = ap.parse_args()
+    ttas = [bool(int(v)) for v in args.tta.split(",")]
+    thresholds = [float(v) for v in args.thresholds.split(",")]
+    card = load_model_card("lesion_seg", args.models_dir)
+    model = load_onnx_model(card, "cpu")
+    base = SegmentParams(method="network")
+
+    study = load_study(args.demo)
+    cases = []
+    for pid in selection_patients(list(study.visits), 6, 6):
+        sid = study.visits[pid][0].session_id
+        truth = load_lesion_mask(truth_dir(args.demo, pid, sid) / "lesion_labels.nii.gz")
+        cases.append(Case(f"{pid}/{sid}", image_path(args.demo, pid, sid, "FLAIR"),
+                          truth.labels > 0, False))
+    if (P26 / P26_FLAIR).exists():
+        cases.append(Case("patient26", P26 / P26_FLAIR,
+                          load_lesion_mask(P26 / P26_MASK).labels > 0, True))
+    else:
+        print("patient26 not found (../shared absent): selection set only", file=sys.stderr)
+
+    table: dict[str, dict[str, Any]] = {}
+    profile = None
+    for case in cases:
+        flair = load_volume(case.flair, "FLAIR")
+        for tta in ttas:
+            params = dataclasses.replace(base, tta=tta, skull_stripped=case.skull_stripped)
+            res = segment_volumes(flair, None, params, model)
+            for th in thresholds:
+                key = f"tta={int(tta)} threshold={th}"
+                table.setdefault(key, {})[case.name] = score(res.prob, case.truth, res.affine,
+                                                             th, base.min_lesion_mm3)
+            if case.name == "patient26" and not tta:
+                profile = intensity_profile(flair.data, case.truth, res.prob, base.threshold)
+            print(case.name, "tta" if tta else "no tta", "done", file=sys.stderr, flush=True)
+
+    summary = []
+    for key, rows in table.items():
+        sel = [r for name, r in rows.items() if name != "patient26"]
+        p26 = rows.get("patient26")
+        summary.append({
+            "setting": key,
+            "selection_mean_dice": round(float(np.mean([r["dice"] for r in sel])), 4),
+            "selection_mean_f1": round(float(np.mean([r["f1"] for r in sel])), 4),
+            "patient26": p26,
+            "patient26_meets_targets": (None if p26 is None
+                                        else p26["dice"] >= 0.70 and p26["f1"] >= 0.70),
+        })
+    save_result(args.name, {
+        "benchmark": "operating_points", "time_utc": now_utc(), "machine": machine(),
+        "model": {"version": card.version, "sha256": card.sha256,
+                  "models_dir": str(args.models_dir)},
+        "settings": {"overlap": base.overlap, "min_lesion_mm3": base.min_lesion_mm3,
+                     "input": "FLAIR only"},
+        "summary": summary, "per_case": table, "patient26_intensity_profile": profile,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
