@@ -16,7 +16,11 @@ overlap, lesions >= 10 mm^3) runs once per TTA setting on
 
 and each probability map is thresholded at every ``--thresholds`` value. For patient26 it also
 prints how the consensus voxels split by FLAIR intensity (divided by the brain median) and what
-share of each band the network finds at 0.5: where the missed lesion volume lies.
+share of each band the network finds at 0.5: where the missed lesion volume lies. For every case
+it prints the lesions' **edge profile**: the median FLAIR excess over the surrounding white
+matter at 1-3 voxels inside and outside the reference outline, as a share of the core's excess
+(1 = as bright as the core, 0 = as the surroundings), and the core / surroundings ratio. It
+shows how sharp and how bright the reference lesions are, and where the outline was drawn.
 
 Prints JSON and saves ``bench/results/<name>.json``.
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,6 +62,7 @@ class Case:
     flair: Path
     truth: np.ndarray  # bool, on the FLAIR grid
     skull_stripped: bool
+    brain: np.ndarray | None = None  # bool; None: the non-zero voxels (skull-stripped input)
 
 
 def score(prob: np.ndarray, truth: np.ndarray, affine: np.ndarray, threshold: float,
@@ -87,6 +93,29 @@ def intensity_profile(flair: np.ndarray, truth: np.ndarray, prob: np.ndarray,
     return rows
 
 
+def edge_profile(flair: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> dict[str, Any]:
+    """Median FLAIR excess at signed distances from the outline, as a share of the core's.
+
+    Distances are Euclidean, rounded to whole voxels: +1 the outline's own voxels, -1 the first
+    voxels outside it. The surroundings are brain voxels 3-4 voxels outside; the core, lesion
+    voxels at least 2 voxels deep.
+    """
+    din = ndi.distance_transform_edt(truth)
+    dout = ndi.distance_transform_edt(~truth)
+    ring = brain & ~truth & (dout > 2) & (dout <= 4)
+    core_vox = truth & (din >= 2)
+    if not ring.any() or not core_vox.any():
+        return {"core_over_surroundings": None, "profile": None}
+    base = float(np.median(flair[ring]))
+    core = float(np.median(flair[core_vox]))
+    prof = {}
+    for k in (-3, -2, -1, 1, 2, 3):
+        sel = (np.round(din) == k) & truth if k > 0 else (np.round(dout) == -k) & ~truth & brain
+        prof[str(k)] = (round((float(np.median(flair[sel])) - base) / (core - base), 3)
+                        if sel.any() and core > base else None)
+    return {"core_over_surroundings": round(core / base, 3), "profile": prof}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,8 +136,9 @@ def main() -> int:
     for pid in selection_patients(list(study.visits), 6, 6):
         sid = study.visits[pid][0].session_id
         truth = load_lesion_mask(truth_dir(args.demo, pid, sid) / "lesion_labels.nii.gz")
+        brain = load_lesion_mask(truth_dir(args.demo, pid, sid) / "brain_mask.nii.gz")
         cases.append(Case(f"{pid}/{sid}", image_path(args.demo, pid, sid, "FLAIR"),
-                          truth.labels > 0, False))
+                          truth.labels > 0, False, brain.labels > 0))
     if (P26 / P26_FLAIR).exists():
         cases.append(Case("patient26", P26 / P26_FLAIR,
                           load_lesion_mask(P26 / P26_MASK).labels > 0, True))
@@ -117,8 +147,11 @@ def main() -> int:
 
     table: dict[str, dict[str, Any]] = {}
     profile = None
+    edges = {}
     for case in cases:
         flair = load_volume(case.flair, "FLAIR")
+        edges[case.name] = edge_profile(flair.data, case.truth,
+                                        case.brain if case.brain is not None else flair.data > 0)
         for tta in ttas:
             params = dataclasses.replace(base, tta=tta, skull_stripped=case.skull_stripped)
             res = segment_volumes(flair, None, params, model)
@@ -149,6 +182,7 @@ def main() -> int:
         "settings": {"overlap": base.overlap, "min_lesion_mm3": base.min_lesion_mm3,
                      "input": "FLAIR only"},
         "summary": summary, "per_case": table, "patient26_intensity_profile": profile,
+        "edge_profile": edges,
     })
     return 0
 
