@@ -71,6 +71,7 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	$(PY) bench/ort_vs_torch.py
 	$(PY) bench/overlap_tta.py
 	$(PY) bench/overlap_choice.py
+	$(PY) bench/operating_points.py
 	$(PY) bench/app_responsiveness.py
 
 clean-venv:
