@@ -17,9 +17,10 @@ overlap, lesions >= 10 mm^3) runs once per TTA setting on
 and each probability map is thresholded at every ``--thresholds`` value. For patient26 it also
 prints how the consensus voxels split by FLAIR intensity (divided by the brain median) and what
 share of each band the network finds at 0.5: where the missed lesion volume lies. For every case
-it prints the lesions' **edge profile**: the median FLAIR excess over the surrounding white
-matter at 1-3 voxels inside and outside the reference outline, as a share of the core's excess
-(1 = as bright as the core, 0 = as the surroundings), and the core / surroundings ratio. It
+it prints the lesions' **edge profile**: the median FLAIR excess over the surrounding tissue
+(brain voxels 3-4 voxels outside the outline, mostly white matter) at 1-3 voxels inside and
+outside the reference outline, as a share of the core's excess (1 = as bright as the core,
+0 = as the surroundings), and the core / surroundings ratio. It
 shows how sharp and how bright the reference lesions are, and where the outline was drawn.
 
 Prints JSON and saves ``bench/results/<name>.json``.

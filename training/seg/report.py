@@ -266,23 +266,23 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   as `seg_v4`, to keep the demo's behaviour while learning faint lesions. Selection-set mean
   Dice 0.875 (against 0.893), patient26 FLAIR Dice 0.632, lesion F1 0.593 (8 of 19 lesions
   found, none false). Worse on both sets.
-- **Operating points** (`python bench/operating_points.py`, `bench/results/operating_points.json`):
-  no threshold and no flip TTA meets both patient26 targets with the shipped model. Lowering
-  the threshold trades lesion F1 for Dice on patient26 (0.1: Dice 0.703, F1 0.630 with 21 %
-  false-positive lesions) and costs the selection set more (mean Dice 0.768 at 0.1, 0.893 at
-  0.5); flip TTA at 0.5 gives patient26 Dice 0.620, F1 0.690. The network finds 87–97 % of the
-  consensus voxels brighter than 1.4 times the brain median but 21 % of those at 1.2–1.3 and
-  5 % at 1.1–1.2, and those two bands hold 39 % of the reference volume. The lesions
-  themselves differ: the same benchmark's **edge profile** (FLAIR excess over the surrounding
-  white matter as a share of the core's) puts the demo's lesion cores at 1.8–2.2 times their
-  surroundings, their outline voxels at 0.82–0.96 and the first voxels outside at 0.02–0.08:
-  bright lesions with sharp edges. patient26's cores are 1.40 times their surroundings, the
-  outline voxels 0.73 and the first voxels outside 0.17: faint lesions with a graded edge,
-  outlined by the raters well into the gradient. So the demo selection set and patient26 ask
-  for different outlines, and the training variants that moved one moved the other the
-  opposite way. Of the 9 missed patient26 lesions, 8 have 3–16 voxels (five are under the
-  10 mm³ that the pipeline reports as a lesion) and one has 81; all but one stay below
-  probability 0.01 (the exception, 16 voxels, reaches 0.52 in one voxel).
+- **Operating points** (`python bench/operating_points.py`,
+  `bench/results/operating_points.json`): no threshold and no flip TTA meets both patient26
+  targets with the shipped model. Lowering the threshold trades lesion F1 for Dice on patient26
+  (0.1: Dice 0.703, F1 0.630 with 21 % false-positive lesions) and costs the selection set more
+  (mean Dice 0.768 at 0.1, 0.893 at 0.5); flip TTA at 0.5 gives patient26 Dice 0.620, F1 0.690.
+  The network finds 87–97 % of the consensus voxels brighter than 1.4 times the brain median but
+  21 % of those at 1.2–1.3 and 5 % at 1.1–1.2, and those two bands hold 39 % of the reference
+  volume. The lesions themselves differ: the same benchmark's **edge profile** (FLAIR excess
+  over the surrounding tissue, 3–4 voxels outside the outline, as a share of the core's) puts
+  the demo's lesion cores at 1.8–2.2 times their surroundings, their outline voxels at 0.82–0.96
+  and the first voxels outside at 0.02–0.08: bright lesions with sharp edges. patient26's cores
+  are 1.40 times their surroundings, the outline voxels 0.73 and the first voxels outside 0.17:
+  faint lesions with a graded edge, outlined by the raters well into the gradient. So the demo
+  selection set and patient26 ask for different outlines, and the training variants that moved
+  one moved the other the opposite way. Of the 9 missed patient26 lesions, 8 have 3–16 voxels
+  (five are under the 10 mm³ that the pipeline reports as a lesion) and one has 81; all but one
+  stay below probability 0.01 (the exception, 16 voxels, reaches 0.52 in one voxel).
 - Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
   processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was
