@@ -51,7 +51,7 @@ from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.segment import SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
 from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
-from training.seg.selection import selection_patients  # noqa: E402
+from training.seg.selection import selection_patients, selection_visits  # noqa: E402
 
 #: FLAIR / brain-median bands for the patient26 intensity profile.
 BANDS = (0.0, 1.1, 1.2, 1.3, 1.4, 1.5, np.inf)
@@ -134,8 +134,7 @@ def main() -> int:
 
     study = load_study(args.demo)
     cases = []
-    for pid in selection_patients(list(study.visits), 6, 6):
-        sid = study.visits[pid][0].session_id
+    for pid, sid in selection_visits(study, selection_patients(list(study.visits), 6, 6)):
         truth = load_lesion_mask(truth_dir(args.demo, pid, sid) / "lesion_labels.nii.gz")
         brain = load_lesion_mask(truth_dir(args.demo, pid, sid) / "brain_mask.nii.gz")
         cases.append(Case(f"{pid}/{sid}", image_path(args.demo, pid, sid, "FLAIR"),

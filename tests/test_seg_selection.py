@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.seg.selection import selection_patients
+from training.seg.selection import selection_patients, selection_visits
 
 
 def test_selection_set_follows_the_reports_patients() -> None:
@@ -17,3 +17,15 @@ def test_selection_set_follows_the_reports_patients() -> None:
 def test_selection_set_refuses_a_study_too_small() -> None:
     with pytest.raises(ValueError, match="needs 12"):
         selection_patients([f"sub-{i:02d}" for i in range(1, 10)], skip=6, count=6)
+
+
+def test_selection_visits_are_each_patients_first_visit() -> None:
+    from types import SimpleNamespace
+
+    def visit(sid: str) -> SimpleNamespace:
+        return SimpleNamespace(session_id=sid)
+
+    visits = {"sub-07": [visit("ses-01"), visit("ses-02")], "sub-08": [visit("ses-03")]}
+    study = SimpleNamespace(visits=visits)
+    assert selection_visits(study, ["sub-07", "sub-08"]) == [("sub-07", "ses-01"),
+                                                              ("sub-08", "ses-03")]

@@ -44,6 +44,11 @@ def selection_patients(patients: list[str], skip: int, count: int) -> list[str]:
     return chosen
 
 
+def selection_visits(study: Study, patients: list[str]) -> list[tuple[str, str]]:
+    """(participant, session) of the selection set: the first visit of each of ``patients``."""
+    return [(pid, study.visits[pid][0].session_id) for pid in patients]
+
+
 def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
                        patients: list[str]) -> dict[str, Any]:
     """FLAIR-only network of ``models_dir`` on the selection visits and on patient26."""
@@ -51,8 +56,7 @@ def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
     model = load_onnx_model(card, "cpu")
     net = SegmentParams(method="network")
     rows = {}
-    for pid in patients:
-        sid = study.visits[pid][0].session_id
+    for pid, sid in selection_visits(study, patients):
         truth = load_lesion_mask(truth_dir(demo_root, pid, sid) / "lesion_labels.nii.gz")
         r = _run(image_path(demo_root, pid, sid, "FLAIR"), None, truth, net, model)
         rows[pid] = {k: r[k] for k in ("dice", "f1_any", "pred_ml", "truth_ml")}
