@@ -94,6 +94,33 @@ def test_batch_norm_calibration_uses_the_plain_average_of_the_patches() -> None:
     assert bn.momentum == 0.1
 
 
+def test_blob_loss_weighs_each_lesion_alike() -> None:
+    from training.seg.train import blob_loss, lesion_components, soft_dice_loss
+
+    target = np.zeros((1, 1, 16, 16, 16), np.float32)
+    target[0, 0, 2:10, 2:10, 2:10] = 1.0  # 512 voxels
+    target[0, 0, 13:15, 13:15, 13] = 1.0  # 4 voxels, its own component
+    comps = lesion_components(target)
+    assert int(comps.max()) == 2
+    sure = torch.from_numpy(np.where(target > 0, 12.0, -12.0).astype(np.float32))
+    assert float(blob_loss(sure, comps)) < 0.01
+    miss_small = sure.clone()
+    miss_small[0, 0, 13:15, 13:15, 13] = -12.0
+    miss_big_edge = sure.clone()  # the big lesion loses 4 voxels: same count as the small one
+    miss_big_edge[0, 0, 2, 2, 2:6] = -12.0
+    # Whole-batch Dice hardly tells the two errors apart; the blob loss sees a lost lesion.
+    assert abs(float(soft_dice_loss(miss_small, torch.from_numpy(target)))
+               - float(soft_dice_loss(miss_big_edge, torch.from_numpy(target)))) < 1e-3
+    assert float(blob_loss(miss_small, comps)) > 0.35
+    assert float(blob_loss(miss_big_edge, comps)) < 0.01
+    # The other lesion is masked out of each lesion's term: a false positive still counts.
+    false_pos = sure.clone()
+    false_pos[0, 0, 12, 2:6, 2:6] = 12.0
+    assert float(blob_loss(false_pos, comps)) > float(blob_loss(sure, comps)) + 0.1
+    empty = torch.zeros((1, 1, 16, 16, 16))
+    assert float(blob_loss(empty, lesion_components(np.zeros((1, 1, 16, 16, 16))))) == 0.0
+
+
 def test_tversky_loss_is_dice_at_half_and_weighs_misses_above() -> None:
     from training.seg.train import soft_dice_loss, tversky_loss
 
@@ -137,6 +164,8 @@ def test_export_records_every_data_and_loss_option() -> None:
 
     old_run = {"command": "train --out a", "seed": 1}  # before any of the options existed
     assert _recorded_options(old_run) == {"noise": "white", "lesion_model": "uniform",
-                                          "winsorise": 0.0, "tversky_beta": 0.5}
-    new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7}
+                                          "winsorise": 0.0, "tversky_beta": 0.5,
+                                          "blob_weight": 0.0}
+    new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
+               "blob_weight": 1.0}
     assert _recorded_options(new_run) == new_run
