@@ -31,6 +31,13 @@ def now_utc() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (results then read the same
+    on every clone), else as an absolute path."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
+
+
 def print_result(result: dict[str, Any], out: Path | None = None) -> None:
     """Print ``result`` as JSON and, when ``out`` is given, save it there atomically."""
     text = json.dumps(result, indent=2)

@@ -50,7 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine, now_utc, save_result  # noqa: E402
+from bench._common import machine, now_utc, repo_relative, save_result  # noqa: E402
 from ms_core import state_keys  # noqa: E402
 from ms_core.io import (  # noqa: E402
     load_lesion_mask,
@@ -271,7 +271,8 @@ def main() -> int:
     import streamlit
 
     result = {
-        "benchmark": "app_responsiveness", "study": str(args.study), "reruns": args.reruns,
+        "benchmark": "app_responsiveness", "study": repo_relative(args.study),
+        "reruns": args.reruns,
         "targets": TARGETS, "verdict": verdict, "as_shipped": shipped,
         "processed_visit": processed, "message_sizes": sizes,
         "message_sizes_processed_copy": processed_sizes,

@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import print_result  # noqa: E402
+from bench._common import print_result, repo_relative  # noqa: E402
 from ms_core.atrophy import (  # noqa: E402
     PBVC_METHODS,
     annualised_pct_per_year,
@@ -184,7 +184,7 @@ def main() -> int:
             log.info("%s %s BPF %.4f (truth %.4f) %.0f s", pid, v.session_id, tv.bpf, t["bpf"],
                      sec)
     result = {
-        "benchmark": "atrophy_eval", "demo": str(args.demo), "modality": args.modality,
+        "benchmark": "atrophy_eval", "demo": repo_relative(args.demo), "modality": args.modality,
         "methods": methods, "tissue_mode": args.tissue, "patients": pids,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "gpu": "none used"},

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import print_result  # noqa: E402
+from bench._common import print_result, repo_relative  # noqa: E402
 from ms_core.io import load_lesion_mask, load_volume, read_json  # noqa: E402
 from ms_core.location import LOCATIONS, MIN_ZONE_SHARE, classify_shares, zone_shares  # noqa: E402
 from ms_core.preprocess import template_to_subject  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> int:
     recall = {t: (row[t] / sum(row.values()) if sum(row.values()) else None)
               for t, row in confusion.items()}
     result = {
-        "benchmark": "location_eval", "demo": str(args.demo), "n_visits": len(visits),
+        "benchmark": "location_eval", "demo": repo_relative(args.demo), "n_visits": len(visits),
         "n_lesions": len(pairs), "min_share": MIN_ZONE_SHARE,
         "accuracy": round(accuracy, 4), "target_accuracy": 0.85,
         "confusion_rows_truth_cols_pred": confusion,

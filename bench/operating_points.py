@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import machine, now_utc, save_result  # noqa: E402
+from bench._common import machine, now_utc, repo_relative, save_result  # noqa: E402
 from ms_core.domain import LesionMask  # noqa: E402
 from ms_core.evaluate import evaluate_masks  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
@@ -178,7 +178,7 @@ def main() -> int:
     save_result(args.name, {
         "benchmark": "operating_points", "time_utc": now_utc(), "machine": machine(),
         "model": {"version": card.version, "sha256": card.sha256,
-                  "models_dir": str(args.models_dir)},
+                  "models_dir": repo_relative(args.models_dir)},
         "settings": {"overlap": base.overlap, "min_lesion_mm3": base.min_lesion_mm3,
                      "input": "FLAIR only"},
         "summary": summary, "per_case": table, "patient26_intensity_profile": profile,

@@ -235,11 +235,11 @@ def main() -> int:
             study = _demo_study(Path(tmp), args.demo) if case == "demo" else None
             results[case] = _run_case(case, args.runs, study, args.device)
     sys.path.insert(0, str(REPO))
-    from bench._common import machine, now_utc, save_result
+    from bench._common import machine, now_utc, repo_relative, save_result
 
     result = {
         "benchmark": "stage_timings", "device": args.device, "cases": results,
-        "inputs": {"demo": f"{args.demo}/{DEMO_PID}/{DEMO_SID} FLAIR + T1w",
+        "inputs": {"demo": f"{repo_relative(args.demo)}/{DEMO_PID}/{DEMO_SID} FLAIR + T1w",
                    "patient26": f"{P26} FLAIR + T1w, skull_stripped"},
         "groups_definition": {g: list(m) for g, m in GROUPS.items()},
         "percentiles": "numpy.percentile, linear interpolation",

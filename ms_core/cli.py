@@ -55,9 +55,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ms_core.evaluate import evaluate_masks
     from ms_core.io import load_lesion_mask
 
-    result = evaluate_masks(load_lesion_mask(args.pred), load_lesion_mask(args.truth))
-    result.update({"pred": str(args.pred), "truth": str(args.truth)})
-    print(json.dumps(result, indent=2))
+    metrics = evaluate_masks(load_lesion_mask(args.pred), load_lesion_mask(args.truth))
+    print(json.dumps({**metrics, "pred": str(args.pred), "truth": str(args.truth)}, indent=2))
     return 0
 
 

@@ -8,13 +8,38 @@ are reported: at least one voxel (``any``), and at least 10 % of the lesion's ow
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from ms_core.domain import LesionMask, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.lesions import label_components
 
-__all__ = ["dice", "evaluate_masks", "lesion_detection"]
+__all__ = ["LesionDetection", "MaskMetrics", "dice", "evaluate_masks", "lesion_detection"]
+
+
+class LesionDetection(TypedDict):
+    """Lesion-wise counts and rates of :func:`lesion_detection` (rates None: no denominator)."""
+
+    n_true: int
+    n_pred: int
+    detected: int
+    false_positives: int
+    tpr: float | None
+    fpr: float | None
+    f1: float | None
+
+
+class MaskMetrics(TypedDict):
+    """Everything :func:`evaluate_masks` measures (the ``evaluate`` CLI prints it as JSON)."""
+
+    dice: float
+    lesion_any_voxel: LesionDetection
+    lesion_10pct: LesionDetection
+    pred_volume_ml: float
+    truth_volume_ml: float
+    abs_volume_diff_ml: float
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -39,7 +64,7 @@ def _overlap_counts(a_labels: np.ndarray, b_mask: np.ndarray) -> tuple[np.ndarra
 
 
 def lesion_detection(pred: np.ndarray, truth: np.ndarray,
-                     min_overlap_fraction: float = 0.0) -> dict[str, float | int | None]:
+                     min_overlap_fraction: float = 0.0) -> LesionDetection:
     """Lesion-wise counts and rates; ``min_overlap_fraction=0`` means one voxel is enough.
 
     Returns ``n_true``, ``n_pred``, ``detected`` (true lesions found), ``false_positives``
@@ -72,7 +97,7 @@ def lesion_detection(pred: np.ndarray, truth: np.ndarray,
             "false_positives": false_pos, "tpr": tpr, "fpr": fpr, "f1": f1}
 
 
-def evaluate_masks(pred: LesionMask, truth: LesionMask) -> dict[str, object]:
+def evaluate_masks(pred: LesionMask, truth: LesionMask) -> MaskMetrics:
     """All metrics of ``pred`` against ``truth``; both must lie on the same grid.
 
     Raises

@@ -59,3 +59,12 @@ def test_score_thresholds_and_drops_small_components() -> None:
     at_half = score(prob, truth, affine, 0.5, 10.0)
     assert at_half["dice"] == pytest.approx(1.0) and at_half["fpr"] == 0.0
     assert score(prob, truth, affine, 0.7, 10.0)["tpr"] == 0.0
+
+
+def test_results_name_paths_inside_the_repository_relative_to_it(tmp_path) -> None:
+    from bench._common import REPO, repo_relative
+
+    assert repo_relative(REPO / "models_onnx") == "models_onnx"
+    assert repo_relative(REPO / "data" / "demo" / "..") == "data"
+    outside = tmp_path / "models"
+    assert repo_relative(outside) == str(outside.resolve())
