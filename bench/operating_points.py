@@ -1,7 +1,8 @@
 """Benchmark: the segmentation network's operating points (threshold, flip TTA) on two sets.
 
 Usage: ``python bench/operating_points.py [--models-dir models_onnx] [--tta 0,1]
-[--thresholds 0.05,0.1,0.2,0.3,0.4,0.5,0.6] [--demo data/demo] [--name operating_points]``.
+[--thresholds 0.05,0.1,0.2,0.3,0.4,0.5,0.6] [--grow 0.4,0.3,0.2,0.1] [--demo data/demo]
+[--name operating_points]``.
 
 Does a different probability threshold or flip test-time augmentation (TTA) meet the real-data
 targets of the segmentation issue (patient26 Dice >= 0.70 *and* lesion F1 >= 0.70) without
@@ -14,7 +15,8 @@ overlap, lesions >= 10 mm^3) runs once per TTA setting on
 - **patient26** of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY; FLAIR
   as distributed, skull-stripped, against the consensus mask); skipped when ../shared is absent.
 
-and each probability map is thresholded at every ``--thresholds`` value. For patient26 it also
+and each probability map is thresholded at every ``--thresholds`` value, and grown: lesions found
+at 0.5 and outlined at each lower ``--grow`` value (hysteresis). For patient26 it also
 prints how the consensus voxels split by FLAIR intensity (divided by the brain median) and what
 share of each band the network finds at 0.5: where the missed lesion volume lies. For every case
 it prints the lesions' **edge profile**: the median FLAIR excess over the surrounding tissue
@@ -46,7 +48,7 @@ from ms_core.domain import LesionMask  # noqa: E402
 from ms_core.evaluate import evaluate_masks  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
 from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
-from ms_core.lesions import threshold_probability  # noqa: E402
+from ms_core.lesions import label_components, threshold_probability  # noqa: E402
 from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.segment import SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
@@ -66,11 +68,26 @@ class Case:
     brain: np.ndarray | None = None  # bool; None: the non-zero voxels (skull-stripped input)
 
 
+def grown_labels(prob: np.ndarray, affine: np.ndarray, seed: float, grow: float,
+                 min_lesion_mm3: float) -> np.ndarray:
+    """Hysteresis: the 26-connected regions of ``prob >= grow`` that hold a voxel >= ``seed``.
+
+    Lesions are found at ``seed`` and outlined at the lower ``grow`` (as lesion-growth
+    algorithms such as LST's do), then lesions under ``min_lesion_mm3`` are dropped.
+    """
+    regions = threshold_probability(prob, affine=affine, threshold=grow)
+    seeded = np.unique(regions[prob >= seed])
+    return label_components(np.isin(regions, seeded[seeded > 0]), affine=affine,
+                            min_lesion_mm3=min_lesion_mm3)
+
+
 def score(prob: np.ndarray, truth: np.ndarray, affine: np.ndarray, threshold: float,
-          min_lesion_mm3: float) -> dict[str, float]:
-    """Dice and lesion-wise figures (>= 1 voxel overlap) of ``prob`` at ``threshold``."""
-    labels = threshold_probability(prob, affine=affine, threshold=threshold,
-                                   min_lesion_mm3=min_lesion_mm3)
+          min_lesion_mm3: float, grow: float | None = None) -> dict[str, float]:
+    """Dice and lesion-wise figures (>= 1 voxel overlap) of ``prob`` at ``threshold``
+    (with ``grow``: lesions found at ``threshold``, outlined at ``grow``)."""
+    labels = (grown_labels(prob, affine, threshold, grow, min_lesion_mm3) if grow is not None
+              else threshold_probability(prob, affine=affine, threshold=threshold,
+                                         min_lesion_mm3=min_lesion_mm3))
     m = evaluate_masks(LesionMask((labels > 0).astype(np.int32), affine),
                        LesionMask(truth.astype(np.int32), affine))
     lw = m["lesion_any_voxel"]
@@ -124,10 +141,13 @@ def main() -> int:
     ap.add_argument("--demo", type=Path, default=REPO / "data" / "demo")
     ap.add_argument("--tta", default="0,1", help="TTA settings to run: 0 (off), 1 (on)")
     ap.add_argument("--thresholds", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6")
+    ap.add_argument("--grow", default="0.4,0.3,0.2,0.1",
+                    help="outline thresholds for seeded growth from lesions found at 0.5")
     ap.add_argument("--name", default="operating_points", help="results file name")
     args = ap.parse_args()
     ttas = [bool(int(v)) for v in args.tta.split(",")]
     thresholds = [float(v) for v in args.thresholds.split(",")]
+    grows = [float(v) for v in args.grow.split(",") if v]
     card = load_model_card("lesion_seg", args.models_dir)
     model = load_onnx_model(card, "cpu")
     base = SegmentParams(method="network")
@@ -159,6 +179,10 @@ def main() -> int:
                 key = f"tta={int(tta)} threshold={th}"
                 table.setdefault(key, {})[case.name] = score(res.prob, case.truth, res.affine,
                                                              th, base.min_lesion_mm3)
+            for grow in grows:
+                key = f"tta={int(tta)} threshold={base.threshold} grow={grow}"
+                table.setdefault(key, {})[case.name] = score(
+                    res.prob, case.truth, res.affine, base.threshold, base.min_lesion_mm3, grow)
             if case.name == "patient26" and not tta:
                 profile = intensity_profile(flair.data, case.truth, res.prob, base.threshold)
             print(case.name, "tta" if tta else "no tta", "done", file=sys.stderr, flush=True)
@@ -180,6 +204,7 @@ def main() -> int:
         "model": {"version": card.version, "sha256": card.sha256,
                   "models_dir": repo_relative(args.models_dir)},
         "settings": {"overlap": base.overlap, "min_lesion_mm3": base.min_lesion_mm3,
+                     "grow": "lesions found at the threshold, outlined at grow (hysteresis)",
                      "input": "FLAIR only"},
         "summary": summary, "per_case": table, "patient26_intensity_profile": profile,
         "edge_profile": edges,

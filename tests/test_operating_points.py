@@ -68,3 +68,20 @@ def test_results_name_paths_inside_the_repository_relative_to_it(tmp_path) -> No
     assert repo_relative(REPO / "data" / "demo" / "..") == "data"
     outside = tmp_path / "models"
     assert repo_relative(outside) == str(outside.resolve())
+
+
+def test_grown_labels_outline_found_lesions_only() -> None:
+    from bench.operating_points import grown_labels
+
+    affine = np.eye(4)
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[4:9, 4:9, 4:9] = 0.3  # a faint halo ...
+    prob[6, 6, 6] = 0.8  # ... around a found core
+    prob[14:17, 14:17, 14:17] = 0.3  # as faint but never found: not a lesion
+    labels = grown_labels(prob, affine, 0.5, 0.2, 0.0)
+    assert int(labels.max()) == 1 and int((labels > 0).sum()) == 125
+    assert int((grown_labels(prob, affine, 0.5, 0.5, 0.0) > 0).sum()) == 1
+    assert int(grown_labels(prob, affine, 0.5, 0.2, 200.0).max()) == 0  # 125 mm^3 < 200
+    truth = prob > 0.2
+    assert score(prob, truth, affine, 0.5, 0.0, grow=0.2)["tpr"] == 0.5
+    assert score(prob, truth, affine, 0.5, 0.0)["dice"] < 0.02
