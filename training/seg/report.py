@@ -271,7 +271,8 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   IPMI 2023): every lesion of a batch gets its own Dice term, so a missed 5-voxel lesion costs
   as much as a missed 2 ml one, where the whole-batch Dice barely sees it. Aimed at the small
   missed lesions. Selection-set mean Dice 0.881 (against 0.893), patient26 FLAIR Dice 0.529,
-  lesion F1 0.625 (9 of 19 found, one false; 3.10 ml predicted). Worse on both sets.
+  lesion F1 0.625 (9 of 19 found, one false; 3.10 ml predicted). Worse on both sets. (Run
+  from commit `47f2d74` plus the uncommitted option, committed unchanged as `82ab54d`.)
 - Tried and not shipped: `seg_v10`, 1200 steps from the v3.1.0 weights with fainter uniform
   lesions (`--lesion-contrast 1.15,1.9 --seed 10`, other flags as `seg_v4`): the lesion-model
   runs `seg_v6`/`seg_v7` changed contrast and edge together; this one changes only the contrast.

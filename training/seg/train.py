@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 
 from ms_core.anatomy import load_template
 from ms_core.io import atomic_write_text, write_json
+from ms_core.lesions import label_components
 from ms_core.models import code_commit, sha256_file
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import (
@@ -67,7 +67,7 @@ def lesion_components(target: np.ndarray) -> torch.Tensor:
     """(B, 1, P, P, P) int64 labels of the 26-connected lesions of each patch's binary label."""
     out = np.zeros(target.shape, np.int64)
     for b in range(target.shape[0]):
-        out[b, 0] = ndi.label(target[b, 0] > 0.5, structure=np.ones((3, 3, 3)))[0]
+        out[b, 0] = label_components(target[b, 0] > 0.5, affine=np.eye(4))
     return torch.from_numpy(out)
 
 
