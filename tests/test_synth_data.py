@@ -124,3 +124,37 @@ def test_winsorised_flair_has_a_plateau_at_its_maximum(bank: LesionBank) -> None
         plateaus[share] = min(counts)
     assert plateaus[0.0] == 1  # a continuous image has one brightest voxel
     assert plateaus[1.0] >= 10  # clipped lesion cores share the cap
+
+
+def test_grey_matter_floor_keeps_lesions_above_cortex_and_draws_no_extra_number() -> None:
+    from training.seg.synth_data import _draw_contrast
+
+    faint = (1.15, 1.9)
+    lesion_below_gm = 0
+    for seed in range(200):
+        free = _draw_contrast(np.random.default_rng(seed), faint)
+        floored = _draw_contrast(np.random.default_rng(seed), faint, 1.05)
+        lesion_below_gm += free.flair["lesion"] < free.flair["gm"]
+        assert floored.flair["lesion"] >= 1.05 * floored.flair["gm"] - 1e-9
+        # Same random stream: every other intensity is unchanged, and a lesion already above
+        # the floor keeps its own contrast.
+        assert {k: v for k, v in floored.flair.items() if k != "lesion"} == \
+            {k: v for k, v in free.flair.items() if k != "lesion"}
+        assert floored.t1 == free.t1
+        if free.flair["lesion"] >= 1.05 * free.flair["gm"]:
+            assert floored.flair["lesion"] == free.flair["lesion"]
+    assert lesion_below_gm > 20  # without the floor, faint lesions often sit below cortex
+
+
+def test_grey_matter_floor_also_bounds_varied_lesions(bank: LesionBank) -> None:
+    sampler = PatchSampler(bank, 32, seed=3, lesion_model="varied", lesion_contrast=(1.1, 1.3))
+    label = np.zeros((32, 32, 32), np.float32)
+    label[8:16, 8:16, 8:16] = 1.0
+    excess = sampler._lesion_excess(sampler.rng, label, label, floor=1.6)
+    assert excess[12, 12, 12] == pytest.approx(0.6, abs=1e-6)  # the core sits at the floor
+    assert excess.max() == pytest.approx(0.6, abs=1e-6)
+
+
+def test_sampler_rejects_a_grey_matter_floor_outside_its_range(bank: LesionBank) -> None:
+    with pytest.raises(ValueError, match="lesion_gm_floor"):
+        PatchSampler(bank, 32, lesion_gm_floor=2.0)

@@ -18,6 +18,11 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   after k-space apodisation and resampling onto the 1 mm grid, plus fine tissue texture such as
   vessels and perivascular spaces), isotropic blur and thick-slice blur along a random axis
   (slice thickness 1-5 mm), gamma;
+- with ``lesion_gm_floor`` (> 0): no FLAIR lesion fainter than that multiple of the patch's grey
+  matter, as on real FLAIR, where lesions are brighter than cortex (open_ms_data patient26: grey
+  matter 1.14, lesions 1.2-1.6 times white matter). Without it, a faint lesion range and a bright
+  grey matter draw lesions darker than cortex, and the network learns to call bright cortex
+  lesion;
 - skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
 - with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
   positives on real scans: a patchy bright rim at the brain-mask edge (left by brain extraction),
@@ -134,10 +139,12 @@ class _Contrast:
 
 
 def _draw_contrast(rng: np.random.Generator,
-                   lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST) -> _Contrast:
+                   lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
+                   lesion_gm_floor: float = 0.0) -> _Contrast:
     wm = rng.uniform(0.35, 0.65)
     flair = {"wm": wm, "gm": wm * rng.uniform(1.02, 1.45), "csf": wm * rng.uniform(0.03, 0.45),
              "lesion": wm * rng.uniform(*lesion_contrast)}
+    flair["lesion"] = max(flair["lesion"], flair["gm"] * lesion_gm_floor)  # draws no number
     wm1 = rng.uniform(0.5, 0.9)
     t1 = {"wm": wm1, "gm": wm1 * rng.uniform(0.5, 0.85), "csf": wm1 * rng.uniform(0.08, 0.4),
           "lesion": wm1 * rng.uniform(0.35, 0.95)}
@@ -151,13 +158,17 @@ class PatchSampler:
                  lesion_fraction: float = 0.7, hard_negatives: bool = False,
                  lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
                  noise: str = "white", lesion_model: str = "uniform",
-                 winsorise: float = 0.0) -> None:
+                 winsorise: float = 0.0, lesion_gm_floor: float = 0.0) -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
             raise ValueError(f"lesion_model must be one of {LESION_MODELS}, got {lesion_model!r}")
         if not 0.0 <= winsorise <= 1.0:
             raise ValueError(f"winsorise is a share of patches, 0-1, got {winsorise}")
+        if lesion_gm_floor != 0.0 and not 0.8 <= lesion_gm_floor <= 1.5:
+            raise ValueError("lesion_gm_floor is a lesion / grey-matter ratio, 0 (off) or "
+                             f"0.8-1.5, got {lesion_gm_floor}")
+        self.lesion_gm_floor = lesion_gm_floor
         self.noise = noise
         self.lesion_model = lesion_model
         self.winsorise = winsorise
@@ -219,11 +230,12 @@ class PatchSampler:
         mean_lesion_fraction = float(self.bank.masks[k].sum()) / float(
             (tpl.brain > 0.5).sum())
 
-        c = _draw_contrast(rng, self.lesion_contrast)
+        c = _draw_contrast(rng, self.lesion_contrast, self.lesion_gm_floor)
         # FLAIR lesion contrast minus 1, per voxel ("varied"); None: con["lesion"] everywhere.
         varied = self.lesion_model == "varied" or (self.lesion_model == "mixed"
                                                      and rng.random() < 0.5)
-        excess = self._lesion_excess(rng, lesion, label) if varied else None
+        floor = c.flair["gm"] / c.flair["wm"] * self.lesion_gm_floor
+        excess = self._lesion_excess(rng, lesion, label, floor) if varied else None
         channels = []
         for con in (c.flair, c.t1):
             texture = 1.0 + _smooth_field(rng, (p, p, p), 6, 0.04)
@@ -268,17 +280,19 @@ class PatchSampler:
         return np.stack(channels), label[None]
 
     def _lesion_excess(self, rng: np.random.Generator, lesion: np.ndarray,
-                       label: np.ndarray) -> np.ndarray:
+                       label: np.ndarray, floor: float = 0.0) -> np.ndarray:
         """Per-voxel FLAIR lesion / white-matter ratio minus 1 for ``lesion_model="varied"``.
 
         Each connected lesion (with its partial-volume fringe) gets its own contrast around a
         patch-wide level, drawn as ``lo + (hi - lo) * u**1.5`` so faint lesions are common; the
-        excess falls from the core to ``rim`` (0.6-1) of it at the border over 1-3 voxels.
+        excess falls from the core to ``rim`` (0.6-1) of it at the border over 1-3 voxels. No
+        lesion core is fainter than ``floor`` times white matter.
         """
         lo, hi = self.lesion_contrast
         comps, n = ndi.label(lesion > 0.05, structure=np.ones((3, 3, 3)))
         u = np.clip(rng.uniform() + rng.normal(0.0, 0.15, n), 0.0, 1.0)
-        per_comp = np.concatenate([[0.0], lo + (hi - lo) * u ** 1.5 - 1.0]).astype(np.float32)
+        per_comp = np.concatenate([[0.0], np.maximum(lo + (hi - lo) * u ** 1.5, floor) - 1.0]
+                                  ).astype(np.float32)
         rim, ramp = rng.uniform(0.6, 1.0), rng.uniform(1.0, 3.0)
         depth = ndi.distance_transform_edt(label > 0)  # 1 on the border voxels, 0 outside
         profile = rim + (1.0 - rim) * np.clip((depth - 1.0) / ramp, 0.0, 1.0)

@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--winsorise", type=float, default=0.0,
                     help="share of FLAIR patches clipped at 1.3-2.0 times white matter, as "
                          "intensity-winsorising pipelines leave them (0 up to model 3.1.0)")
+    ap.add_argument("--lesion-gm-floor", type=float, default=0.0,
+                    help="no FLAIR lesion fainter than this multiple of the patch's grey matter "
+                         "(real lesions are brighter than cortex); 0 (default, models up to "
+                         "3.1.0) leaves it out")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a run's weights_best.npz) instead of a "
                          "random initialisation: fine-tuning")
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                                      lesion_fraction=args.lesion_fraction,
                                      hard_negatives=args.hard_negatives, lesion_contrast=contrast,
                                      noise=args.noise, lesion_model=args.lesion_model,
-                                     winsorise=args.winsorise)
+                                     winsorise=args.winsorise,
+                                     lesion_gm_floor=args.lesion_gm_floor)
     try:
         sampler = make_sampler(seed=args.seed)
     except ValueError as e:  # the sampler checks its options (e.g. --winsorise outside 0-1)
