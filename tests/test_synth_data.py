@@ -158,3 +158,21 @@ def test_grey_matter_floor_also_bounds_varied_lesions(bank: LesionBank) -> None:
 def test_sampler_rejects_a_grey_matter_floor_outside_its_range(bank: LesionBank) -> None:
     with pytest.raises(ValueError, match="lesion_gm_floor"):
         PatchSampler(bank, 32, lesion_gm_floor=2.0)
+
+
+def test_contrast_power_makes_faint_lesions_common_and_keeps_bright_ones() -> None:
+    from training.seg.synth_data import _draw_contrast
+
+    def ratios(power: float) -> np.ndarray:
+        rng = np.random.default_rng(4)
+        draws = [_draw_contrast(rng, (1.15, 2.6), contrast_power=power) for _ in range(2000)]
+        return np.array([d.flair["lesion"] / d.flair["wm"] for d in draws])
+
+    uniform, skewed = ratios(1.0), ratios(2.0)
+    assert uniform.min() >= 1.15 and skewed.min() >= 1.15 and skewed.max() <= 2.6
+    assert np.mean(uniform < 1.9) == pytest.approx(0.75 / 1.45, abs=0.03)
+    assert np.mean(skewed < 1.9) == pytest.approx(np.sqrt(0.75 / 1.45), abs=0.03)  # 72 %
+    assert np.mean(skewed > 2.3) > 0.1  # bright lesions are still drawn
+    with pytest.raises(ValueError, match="contrast_power"):
+        PatchSampler(LesionBank(np.zeros((1, 2, 2, 2), np.uint8), ("x",), (np.zeros((0, 3)),)),
+                     32, contrast_power=0.0)

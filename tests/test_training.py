@@ -165,7 +165,8 @@ def test_export_records_every_data_and_loss_option() -> None:
     old_run = {"command": "train --out a", "seed": 1}  # before any of the options existed
     assert _recorded_options(old_run) == {"noise": "white", "lesion_model": "uniform",
                                           "winsorise": 0.0, "tversky_beta": 0.5,
-                                          "blob_weight": 0.0, "lesion_gm_floor": 0.0}
+                                          "blob_weight": 0.0, "lesion_gm_floor": 0.0,
+                                          "contrast_power": 1.0}
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
-               "blob_weight": 1.0, "lesion_gm_floor": 1.05}
+               "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0}
     assert _recorded_options(new_run) == new_run

@@ -18,6 +18,9 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   after k-space apodisation and resampling onto the 1 mm grid, plus fine tissue texture such as
   vessels and perivascular spaces), isotropic blur and thick-slice blur along a random axis
   (slice thickness 1-5 mm), gamma;
+- with ``contrast_power`` p (default 1, uniform): the patch's lesion contrast is drawn as
+  ``lo + (hi - lo) * u**p``, so p > 1 makes faint lesions common while keeping bright ones (p = 2
+  on 1.15-2.6: 72 % below 1.9);
 - with ``lesion_gm_floor`` (> 0): no FLAIR lesion fainter than that multiple of the patch's grey
   matter, as on real FLAIR, where lesions are brighter than cortex (open_ms_data patient26: grey
   matter 1.14, lesions 1.2-1.6 times white matter). Without it, a faint lesion range and a bright
@@ -140,10 +143,13 @@ class _Contrast:
 
 def _draw_contrast(rng: np.random.Generator,
                    lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
-                   lesion_gm_floor: float = 0.0) -> _Contrast:
+                   lesion_gm_floor: float = 0.0, contrast_power: float = 1.0) -> _Contrast:
     wm = rng.uniform(0.35, 0.65)
+    lo, hi = lesion_contrast
+    ratio = (rng.uniform(lo, hi) if contrast_power == 1.0  # as drawn up to model 3.1.0
+             else lo + (hi - lo) * rng.uniform() ** contrast_power)
     flair = {"wm": wm, "gm": wm * rng.uniform(1.02, 1.45), "csf": wm * rng.uniform(0.03, 0.45),
-             "lesion": wm * rng.uniform(*lesion_contrast)}
+             "lesion": wm * ratio}
     flair["lesion"] = max(flair["lesion"], flair["gm"] * lesion_gm_floor)  # draws no number
     wm1 = rng.uniform(0.5, 0.9)
     t1 = {"wm": wm1, "gm": wm1 * rng.uniform(0.5, 0.85), "csf": wm1 * rng.uniform(0.08, 0.4),
@@ -158,7 +164,8 @@ class PatchSampler:
                  lesion_fraction: float = 0.7, hard_negatives: bool = False,
                  lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
                  noise: str = "white", lesion_model: str = "uniform",
-                 winsorise: float = 0.0, lesion_gm_floor: float = 0.0) -> None:
+                 winsorise: float = 0.0, lesion_gm_floor: float = 0.0,
+                 contrast_power: float = 1.0) -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
@@ -168,7 +175,10 @@ class PatchSampler:
         if lesion_gm_floor != 0.0 and not 0.8 <= lesion_gm_floor <= 1.5:
             raise ValueError("lesion_gm_floor is a lesion / grey-matter ratio, 0 (off) or "
                              f"0.8-1.5, got {lesion_gm_floor}")
+        if not 0.25 <= contrast_power <= 4.0:
+            raise ValueError(f"contrast_power must be 0.25-4, got {contrast_power}")
         self.lesion_gm_floor = lesion_gm_floor
+        self.contrast_power = contrast_power
         self.noise = noise
         self.lesion_model = lesion_model
         self.winsorise = winsorise
@@ -230,7 +240,7 @@ class PatchSampler:
         mean_lesion_fraction = float(self.bank.masks[k].sum()) / float(
             (tpl.brain > 0.5).sum())
 
-        c = _draw_contrast(rng, self.lesion_contrast, self.lesion_gm_floor)
+        c = _draw_contrast(rng, self.lesion_contrast, self.lesion_gm_floor, self.contrast_power)
         # FLAIR lesion contrast minus 1, per voxel ("varied"); None: con["lesion"] everywhere.
         varied = self.lesion_model == "varied" or (self.lesion_model == "mixed"
                                                      and rng.random() < 0.5)

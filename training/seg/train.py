@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--winsorise", type=float, default=0.0,
                     help="share of FLAIR patches clipped at 1.3-2.0 times white matter, as "
                          "intensity-winsorising pipelines leave them (0 up to model 3.1.0)")
+    ap.add_argument("--contrast-power", type=float, default=1.0,
+                    help="draw the lesion contrast as lo + (hi - lo) * u**power: above 1, faint "
+                         "lesions are common and bright ones stay (1, uniform, up to model 3.1.0)")
     ap.add_argument("--lesion-gm-floor", type=float, default=0.0,
                     help="no FLAIR lesion fainter than this multiple of the patch's grey matter "
                          "(real lesions are brighter than cortex); 0 (default, models up to "
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                                      hard_negatives=args.hard_negatives, lesion_contrast=contrast,
                                      noise=args.noise, lesion_model=args.lesion_model,
                                      winsorise=args.winsorise,
-                                     lesion_gm_floor=args.lesion_gm_floor)
+                                     lesion_gm_floor=args.lesion_gm_floor,
+                                     contrast_power=args.contrast_power)
     try:
         sampler = make_sampler(seed=args.seed)
     except ValueError as e:  # the sampler checks its options (e.g. --winsorise outside 0-1)
