@@ -283,6 +283,34 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   3 voxels of it) and lie at 1.16–1.35 times the brain median (10th–90th percentile), most
   likely the demo's 3 T grey matter (1.43 times white matter). So a network that sees faint
   lesions often finds patient26's, and takes bright grey matter for lesion.
+- Tried and not shipped: `seg_v11`, as `seg_v10` with `--lesion-gm-floor 1.05 --seed 11`: no
+  synthetic lesion fainter than 1.05 times its patch's grey matter. Why: a closer look at
+  `seg_v10`'s largest false positive on sub-10 (1.9 ml) shows cortex cut along its surface, a
+  thick sheet of grey matter with dots of sulcal CSF, at grey-matter brightness. With lesions at
+  1.15–1.9 and grey matter at 1.02–1.45 times white matter, 14 % of `seg_v10`'s patches drew
+  lesions darker than their cortex, which real FLAIR does not show (patient26: grey matter 1.14,
+  lesions 1.2–1.6 times white matter). patient26 FLAIR Dice **0.712**, lesion F1 **0.712**
+  (11 of 19 found, one false; 6.26 ml predicted for 8.23 ml): both real-data targets met, the
+  first network to do so. sub-10 recovered (Dice 0.163 → 0.606; 0.64 ml for 0.34 ml), but the
+  selection set's mean Dice is 0.820 against 0.893: the 3 mm 1.5 T visits are over-outlined
+  (sub-07: 5.93 ml for 4.36 ml, Dice 0.838 against `seg_v4`'s 0.897; sub-11: 5.85 ml for
+  4.20 ml, 0.828 against 0.894), as are sub-09's small lesions (0.72 ml for 0.46 ml). The 1 mm
+  3 T visits with larger lesions hold (sub-08 0.942, sub-12 0.942 against 0.950, 0.946). The
+  demo's lesions are 2.0–2.3 times white matter, brighter than anything this run trained on.
+  Its patient26 result holds across thresholds (0.3: Dice 0.720, F1 0.672; 0.6: 0.709 / 0.712;
+  0.7: 0.701 / 0.712; 0.8: 0.689 / 0.712), and a higher threshold wins back part of the
+  selection set (mean Dice 0.845 at 0.6, 0.863 at 0.7, 0.871 at 0.8; sub-07 0.883 and sub-11
+  0.886 at 0.7), but sub-10 stays low (0.676 at 0.7 against 0.817) and no threshold comes within
+  0.01 of `seg_v4`'s 0.893 while meeting both patient26 targets
+  (`python bench/operating_points.py --models-dir CANDIDATE_DIR --tta 0 --thresholds
+  0.5,0.6,0.7,0.8 --grow "" --name operating_points_seg_v11`,
+  `bench/results/operating_points_seg_v11.json`).
+- Tried and not shipped: `seg_v12`, as `seg_v11` with the wide contrast range back and skewed
+  to faint lesions (`--lesion-contrast 1.15,2.6 --contrast-power 2 --seed 12`: contrast drawn as
+  1.15 + 1.45 u², 72 % of patches below 1.9), to keep bright lesions in training. Selection-set
+  mean Dice 0.866 (sub-07 0.874 with 5.28 ml for 4.36 ml; sub-10 0.825), patient26 FLAIR Dice
+  0.696, lesion F1 0.647 (11 of 19 found, four false). Between `seg_v4` and `seg_v11` on the
+  selection set, below both targets on patient26.
 - **Operating points** (`python bench/operating_points.py`,
   `bench/results/operating_points.json`): no threshold and no flip TTA meets both patient26
   targets with the shipped model. Lowering the threshold trades lesion F1 for Dice on patient26
