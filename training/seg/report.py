@@ -311,6 +311,11 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   mean Dice 0.866 (sub-07 0.874 with 5.28 ml for 4.36 ml; sub-10 0.825), patient26 FLAIR Dice
   0.696, lesion F1 0.647 (11 of 19 found, four false). Between `seg_v4` and `seg_v11` on the
   selection set, below both targets on patient26.
+- Tried and not shipped: `seg_v13`, 600 further steps from `seg_v11`'s weights at half the
+  learning rate with a few bright lesions (`--lr 5e-4 --lesion-contrast 1.15,2.6
+  --contrast-power 3 --lesion-gm-floor 1.05 --seed 13`, 80 % of patches below 1.9). Worse than
+  `seg_v11` on both sets: selection-set mean Dice 0.787 (sub-07 6.23 ml for 4.36 ml, sub-10
+  0.504), patient26 FLAIR Dice 0.686, lesion F1 0.691.
 - **Operating points** (`python bench/operating_points.py`,
   `bench/results/operating_points.json`): no threshold and no flip TTA meets both patient26
   targets with the shipped model. Lowering the threshold trades lesion F1 for Dice on patient26
