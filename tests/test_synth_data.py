@@ -160,7 +160,7 @@ def test_sampler_rejects_a_grey_matter_floor_outside_its_range(bank: LesionBank)
         PatchSampler(bank, 32, lesion_gm_floor=2.0)
 
 
-def test_contrast_power_makes_faint_lesions_common_and_keeps_bright_ones() -> None:
+def test_contrast_power_makes_faint_lesions_common_and_keeps_bright_ones(bank: LesionBank) -> None:
     from training.seg.synth_data import _draw_contrast
 
     def ratios(power: float) -> np.ndarray:
@@ -174,5 +174,4 @@ def test_contrast_power_makes_faint_lesions_common_and_keeps_bright_ones() -> No
     assert np.mean(skewed < 1.9) == pytest.approx(np.sqrt(0.75 / 1.45), abs=0.03)  # 72 %
     assert np.mean(skewed > 2.3) > 0.1  # bright lesions are still drawn
     with pytest.raises(ValueError, match="contrast_power"):
-        PatchSampler(LesionBank(np.zeros((1, 2, 2, 2), np.uint8), ("x",), (np.zeros((0, 3)),)),
-                     32, contrast_power=0.0)
+        PatchSampler(bank, 32, contrast_power=0.0)
