@@ -95,13 +95,17 @@ class Sequence:
     noise: float
 
 
+# FLAIR lesion edges fade over this width (mm) around the surface, as measured on patient26 of
+# open_ms_data (bench/flair_appearance.py): the lesion labels keep the 1 mm partial-volume ramp.
+FLAIR_EDGE_MM = 3.0
+
 # Contrasts: relative signal of GM, WM, CSF, lesion, skull, scalp (fat/muscle). FLAIR lesions are
 # hyperintense to GM; on T1 (MPRAGE) lesions are hypointense to WM ("black holes" darker).
 SCANNERS: dict[str, dict[str, object]] = {
     "SiteA Siemens Avanto 1.5T": {
         "field_strength_t": 1.5,
         "FLAIR": Sequence((0.9, 0.9, 3.0), (200, 235, 150), ("LAS", "LPS", "RAS"), True,
-                          {"gm": 0.62, "wm": 0.48, "csf": 0.06, "lesion": 0.95, "skull": 0.05,
+                          {"gm": 0.62, "wm": 0.48, "csf": 0.06, "lesion": 0.78, "skull": 0.05,
                            "scalp": 0.55}, 0.030),
         "T1w": Sequence((1.0, 1.0, 1.2), (235, 165, 185), ("ASL", "PSR"), False,
                         {"gm": 0.50, "wm": 0.80, "csf": 0.12, "lesion": 0.55, "skull": 0.07,
@@ -110,7 +114,7 @@ SCANNERS: dict[str, dict[str, object]] = {
     "SiteB Philips Ingenia 3T": {
         "field_strength_t": 3.0,
         "FLAIR": Sequence((1.0, 1.0, 1.0), (225, 160, 175), ("ASL", "PIL"), False,
-                          {"gm": 0.66, "wm": 0.46, "csf": 0.05, "lesion": 1.05, "skull": 0.05,
+                          {"gm": 0.58, "wm": 0.46, "csf": 0.05, "lesion": 0.76, "skull": 0.05,
                            "scalp": 0.50}, 0.022),
         "T1w": Sequence((1.0, 1.0, 1.0), (175, 225, 160), ("RAS", "LAS"), False,
                         {"gm": 0.46, "wm": 0.82, "csf": 0.10, "lesion": 0.50, "skull": 0.06,
@@ -150,7 +154,7 @@ class LesionSpec:
     t1_darkness: float
 
     def bbox_mm(self, scale: float) -> tuple[np.ndarray, np.ndarray]:
-        reach = float(self.radii_mm.max()) * scale * 1.4 + 2.0
+        reach = float(self.radii_mm.max()) * scale * 1.4 + FLAIR_EDGE_MM
         return self.center_mm - reach, self.center_mm + reach
 
 
@@ -231,6 +235,26 @@ def snap_edss(value: float) -> float:
 
 
 # ============================================================================== lesions
+def lesion_depth_mm(points_mm: np.ndarray, lesion: LesionSpec, scale: float) -> np.ndarray:
+    """Signed depth (mm) of ``points_mm`` (N, 3) below the surface of ``lesion``: (N,) float.
+
+    Positive inside, 0 on the rough ellipsoid's surface, negative outside; measured along the
+    ray from the centre in units of the mean radius.
+    """
+    radii = lesion.radii_mm * scale
+    q = ((points_mm - lesion.center_mm) @ lesion.axes) / radii
+    r = np.sqrt((q * q).sum(axis=1))
+    u = q / np.maximum(r, 1e-6)[:, None]
+    rho = 1.0 + (lesion.rough_amp * np.sin(3.0 * (u @ lesion.rough_dirs.T)
+                                           + lesion.rough_phase)).sum(axis=1)
+    return np.asarray((rho - r) * float(radii.mean()))
+
+
+def edge_ramp(depth_mm: np.ndarray, edge_mm: float) -> np.ndarray:
+    """0.5 on the surface, ramping linearly to 0 and 1 over ``edge_mm``: float32."""
+    return np.asarray(np.clip(0.5 + depth_mm / edge_mm, 0.0, 1.0), dtype=np.float32)
+
+
 def lesion_pv(points_mm: np.ndarray, lesion: LesionSpec, scale: float,
               edge_mm: float = 1.0) -> np.ndarray:
     """Partial-volume fraction of ``lesion`` at ``points_mm`` (N, 3) template mm: (N,) float32.
@@ -239,14 +263,15 @@ def lesion_pv(points_mm: np.ndarray, lesion: LesionSpec, scale: float,
     """
     if scale <= 0:
         return np.zeros(len(points_mm), dtype=np.float32)
-    radii = lesion.radii_mm * scale
-    q = ((points_mm - lesion.center_mm) @ lesion.axes) / radii
-    r = np.sqrt((q * q).sum(axis=1))
-    u = q / np.maximum(r, 1e-6)[:, None]
-    rho = 1.0 + (lesion.rough_amp * np.sin(3.0 * (u @ lesion.rough_dirs.T)
-                                           + lesion.rough_phase)).sum(axis=1)
-    dist_mm = (rho - r) * float(radii.mean())
-    return np.asarray(np.clip(0.5 + dist_mm / edge_mm, 0.0, 1.0), dtype=np.float32)
+    return edge_ramp(lesion_depth_mm(points_mm, lesion, scale), edge_mm)
+
+
+def flair_lesion_signal(lesion: LesionSpec, contrast: dict[str, float]) -> float:
+    """FLAIR signal of the core of ``lesion``: the scanner's lesion contrast times 0.88-1.08.
+
+    Lesions that are darker on T1w (more tissue destruction) are brighter on FLAIR.
+    """
+    return float(contrast["lesion"]) * (0.88 + (lesion.t1_darkness - 0.2) / 3.0)
 
 
 def lesion_volume_ml(lesion: LesionSpec, scale: float, tpl: Template | None = None,
@@ -523,7 +548,8 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
     # Lesions, evaluated on the fine grid in template-parenchyma millimetres.
     fine_to_mm = par_mm
     mm_to_fine = np.linalg.inv(fine_to_mm)
-    lesion_max = np.zeros(fshape, dtype=np.float32)
+    lesion_max = np.zeros(fshape, dtype=np.float32)  # FLAIR: lesion fraction of the signal
+    lesion_level = np.zeros(fshape, dtype=np.float32)  # FLAIR: that lesion's core signal
     per_lesion: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
     for les in plan.lesions:
         s = visit.lesion_scale.get(les.lesion_id, 0.0)
@@ -543,9 +569,15 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
         grid = np.indices(tuple(stop - start), dtype=np.float32).reshape(3, -1)
         grid += start[:, None]
         pts = (fine_to_mm[:3, :3] @ grid + fine_to_mm[:3, 3:4]).T
-        pv = lesion_pv(pts, les, s).reshape(tuple(stop - start))
-        pv *= np.clip(gm[box] + wm[box], 0, 1)  # lesions live in parenchyma
-        np.maximum(lesion_max[box], pv, out=lesion_max[box])
+        depth = lesion_depth_mm(pts, les, s).reshape(tuple(stop - start))
+        parenchyma_box = np.clip(gm[box] + wm[box], 0, 1)  # lesions live in parenchyma
+        pv = edge_ramp(depth, 1.0) * parenchyma_box
+        if modality != "T1w":  # graded FLAIR edge; the brightest lesion wins where two meet
+            fade = edge_ramp(depth, FLAIR_EDGE_MM) * parenchyma_box
+            level = flair_lesion_signal(les, c)
+            win = fade * level > lesion_max[box] * lesion_level[box]
+            lesion_max[box][win] = fade[win]
+            lesion_level[box][win] = level
         coarse_box = (box[0], box[1], slice(box[2].start // n_sub, box[2].stop // n_sub))
         coarse_pv = pv.reshape(pv.shape[0], pv.shape[1], -1, n_sub).mean(axis=3)
         per_lesion[les.lesion_id] = (coarse_box, coarse_pv)
@@ -553,7 +585,7 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
             dark = c["lesion"] * (1.0 - 0.5 * les.t1_darkness)
             signal[box] += pv * (dark - signal[box])
     if modality != "T1w":
-        signal += lesion_max * (c["lesion"] - signal)
+        signal += lesion_max * (lesion_level - signal)
 
     parenchyma = gm + wm
     head = (sd < 14.0).astype(np.float32)

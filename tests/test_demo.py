@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from ms_core import demo
+from ms_core.appearance import appearance
 from ms_core.io import load_lesion_mask, load_volume, read_json
 from ms_core.study import image_path, load_study, truth_dir
 from tests.conftest import SMALL_CONFIG
@@ -100,7 +101,12 @@ def test_lesions_are_bright_on_flair_and_dark_on_t1(small_study: Path) -> None:
         brain = load_lesion_mask(truth_dir(small_study, pid, sid) / "brain_mask.nii.gz")
         lesion = ndi.binary_erosion(labels.labels > 0)  # lesion cores, no partial volume
         tissue = (brain.labels > 0) & (labels.labels == 0)
-        assert flair.data[lesion].mean() > 1.3 * flair.data[tissue].mean()
+        assert flair.data[lesion].mean() > 1.15 * flair.data[tissue].mean()
+        # As bright as real lesions: patient26 of open_ms_data has a median of 1.33 x white
+        # matter, per-lesion means 1.19-1.44 (bench/flair_appearance.py), with graded edges.
+        look = appearance(flair.data, labels.labels > 0, brain.labels > 0)
+        assert 1.15 < look["lesion_median"] < 1.6, look
+        assert look["inner_rim"] > look["ring_1"] > look["ring_2"], look
         # T1 lies on its own grid: sample it at the FLAIR lesion voxels' world positions.
         to_t1 = np.linalg.inv(t1.affine) @ flair.affine
         ijk = np.argwhere(lesion).T
