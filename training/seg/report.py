@@ -193,7 +193,8 @@ FLAIR and T1w as distributed (N4-corrected, skull-stripped, registered to MNI sp
 
 {len(demo['baseline'])} visits from `data/demo` (1.5 T 2D FLAIR 0.9 × 0.9 × 3 mm and 3 T 3D FLAIR
 1 mm; skull on, so brain extraction runs), against the stored ground truth. The demo generator
-is not the training generator (different lesion shapes, contrasts and artefacts), but it is
+is not the training generator (different lesion shapes, contrasts and artefacts); its FLAIR
+lesions are as bright and as graded as patient26's (docs/demo_generative_model.md). But it is
 synthetic: read these numbers as a consistency check, not as clinical accuracy.
 
 {chr(10).join(demo_rows)}
@@ -201,6 +202,21 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
 ## Notes
 
 {_verdict(p)}
+- **The demo's lesions were made realistic on 2026-12-02.** Before, its FLAIR lesions were
+  uniform at 2.0 (1.5 T) and 2.3 (3 T) times white matter with a 1 mm edge, and its 3 T grey
+  matter 1.43 times white matter. patient26's lesions are 1.33 times white matter (median;
+  per lesion 1.19–1.44) with a graded edge (`python bench/flair_appearance.py`,
+  docs/demo_generative_model.md). Now the demo's lesion medians are 1.24–1.50, and
+  `bench/operating_points.py`'s edge profile matches too. Demo cores are 1.42–1.67 times their
+  surroundings, outline voxels 0.67–0.89 and first voxels outside 0.12–0.24 of the core's excess;
+  patient26 gives 1.40, 0.73 and 0.18.
+  Every demo and selection-set number in the bullets on `seg_v5` to `seg_v13` below was
+  measured on the old demo. That selection set rewarded networks that outline bright, sharp
+  lesions tightly, which patient26 does not: the two kept disagreeing. On the realistic
+  demo they agree. The shipped-before model v3.1.0 (`seg_v4`) falls from selection-set mean Dice
+  0.893 to 0.779, finding 65 % of the true volume (patient26: 53 %). Since then the
+  selection set is the realistic demo and the rule is unchanged: a candidate ships only if it
+  loses no more than 0.01 selection-set Dice against the shipped model.
 - Model history. v1.0.0 (`seg_v1`, 2000 steps, seed 1): patient26 FLAIR Dice 0.505, lesion F1
   0.300. Its patient26 errors were mostly small false-positive components, about half within
   3 mm of the brain-mask edge. v2.0.0 (`seg_v2`) adds **hard negatives** to the synthetic
@@ -376,6 +392,13 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"{_fmt(demo.get(k, {}).get('f1_any'))} |" for k in ("network_flair", "network_flair_t1",
                                                            "baseline"))
     tr, pre = card["training"], card["preprocessing"]
+    net26 = p26.get("network_flair", {})
+    met = (net26.get("dice") or 0) >= 0.70 and (net26.get("f1_any") or 0) >= 0.70
+    target_line = ("Real-data accuracy meets the target (patient26 Dice and lesion F1 ≥ 0.70) on "
+                   "one scan only: expect missed\n  small lesions and false-positive dots; review "
+                   "every mask." if met else
+                   "Real-data accuracy is below the target (patient26 Dice and lesion F1 ≥ 0.70): "
+                   "expect missed\n  small lesions and false-positive dots; review every mask.")
     init = tr.get("initialised_from")
     fine_tuned = "" if not init else (
         "\n- **Fine-tuned from** weights sha256 `" + str(init.get("weights_sha256"))[:16]
@@ -407,8 +430,7 @@ sha256 `{card['sha256']}` (checked before every load; see `models_onnx/manifest.
 
 ## Limits
 
-- Real-data accuracy is below the target (patient26 Dice and lesion F1 ≥ 0.70): expect missed
-  small lesions and false-positive dots; review every mask.
+- {target_line}
 - Validated on one real scan (patient26, 3 T, MNI space) and synthetic data only; the hard-
   negative training design (v2), the switch to batch norm (v3) and the noise model (v3.1) were
   informed by patient26 runs, so patient26 is not a fully independent test.
