@@ -357,10 +357,15 @@ def segment_files(flair_path: Path, t1_path: Path | None, out_dir: Path,
 
 
 def _visit_inputs(visit: Visit) -> dict[str, Path]:
+    """The images a study visit is segmented from: its FLAIR alone.
+
+    The network takes an optional T1w channel (``segment --t1``), but on real data it adds false
+    lesions: on patient26, model 3.2.0 gives lesion F1 0.432 with T1w against 0.691 without
+    (3.1.0: 0.596 against 0.690; docs/segmentation.md). So visits are segmented from FLAIR only.
+    """
     if "FLAIR" not in visit.images:
         raise InputError(None, f"{visit.participant_id} {visit.session_id} has no usable FLAIR")
-    return {"flair": visit.images["FLAIR"]} | (
-        {"t1": visit.images["T1w"]} if "T1w" in visit.images else {})
+    return {"flair": visit.images["FLAIR"]}
 
 
 #: Settings added after results were first stored, with the value those results were made with.

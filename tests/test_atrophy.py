@@ -379,7 +379,7 @@ def test_study_atrophy_is_stored_read_back_cached_and_refreshed(
     labels = sphere_labels(t1.shape, t1.affine, [(centre, 5.0)])
     write_outputs(atrophy.derivatives_dir(tmp_path, "sub-01", "ses-02"), SegmentationResult(
         labels.astype(np.float32), labels, t1.affine, pd.DataFrame({"volume_ml": [0.5]}),
-        "numpy", None), seg, {"flair": follow.images["FLAIR"], "t1": follow.images["T1w"]})
+        "numpy", None), seg, {"flair": follow.images["FLAIR"]})
     assert atrophy.pending_atrophy(tmp_path, [base, follow], params) == ([follow], [])
     monkeypatch.setattr(atrophy, "tissue_volumes", _fake_tissue(calls))
     refreshed = atrophy.measure_visit_volumes(tmp_path, follow, params)

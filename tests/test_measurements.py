@@ -56,7 +56,7 @@ def _segment(root: Path, visit: Visit, volumes_ml: list[float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(out, SegmentationResult(labels.astype(np.float32), labels, AFFINE, table,
                                           "CPUExecutionProvider", MODEL), SegmentParams(),
-                  {"flair": visit.images["FLAIR"], "t1": visit.images["T1w"]})
+                  {"flair": visit.images["FLAIR"]})
 
 
 def _track(root: Path, baseline: Visit, followup: Visit) -> None:

@@ -165,6 +165,8 @@ def test_visit_segmentation_is_cached_by_input_hash_and_parameters(small_study: 
     segment_visit(root, visit, params)
     status = segmentation_status(root, visit, params)
     assert status is not None and status["parameters"]["method"] == "baseline"
+    # Visits are segmented from FLAIR alone, though this one has a T1w (docs/segmentation.md).
+    assert "T1w" in visit.images and set(status["inputs"]) == {"flair"}
     assert lesion_overlay_path(root, "sub-01", "ses-01")[1] == "segmentation"
     assert segmentation_status(root, visit, SegmentParams(method="baseline", threshold=0.6)) is None
     # A changed input image invalidates the stored result.
