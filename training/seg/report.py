@@ -479,6 +479,9 @@ sha256 `{card['sha256']}` (checked before every load; see `models_onnx/manifest.
 - Under-segments real lesions: on patient26 it misses some lesions and outlines the ones it
   finds too small (predicted lesion volume well below the reference); lesion volumes are lower
   bounds.
+- Give it FLAIR only. A real T1w as the second channel adds false lesions (patient26, v3.2.0:
+  63 % of predicted lesions false, against 14 % from FLAIR alone), so the app and `batch`
+  segment study visits from FLAIR; `segment --t1` is for experiments.
 - No cortical, spinal-cord or gadolinium-enhancing lesion detection; white-matter T2/FLAIR
   hyperintensities only.
 """
