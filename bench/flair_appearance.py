@@ -42,8 +42,8 @@ def demo_visits(root: Path, count: int) -> dict[str, Any]:
     study = load_study(root)
     out: dict[str, Any] = {}
     for pid in sorted(study.visits)[:count]:
-        sid = study.visits[pid][0].session_id
         visit = study.visits[pid][0]
+        sid = visit.session_id
         flair = load_volume(image_path(root, pid, sid, "FLAIR"), "FLAIR").data.astype(np.float32)
         truth = truth_dir(root, pid, sid)
         labels = load_lesion_mask(truth / "lesion_labels.nii.gz").labels > 0
