@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -33,7 +31,7 @@ from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
 def patient26() -> dict[str, Any] | str:
     if not ((P26 / P26_FLAIR).exists() and (P26 / P26_MASK).exists()):
         return f"skipped: {P26 / P26_FLAIR} not found (../shared absent)"
-    flair = load_volume(P26 / P26_FLAIR, "FLAIR").data.astype(np.float32)
+    flair = load_volume(P26 / P26_FLAIR, "FLAIR").data
     mask = load_lesion_mask(P26 / P26_MASK).labels > 0
     return appearance(flair, mask, flair > 0)
 
@@ -44,7 +42,7 @@ def demo_visits(root: Path, count: int) -> dict[str, Any]:
     for pid in sorted(study.visits)[:count]:
         visit = study.visits[pid][0]
         sid = visit.session_id
-        flair = load_volume(image_path(root, pid, sid, "FLAIR"), "FLAIR").data.astype(np.float32)
+        flair = load_volume(image_path(root, pid, sid, "FLAIR"), "FLAIR").data
         truth = truth_dir(root, pid, sid)
         labels = load_lesion_mask(truth / "lesion_labels.nii.gz").labels > 0
         brain = load_lesion_mask(truth / "brain_mask.nii.gz").labels > 0

@@ -41,12 +41,14 @@ def appearance(image: np.ndarray, lesions: np.ndarray, brain: np.ndarray) -> dic
     lesions = lesions & brain
     if not lesions.any():
         raise ValueError("no lesion voxel inside the brain")
-    near = ndi.binary_dilation(lesions, RING, iterations=3)
+    grown1 = ndi.binary_dilation(lesions, RING)
+    grown2 = ndi.binary_dilation(grown1, RING)
+    near = ndi.binary_dilation(grown2, RING)
     wm = white_matter_mode(image, brain & ~near)
     rel = image / wm
     core = ndi.binary_erosion(lesions, RING)
-    ring1 = ndi.binary_dilation(lesions, RING) & ~lesions & brain
-    ring2 = ndi.binary_dilation(lesions, RING, iterations=2) & ~lesions & ~ring1 & brain
+    ring1 = grown1 & ~lesions & brain
+    ring2 = grown2 & ~grown1 & brain
     labels, n = ndi.label(lesions, RING)
     sizes = ndi.sum_labels(lesions, labels, np.arange(1, n + 1))
     means = ndi.mean(rel, labels, np.arange(1, n + 1))

@@ -95,8 +95,10 @@ class Sequence:
     noise: float
 
 
-# FLAIR lesion edges fade over this width (mm) around the surface, as measured on patient26 of
-# open_ms_data (bench/flair_appearance.py): the lesion labels keep the 1 mm partial-volume ramp.
+# Lesion partial volume (truth labels, T1w signal) ramps over this width (mm) around the surface.
+LABEL_EDGE_MM = 1.0
+# FLAIR lesion edges fade over this wider width (mm), as measured on patient26 of open_ms_data
+# (bench/flair_appearance.py).
 FLAIR_EDGE_MM = 3.0
 
 # Contrasts: relative signal of GM, WM, CSF, lesion, skull, scalp (fat/muscle). FLAIR lesions are
@@ -256,7 +258,7 @@ def edge_ramp(depth_mm: np.ndarray, edge_mm: float) -> np.ndarray:
 
 
 def lesion_pv(points_mm: np.ndarray, lesion: LesionSpec, scale: float,
-              edge_mm: float = 1.0) -> np.ndarray:
+              edge_mm: float = LABEL_EDGE_MM) -> np.ndarray:
     """Partial-volume fraction of ``lesion`` at ``points_mm`` (N, 3) template mm: (N,) float32.
 
     0.5 on the surface, ramping linearly to 0 and 1 over ``edge_mm``.
@@ -571,7 +573,7 @@ def _acquire(tpl: Template, plan: PatientPlan, visit: VisitPlan, modality: str,
         pts = (fine_to_mm[:3, :3] @ grid + fine_to_mm[:3, 3:4]).T
         depth = lesion_depth_mm(pts, les, s).reshape(tuple(stop - start))
         parenchyma_box = np.clip(gm[box] + wm[box], 0, 1)  # lesions live in parenchyma
-        pv = edge_ramp(depth, 1.0) * parenchyma_box
+        pv = edge_ramp(depth, LABEL_EDGE_MM) * parenchyma_box
         if modality != "T1w":  # graded FLAIR edge; the brightest lesion wins where two meet
             fade = edge_ramp(depth, FLAIR_EDGE_MM) * parenchyma_box
             level = flair_lesion_signal(les, c)
