@@ -29,6 +29,11 @@ def _keep_valid(key: str, options: list[str]) -> None:
         st.session_state[key] = options[0]
 
 
+def _picked_visit(picker: str) -> None:
+    """The Visit selectbox changed: make its choice the visit every page shows."""
+    st.session_state[state_keys.SESSION] = st.session_state[picker]
+
+
 def _study_picker() -> Study:
     """Study folder input; shows the error and stops the run when the folder cannot be loaded."""
     if state_keys.STUDY_ROOT not in st.session_state:
@@ -71,7 +76,12 @@ def _sidebar() -> None:
     visits = {v.session_id: v for v in study.visits.get(pid, ())}
     if visits:
         _keep_valid(state_keys.SESSION, list(visits))
-        st.sidebar.selectbox("Visit", list(visits), key=state_keys.SESSION,
+        # The widget is the patient's own (see state_keys.visit_picker); SESSION stays the one
+        # place pages read the visit from, and a callback may set it before this runs.
+        picker = state_keys.visit_picker(pid)
+        st.session_state[picker] = st.session_state[state_keys.SESSION]
+        st.sidebar.selectbox("Visit", list(visits), key=picker, on_change=_picked_visit,
+                             args=(picker,),
                              format_func=lambda sid: f"{sid} · {visits[sid].acq_date.isoformat()}")
     else:
         st.session_state[state_keys.SESSION] = None

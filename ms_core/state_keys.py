@@ -16,7 +16,9 @@ __all__ = [
     "VIEW_OPACITY",
     "VIEW_OVERLAY",
     "VIEW_SIDE_BY_SIDE",
+    "VISIT_PICKER_PREFIX",
     "WHAT_IF_PREFIX",
+    "visit_picker",
 ]
 
 #: Path (str) of the study folder picked in the sidebar.
@@ -25,6 +27,8 @@ STUDY_ROOT = "study_root"
 PARTICIPANT = "participant_id"
 #: session_id picked in the sidebar.
 SESSION = "session_id"
+#: Prefix of the sidebar's Visit selectbox key (see :func:`visit_picker`).
+VISIT_PICKER_PREFIX = "visit_picker"
 #: Image shown by the Patient page viewer ("FLAIR" or "T1w").
 VIEW_MODALITY = "view_modality"
 #: Prefix of the Patient page viewer's component key (one key per image shown).
@@ -82,3 +86,13 @@ __all__ += ["JOBS_SEEN"]
 
 #: ids (set of int) of the finished background jobs whose failure this session has shown.
 JOBS_SEEN = "jobs_seen"
+
+
+def visit_picker(participant_id: str) -> str:
+    """Key of the sidebar's Visit selectbox for ``participant_id``; it mirrors :data:`SESSION`.
+
+    One widget per participant: patients share session ids (``ses-01``...), and a selectbox
+    whose options keep their values while ``format_func`` changes (the visit dates) keeps
+    showing the previous patient's label in the browser (streamlit/streamlit#13788).
+    """
+    return f"{VISIT_PICKER_PREFIX}:{participant_id}"

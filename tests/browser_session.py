@@ -342,6 +342,28 @@ def first_look(url: str, *, chromium: str) -> tuple[str, str]:
             browser.close()
 
 
+def visit_label_after_pick(url: str, participant: str, *, chromium: str) -> str:
+    """Open ``url``, pick ``participant`` in the sidebar; return the Visit selectbox's text as
+    the browser shows it (e.g. ``"ses-01 · 2018-08-18"``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": VIEWPORT_PX[0], "height": VIEWPORT_PX[1]})
+            page.goto(url, wait_until="domcontentloaded")
+            wait_idle(page)
+            pick(page, "Patient", participant, f"Patient {participant}")
+            boxes = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
+                has_text="Visit")
+            deadline = time.monotonic() + _TIMEOUT_MS / 1000
+            while boxes.count() != 1 and time.monotonic() < deadline:  # the old one goes stale
+                page.wait_for_timeout(250)
+            return str(boxes.first.locator("input").get_attribute("value"))
+        finally:
+            browser.close()
+
+
 def _finish(page: Any, report: PageReport, out_dir: Path | None, t0: float) -> None:
     report.url = page.url
     report.title = page.locator("h1").first.inner_text()

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 import ui_jobs
 from ms_core import jobs, state_keys
 from ms_core.errors import InputError
-from ms_core.study import image_path, truth_dir
+from ms_core.study import image_path, load_study, truth_dir
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -102,10 +102,19 @@ def test_t1w_switch_and_other_patient(small_study: Path,
     assert len(at.sidebar.selectbox) == 2
 
     at.sidebar.selectbox(key=state_keys.PARTICIPANT).set_value("sub-02").run()
-    at.sidebar.selectbox(key=state_keys.SESSION).set_value("ses-03").run()
+    # Patients share session ids: the Visit picker must be sub-02's own, showing its dates
+    # (a shared widget kept sub-01's labels in the browser).
+    picker = at.sidebar.selectbox(key=state_keys.visit_picker("sub-02"))
+    dates = {v.session_id: v.acq_date.isoformat()
+             for v in load_study(small_study).visits["sub-02"]}
+    assert picker.options == [f"{sid} · {d}" for sid, d in dates.items()]
+    assert picker.value == at.session_state[state_keys.SESSION] == "ses-01"
+    assert state_keys.visit_picker("sub-01") != state_keys.visit_picker("sub-02")
+    picker.set_value("ses-03").run()
     assert not at.exception
+    assert at.session_state[state_keys.SESSION] == "ses-03"
     assert at.title[0].value == "Patient sub-02"
-    assert _summary(at)["Date"] == "2023-02-05"
+    assert _summary(at)["Date"] == dates["ses-03"] == "2023-02-05"
 
 
 def test_timeline_page_draws_edss_and_volume_charts(small_study: Path,
@@ -212,15 +221,13 @@ def test_segment_button_runs_the_network_and_shows_its_result(
 def test_compare_visits_then_timeline_shows_measurements(
         small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ms_core.segment import segment_visit
-    from ms_core.study import load_study
-
     study = tmp_path / "study"
     shutil.copytree(small_study, study)
     visits = load_study(study).visits["sub-01"]
     for visit in visits[:2]:  # stored segmentations: the comparison reuses them
         segment_visit(study, visit)
     at = _app(study, monkeypatch)
-    at.sidebar.selectbox(key=state_keys.SESSION).set_value("ses-02").run()
+    at.sidebar.selectbox(key=state_keys.visit_picker("sub-01")).set_value("ses-02").run()
     assert not at.exception
     checklist = at.dataframe[1].value
     assert checklist["item"].str.contains("periventricular").any()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ms_core.study import load_study
+
 REPO = Path(__file__).resolve().parents[1]
 
 if importlib.util.find_spec("playwright") is None:
@@ -26,6 +28,7 @@ from browser_session import (  # noqa: E402
     first_look,
     free_port,
     serve,
+    visit_label_after_pick,
 )
 
 
@@ -49,6 +52,11 @@ def test_pages_render_without_errors_and_viewer_is_not_blank(
         # ui_helpers.ensure_routed); the page must come with the router and its sidebar.
         heading, sidebar = first_look(f"{url}/timeline", chromium=chromium)
         patient, timeline, *others = capture(url, chromium=chromium, out_dir=out_dir)
+        # Patients share session ids; the Visit picker must show the new patient's dates.
+        picked = visit_label_after_pick(url, "sub-02", chromium=chromium)
+    first = load_study(small_study).visits["sub-02"][0]
+    assert picked == f"{first.session_id} · {first.acq_date.isoformat()}"
+    assert first.acq_date != load_study(small_study).visits["sub-01"][0].acq_date
     assert heading == "Timeline of sub-01"
     assert "Study folder" in sidebar and "Patient" in sidebar
 
