@@ -29,3 +29,36 @@ def test_selection_visits_are_each_patients_first_visit() -> None:
     study = SimpleNamespace(visits=visits)
     assert selection_visits(study, ["sub-07", "sub-08"]) == [("sub-07", "ses-01"),
                                                               ("sub-08", "ses-03")]
+
+
+def test_found_by_location_counts_lesions_touched_by_the_prediction() -> None:
+    import numpy as np
+
+    from training.seg.selection import found_by_location
+
+    truth = np.zeros((10, 10, 10), np.int32)
+    truth[1:3, 1:3, 1:3] = 1   # periventricular, hit in one voxel
+    truth[5:7, 5:7, 5:7] = 2   # periventricular, missed
+    truth[8, 8, 8] = 4         # juxtacortical, hit
+    pred = np.zeros(truth.shape, bool)
+    pred[2, 2, 2] = pred[8, 8, 8] = True
+    pred[0, 9, 0] = True       # a false positive changes nothing here
+    locations = {1: "periventricular", 2: "periventricular", 3: "infratentorial",
+                 4: "juxtacortical"}  # lesion 3 is listed but not on this grid
+    assert found_by_location(pred, truth, locations) == {"periventricular": [1, 2],
+                                                         "juxtacortical": [1, 1]}
+
+
+def test_missed_lesion_voxels_lists_the_lesions_without_a_predicted_voxel() -> None:
+    import numpy as np
+
+    from training.seg.selection import missed_lesion_voxels
+
+    truth = np.zeros((12, 12, 12), bool)
+    truth[0:2, 0:2, 0:2] = True     # 8 voxels, missed
+    truth[5:8, 5:8, 5:8] = True     # 27 voxels, hit
+    truth[10, 10, 10] = True        # 1 voxel, missed
+    pred = np.zeros(truth.shape, bool)
+    pred[6, 6, 6] = True
+    assert missed_lesion_voxels(pred, truth, np.eye(4)) == [8, 1]
+    assert missed_lesion_voxels(truth, truth, np.eye(4)) == []

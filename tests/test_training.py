@@ -170,3 +170,32 @@ def test_export_records_every_data_and_loss_option() -> None:
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
                "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0}
     assert _recorded_options(new_run) == new_run
+
+
+def test_soup_averages_float_weights_and_rejects_another_network(tmp_path: Path) -> None:
+    from training.seg.soup import average_weights
+    from training.seg.train import save_weights
+
+    torch.manual_seed(0)
+    nets = [UNet3D(2, (4, 8), norm="batch") for _ in range(3)]
+    paths = []
+    for i, net in enumerate(nets):
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.num_batches_tracked.fill_(10 * (i + 1))
+        paths.append(tmp_path / f"w{i}.npz")
+        save_weights(net, paths[-1])
+    soup = average_weights(paths)
+    states = [net.state_dict() for net in nets]
+    assert set(soup) == set(states[0])
+    for k, v in soup.items():
+        if states[0][k].is_floating_point():
+            want = np.mean([s[k].numpy() for s in states], axis=0)
+            np.testing.assert_allclose(v, want, rtol=1e-6, atol=1e-7)
+            assert v.dtype == np.float32
+        else:  # step counters are not averaged
+            assert int(v) == 10
+    other = tmp_path / "other.npz"
+    save_weights(UNet3D(2, (4, 16), norm="batch"), other)
+    with pytest.raises(ValueError, match="other.npz"):
+        average_weights([paths[0], other])

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                      "steps": config.get("steps"),
                      **_recorded_options(config),
                      "initialised_from": _initialised_from(config),
+                     # training.seg.soup: the runs whose weights were averaged
+                     **({"soup_of": config["ingredients"]} if config.get("ingredients") else {}),
                      "git_commit_at_launch": config.get(
                          "git_commit"), "torch": config.get("torch"),
                      "data": "synthetic MNI152 volumes with 27 real consensus lesion masks of "

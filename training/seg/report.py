@@ -45,7 +45,9 @@ P26_MASK = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 
 
 def _run(flair: Path, t1: Path | None, truth: LesionMask, params: SegmentParams,
-         model: OnnxModel | None) -> dict[str, Any]:
+         model: OnnxModel | None, *, keep_mask: bool = False) -> dict[str, Any]:
+    """Segment ``flair`` (and ``t1``) and score it against ``truth``; with ``keep_mask`` the
+    predicted mask comes back too (``"pred_mask"``, bool, on the truth grid)."""
     t0 = time.perf_counter()
     f = load_volume(flair, "FLAIR")
     t = load_volume(t1, "T1w") if t1 is not None else None
@@ -59,7 +61,8 @@ def _run(flair: Path, t1: Path | None, truth: LesionMask, params: SegmentParams,
             "tpr_any": m["lesion_any_voxel"]["tpr"], "fpr_any": m["lesion_any_voxel"]["fpr"],
             "f1_10pct": m["lesion_10pct"]["f1"], "pred_ml": m["pred_volume_ml"],
             "truth_ml": m["truth_volume_ml"], "abs_volume_diff_ml": m["abs_volume_diff_ml"],
-            "seconds": round(seconds, 1), "stage_seconds": res.seconds}
+            "seconds": round(seconds, 1), "stage_seconds": res.seconds,
+            **({"pred_mask": pred.labels > 0} if keep_mask else {})}
 
 
 def _fmt(v: Any) -> str:

@@ -13,7 +13,9 @@ For each models folder, the FLAIR-only network (the report's settings) is run on
   alongside. It is the issue's real-data test, so a model is chosen on the selection set; where
   patient26 also moved the choice, the report says so.
 
-Prints one JSON object per folder: per-visit and mean Dice and lesion F1, and patient26's figures.
+Prints one JSON object per folder: per-visit and mean Dice and lesion F1, the selection lesions
+found per location class (``truth.json``), and patient26's figures with the sizes of the
+lesions it missed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import numpy as np
 
 from ms_core.errors import StudyError
 from ms_core.inference import load_onnx_model
-from ms_core.io import load_lesion_mask
+from ms_core.io import load_lesion_mask, read_json
+from ms_core.lesions import label_components
 from ms_core.models import load_model_card
 from ms_core.segment import SegmentParams
 from ms_core.study import Study, image_path, load_study, truth_dir
@@ -49,6 +52,30 @@ def selection_visits(study: Study, patients: list[str]) -> list[tuple[str, str]]
     return [(pid, study.visits[pid][0].session_id) for pid in patients]
 
 
+def found_by_location(pred: np.ndarray, truth_labels: np.ndarray,
+                      locations: dict[int, str]) -> dict[str, list[int]]:
+    """Per location class, [lesions with at least one predicted voxel, lesions]: ``truth_labels``
+    holds lesion ids (0 background), ``locations`` maps each id to its class."""
+    out: dict[str, list[int]] = {}
+    for lesion_id, location in locations.items():
+        where = truth_labels == lesion_id
+        if not where.any():  # listed in the truth table but absent from this grid
+            continue
+        row = out.setdefault(location, [0, 0])
+        row[0] += int(pred[where].any())
+        row[1] += 1
+    return out
+
+
+def missed_lesion_voxels(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray) -> list[int]:
+    """Sizes (voxels) of the ``truth`` lesions without a predicted voxel, largest first."""
+    labels = label_components(truth, affine=affine)
+    sizes = np.bincount(labels.ravel())
+    hit = set(np.unique(labels[pred & (labels > 0)]).tolist())
+    missed = [int(sizes[i]) for i in range(1, len(sizes)) if i not in hit]
+    return sorted(missed, reverse=True)
+
+
 def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
                        patients: list[str]) -> dict[str, Any]:
     """FLAIR-only network of ``models_dir`` on the selection visits and on patient26."""
@@ -56,21 +83,34 @@ def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
     model = load_onnx_model(card, "cpu")
     net = SegmentParams(method="network")
     rows = {}
+    by_location: dict[str, list[int]] = {}
     for pid, sid in selection_visits(study, patients):
         truth = load_lesion_mask(truth_dir(demo_root, pid, sid) / "lesion_labels.nii.gz")
-        r = _run(image_path(demo_root, pid, sid, "FLAIR"), None, truth, net, model)
+        r = _run(image_path(demo_root, pid, sid, "FLAIR"), None, truth, net, model,
+                 keep_mask=True)
         rows[pid] = {k: r[k] for k in ("dice", "f1_any", "pred_ml", "truth_ml")}
+        table = read_json(truth_dir(demo_root, pid, sid) / "truth.json")["lesions"]
+        found = found_by_location(r["pred_mask"], truth.labels,
+                                  {int(t["lesion_id"]): str(t["location"]) for t in table})
+        for location, (n_found, n) in found.items():
+            row = by_location.setdefault(location, [0, 0])
+            row[0] += n_found
+            row[1] += n
     out: dict[str, Any] = {
         "models_dir": str(models_dir), "version": card.version, "sha256": card.sha256,
         "selection": rows,
         "selection_mean": {m: float(np.mean([r[m] for r in rows.values() if r[m] is not None]))
                            for m in ("dice", "f1_any")},
+        "selection_found_by_location": {k: f"{f}/{n}" for k, (f, n) in sorted(by_location.items())},
     }
     if (P26 / P26_FLAIR).exists():
-        r = _run(P26 / P26_FLAIR, None, load_lesion_mask(P26 / P26_MASK),
-                 SegmentParams(method="network", skull_stripped=True), model)
+        truth = load_lesion_mask(P26 / P26_MASK)
+        r = _run(P26 / P26_FLAIR, None, truth,
+                 SegmentParams(method="network", skull_stripped=True), model, keep_mask=True)
         out["patient26"] = {k: r[k] for k in ("dice", "f1_any", "tpr_any", "fpr_any", "pred_ml",
                                               "truth_ml")}
+        out["patient26"]["missed_lesion_voxels"] = missed_lesion_voxels(
+            r["pred_mask"], truth.labels > 0, truth.affine)
     return out
 
 
