@@ -2,7 +2,12 @@
 
 Usage: ``python bench/operating_points.py [--models-dir models_onnx] [--tta 0,1]
 [--thresholds 0.05,0.1,0.2,0.3,0.4,0.5,0.6] [--grow 0.4,0.3,0.2,0.1] [--demo data/demo]
-[--name operating_points]``.
+[--name operating_points] [--method network|baseline]``.
+
+With ``--method baseline`` the classical baseline (FLAIR z-score above grey matter, inside white
+matter; ``ms_core.segment.baseline_probability``) runs instead of the network, without TTA. Its
+probability is sigmoid((z - BASELINE_Z) / 0.5), so a threshold t is the z cut
+BASELINE_Z + 0.5 logit(t); the summary prints it as ``baseline_z``.
 
 Does a different probability threshold or flip test-time augmentation (TTA) meet the real-data
 targets of the segmentation issue (patient26 Dice >= 0.70 *and* lesion F1 >= 0.70) without
@@ -50,7 +55,7 @@ from ms_core.inference import load_onnx_model  # noqa: E402
 from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
 from ms_core.lesions import label_components, threshold_probability  # noqa: E402
 from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
-from ms_core.segment import SegmentParams, segment_volumes  # noqa: E402
+from ms_core.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
 from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
 from training.seg.selection import selection_patients, selection_visits  # noqa: E402
@@ -144,13 +149,16 @@ def main() -> int:
     ap.add_argument("--grow", default="0.4,0.3,0.2,0.1",
                     help="outline thresholds for seeded growth from lesions found at 0.5")
     ap.add_argument("--name", default="operating_points", help="results file name")
+    ap.add_argument("--method", choices=("network", "baseline"), default="network")
     args = ap.parse_args()
+    if args.method == "baseline" and (args.tta != "0" or args.grow):
+        ap.error("--method baseline takes --tta 0 --grow ''")
     ttas = [bool(int(v)) for v in args.tta.split(",")]
     thresholds = [float(v) for v in args.thresholds.split(",")]
     grows = [float(v) for v in args.grow.split(",") if v]
-    card = load_model_card("lesion_seg", args.models_dir)
-    model = load_onnx_model(card, "cpu")
-    base = SegmentParams(method="network")
+    card = load_model_card("lesion_seg", args.models_dir) if args.method == "network" else None
+    model = load_onnx_model(card, "cpu") if card is not None else None
+    base = SegmentParams(method=args.method)
 
     study = load_study(args.demo)
     cases = []
@@ -191,8 +199,11 @@ def main() -> int:
     for key, rows in table.items():
         sel = [r for name, r in rows.items() if name != "patient26"]
         p26 = rows.get("patient26")
+        th = float(key.split("threshold=")[1].split()[0])
         summary.append({
             "setting": key,
+            **({"baseline_z": round(BASELINE_Z + 0.5 * float(np.log(th / (1 - th))), 3)}
+               if args.method == "baseline" else {}),
             "selection_mean_dice": round(float(np.mean([r["dice"] for r in sel])), 4),
             "selection_mean_f1": round(float(np.mean([r["f1"] for r in sel])), 4),
             "patient26": p26,
@@ -201,8 +212,9 @@ def main() -> int:
         })
     save_result(args.name, {
         "benchmark": "operating_points", "time_utc": now_utc(), "machine": machine(),
-        "model": {"version": card.version, "sha256": card.sha256,
-                  "models_dir": repo_relative(args.models_dir)},
+        "model": ({"version": card.version, "sha256": card.sha256,
+                   "models_dir": repo_relative(args.models_dir)} if card is not None
+                  else {"method": "baseline", "baseline_z": BASELINE_Z}),
         "settings": {"overlap": base.overlap, "min_lesion_mm3": base.min_lesion_mm3,
                      "grow": "lesions found at the threshold, outlined at grow (hysteresis)",
                      "input": "FLAIR only"},

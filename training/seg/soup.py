@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,12 +32,13 @@ from ms_core.anatomy import load_template
 from ms_core.io import read_json, write_json
 from ms_core.models import code_commit, sha256_file
 from training.seg.model import UNet3D
-from training.seg.synth_data import LesionBank, PatchSampler, load_lesion_bank
+from training.seg.synth_data import load_lesion_bank
 from training.seg.train import (
     DEFAULT_MNI,
     batch_dice,
     calibrate_batch_norm,
     load_weights,
+    recipe_sampler,
     save_weights,
 )
 
@@ -65,19 +65,6 @@ def average_weights(paths: list[Path]) -> dict[str, np.ndarray]:
         else:
             out[k] = states[0][k]
     return out
-
-
-def _sampler(config: dict[str, Any], bank: LesionBank, seed: int) -> PatchSampler:
-    """The synthetic patches of a run's recipe (options missing in old configs: defaults)."""
-    lo, hi = (float(v) for v in str(config["lesion_contrast"]).split(","))
-    return PatchSampler(bank, int(config["patch"]), seed=seed,
-                        lesion_fraction=float(config["lesion_fraction"]),
-                        hard_negatives=bool(config["hard_negatives"]), lesion_contrast=(lo, hi),
-                        noise=str(config.get("noise", "white")),
-                        lesion_model=str(config.get("lesion_model", "uniform")),
-                        winsorise=float(config.get("winsorise", 0.0)),
-                        lesion_gm_floor=float(config.get("lesion_gm_floor", 0.0)),
-                        contrast_power=float(config.get("contrast_power", 1.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     model = UNet3D(2, tuple(int(w) for w in recipe["widths"]), norm=str(recipe.get("norm")))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     bank = load_lesion_bank(Path(str(recipe.get("mni_dir", DEFAULT_MNI))), load_template())
-    val_sampler = _sampler(recipe, bank, args.seed + 10_000)
+    val_sampler = recipe_sampler(recipe, bank, args.seed + 10_000)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
     val_x = torch.from_numpy(np.stack([v[0] for v in val]))
     val_y = torch.from_numpy(np.stack([v[1] for v in val]))
     metrics: dict[str, object] = {"ingredients": len(args.ingredients)}
     if recipe.get("norm") == "batch" and args.bn_calibration > 0:
         metrics["synthetic_val_dice_before_calibration"] = batch_dice(model, val_x, val_y)
-        calibrate_batch_norm(model, _sampler(recipe, bank, args.seed), args.bn_calibration,
+        calibrate_batch_norm(model, recipe_sampler(recipe, bank, args.seed), args.bn_calibration,
                              int(recipe["batch"]))
         metrics["bn_calibration_patches"] = args.bn_calibration
     metrics["best_synthetic_val_dice"] = batch_dice(model, val_x, val_y)

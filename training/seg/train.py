@@ -20,7 +20,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from training.seg.synth_data import (
     DEFAULT_LESION_CONTRAST,
     LESION_MODELS,
     NOISE_MODELS,
+    LesionBank,
     PatchSampler,
     load_lesion_bank,
 )
@@ -141,6 +144,20 @@ def calibrate_batch_norm(model: torch.nn.Module, sampler: PatchSampler, patches:
     model.eval()
 
 
+def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> PatchSampler:
+    """The synthetic patches of a training recipe: this module's arguments, or a run's
+    ``config.json`` (options older runs did not have take their default)."""
+    lo, hi = (float(v) for v in str(config["lesion_contrast"]).split(","))
+    return PatchSampler(bank, int(config["patch"]), seed=seed,
+                        lesion_fraction=float(config["lesion_fraction"]),
+                        hard_negatives=bool(config["hard_negatives"]), lesion_contrast=(lo, hi),
+                        noise=str(config.get("noise", "white")),
+                        lesion_model=str(config.get("lesion_model", "uniform")),
+                        winsorise=float(config.get("winsorise", 0.0)),
+                        lesion_gm_floor=float(config.get("lesion_gm_floor", 0.0)),
+                        contrast_power=float(config.get("contrast_power", 1.0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -219,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     contrast = tuple(float(v) for v in args.lesion_contrast.split(","))
     if len(contrast) != 2 or not 1.0 < contrast[0] < contrast[1]:
         ap.error(f"--lesion-contrast needs 'lo,hi' with 1 < lo < hi, got {args.lesion_contrast!r}")
-    make_sampler = functools.partial(PatchSampler, bank, args.patch,
-                                     lesion_fraction=args.lesion_fraction,
-                                     hard_negatives=args.hard_negatives, lesion_contrast=contrast,
-                                     noise=args.noise, lesion_model=args.lesion_model,
-                                     winsorise=args.winsorise,
-                                     lesion_gm_floor=args.lesion_gm_floor,
-                                     contrast_power=args.contrast_power)
+    make_sampler = functools.partial(recipe_sampler, vars(args), bank)
     try:
         sampler = make_sampler(seed=args.seed)
     except ValueError as e:  # the sampler checks its options (e.g. --winsorise outside 0-1)
