@@ -8,6 +8,7 @@ every page lists the server's running background jobs (:mod:`ui_jobs`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -29,9 +30,23 @@ def _keep_valid(key: str, options: list[str]) -> None:
         st.session_state[key] = options[0]
 
 
-def _picked_visit(picker: str) -> None:
-    """The Visit selectbox changed: make its choice the visit every page shows."""
-    st.session_state[state_keys.SESSION] = st.session_state[picker]
+def _copy_choice(widget_key: str, state_key: str) -> None:
+    st.session_state[state_key] = st.session_state[widget_key]
+
+
+def _mirrored_selectbox(label: str, options: list[str], state_key: str, widget_key: str,
+                        format_func: Callable[[str], str]) -> str:
+    """A sidebar selectbox whose choice lives in ``state_key``, drawn under ``widget_key``.
+
+    ``state_key`` is the one place pages (and button callbacks that open a patient or a visit)
+    read and set the choice; the widget key changes whenever the labels of the same option
+    values do (another study, another patient). Streamlit keeps showing a selectbox's old
+    label when only ``format_func`` changes (streamlit/streamlit#13788); a new widget does not.
+    """
+    _keep_valid(state_key, options)
+    st.session_state[widget_key] = st.session_state[state_key]
+    return str(st.sidebar.selectbox(label, options, key=widget_key, format_func=format_func,
+                                    on_change=_copy_choice, args=(widget_key, state_key)))
 
 
 def _study_picker() -> Study:
@@ -65,24 +80,18 @@ def _sidebar() -> None:
         st.warning(f"Study {study.root} has no usable participants; see the study issues.")
         _issues(study)
         st.stop()
-    _keep_valid(state_keys.PARTICIPANT, pids)
 
     def patient_label(pid: str) -> str:
         p = participants[pid]
         return f"{pid} · {p.trial_arm or 'no arm'} · {p.ms_type}"
 
-    pid = st.sidebar.selectbox("Patient", pids, key=state_keys.PARTICIPANT,
-                               format_func=patient_label)
+    pid = _mirrored_selectbox("Patient", pids, state_keys.PARTICIPANT,
+                              state_keys.patient_picker(str(study.root)), patient_label)
     visits = {v.session_id: v for v in study.visits.get(pid, ())}
     if visits:
-        _keep_valid(state_keys.SESSION, list(visits))
-        # The widget is the patient's own (see state_keys.visit_picker); SESSION stays the one
-        # place pages read the visit from, and a callback may set it before this runs.
-        picker = state_keys.visit_picker(pid)
-        st.session_state[picker] = st.session_state[state_keys.SESSION]
-        st.sidebar.selectbox("Visit", list(visits), key=picker, on_change=_picked_visit,
-                             args=(picker,),
-                             format_func=lambda sid: f"{sid} · {visits[sid].acq_date.isoformat()}")
+        _mirrored_selectbox("Visit", list(visits), state_keys.SESSION,
+                            state_keys.visit_picker(str(study.root), pid),
+                            lambda sid: f"{sid} · {visits[sid].acq_date.isoformat()}")
     else:
         st.session_state[state_keys.SESSION] = None
         st.sidebar.info(f"{pid} has no visits.")

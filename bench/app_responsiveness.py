@@ -149,7 +149,7 @@ def processed_visit(study: Path, tmp: Path, reruns: int, pid: str, sid: str
     at.run()
     _check(at, f"app on {visits[0].session_id}")
     at.run()
-    picker = at.sidebar.selectbox(key=state_keys.visit_picker(pid))
+    picker = at.sidebar.selectbox(key=state_keys.visit_picker(str(root), pid))
     first = _timed(lambda: picker.set_value(sid).run())
     _check(at, "switch to the processed visit")
     shown = [m.label for m in at.metric]

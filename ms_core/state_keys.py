@@ -7,6 +7,7 @@ __all__ = [
     "LESION_TABLE",
     "PARTICIPANT",
     "PATIENT_VIEWER",
+    "PICKER_PREFIX",
     "PREVIEW_MIN_SIZE",
     "PREVIEW_THRESHOLD",
     "SELECTED_LESION",
@@ -16,8 +17,8 @@ __all__ = [
     "VIEW_OPACITY",
     "VIEW_OVERLAY",
     "VIEW_SIDE_BY_SIDE",
-    "VISIT_PICKER_PREFIX",
     "WHAT_IF_PREFIX",
+    "patient_picker",
     "visit_picker",
 ]
 
@@ -27,8 +28,9 @@ STUDY_ROOT = "study_root"
 PARTICIPANT = "participant_id"
 #: session_id picked in the sidebar.
 SESSION = "session_id"
-#: Prefix of the sidebar's Visit selectbox key (see :func:`visit_picker`).
-VISIT_PICKER_PREFIX = "visit_picker"
+#: Prefix of the sidebar's Patient and Visit selectbox keys (:func:`patient_picker`,
+#: :func:`visit_picker`).
+PICKER_PREFIX = "sidebar_picker"
 #: Image shown by the Patient page viewer ("FLAIR" or "T1w").
 VIEW_MODALITY = "view_modality"
 #: Prefix of the Patient page viewer's component key (one key per image shown).
@@ -88,11 +90,17 @@ __all__ += ["JOBS_SEEN"]
 JOBS_SEEN = "jobs_seen"
 
 
-def visit_picker(participant_id: str) -> str:
-    """Key of the sidebar's Visit selectbox for ``participant_id``; it mirrors :data:`SESSION`.
+def patient_picker(study_root: str) -> str:
+    """Key of the sidebar's Patient selectbox for the study at ``study_root``; it mirrors
+    :data:`PARTICIPANT` (see :func:`visit_picker` for why each study gets its own widget)."""
+    return f"{PICKER_PREFIX}:patient:{study_root}"
 
-    One widget per participant: patients share session ids (``ses-01``...), and a selectbox
-    whose options keep their values while ``format_func`` changes (the visit dates) keeps
+
+def visit_picker(study_root: str, participant_id: str) -> str:
+    """Key of the sidebar's Visit selectbox for one patient; it mirrors :data:`SESSION`.
+
+    One widget per patient (and per study): patients share session ids (``ses-01``...), and a
+    selectbox whose option values stay while ``format_func`` changes (the visit dates) keeps
     showing the previous patient's label in the browser (streamlit/streamlit#13788).
     """
-    return f"{VISIT_PICKER_PREFIX}:{participant_id}"
+    return f"{PICKER_PREFIX}:visit:{study_root}:{participant_id}"

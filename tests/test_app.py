@@ -101,15 +101,18 @@ def test_t1w_switch_and_other_patient(small_study: Path,
     # Reruns go through the router too (ui_helpers.ensure_routed): the sidebar is still there.
     assert len(at.sidebar.selectbox) == 2
 
-    at.sidebar.selectbox(key=state_keys.PARTICIPANT).set_value("sub-02").run()
+    at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).set_value(
+        "sub-02").run()
+    assert at.session_state[state_keys.PARTICIPANT] == "sub-02"
     # Patients share session ids: the Visit picker must be sub-02's own, showing its dates
     # (a shared widget kept sub-01's labels in the browser).
-    picker = at.sidebar.selectbox(key=state_keys.visit_picker("sub-02"))
+    picker = at.sidebar.selectbox(key=state_keys.visit_picker(str(small_study), "sub-02"))
     dates = {v.session_id: v.acq_date.isoformat()
              for v in load_study(small_study).visits["sub-02"]}
     assert picker.options == [f"{sid} · {d}" for sid, d in dates.items()]
     assert picker.value == at.session_state[state_keys.SESSION] == "ses-01"
-    assert state_keys.visit_picker("sub-01") != state_keys.visit_picker("sub-02")
+    assert (state_keys.visit_picker(str(small_study), "sub-01")
+            != state_keys.visit_picker(str(small_study), "sub-02"))
     picker.set_value("ses-03").run()
     assert not at.exception
     assert at.session_state[state_keys.SESSION] == "ses-03"
@@ -117,10 +120,32 @@ def test_t1w_switch_and_other_patient(small_study: Path,
     assert _summary(at)["Date"] == dates["ses-03"] == "2023-02-05"
 
 
+def test_another_study_gets_its_own_patient_labels(small_study: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Same participant ids, other arms: the Patient picker must show the new study's labels.
+    other = tmp_path / "other"
+    shutil.copytree(small_study, other)
+    tsv = other / "participants.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    arm = rows[0].index("trial_arm")
+    for row in rows[1:]:
+        row[arm] = "open-label extension"
+    tsv.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    at = _app(small_study, monkeypatch)
+    first = at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).options[0]
+    assert "open-label extension" not in first
+    at.sidebar.text_input(key=state_keys.STUDY_ROOT).set_value(str(other)).run()
+    assert not at.exception
+    picker = at.sidebar.selectbox(key=state_keys.patient_picker(str(other)))
+    assert picker.options[0].startswith("sub-01 · open-label extension")
+    assert picker.value == at.session_state[state_keys.PARTICIPANT] == "sub-01"
+
+
 def test_timeline_page_draws_edss_and_volume_charts(small_study: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(small_study, monkeypatch)
-    at.sidebar.selectbox(key=state_keys.PARTICIPANT).set_value("sub-02").run()
+    at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).set_value(
+        "sub-02").run()
     at.switch_page("pages/timeline.py").run()
     assert not at.exception
     assert at.title[0].value == "Timeline of sub-02"
@@ -227,7 +252,8 @@ def test_compare_visits_then_timeline_shows_measurements(
     for visit in visits[:2]:  # stored segmentations: the comparison reuses them
         segment_visit(study, visit)
     at = _app(study, monkeypatch)
-    at.sidebar.selectbox(key=state_keys.visit_picker("sub-01")).set_value("ses-02").run()
+    at.sidebar.selectbox(key=state_keys.visit_picker(str(study), "sub-01")).set_value(
+        "ses-02").run()
     assert not at.exception
     checklist = at.dataframe[1].value
     assert checklist["item"].str.contains("periventricular").any()

@@ -96,7 +96,7 @@ def test_selecting_a_patient_opens_the_patient_page(small_study: Path,
     assert not at.exception
     assert at.session_state[state_keys.PARTICIPANT] == "sub-02"
     assert at.title[0].value == "Patient sub-02"
-    assert at.sidebar.selectbox(key=state_keys.PARTICIPANT).value == "sub-02"
+    assert at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).value == "sub-02"
 
 
 def test_measured_only_source_says_nothing_is_measured(small_study: Path,

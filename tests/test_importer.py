@@ -310,7 +310,7 @@ def test_import_page_validates_imports_and_opens_the_visit(small_study: Path, tm
     _button(at, "Open the visit").click().run()
     assert not at.exception
     assert at.session_state[state_keys.SESSION] == "ses-04"
-    assert at.sidebar.selectbox(key=state_keys.visit_picker("sub-01")).value == "ses-04"
+    assert at.sidebar.selectbox(key=state_keys.visit_picker(str(root), "sub-01")).value == "ses-04"
     assert at.title[0].value == "Patient sub-01"
 
     # Read-only demo mode: app.py does not offer the Import page, and the page itself, if
