@@ -49,16 +49,25 @@ def test_found_by_location_counts_lesions_touched_by_the_prediction() -> None:
                                                          "juxtacortical": [1, 1]}
 
 
-def test_missed_lesion_voxels_lists_the_lesions_without_a_predicted_voxel() -> None:
+def test_missed_lesions_lists_the_lesions_without_a_predicted_voxel() -> None:
     import numpy as np
 
-    from training.seg.selection import missed_lesion_voxels
+    from training.seg.selection import missed_lesions
 
     truth = np.zeros((12, 12, 12), bool)
     truth[0:2, 0:2, 0:2] = True     # 8 voxels, missed
     truth[5:8, 5:8, 5:8] = True     # 27 voxels, hit
     truth[10, 10, 10] = True        # 1 voxel, missed
+    flair = np.full(truth.shape, 100.0)
+    flair[truth] = 130.0
     pred = np.zeros(truth.shape, bool)
     pred[6, 6, 6] = True
-    assert missed_lesion_voxels(pred, truth, np.eye(4)) == [8, 1]
-    assert missed_lesion_voxels(truth, truth, np.eye(4)) == []
+    prob = np.where(truth, 0.2, 0.0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    missed = missed_lesions(pred, prob, truth, flair, affine)
+    assert [m["voxels"] for m in missed] == [8, 1]
+    assert missed[0]["centroid_mm"] == [1.0, 1.0, 1.0]
+    assert missed[1]["centroid_mm"] == [20.0, 20.0, 20.0]
+    assert missed[0]["max_prob"] == 0.2
+    assert missed[0]["flair_ratio"] == 1.3 and missed[0]["surroundings_ratio"] == 1.0
+    assert missed_lesions(truth, prob, truth, flair, affine) == []

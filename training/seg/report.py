@@ -47,7 +47,8 @@ P26_MASK = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 def _run(flair: Path, t1: Path | None, truth: LesionMask, params: SegmentParams,
          model: OnnxModel | None, *, keep_mask: bool = False) -> dict[str, Any]:
     """Segment ``flair`` (and ``t1``) and score it against ``truth``; with ``keep_mask`` the
-    predicted mask comes back too (``"pred_mask"``, bool, on the truth grid)."""
+    predicted mask and the probability map come back too (``"pred_mask"``, bool, and
+    ``"prob"``, on the truth grid)."""
     t0 = time.perf_counter()
     f = load_volume(flair, "FLAIR")
     t = load_volume(t1, "T1w") if t1 is not None else None
@@ -62,7 +63,7 @@ def _run(flair: Path, t1: Path | None, truth: LesionMask, params: SegmentParams,
             "f1_10pct": m["lesion_10pct"]["f1"], "pred_ml": m["pred_volume_ml"],
             "truth_ml": m["truth_volume_ml"], "abs_volume_diff_ml": m["abs_volume_diff_ml"],
             "seconds": round(seconds, 1), "stage_seconds": res.seconds,
-            **({"pred_mask": pred.labels > 0} if keep_mask else {})}
+            **({"pred_mask": pred.labels > 0, "prob": res.prob} if keep_mask else {})}
 
 
 def _fmt(v: Any) -> str:
@@ -381,6 +382,21 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   rerun keeps the best selection-set Dice: 0.791, 0.799, 0.798
   (`python bench/operating_points.py --models-dir CANDIDATE_DIR --tta 0 --thresholds
   0.5,0.6,0.7 --grow ""`; for v3.2.0 in `bench/results/operating_points_3.2.0.json`).
+- Tried and not shipped (2026-12-02, fifth session): combining the recipe's two runs,
+  `seg_v11` (v3.2.0) and `seg_v15`, both fine-tuned from v3.1.0. A **weight average** ("model
+  soup", Wortsman et al., ICML 2022: one network's cost) with its batch-norm statistics
+  re-estimated on 96 synthetic patches (`python -m training.seg.soup --out
+  training/runs/soup_a training/runs/seg_v11/weights_best.npz
+  training/runs/seg_v15/weights_best.npz`, 1 min): selection-set mean Dice 0.782, patient26
+  Dice 0.683, lesion F1 0.636. A **probability-average ensemble** of the two networks (twice
+  the inference time; a one-off ONNX graph, not kept): 0.790, patient26 0.685 / 0.691 (11 of 19
+  found, two false). Neither beats v3.2.0 alone (0.791; 0.701 / 0.691).
+- Which lesions v3.2.0 misses (`python -m training.seg.selection models_onnx`, which prints
+  them): on patient26, 8 of 19. Seven have 3–15 voxels; the eighth, 81 voxels, lies in the
+  midbrain (MNI 10, −16, −11: infratentorial), 1.21 times the brain median with its
+  surroundings at 1.0, and the network gives it a probability under 0.01. On the selection set
+  (known locations) it finds
+  SELECTION_BY_LOCATION.
 - **Operating points** (`python bench/operating_points.py`,
   `bench/results/operating_points.json`): no threshold and no flip TTA meets both patient26
   targets with the shipped model. Lowering the threshold trades lesion F1 for Dice on patient26

@@ -14,8 +14,8 @@ For each models folder, the FLAIR-only network (the report's settings) is run on
   patient26 also moved the choice, the report says so.
 
 Prints one JSON object per folder: per-visit and mean Dice and lesion F1, the selection lesions
-found per location class (``truth.json``), and patient26's figures with the sizes of the
-lesions it missed.
+found per location class (``truth.json``), and patient26's figures with the lesions it
+missed (size, place, probability, brightness).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ms_core.errors import StudyError
 from ms_core.inference import load_onnx_model
-from ms_core.io import load_lesion_mask, read_json
+from ms_core.io import load_lesion_mask, load_volume, read_json
 from ms_core.lesions import label_components
 from ms_core.models import load_model_card
 from ms_core.segment import SegmentParams
@@ -67,13 +68,30 @@ def found_by_location(pred: np.ndarray, truth_labels: np.ndarray,
     return out
 
 
-def missed_lesion_voxels(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray) -> list[int]:
-    """Sizes (voxels) of the ``truth`` lesions without a predicted voxel, largest first."""
+def missed_lesions(pred: np.ndarray, prob: np.ndarray, truth: np.ndarray, flair: np.ndarray,
+                   affine: np.ndarray) -> list[dict[str, Any]]:
+    """The ``truth`` lesions without a predicted voxel, largest first: size (voxels), centroid
+    (mm), highest probability inside, and mean FLAIR inside and in a shell 2-4 voxels outside,
+    each divided by the median of the non-zero (brain) FLAIR voxels of a skull-stripped scan."""
     labels = label_components(truth, affine=affine)
-    sizes = np.bincount(labels.ravel())
     hit = set(np.unique(labels[pred & (labels > 0)]).tolist())
-    missed = [int(sizes[i]) for i in range(1, len(sizes)) if i not in hit]
-    return sorted(missed, reverse=True)
+    brain = flair > 0
+    median = float(np.median(flair[brain]))
+    out = []
+    for i in range(1, int(labels.max()) + 1):
+        where = labels == i
+        if i in hit or not where.any():
+            continue
+        near = ndi.binary_dilation(where, iterations=4) & ~ndi.binary_dilation(where, iterations=1)
+        near &= brain & ~truth
+        centroid = affine[:3, :3] @ np.argwhere(where).mean(axis=0) + affine[:3, 3]
+        out.append({"voxels": int(where.sum()),
+                    "centroid_mm": [round(float(c), 1) for c in centroid],
+                    "max_prob": round(float(prob[where].max()), 3),
+                    "flair_ratio": round(float(flair[where].mean()) / median, 2),
+                    "surroundings_ratio": (round(float(flair[near].mean()) / median, 2)
+                                           if near.any() else None)})
+    return sorted(out, key=lambda r: -r["voxels"])
 
 
 def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
@@ -109,8 +127,9 @@ def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
                  SegmentParams(method="network", skull_stripped=True), model, keep_mask=True)
         out["patient26"] = {k: r[k] for k in ("dice", "f1_any", "tpr_any", "fpr_any", "pred_ml",
                                               "truth_ml")}
-        out["patient26"]["missed_lesion_voxels"] = missed_lesion_voxels(
-            r["pred_mask"], truth.labels > 0, truth.affine)
+        out["patient26"]["missed_lesions"] = missed_lesions(
+            r["pred_mask"], r["prob"], truth.labels > 0,
+            load_volume(P26 / P26_FLAIR, "FLAIR").data, truth.affine)
     return out
 
 
