@@ -513,6 +513,12 @@ sha256 `{card['sha256']}` (checked before every load; see `models_onnx/manifest.
 - Under-segments real lesions: on patient26 it misses some lesions and outlines the ones it
   finds too small (predicted lesion volume well below the reference); lesion volumes are lower
   bounds.
+- Small, juxtacortical and infratentorial lesions are its weak spots (v3.2.0: on patient26 the
+  eight missed lesions are seven of 3-15 voxels and one of 81 in the midbrain; on the synthetic
+  selection set it finds 12 of 21 juxtacortical and 3 of 6 infratentorial lesions, against 45
+  of 48 periventricular and 22 of 22 deep white-matter ones; `python -m training.seg.selection
+  models_onnx`). Read the brainstem, cerebellum and cortical border by eye: the McDonald
+  juxtacortical and infratentorial counts are lower bounds.
 - Give it FLAIR only. A real T1w as the second channel adds false lesions (patient26, v3.2.0:
   63 % of predicted lesions false, against 14 % from FLAIR alone), so the app and `batch`
   segment study visits from FLAIR; `segment --t1` is for experiments.
