@@ -12,6 +12,9 @@ Usage::
 - **Demo study**: consecutive visit pairs; a true new lesion (ground truth status ``new``,
   >= 27 mm^3) is detected when new-lesion tissue of the change mask (label 1) overlaps it; a
   lesion reported ``new`` that overlaps no true new or enlarging lesion is a false new lesion.
+  Each missed true new lesion is listed with its volume, location and whether either visit's
+  segmentation covers it (``segmented``: false means the network missed it, true the change
+  rule).
 """
 
 from __future__ import annotations
@@ -103,11 +106,17 @@ def _score_demo(root: Path, pid: str, prev: str, cur: str, res: TrackResult,
     changed_ids = [i for i, s in status.items() if s in ("new", "enlarging")]
     new_tissue = res.change_mask == 1
     found = sum(bool(new_tissue[labels == i].any()) for i in new_ids)
+    # Why a true new lesion was missed: not segmented at all (the network), or segmented but
+    # not reported as new (the change rule).
+    where = {int(les["lesion_id"]): les.get("location") for les in truth["lesions"]}
+    missed = [{"lesion_id": i, "volume_mm3": round(float((labels == i).sum() * voxel_mm3), 1),
+               "location": where[i], "segmented": bool(res.lesion_ids[labels == i].any())}
+              for i in new_ids if not new_tissue[labels == i].any()]
     true_change = np.isin(labels, changed_ids)
     reported_new = res.table.lesion_id[res.table.status == "new"].tolist()
     false = [j for j in reported_new if not true_change[res.lesion_ids == j].any()]
     return {"pair": f"{pid} {prev}->{cur}", "true_new_ge27": len(new_ids), "detected": found,
-            "false_new": len(false), "seconds": round(seconds, 1),
+            "false_new": len(false), "missed_new": missed, "seconds": round(seconds, 1),
             "registration_ncc": res.registration.ncc, "qc": res.qc,
             "stage_seconds": res.seconds}
 
