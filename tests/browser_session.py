@@ -321,9 +321,9 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
     return reports
 
 
-def first_look(url: str, *, chromium: str) -> tuple[str, str]:
-    """Open ``url`` in a fresh browser; return the page's first heading and the sidebar text."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+@contextlib.contextmanager
+def _fresh_page(url: str, chromium: str) -> Iterator[Any]:
+    """A new headless browser with ``url`` loaded and the app idle; closed on exit."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -332,36 +332,35 @@ def first_look(url: str, *, chromium: str) -> tuple[str, str]:
             page = browser.new_page(viewport={"width": VIEWPORT_PX[0], "height": VIEWPORT_PX[1]})
             page.goto(url, wait_until="domcontentloaded")
             wait_idle(page)
-            heading = page.locator("h1").first
-            heading.wait_for(timeout=_TIMEOUT_MS)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            with contextlib.suppress(PlaywrightTimeout):  # a page without the router has none
-                sidebar.locator('[data-testid="stTextInput"]').wait_for(timeout=10_000)
-            return heading.inner_text(), sidebar.inner_text()
+            yield page
         finally:
             browser.close()
+
+
+def first_look(url: str, *, chromium: str) -> tuple[str, str]:
+    """Open ``url`` in a fresh browser; return the page's first heading and the sidebar text."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with _fresh_page(url, chromium) as page:
+        heading = page.locator("h1").first
+        heading.wait_for(timeout=_TIMEOUT_MS)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        with contextlib.suppress(PlaywrightTimeout):  # a page without the router has none
+            sidebar.locator('[data-testid="stTextInput"]').wait_for(timeout=10_000)
+        return heading.inner_text(), sidebar.inner_text()
 
 
 def visit_label_after_pick(url: str, participant: str, *, chromium: str) -> str:
     """Open ``url``, pick ``participant`` in the sidebar; return the Visit selectbox's text as
     the browser shows it (e.g. ``"ses-01 · 2018-08-18"``)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": VIEWPORT_PX[0], "height": VIEWPORT_PX[1]})
-            page.goto(url, wait_until="domcontentloaded")
-            wait_idle(page)
-            pick(page, "Patient", participant, f"Patient {participant}")
-            boxes = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
-                has_text="Visit")
-            deadline = time.monotonic() + _TIMEOUT_MS / 1000
-            while boxes.count() != 1 and time.monotonic() < deadline:  # the old one goes stale
-                page.wait_for_timeout(250)
-            return str(boxes.first.locator("input").get_attribute("value"))
-        finally:
-            browser.close()
+    with _fresh_page(url, chromium) as page:
+        pick(page, "Patient", participant, f"Patient {participant}")
+        boxes = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
+            has_text="Visit")
+        deadline = time.monotonic() + _TIMEOUT_MS / 1000
+        while boxes.count() != 1 and time.monotonic() < deadline:  # the old one goes stale
+            page.wait_for_timeout(250)
+        return str(boxes.first.locator("input").get_attribute("value"))
 
 
 def _finish(page: Any, report: PageReport, out_dir: Path | None, t0: float) -> None:
