@@ -37,7 +37,6 @@ from training.seg.train import (
     DEFAULT_MNI,
     batch_dice,
     calibrate_batch_norm,
-    load_weights,
     recipe_sampler,
     save_weights,
 )
@@ -115,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         metrics["bn_calibration_patches"] = args.bn_calibration
     metrics["best_synthetic_val_dice"] = batch_dice(model, val_x, val_y)
     save_weights(model, args.out / "weights_best.npz")
-    # Reload once: what export reads must be what was measured.
-    load_weights(model, args.out / "weights_best.npz")
 
     write_json(args.out / "config.json", {
         **{k: v for k, v in recipe.items() if k not in ("command", "out", "init", "init_sha256",
