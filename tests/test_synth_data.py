@@ -175,3 +175,34 @@ def test_contrast_power_makes_faint_lesions_common_and_keeps_bright_ones(bank: L
     assert np.mean(skewed > 2.3) > 0.1  # bright lesions are still drawn
     with pytest.raises(ValueError, match="contrast_power"):
         PatchSampler(bank, 32, contrast_power=0.0)
+
+
+def test_focus_fraction_centres_lesion_patches_on_the_hard_zones() -> None:
+    from ms_core.anatomy import load_template
+    from ms_core.location import mni_zones
+
+    tpl = load_template()
+    to_vox = np.linalg.inv(tpl.affine)
+
+    def vox(mm: tuple[float, float, float]) -> np.ndarray:
+        return np.rint(to_vox[:3, :3] @ np.array(mm) + to_vox[:3, 3]).astype(int)
+
+    mask = np.zeros(tpl.shape, np.uint8)
+    small = vox((0.0, -25.0, -30.0))  # brainstem: infratentorial, 4^3 voxels
+    mask[small[0]:small[0] + 4, small[1]:small[1] + 4, small[2]:small[2] + 4] = 1
+    large = vox((25.0, -10.0, 30.0))  # deep white matter about 67 mm away, 8^3 voxels
+    mask[large[0]:large[0] + 8, large[1]:large[1] + 8, large[2]:large[2] + 8] = 1
+    bank = LesionBank(mask[None], ("two",), (np.argwhere(mask > 0).astype(np.int16),))
+    zones = mni_zones().masks
+    assert zones["infratentorial"][tuple(small)] and not zones["infratentorial"][tuple(large)]
+
+    focused = PatchSampler(bank, 48, seed=5, lesion_fraction=1.0, focus_fraction=1.0)
+    assert len(focused.focus_voxels[0]) == 64  # the brainstem cube only
+    # Every lesion patch now holds the small cube (<= 64 voxels * 1.15^3), never the large one.
+    sizes = [float(focused.sample()[1].sum()) for _ in range(6)]
+    assert all(0 < v < 120 for v in sizes), sizes
+    plain = PatchSampler(bank, 48, seed=5, lesion_fraction=1.0)
+    assert plain.focus_voxels == []
+    assert max(float(plain.sample()[1].sum()) for _ in range(6)) > 200  # mostly the large cube
+    with pytest.raises(ValueError, match="focus_fraction"):
+        PatchSampler(bank, 48, focus_fraction=1.5)

@@ -166,9 +166,10 @@ def test_export_records_every_data_and_loss_option() -> None:
     assert _recorded_options(old_run) == {"noise": "white", "lesion_model": "uniform",
                                           "winsorise": 0.0, "tversky_beta": 0.5,
                                           "blob_weight": 0.0, "lesion_gm_floor": 0.0,
-                                          "contrast_power": 1.0}
+                                          "contrast_power": 1.0, "focus_fraction": 0.0}
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
-               "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0}
+               "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0,
+               "focus_fraction": 0.5}
     assert _recorded_options(new_run) == new_run
 
 

@@ -155,7 +155,8 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         lesion_model=str(config.get("lesion_model", "uniform")),
                         winsorise=float(config.get("winsorise", 0.0)),
                         lesion_gm_floor=float(config.get("lesion_gm_floor", 0.0)),
-                        contrast_power=float(config.get("contrast_power", 1.0)))
+                        contrast_power=float(config.get("contrast_power", 1.0)),
+                        focus_fraction=float(config.get("focus_fraction", 0.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="no FLAIR lesion fainter than this multiple of the patch's grey matter "
                          "(real lesions are brighter than cortex); 0 (default, models up to "
                          "3.1.0) leaves it out")
+    ap.add_argument("--focus-fraction", type=float, default=0.0,
+                    help="share of lesion-centred patches centred on a juxtacortical or "
+                         "infratentorial lesion voxel instead of any lesion voxel (where the "
+                         "mask has one); 0 (default, models up to 3.2.0) leaves it out")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a run's weights_best.npz) instead of a "
                          "random initialisation: fine-tuning")
