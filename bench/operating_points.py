@@ -174,6 +174,7 @@ def main() -> int:
         print("patient26 not found (../shared absent): selection set only", file=sys.stderr)
 
     table: dict[str, dict[str, Any]] = {}
+    threshold_of: dict[str, float] = {}  # setting -> lesion threshold
     profile = None
     edges = {}
     for case in cases:
@@ -185,10 +186,12 @@ def main() -> int:
             res = segment_volumes(flair, None, params, model)
             for th in thresholds:
                 key = f"tta={int(tta)} threshold={th}"
+                threshold_of[key] = th
                 table.setdefault(key, {})[case.name] = score(res.prob, case.truth, res.affine,
                                                              th, base.min_lesion_mm3)
             for grow in grows:
                 key = f"tta={int(tta)} threshold={base.threshold} grow={grow}"
+                threshold_of[key] = base.threshold
                 table.setdefault(key, {})[case.name] = score(
                     res.prob, case.truth, res.affine, base.threshold, base.min_lesion_mm3, grow)
             if case.name == "patient26" and not tta:
@@ -199,7 +202,7 @@ def main() -> int:
     for key, rows in table.items():
         sel = [r for name, r in rows.items() if name != "patient26"]
         p26 = rows.get("patient26")
-        th = float(key.split("threshold=")[1].split()[0])
+        th = threshold_of[key]
         summary.append({
             "setting": key,
             **({"baseline_z": round(BASELINE_Z + 0.5 * float(np.log(th / (1 - th))), 3)}

@@ -105,13 +105,15 @@ def _score_demo(root: Path, pid: str, prev: str, cur: str, res: TrackResult,
                if s == "new" and (labels == i).sum() * voxel_mm3 >= 27]
     changed_ids = [i for i, s in status.items() if s in ("new", "enlarging")]
     new_tissue = res.change_mask == 1
-    found = sum(bool(new_tissue[labels == i].any()) for i in new_ids)
+    voxels = {i: labels == i for i in new_ids}
+    hit = {i: bool(new_tissue[v].any()) for i, v in voxels.items()}
+    found = sum(hit.values())
     # Why a true new lesion was missed: not segmented at all (the network), or segmented but
     # not reported as new (the change rule).
     where = {int(les["lesion_id"]): les.get("location") for les in truth["lesions"]}
-    missed = [{"lesion_id": i, "volume_mm3": round(float((labels == i).sum() * voxel_mm3), 1),
-               "location": where[i], "segmented": bool(res.lesion_ids[labels == i].any())}
-              for i in new_ids if not new_tissue[labels == i].any()]
+    missed = [{"lesion_id": i, "volume_mm3": round(float(v.sum() * voxel_mm3), 1),
+               "location": where[i], "segmented": bool(res.lesion_ids[v].any())}
+              for i, v in voxels.items() if not hit[i]]
     true_change = np.isin(labels, changed_ids)
     reported_new = res.table.lesion_id[res.table.status == "new"].tolist()
     false = [j for j in reported_new if not true_change[res.lesion_ids == j].any()]
