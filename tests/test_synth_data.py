@@ -206,3 +206,36 @@ def test_focus_fraction_centres_lesion_patches_on_the_hard_zones() -> None:
     assert max(float(plain.sample()[1].sum()) for _ in range(6)) > 200  # mostly the large cube
     with pytest.raises(ValueError, match="focus_fraction"):
         PatchSampler(bank, 48, focus_fraction=1.5)
+
+
+def test_lesionwise_fraction_centres_small_lesions_as_often_as_large_ones() -> None:
+    from ms_core.anatomy import load_template
+    from training.seg.synth_data import _group_by_lesion
+
+    tpl = load_template()
+    c = np.array([s // 2 for s in tpl.shape])
+    mask = np.zeros(tpl.shape, np.uint8)
+    mask[c[0] + 40:c[0] + 42, c[1]:c[1] + 2, c[2]:c[2] + 2] = 1  # small: 8 voxels
+    mask[c[0] - 48:c[0] - 40, c[1]:c[1] + 8, c[2]:c[2] + 8] = 1  # large: 512 voxels, 88 mm away
+    voxels = np.argwhere(mask > 0).astype(np.int16)
+    grouped, starts, sizes = _group_by_lesion(mask, voxels)
+    assert sorted(sizes.tolist()) == [8, 512] and len(grouped) == 520
+    for start, size in zip(starts, sizes, strict=True):  # each run is one whole lesion
+        run = grouped[start:start + size]
+        assert np.ptp(run[:, 0]) == (1 if size == 8 else 7)
+    bank = LesionBank(mask[None], ("two",), (voxels,))
+
+    def kinds(sampler: PatchSampler) -> list[str]:
+        # The two lesions never share a 48^3 patch: a patch holds the small or the large one.
+        sums = [float(sampler.sample()[1].sum()) for _ in range(12)]
+        assert all(0 < v < 30 or v > 200 for v in sums), sums
+        return ["small" if v < 30 else "large" for v in sums]
+
+    lesionwise = kinds(PatchSampler(bank, 48, seed=2, lesion_fraction=1.0,
+                                    lesionwise_fraction=1.0))
+    assert 3 <= lesionwise.count("small") <= 9, lesionwise  # about half: one lesion of two
+    plain = PatchSampler(bank, 48, seed=2, lesion_fraction=1.0)
+    assert plain.lesionwise == []
+    assert kinds(plain).count("small") <= 1  # 8 of 520 voxels: about 1.5 % of patches
+    with pytest.raises(ValueError, match="lesionwise_fraction"):
+        PatchSampler(bank, 48, lesionwise_fraction=-0.1)

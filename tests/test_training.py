@@ -166,10 +166,11 @@ def test_export_records_every_data_and_loss_option() -> None:
     assert _recorded_options(old_run) == {"noise": "white", "lesion_model": "uniform",
                                           "winsorise": 0.0, "tversky_beta": 0.5,
                                           "blob_weight": 0.0, "lesion_gm_floor": 0.0,
-                                          "contrast_power": 1.0, "focus_fraction": 0.0}
+                                          "contrast_power": 1.0, "focus_fraction": 0.0,
+                                          "lesionwise_fraction": 0.0}
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
                "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0,
-               "focus_fraction": 0.5}
+               "focus_fraction": 0.5, "lesionwise_fraction": 0.5}
     assert _recorded_options(new_run) == new_run
 
 
@@ -214,9 +215,11 @@ def test_recipe_sampler_rebuilds_a_runs_patches_from_its_config() -> None:
     bank = LesionBank(mask[None], ("synthetic",), (np.argwhere(mask > 0).astype(np.int16),))
     new = {"patch": 32, "lesion_fraction": 0.5, "hard_negatives": True,
            "lesion_contrast": "1.15,1.9", "noise": "mixed", "lesion_model": "uniform",
-           "winsorise": 0.0, "lesion_gm_floor": 1.05, "contrast_power": 1.0}
+           "winsorise": 0.0, "lesion_gm_floor": 1.05, "contrast_power": 1.0,
+           "lesionwise_fraction": 0.5}
     direct = PatchSampler(bank, 32, seed=3, lesion_fraction=0.5, hard_negatives=True,
-                          lesion_contrast=(1.15, 1.9), noise="mixed", lesion_gm_floor=1.05)
+                          lesion_contrast=(1.15, 1.9), noise="mixed", lesion_gm_floor=1.05,
+                          lesionwise_fraction=0.5)
     old = {k: new[k] for k in ("patch", "lesion_fraction", "hard_negatives", "lesion_contrast")}
     old_direct = PatchSampler(bank, 32, seed=3, lesion_fraction=0.5, hard_negatives=True,
                               lesion_contrast=(1.15, 1.9))  # an old run: defaults elsewhere

@@ -26,6 +26,10 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   matter 1.14, lesions 1.2-1.6 times white matter). Without it, a faint lesion range and a bright
   grey matter draw lesions darker than cortex, and the network learns to call bright cortex
   lesion;
+- with ``lesionwise_fraction`` (> 0): that share of the lesion-centred patches is centred on a
+  lesion drawn uniformly among the mask's connected lesions, not on a lesion voxel drawn
+  uniformly, which centres large lesions in proportion to their volume. Most lesions are
+  small, so small lesions are centred far more often;
 - skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
 - with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
   positives on real scans: a patchy bright rim at the brain-mask edge (left by brain extraction),
@@ -94,6 +98,17 @@ def load_lesion_bank(mni_dir: Path, tpl: Template,
     if not masks:
         raise FileNotFoundError(f"no lesion masks named {MASK_NAME} under {mni_dir}")
     return LesionBank(np.stack(masks), tuple(names), tuple(voxels))
+
+
+def _group_by_lesion(mask: np.ndarray, voxels: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``voxels`` (the lesion voxels of ``mask``) sorted by connected lesion (26-connectivity),
+    each lesion's first index in that order, and its size in voxels."""
+    labels, _ = ndi.label(mask > 0, structure=np.ones((3, 3, 3)))
+    ids = labels[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+    order = np.argsort(ids, kind="stable")
+    _, starts, sizes = np.unique(ids[order], return_index=True, return_counts=True)
+    return voxels[order], starts, sizes
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -168,7 +183,8 @@ class PatchSampler:
                  lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
                  noise: str = "white", lesion_model: str = "uniform",
                  winsorise: float = 0.0, lesion_gm_floor: float = 0.0,
-                 contrast_power: float = 1.0, focus_fraction: float = 0.0) -> None:
+                 contrast_power: float = 1.0, focus_fraction: float = 0.0,
+                 lesionwise_fraction: float = 0.0) -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
@@ -183,7 +199,17 @@ class PatchSampler:
         if not 0.0 <= focus_fraction <= 1.0:
             raise ValueError(f"focus_fraction is a share of lesion patches, 0-1, got "
                              f"{focus_fraction}")
+        if not 0.0 <= lesionwise_fraction <= 1.0:
+            raise ValueError(f"lesionwise_fraction is a share of lesion patches, 0-1, got "
+                             f"{lesionwise_fraction}")
         self.focus_fraction = focus_fraction
+        self.lesionwise_fraction = lesionwise_fraction
+        # Per mask: its lesion voxels grouped by connected lesion (26-connectivity), with each
+        # lesion's first index and size; empty unless asked for.
+        self.lesionwise: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        if lesionwise_fraction > 0:
+            self.lesionwise = [_group_by_lesion(m, v)
+                               for m, v in zip(bank.masks, bank.lesion_voxels, strict=True)]
         # Lesion voxels of each mask in the zones the network finds hardest (MNI zones of
         # ms_core.location, on the template grid like the bank); empty unless asked for.
         self.focus_voxels: list[np.ndarray] = []
@@ -229,6 +255,12 @@ class PatchSampler:
             if self.focus_fraction > 0 and len(self.focus_voxels[k]) \
                     and rng.random() < self.focus_fraction:
                 lesion_vox = self.focus_voxels[k]
+            elif self.lesionwise_fraction > 0 and rng.random() < self.lesionwise_fraction:
+                # A lesion drawn uniformly, then a voxel of it: small lesions, the majority
+                # by count, are centred as often as large ones.
+                grouped, starts, sizes = self.lesionwise[k]
+                j = int(rng.integers(len(starts)))
+                lesion_vox = grouped[starts[j]:starts[j] + sizes[j]]
             centre = lesion_vox[rng.integers(len(lesion_vox))].astype(np.float64)
         else:
             centre = self.brain_voxels[rng.integers(len(self.brain_voxels))].astype(np.float64)

@@ -156,7 +156,8 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         winsorise=float(config.get("winsorise", 0.0)),
                         lesion_gm_floor=float(config.get("lesion_gm_floor", 0.0)),
                         contrast_power=float(config.get("contrast_power", 1.0)),
-                        focus_fraction=float(config.get("focus_fraction", 0.0)))
+                        focus_fraction=float(config.get("focus_fraction", 0.0)),
+                        lesionwise_fraction=float(config.get("lesionwise_fraction", 0.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of lesion-centred patches centred on a juxtacortical or "
                          "infratentorial lesion voxel instead of any lesion voxel (where the "
                          "mask has one); 0 (default, models up to 3.2.0) leaves it out")
+    ap.add_argument("--lesionwise-fraction", type=float, default=0.0,
+                    help="share of lesion-centred patches centred on a lesion drawn uniformly "
+                         "among the mask's lesions (then any of its voxels) instead of on any "
+                         "lesion voxel, so small lesions are centred as often as large ones; 0 "
+                         "(default, models up to 3.2.0) leaves it out")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a run's weights_best.npz) instead of a "
                          "random initialisation: fine-tuning")
