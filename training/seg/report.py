@@ -397,8 +397,13 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   surroundings at 1.0, and the network gives it a probability under 0.01. On the selection set
   (known locations) it finds 45 of 48 periventricular, 22 of 22 deep white-matter, 12 of 21
   juxtacortical and 3 of 6 infratentorial lesions. Small juxtacortical and infratentorial
-  lesions are where it is weakest. The training option `--focus-fraction` centres a share of
-  the lesion patches on lesions in those two zones; no model has been trained with it yet.
+  lesions are where it is weakest.
+- Tried and not shipped (2026-12-02, sixth session): `seg_v17`, v3.2.0 fine-tuned for 600 steps
+  with `--focus-fraction 0.3` (30 % of the lesion patches centred on a juxtacortical or
+  infratentorial lesion; `--lr 5e-4 --seed 17 --init training/runs/seg_v11/weights_best.npz`,
+  other flags as `seg_v11`; 14 min). It did not find more lesions in those zones: selection set
+  10 of 21 juxtacortical and 1 of 6 infratentorial (v3.2.0: 12 and 3), mean Dice 0.783;
+  patient26 Dice 0.671, lesion F1 0.690 (10 of 19 found, none false).
 - Tried and not shipped: `seg_v16`, the `seg_v11` recipe trained twice as long (`--steps 2400
   --seed 16`, other flags as `seg_v11`; 65 min): longer training does not help. Selection-set
   mean Dice 0.778 against 0.791 (more than the 0.01 the rule allows), patient26 Dice 0.702,
