@@ -239,3 +239,30 @@ def test_lesionwise_fraction_centres_small_lesions_as_often_as_large_ones() -> N
     assert kinds(plain).count("small") <= 1  # 8 of 520 voxels: about 1.5 % of patches
     with pytest.raises(ValueError, match="lesionwise_fraction"):
         PatchSampler(bank, 48, lesionwise_fraction=-0.1)
+
+
+def test_horn_caps_lie_only_at_the_front_and_back_of_the_ventricles() -> None:
+    from ms_core.anatomy import load_template
+
+    tpl = load_template()
+    c = [s // 2 for s in tpl.shape]
+    mask = np.zeros(tpl.shape, np.uint8)
+    mask[c[0] + 20:c[0] + 26, c[1]:c[1] + 6, c[2] + 10:c[2] + 16] = 1
+    bank = LesionBank(mask[None], ("one",), (np.argwhere(mask > 0).astype(np.int16),))
+    ring = PatchSampler(bank, 48, seed=4, hard_negatives=True)
+    horns = PatchSampler(bank, 48, seed=4, hard_negatives=True, caps="horns")
+    assert ring.horn_zone is None and horns.horn_zone is not None
+    vent = tpl.ventricles > 0.5
+    zone = horns.horn_zone > 0.5
+    y_vox = np.argwhere(vent)[:, 1]  # the template grid is RAS: voxel y runs with MNI y
+    front, back, middle = y_vox.max(), y_vox.min(), (y_vox.max() + y_vox.min()) // 2
+    assert zone[:, front, :].all() and zone[:, back, :].all() and not zone[:, middle, :].any()
+    assert 0.2 < zone[vent].mean() < 0.6  # the horns, not the bodies
+    differ = 0
+    for _ in range(8):  # the same draws: same labels, images differ only where caps were cut
+        (x_ring, y_ring), (x_horns, y_horns) = ring.sample(), horns.sample()
+        np.testing.assert_array_equal(y_ring, y_horns)
+        differ += int(not np.array_equal(x_ring, x_horns))
+    assert 0 < differ < 8
+    with pytest.raises(ValueError, match="caps"):
+        PatchSampler(bank, 48, caps="everywhere")

@@ -167,10 +167,10 @@ def test_export_records_every_data_and_loss_option() -> None:
                                           "winsorise": 0.0, "tversky_beta": 0.5,
                                           "blob_weight": 0.0, "lesion_gm_floor": 0.0,
                                           "contrast_power": 1.0, "focus_fraction": 0.0,
-                                          "lesionwise_fraction": 0.0}
+                                          "lesionwise_fraction": 0.0, "caps": "ring"}
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
                "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0,
-               "focus_fraction": 0.5, "lesionwise_fraction": 0.5}
+               "focus_fraction": 0.5, "lesionwise_fraction": 0.5, "caps": "horns"}
     assert _recorded_options(new_run) == new_run
 
 

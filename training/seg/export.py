@@ -74,7 +74,7 @@ def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
 _RECORDED_OPTIONS = {"noise": "white", "lesion_model": "uniform", "winsorise": 0.0,
                      "tversky_beta": 0.5, "blob_weight": 0.0, "lesion_gm_floor": 0.0,
                      "contrast_power": 1.0, "focus_fraction": 0.0,
-                     "lesionwise_fraction": 0.0}
+                     "lesionwise_fraction": 0.0, "caps": "ring"}
 
 
 def _recorded_options(config: dict[str, object]) -> dict[str, object]:

@@ -30,6 +30,10 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   lesion drawn uniformly among the mask's connected lesions, not on a lesion voxel drawn
   uniformly, which centres large lesions in proportion to their volume. Most lesions are
   small, so small lesions are centred far more often;
+- with ``caps="horns"``: the periventricular cap hard negatives lie only within 15 mm of the front
+  and back of the lateral ventricles, where caps (ependymitis granularis) are a normal finding,
+  instead of lining the whole ventricle ("ring", the default), which also covers small lesions
+  on the ventricle wall;
 - skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
 - with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
   positives on real scans: a patchy bright rim at the brain-mask edge (left by brain extraction),
@@ -53,8 +57,9 @@ from scipy import ndimage as ndi
 
 from ms_core.anatomy import Template, load_template
 
-__all__ = ["DEFAULT_LESION_CONTRAST", "LESION_MODELS", "NOISE_MODELS", "VALIDATION_PATIENTS",
-           "LesionBank", "PatchSampler", "correlated_noise", "load_lesion_bank"]
+__all__ = ["CAP_MODELS", "DEFAULT_LESION_CONTRAST", "LESION_MODELS", "NOISE_MODELS",
+           "VALIDATION_PATIENTS", "LesionBank", "PatchSampler", "correlated_noise",
+           "load_lesion_bank"]
 
 #: Real patients never used for training.
 VALIDATION_PATIENTS = ("patient26",)
@@ -67,6 +72,11 @@ LESION_MODELS = ("uniform", "varied", "mixed")
 #: Location zones (ms_core.location) whose lesions ``focus_fraction`` over-samples: where the
 #: network misses most (v3.2.0 on the selection set: 12/21 juxtacortical, 3/6 infratentorial).
 FOCUS_ZONES = ("juxtacortical", "infratentorial")
+#: Periventricular cap hard negatives of :class:`PatchSampler`: "ring" (a lining around the
+#: whole lateral ventricles, models up to 3.2.0) or "horns" (only at their front and back).
+CAP_MODELS = ("ring", "horns")
+#: With caps="horns": how far (mm, MNI y) from the front or back of the lateral ventricles.
+HORN_MM = 15.0
 MASK_NAME = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 
 
@@ -184,7 +194,7 @@ class PatchSampler:
                  noise: str = "white", lesion_model: str = "uniform",
                  winsorise: float = 0.0, lesion_gm_floor: float = 0.0,
                  contrast_power: float = 1.0, focus_fraction: float = 0.0,
-                 lesionwise_fraction: float = 0.0) -> None:
+                 lesionwise_fraction: float = 0.0, caps: str = "ring") -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
@@ -202,6 +212,9 @@ class PatchSampler:
         if not 0.0 <= lesionwise_fraction <= 1.0:
             raise ValueError(f"lesionwise_fraction is a share of lesion patches, 0-1, got "
                              f"{lesionwise_fraction}")
+        if caps not in CAP_MODELS:
+            raise ValueError(f"caps must be one of {CAP_MODELS}, got {caps!r}")
+        self.caps = caps
         self.focus_fraction = focus_fraction
         self.lesionwise_fraction = lesionwise_fraction
         # Per mask: its lesion voxels grouped by connected lesion (26-connectivity), with each
@@ -233,6 +246,15 @@ class PatchSampler:
         self.lesion_fraction = lesion_fraction
         self.hard_negatives = hard_negatives
         self.lesion_contrast = lesion_contrast
+        # Template voxels where "horns" caps may lie: within HORN_MM of the front or the back
+        # of the lateral ventricles.
+        self.horn_zone: np.ndarray | None = None
+        if caps == "horns":
+            y_mm = (self.tpl.affine[1, :3] @ np.indices(self.tpl.shape).reshape(3, -1)
+                    + self.tpl.affine[1, 3]).reshape(self.tpl.shape)
+            y_vent = y_mm[self.tpl.ventricles > 0.5]
+            self.horn_zone = ((y_mm > y_vent.max() - HORN_MM)
+                              | (y_mm < y_vent.min() + HORN_MM)).astype(np.float32)
         self.brain_voxels = np.argwhere(self.tpl.brain > 0.5).astype(np.int16)
         # Coarse (4 mm) tissue fractions for the image-level normalisation statistics.
         sl = (slice(None, None, 4),) * 3
@@ -286,7 +308,8 @@ class PatchSampler:
         inside: np.ndarray | None = None
         if self.hard_negatives:  # one brain mask for both channels and the mimics
             inside = brain > rng.uniform(0.2, 0.6)
-            mimic = self._mimics(rng, inside, gm, wm, samp(tpl.ventricles))
+            horns = None if self.horn_zone is None else samp(self.horn_zone) > 0.5
+            mimic = self._mimics(rng, inside, gm, wm, samp(tpl.ventricles), horns)
         lesion = samp(self.bank.masks[k].astype(np.float32))
         csf = np.clip(brain - gm - wm, 0.0, 1.0)
         label = (lesion >= 0.5).astype(np.float32)
@@ -363,8 +386,10 @@ class PatchSampler:
         return (per_comp[comps] * profile).astype(np.float32)
 
     def _mimics(self, rng: np.random.Generator, inside: np.ndarray, gm: np.ndarray,
-                wm: np.ndarray, ventricles: np.ndarray) -> np.ndarray:
-        """Fraction map (P, P, P) of bright non-lesion structures, 0 inside true WM."""
+                wm: np.ndarray, ventricles: np.ndarray,
+                horns: np.ndarray | None = None) -> np.ndarray:
+        """Fraction map (P, P, P) of bright non-lesion structures, 0 inside true WM; with
+        ``horns`` (bool), periventricular caps only there."""
         p = self.patch
         out = np.zeros((p, p, p), np.float32)
         if rng.random() < 0.6:  # patchy bright rim left by brain extraction
@@ -386,5 +411,7 @@ class PatchSampler:
         if rng.random() < 0.4:  # thin periventricular caps (normal finding)
             vent = ventricles > 0.5
             cap = ndi.binary_dilation(vent, iterations=int(rng.integers(1, 3))) & ~vent
+            if horns is not None:
+                cap &= horns
             out = np.maximum(out, cap.astype(np.float32) * rng.uniform(0.3, 0.8))
         return out

@@ -34,6 +34,7 @@ from ms_core.lesions import label_components
 from ms_core.models import code_commit, sha256_file
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import (
+    CAP_MODELS,
     DEFAULT_LESION_CONTRAST,
     LESION_MODELS,
     NOISE_MODELS,
@@ -157,7 +158,8 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         lesion_gm_floor=float(config.get("lesion_gm_floor", 0.0)),
                         contrast_power=float(config.get("contrast_power", 1.0)),
                         focus_fraction=float(config.get("focus_fraction", 0.0)),
-                        lesionwise_fraction=float(config.get("lesionwise_fraction", 0.0)))
+                        lesionwise_fraction=float(config.get("lesionwise_fraction", 0.0)),
+                        caps=str(config.get("caps", "ring")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                          "among the mask's lesions (then any of its voxels) instead of on any "
                          "lesion voxel, so small lesions are centred as often as large ones; 0 "
                          "(default, models up to 3.2.0) leaves it out")
+    ap.add_argument("--caps", choices=CAP_MODELS, default="ring",
+                    help="periventricular cap hard negatives: ring (lining the whole lateral "
+                         "ventricles, models up to 3.2.0) or horns (only within 15 mm of their "
+                         "front and back, where caps are a normal finding)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a run's weights_best.npz) instead of a "
                          "random initialisation: fine-tuning")
