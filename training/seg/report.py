@@ -412,6 +412,13 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   19 found, none false). Both fine-tunes outline patient26 smaller (5.04 and 4.41 ml against
   6.21 ml) and lose its 16-voxel lesion: they still give it a probability of 0.84–0.88, but
   fewer than the 10 voxels (10 mm³) the pipeline reports as a lesion.
+  `seg_v19`: the whole `seg_v11` recipe (1200 steps from v3.1.0) with `--lesionwise-fraction
+  0.3 --seed 19` (30 min). Selection set 0.760 (12 of 21 juxtacortical, 1 of 6
+  infratentorial), patient26 Dice 0.693, lesion F1 0.691 (11 of 19 found, two false). All three
+  runs miss the same patient26 lesions as v3.2.0, each with a probability under 0.2: centring
+  more patches on small or hard-zone lesions does not teach the network to see them. Averaging
+  `seg_v19`'s and v3.2.0's probabilities (checked on patient26 only) gives Dice 0.699, F1 0.672:
+  one of v3.2.0's two false lesions is in both networks, and one more appears.
 - Tried and not shipped: `seg_v16`, the `seg_v11` recipe trained twice as long (`--steps 2400
   --seed 16`, other flags as `seg_v11`; 65 min): longer training does not help. Selection-set
   mean Dice 0.778 against 0.791 (more than the 0.01 the rule allows), patient26 Dice 0.702,
