@@ -419,6 +419,18 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   more patches on small or hard-zone lesions does not teach the network to see them. Averaging
   `seg_v19`'s and v3.2.0's probabilities (checked on patient26 only) gives Dice 0.699, F1 0.672:
   one of v3.2.0's two false lesions is in both networks, and one more appears.
+- Tried and not shipped: `seg_v20`, the `seg_v11` command with `--caps horns` (same seed 11,
+  so the patches differ only in their periventricular caps; 32 min). The cap hard negatives
+  used to line the whole lateral ventricles, which also covers small lesions on the ventricle
+  wall (two of the patient26 lesions v3.2.0 misses lie there); real caps sit at the front and
+  back of the ventricles, and `horns` keeps them only within 15 mm of those ends. The
+  selection set gains much: mean Dice **0.834** against 0.791 (sub-10 0.819 against 0.676;
+  16 of 21 juxtacortical, 3 of 6 infratentorial, 45 of 48 periventricular). patient26 loses
+  much: Dice 0.669, lesion F1 0.545 (9 of 19 found, five false). It still misses the two
+  wall lesions (probability ≤ 0.001) and now also a 616-voxel and a 118-voxel lesion (highest
+  probabilities 0.63 and 0.88, but under 10 mm³ above 0.5). The two sets disagree again, so the
+  rule keeps v3.2.0. `--caps` stays in `training/seg/synth_data.py` (default `ring`, patches
+  bit-identical).
 - Tried and not shipped: `seg_v16`, the `seg_v11` recipe trained twice as long (`--steps 2400
   --seed 16`, other flags as `seg_v11`; 65 min): longer training does not help. Selection-set
   mean Dice 0.778 against 0.791 (more than the 0.01 the rule allows), patient26 Dice 0.702,
