@@ -55,7 +55,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.anatomy import Template, load_template
+from ms_core.anatomy import Template, load_template, world_grid
 
 __all__ = ["CAP_MODELS", "DEFAULT_LESION_CONTRAST", "LESION_MODELS", "NOISE_MODELS",
            "VALIDATION_PATIENTS", "LesionBank", "PatchSampler", "correlated_noise",
@@ -214,7 +214,6 @@ class PatchSampler:
                              f"{lesionwise_fraction}")
         if caps not in CAP_MODELS:
             raise ValueError(f"caps must be one of {CAP_MODELS}, got {caps!r}")
-        self.caps = caps
         self.focus_fraction = focus_fraction
         self.lesionwise_fraction = lesionwise_fraction
         # Per mask: its lesion voxels grouped by connected lesion (26-connectivity), with each
@@ -250,8 +249,7 @@ class PatchSampler:
         # of the lateral ventricles.
         self.horn_zone: np.ndarray | None = None
         if caps == "horns":
-            y_mm = (self.tpl.affine[1, :3] @ np.indices(self.tpl.shape).reshape(3, -1)
-                    + self.tpl.affine[1, 3]).reshape(self.tpl.shape)
+            y_mm = world_grid(self.tpl.shape, self.tpl.affine)[1]
             y_vent = y_mm[self.tpl.ventricles > 0.5]
             self.horn_zone = ((y_mm > y_vent.max() - HORN_MM)
                               | (y_mm < y_vent.min() + HORN_MM)).astype(np.float32)
