@@ -110,6 +110,12 @@ def load_lesion_bank(mni_dir: Path, tpl: Template,
     return LesionBank(np.stack(masks), tuple(names), tuple(voxels))
 
 
+def _check_share(name: str, value: float, of: str) -> None:
+    """Refuse a share (0-1) of ``of`` that lies outside 0-1, naming the option."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} is a share of {of}, 0-1, got {value}")
+
+
 def _group_by_lesion(mask: np.ndarray, voxels: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``voxels`` (the lesion voxels of ``mask``) sorted by connected lesion (26-connectivity),
@@ -199,19 +205,14 @@ class PatchSampler:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
             raise ValueError(f"lesion_model must be one of {LESION_MODELS}, got {lesion_model!r}")
-        if not 0.0 <= winsorise <= 1.0:
-            raise ValueError(f"winsorise is a share of patches, 0-1, got {winsorise}")
+        _check_share("winsorise", winsorise, "patches")
         if lesion_gm_floor != 0.0 and not 0.8 <= lesion_gm_floor <= 1.5:
             raise ValueError("lesion_gm_floor is a lesion / grey-matter ratio, 0 (off) or "
                              f"0.8-1.5, got {lesion_gm_floor}")
         if not 0.25 <= contrast_power <= 4.0:
             raise ValueError(f"contrast_power must be 0.25-4, got {contrast_power}")
-        if not 0.0 <= focus_fraction <= 1.0:
-            raise ValueError(f"focus_fraction is a share of lesion patches, 0-1, got "
-                             f"{focus_fraction}")
-        if not 0.0 <= lesionwise_fraction <= 1.0:
-            raise ValueError(f"lesionwise_fraction is a share of lesion patches, 0-1, got "
-                             f"{lesionwise_fraction}")
+        _check_share("focus_fraction", focus_fraction, "lesion patches")
+        _check_share("lesionwise_fraction", lesionwise_fraction, "lesion patches")
         if caps not in CAP_MODELS:
             raise ValueError(f"caps must be one of {CAP_MODELS}, got {caps!r}")
         self.focus_fraction = focus_fraction
