@@ -431,6 +431,17 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   probabilities 0.63 and 0.88, but under 10 mm³ above 0.5). The two sets disagree again, so the
   rule keeps v3.2.0. `--caps` stays in `training/seg/synth_data.py` (default `ring`, patches
   bit-identical).
+- Tried and not shipped: `seg_v21`, `seg_v20`'s command (`--caps horns`) with `--seed 21`
+  (2026-12-02; 60 min on a slower 2-core machine). **`seg_v20`'s gain was the seed, not the
+  caps**: selection-set mean Dice 0.785 (against 0.834 for `seg_v20` and 0.791 for v3.2.0;
+  sub-10 0.718, 12 of 21 juxtacortical, 4 of 6 infratentorial, 46 of 48 periventricular).
+  patient26: Dice 0.679, lesion F1 0.595 (11 of 19 found, seven false). It misses the same
+  lesions as v3.2.0, again with probabilities ≤ 0.004 for all but two 3-voxel ones. Same recipe,
+  two seeds, 0.05 apart on the selection set: differences between candidates smaller than that
+  are not evidence for a recipe. Commands: `python -m training.seg.train --out
+  training/runs/seg_v21 --seed 21 --caps horns`, other flags as `seg_v11`; then
+  `python -m training.seg.export --run training/runs/seg_v21 --models-dir /tmp/m_seg_v21
+  --version 0.0.0` and `python -m training.seg.selection /tmp/m_seg_v21`.
 - Tried and not shipped: `seg_v16`, the `seg_v11` recipe trained twice as long (`--steps 2400
   --seed 16`, other flags as `seg_v11`; 65 min): longer training does not help. Selection-set
   mean Dice 0.778 against 0.791 (more than the 0.01 the rule allows), patient26 Dice 0.702,
