@@ -2,7 +2,7 @@
 
 Usage: ``python bench/operating_points.py [--models-dir models_onnx] [--tta 0,1]
 [--thresholds 0.05,0.1,0.2,0.3,0.4,0.5,0.6] [--grow 0.4,0.3,0.2,0.1] [--demo data/demo]
-[--name operating_points] [--method network|baseline]``.
+[--name operating_points] [--method network|baseline] [--overlap 0.5]``.
 
 With ``--method baseline`` the classical baseline (FLAIR z-score above grey matter, inside white
 matter; ``ms_core.segment.baseline_probability``) runs instead of the network, without TTA. Its
@@ -11,8 +11,9 @@ BASELINE_Z + 0.5 logit(t); the summary prints it as ``baseline_z``.
 
 Does a different probability threshold or flip test-time augmentation (TTA) meet the real-data
 targets of the segmentation issue (patient26 Dice >= 0.70 *and* lesion F1 >= 0.70) without
-costing accuracy elsewhere? The FLAIR-only network (the report's settings: 64^3 windows, 50 %
-overlap, lesions >= 10 mm^3) runs once per TTA setting on
+costing accuracy elsewhere? The FLAIR-only network (the report's settings: 64^3 windows, the
+default sliding-window overlap unless ``--overlap`` is given, lesions >= 10 mm^3) runs once per
+TTA setting on
 
 - the **selection set**: the first visits of demo patients 7-12 (synthetic, known ground
   truth; never shown in ``docs/segmentation.md``'s tables), as ``python -m training.seg.selection``
@@ -150,6 +151,8 @@ def main() -> int:
                     help="outline thresholds for seeded growth from lesions found at 0.5")
     ap.add_argument("--name", default="operating_points", help="results file name")
     ap.add_argument("--method", choices=("network", "baseline"), default="network")
+    ap.add_argument("--overlap", type=float, default=None,
+                    help="sliding-window overlap (default: the segmentation default)")
     args = ap.parse_args()
     if args.method == "baseline" and (args.tta != "0" or args.grow):
         ap.error("--method baseline takes --tta 0 --grow ''")
@@ -159,6 +162,8 @@ def main() -> int:
     card = load_model_card("lesion_seg", args.models_dir) if args.method == "network" else None
     model = load_onnx_model(card, "cpu") if card is not None else None
     base = SegmentParams(method=args.method)
+    if args.overlap is not None:
+        base = dataclasses.replace(base, overlap=args.overlap)
 
     study = load_study(args.demo)
     cases = []
