@@ -55,7 +55,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ms_core.evaluate import evaluate_masks
     from ms_core.io import load_lesion_mask
 
-    metrics = evaluate_masks(load_lesion_mask(args.pred), load_lesion_mask(args.truth))
+    if args.min_lesion_mm3 < 0:
+        raise InputError(None, f"--min-lesion-mm3 must be >= 0, got {args.min_lesion_mm3}")
+    metrics = evaluate_masks(load_lesion_mask(args.pred), load_lesion_mask(args.truth),
+                             min_lesion_mm3=args.min_lesion_mm3)
     print(json.dumps({**metrics, "pred": str(args.pred), "truth": str(args.truth)}, indent=2))
     return 0
 
@@ -292,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="compare a lesion mask with a reference mask (JSON)")
     ev.add_argument("--pred", required=True, help="predicted mask (NIfTI; non-zero = lesion)")
     ev.add_argument("--truth", required=True, help="reference mask on the same grid")
+    ev.add_argument("--min-lesion-mm3", type=float, default=10.0,
+                    help="lesions under this size are left out of both masks for "
+                         "lesion_any_voxel_min_size (default 10, as segment)")
     ev.set_defaults(func=_cmd_evaluate)
 
     tp = sub.add_parser("train-prognosis",

@@ -65,6 +65,35 @@ def test_evaluate_masks_volumes_and_grid_check() -> None:
         evaluate_masks(shifted, truth)
 
 
+def test_size_views_leave_small_lesions_out_of_both_masks_and_count_by_band() -> None:
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])  # 8 mm^3 voxels
+    # Truth: a 1-voxel lesion (8 mm^3), a 2-voxel one (16 mm^3), a 4^3 cube (512 mm^3).
+    truth = LesionMask(_mask(np.s_[0:1, 0:1, 0:1], np.s_[5:7, 5:6, 5:6],
+                             np.s_[10:14, 10:14, 10:14]), aff)
+    # Prediction: finds the 1-voxel lesion and the cube, misses the 2-voxel one, and adds a
+    # 1-voxel false lesion and a 2-voxel false lesion.
+    pred = LesionMask(_mask(np.s_[0:1, 0:1, 0:1], np.s_[11:13, 11:13, 11:13],
+                            np.s_[18:19, 0:1, 0:1], np.s_[18:20, 18:19, 18:19]), aff)
+    out = evaluate_masks(pred, truth)
+    all_lesions = out["lesion_any_voxel"]
+    assert (all_lesions["n_true"], all_lesions["detected"], all_lesions["n_pred"],
+            all_lesions["false_positives"]) == (3, 2, 4, 2)
+    # Under 10 mm^3 out of both masks: truth keeps the 2-voxel lesion and the cube, the
+    # prediction its cube hit and the 2-voxel false lesion.
+    large = out["lesion_any_voxel_min_size"]
+    assert out["min_lesion_mm3"] == 10.0
+    assert (large["n_true"], large["detected"], large["n_pred"], large["false_positives"]) == \
+        (2, 1, 2, 1)
+    assert large["f1"] == pytest.approx(0.5)
+    assert [(b["band_mm3"], b["n_true"], b["detected"]) for b in out["lesion_by_size"]] == \
+        [("<10", 1, 1), ("10-100", 1, 0), (">=100", 1, 1)]
+    # A floor of 20 mm^3 leaves only the cube on each side.
+    floor20 = evaluate_masks(pred, truth, min_lesion_mm3=20.0)["lesion_any_voxel_min_size"]
+    assert (floor20["n_true"], floor20["detected"], floor20["n_pred"]) == (1, 1, 1)
+    with pytest.raises(ValueError, match="min_lesion_mm3"):
+        evaluate_masks(pred, truth, min_lesion_mm3=-1.0)
+
+
 def test_evaluate_cli_prints_json(tmp_path) -> None:
     import json
     import subprocess
@@ -85,3 +114,8 @@ def test_evaluate_cli_prints_json(tmp_path) -> None:
                           str(tmp_path / "missing.nii.gz"), "--truth", str(tmp_path / "t.nii.gz")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "missing.nii.gz: file not found" in bad.stderr
+    negative = subprocess.run([sys.executable, "-m", "ms_core", "evaluate", "--pred",
+                               str(tmp_path / "p.nii.gz"), "--truth", str(tmp_path / "t.nii.gz"),
+                               "--min-lesion-mm3", "-1"], capture_output=True, text=True,
+                              timeout=120)
+    assert negative.returncode == 2 and "--min-lesion-mm3 must be >= 0" in negative.stderr

@@ -126,7 +126,7 @@ def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
         r = _run(P26 / P26_FLAIR, None, truth,
                  SegmentParams(method="network", skull_stripped=True), model, keep_mask=True)
         out["patient26"] = {k: r[k] for k in ("dice", "f1_any", "tpr_any", "fpr_any", "pred_ml",
-                                              "truth_ml")}
+                                              "truth_ml", "f1_any_min_size", "lesion_by_size")}
         out["patient26"]["missed_lesions"] = missed_lesions(
             r["pred_mask"], r["prob"], truth.labels > 0,
             load_volume(P26 / P26_FLAIR, "FLAIR").data, truth.affine)
