@@ -1,10 +1,12 @@
 """Benchmark: window overlap, flip TTA, patch size, threads and quantisation vs time and Dice.
 
 Usage: ``python bench/overlap_tta.py [--cases patient26,demo] [--variants all]
-[--no-quant] [--device cpu]``.
+[--no-quant] [--device cpu] [--t1]``.
 
-Cases: **patient26** of open_ms_data (FLAIR + T1w, skull-stripped, against the consensus mask)
-and **demo** sub-01 ses-01 (FLAIR + T1w, skull on, against its stored ground truth). For each
+Cases: **patient26** of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY;
+skull-stripped, against the consensus mask) and **demo** sub-01 ses-01 (skull on, against its
+stored ground truth). The network gets FLAIR alone, as the app and ``batch`` give it since
+model 3.2.0; ``--t1`` adds the T1w channel (the inputs of the runs before 3.2.0). For each
 case the preprocessing (working grid, brain mask) runs once; each variant then runs
 :func:`ms_core.segment.probability_on_grid` (crop to the brain, normalisation, sliding window)
 and the post-processing of :func:`ms_core.segment.segment_volumes` (back to the FLAIR grid,
@@ -13,7 +15,8 @@ threshold 0.5, lesions >= 10 mm^3), and is scored with :func:`ms_core.evaluate.e
 
 Variants (``--variants`` takes a comma-separated subset of the names):
 
-* ``default``: 64^3 windows, 50 % overlap, no TTA, float32, 2 threads (the app's settings);
+* ``default``: 64^3 windows, 50 % overlap, no TTA, float32, 2 threads (the app's settings
+  until 2026-12-03, the reference of the comparison columns);
 * ``overlap_0.25``; ``tta`` (4 passes: none, flip x, flip y, flip z) and ``tta_overlap_0.25``;
 * ``patch_96``: 96^3 windows, 50 % overlap (the network is fully convolutional; trained on 64^3);
 * ``threads_1``: the default with one intra-op thread;
@@ -93,7 +96,7 @@ class Case:
     flair: Any
     grid: Grid
     f_work: np.ndarray
-    t_work: np.ndarray
+    t_work: np.ndarray | None
     brain: np.ndarray
     to_mni: np.ndarray | None
     params: SegmentParams
@@ -110,14 +113,19 @@ def _paths(case: str) -> tuple[Path, Path, Path, SegmentParams]:
             SegmentParams())
 
 
-def prepare(case: str) -> Case:
+def _t1_on_grid(path: Path, grid: Grid) -> np.ndarray:
+    t1 = load_volume(path, "T1w")
+    return resample_to_grid(t1.data, t1.affine, grid, order=1)
+
+
+def prepare(case: str, with_t1: bool) -> Case:
     """Load and preprocess a case once (as ``segment_volumes`` does before inference)."""
     flair_path, t1_path, truth_path, params = _paths(case)
     t0 = time.perf_counter()
-    flair, t1 = load_volume(flair_path, "FLAIR"), load_volume(t1_path, "T1w")
+    flair = load_volume(flair_path, "FLAIR")
     grid = working_grid(flair, 1.0)
     f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-    t_work = resample_to_grid(t1.data, t1.affine, grid, order=1)
+    t_work = _t1_on_grid(t1_path, grid) if with_t1 else None
     brain, to_mni = brain_on_grid(flair, grid, f_work, params)
     truth = load_lesion_mask(truth_path)
     return Case(case, flair, grid, f_work, t_work, brain, to_mni, params,
@@ -155,8 +163,10 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _calibration(card: ModelCard, n_per_visit: int = 8) -> list[np.ndarray]:
-    """(1, 2, p, p, p) windows of three demo visits (never patient26) for int8 calibration."""
+def _calibration(card: ModelCard, with_t1: bool, n_per_visit: int = 8) -> list[np.ndarray]:
+    """(1, 2, p, p, p) windows of three demo visits (never patient26) for int8 calibration,
+    with the T1w channel zero (FLAIR only, as ``probability_on_grid`` feeds it) unless
+    ``with_t1``."""
     from ms_core.preprocess import normalize_intensity
 
     patch = int(card.patch_size[0])
@@ -164,14 +174,14 @@ def _calibration(card: ModelCard, n_per_visit: int = 8) -> list[np.ndarray]:
     for pid, sid in CALIBRATION_VISITS:
         anat = DEMO / pid / sid / "anat"
         flair = load_volume(anat / f"{pid}_{sid}_FLAIR.nii.gz", "FLAIR")
-        t1 = load_volume(anat / f"{pid}_{sid}_T1w.nii.gz", "T1w")
         grid = working_grid(flair, 1.0)
         f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-        t_work = resample_to_grid(t1.data, t1.affine, grid, order=1)
         brain, _ = brain_on_grid(flair, grid, f_work, SegmentParams())
         box = crop_box(brain, margin=4)
-        x = np.stack([normalize_intensity(f_work[box], brain[box]),
-                      normalize_intensity(t_work[box], brain[box])]).astype(np.float32)
+        f_norm = normalize_intensity(f_work[box], brain[box])
+        t_norm = (normalize_intensity(_t1_on_grid(anat / f"{pid}_{sid}_T1w.nii.gz", grid)[box],
+                                      brain[box]) if with_t1 else np.zeros_like(f_norm))
+        x = np.stack([f_norm, t_norm]).astype(np.float32)
         x, _ = pad_to_multiple(x, card.multiple_of, minimum=patch)
         starts = [window_starts(s, patch, 0.5) for s in x.shape[1:]]
         corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
@@ -181,8 +191,8 @@ def _calibration(card: ModelCard, n_per_visit: int = 8) -> list[np.ndarray]:
     return out
 
 
-def quantised_models(card: ModelCard, tmp: Path, threads: int, wanted: set[str]
-                     ) -> dict[str, OnnxModel | str]:
+def quantised_models(card: ModelCard, tmp: Path, threads: int, wanted: set[str],
+                     with_t1: bool) -> dict[str, OnnxModel | str]:
     """int8 (static QDQ) and float16 versions of the model; a string says why one failed."""
     models: dict[str, OnnxModel | str] = {}
     if "int8" in wanted:
@@ -194,7 +204,7 @@ def quantised_models(card: ModelCard, tmp: Path, threads: int, wanted: set[str]
                 quantize_static,
             )
 
-            windows = _calibration(card)
+            windows = _calibration(card, with_t1)
 
             class Reader(CalibrationDataReader):  # type: ignore[misc]
                 def __init__(self) -> None:
@@ -261,6 +271,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="device of the float32 variants (cuda: see docs/performance.md)")
+    ap.add_argument("--t1", action="store_true",
+                    help="give the network T1w as well (FLAIR alone by default, as the app)")
     args = ap.parse_args()
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -278,9 +290,9 @@ def main() -> int:
     base = load_onnx_model(card, args.device, threads=args.threads)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
-        extra = quantised_models(card, Path(tmp_s), args.threads, set(names))
+        extra = quantised_models(card, Path(tmp_s), args.threads, set(names), args.t1)
         for case_name in cases:
-            case = prepare(case_name)
+            case = prepare(case_name, args.t1)
             print(f"{case_name}: preprocessing {case.preprocess_s} s", file=sys.stderr)
             rows: dict[str, Any] = {}
             ref_prob = ref_mask = None
@@ -301,7 +313,7 @@ def main() -> int:
                     continue
                 overlap, tta = float(spec.get("overlap", 0.5)), bool(spec.get("tta", False))
                 metrics, prob, mask = run_variant(case, model, overlap, tta)
-                if ref_prob is None:
+                if ref_prob is None or ref_mask is None:
                     ref_prob, ref_mask = prob, mask
                 metrics["dice_vs_default"] = round(dice(mask, ref_mask), 5)
                 metrics["max_abs_dp_vs_default"] = float(np.abs(prob - ref_prob).max())
@@ -316,6 +328,7 @@ def main() -> int:
 
     result = {
         "benchmark": "overlap_tta", "device": args.device, "provider": base.provider,
+        "inputs": "FLAIR + T1w" if args.t1 else "FLAIR only",
         "cases": results, "model": f"{card.name} {card.version}",
         "onnxruntime": ort.__version__,
         "note": "inference_s: sliding-window stage only, one run per variant",

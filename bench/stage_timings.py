@@ -2,7 +2,8 @@
 
 Usage: ``python bench/stage_timings.py [--runs 5] [--cases demo,patient26] [--device cpu]``.
 
-Cases (both with FLAIR + T1w, as the app segments a visit that has a T1w):
+Cases (FLAIR alone, as the app and ``batch`` segment a visit since model 3.2.0, even where it
+has a T1w; ``docs/segmentation.md``):
 
 * ``demo``: sub-01 ses-01 of data/demo (1.5 T 2D FLAIR 0.9 x 0.9 x 3 mm, skull on, so the
   template registration and brain extraction run), segmented into a temporary one-patient copy
@@ -20,7 +21,8 @@ Stages, in order:
 ``import`` (numpy, scipy, pandas, ms_core), ``load`` (NIfTI reads; study index for demo),
 ``model_load`` (onnxruntime import, sha256 check and session), ``preprocess_brain`` (1 mm working
 grid, template registration / brain mask), ``preprocess_normalise`` (crop to the brain, intensity
-normalisation, padding), ``inference`` (sliding window 64^3, 50 % overlap, no TTA), ``postprocess``
+normalisation, padding), ``inference`` (the default sliding window: 64^3, 25 % overlap, flip TTA
+since 2026-12-03; 50 % overlap without TTA before), ``postprocess``
 (back to the FLAIR grid, threshold, components, lesion table), ``location`` (McDonald/MAGNIMS zone
 of each lesion; registers the template for skull-stripped input), ``write`` (NIfTI, CSV,
 provenance), ``features`` (the prognosis feature row of the visit), ``features_radiomics``
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +105,20 @@ def _child(case: str, study: Path | None, device: str) -> dict[str, Any]:
         participant = st.participants[DEMO_PID]
         visits = st.visits[DEMO_PID]
         visit = st.visit(DEMO_PID, DEMO_SID)
-        inputs = {"flair": visit.images["FLAIR"], "t1": visit.images["T1w"]}
+        inputs = {"flair": visit.images["FLAIR"]}
         params = SegmentParams()
     else:
         participant = Participant("patient26", "F", 1970, "RR", None)
         visit = Visit("patient26", "ses-01", dt.date(2010, 7, 1), 2.0, None, None, None, 3.0,
                       {"FLAIR": P26 / P26_FLAIR, "T1w": P26 / P26_T1})
         visits = (visit,)
-        inputs = {"flair": P26 / P26_FLAIR, "t1": P26 / P26_T1}
+        inputs = {"flair": P26 / P26_FLAIR}
         params = SegmentParams(skull_stripped=True)
     flair = load_volume(inputs["flair"], "FLAIR")
-    t1 = load_volume(inputs["t1"], "T1w")
     laps.lap("load")
     model = load_onnx_model(load_model_card("lesion_seg"), device)
     laps.lap("model_load")
-    result = segment_volumes(flair, t1, params, model)
+    result = segment_volumes(flair, None, params, model)
     laps.restart()
     laps.seconds.update(result.seconds)
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,11 +238,14 @@ def main() -> int:
             results[case] = _run_case(case, args.runs, study, args.device)
     sys.path.insert(0, str(REPO))
     from bench._common import machine, now_utc, repo_relative, save_result
+    from ms_core.segment import SegmentParams
 
     result = {
         "benchmark": "stage_timings", "device": args.device, "cases": results,
-        "inputs": {"demo": f"{repo_relative(args.demo)}/{DEMO_PID}/{DEMO_SID} FLAIR + T1w",
-                   "patient26": f"{P26} FLAIR + T1w, skull_stripped"},
+        "inputs": {"demo": f"{repo_relative(args.demo)}/{DEMO_PID}/{DEMO_SID} FLAIR",
+                   "patient26": f"{P26} FLAIR, skull_stripped"},
+        "settings": {k: v for k, v in asdict(SegmentParams()).items()
+                     if k in ("overlap", "tta", "threshold", "min_lesion_mm3")},
         "groups_definition": {g: list(m) for g, m in GROUPS.items()},
         "percentiles": "numpy.percentile, linear interpolation",
         "date_utc": now_utc(), "machine": {**machine(), "processor": platform.machine()},

@@ -257,8 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop lesions smaller than this (mm^3)")
     seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     seg.add_argument("--method", choices=("network", "baseline"), default="network")
-    seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap [0, 1)")
-    seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
+    # Defaults as ms_core.segment.SegmentParams (not imported here: the CLI starts fast).
+    seg.add_argument("--overlap", type=float, default=0.25,
+                     help="sliding-window overlap [0, 1) (default 0.25)")
+    seg.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                     help="flip test-time augmentation: the windows are also run flipped in x, "
+                          "y and z and averaged (4 passes; on by default)")
     seg.add_argument("--n4", action="store_true",
                      help="N4 bias-field correction inside the brain before normalisation "
                           "(off by default; see docs/preprocessing.md)")

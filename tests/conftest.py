@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,41 @@ SMALL_CONFIG = DemoConfig(n_patients=2, visits=(3, 3), workers=1)
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-patient, 3-visit demo study (about 30 s to build)."""
     return build_demo(tmp_path_factory.mktemp("studies") / "small", SMALL_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def segmented_study(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small study with sub-01's first two visits segmented by the network (default
+    settings), made once per test run and shared by the pytest-xdist workers: copy it before
+    changing anything (:func:`copy_study`). Removing a visit's derivatives folder from a copy
+    leaves that visit unprocessed."""
+    from ms_core.segment import segment_visit
+    from ms_core.study import load_study
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    final = shared / "segmented_study"
+    with open(shared / "segmented_study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds it, the others wait
+        if not final.exists():
+            work = shared / f"segmented_study.partial-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(small_study, work)
+            for visit in load_study(work).visits["sub-01"][:2]:
+                segment_visit(work, visit)
+            work.rename(final)
+    return final
+
+
+def copy_study(source: Path, dest: Path, *, drop: tuple[tuple[str, str], ...] = ()) -> Path:
+    """Copy a study to ``dest``; each (participant, session) of ``drop`` loses its stored
+    segmentation (as if never processed)."""
+    from ms_core.study import derivatives_dir
+
+    shutil.copytree(source, dest)
+    for pid, sid in drop:
+        shutil.rmtree(derivatives_dir(dest, pid, sid))
+    return dest
 
 
 @pytest.fixture(scope="session")

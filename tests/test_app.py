@@ -20,6 +20,7 @@ import ui_jobs
 from ms_core import jobs, state_keys
 from ms_core.errors import InputError
 from ms_core.study import image_path, load_study, truth_dir
+from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -244,13 +245,9 @@ def test_segment_button_runs_the_network_and_shows_its_result(
 
 
 def test_compare_visits_then_timeline_shows_measurements(
-        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core.segment import segment_visit
-    study = tmp_path / "study"
-    shutil.copytree(small_study, study)
-    visits = load_study(study).visits["sub-01"]
-    for visit in visits[:2]:  # stored segmentations: the comparison reuses them
-        segment_visit(study, visit)
+        segmented_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ses-01 and ses-02 have stored segmentations: the comparison reuses them.
+    study = copy_study(segmented_study, tmp_path / "study")
     at = _app(study, monkeypatch)
     at.sidebar.selectbox(key=state_keys.visit_picker(str(study), "sub-01")).set_value(
         "ses-02").run()

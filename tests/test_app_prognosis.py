@@ -4,7 +4,6 @@ and the link from location features to the lesions in the Patient page's viewer.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from ms_core import state_keys
 from ms_core.models import MODELS_DIR
+from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -59,14 +59,9 @@ def test_prognosis_page_scores_explains_and_answers_what_if(
 
 
 def test_location_feature_links_to_its_lesions_in_the_viewer(
-        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core.segment import segment_visit
-    from ms_core.study import load_study
-
-    study = tmp_path / "study"
-    shutil.copytree(small_study, study)
-    visit = load_study(study).visits["sub-01"][0]
-    segment_visit(study, visit)
+        segmented_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the first visit is segmented.
+    study = copy_study(segmented_study, tmp_path / "study", drop=(("sub-01", "ses-02"),))
     at = _prognosis_page(study, monkeypatch)
     assert not any("imputed with the training medians" in w.value for w in at.warning)
     buttons = [b for b in at.button if b.label.startswith("Show ")]

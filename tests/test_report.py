@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from ms_core.report import (
     write_report,
 )
 from ms_core.synth import anisotropic_affine, sphere_labels
+from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -35,16 +35,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def study(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the small study with sub-01's first visit segmented (about 30 s);
-    sub-02 stays unprocessed."""
-    from ms_core.segment import segment_visit
-    from ms_core.study import load_study
-
-    root = tmp_path_factory.mktemp("report") / "study"
-    shutil.copytree(small_study, root)
-    segment_visit(root, load_study(root).visits["sub-01"][0])
-    return root
+def study(segmented_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the small study with sub-01's first visit segmented; sub-02 stays
+    unprocessed."""
+    return copy_study(segmented_study, tmp_path_factory.mktemp("report") / "study",
+                      drop=(("sub-01", "ses-02"),))
 
 
 def _external_refs(html: str) -> list[str]:

@@ -86,6 +86,19 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     assert not _both_flags_on(["segment", "--flair", "f.nii.gz", "--out", "o"])
 
 
+def test_segment_cli_defaults_are_the_library_defaults() -> None:
+    from ms_core.cli import build_parser
+
+    base = ["segment", "--flair", "f.nii.gz", "--out", "o"]
+    args = build_parser().parse_args(base)
+    params = SegmentParams()
+    assert (args.overlap, args.tta, args.threshold, args.min_lesion_mm3) == \
+        (params.overlap, params.tta, params.threshold, params.min_lesion_mm3)
+    assert (params.overlap, params.tta) == (0.25, True)  # docs/performance.md section 3
+    assert build_parser().parse_args([*base, "--no-tta"]).tta is False
+    assert build_parser().parse_args([*base, "--tta", "--overlap", "0.5"]).overlap == 0.5
+
+
 def _both_flags_on(argv: list[str]) -> bool:
     """Whether the segment CLI turns on both N4 and denoising for ``argv``."""
     from ms_core.cli import build_parser

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,9 @@ from ms_core import state_keys
 from ms_core.io import load_lesion_mask, load_volume
 from ms_core.lesions import label_components
 from ms_core.longitudinal import track_visits, tracking_dir
-from ms_core.segment import segment_visit
 from ms_core.study import derivatives_dir, load_study
 from ms_core.viewer import STATUS_STYLES
+from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -35,13 +34,10 @@ PID = "sub-01"
 
 
 @pytest.fixture(scope="module")
-def processed(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def processed(segmented_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the small study with sub-01's first two visits segmented and compared."""
-    root = tmp_path_factory.mktemp("viewer") / "study"
-    shutil.copytree(small_study, root)
+    root = copy_study(segmented_study, tmp_path_factory.mktemp("viewer") / "study")
     first, second = load_study(root).visits[PID][:2]
-    segment_visit(root, first)
-    segment_visit(root, second)
     track_visits(root, first, second)
     return root
 
