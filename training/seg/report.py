@@ -185,10 +185,10 @@ Model `lesion_seg` version {card.version}, sha256 `{card.sha256[:16]}…`; train
 Settings (the defaults of `segment` and the app since 2026-12-03): threshold 0.5, minimum lesion
 10 mm³, sliding window 64³ with 25 % overlap and flip test-time augmentation (each window also
 run flipped in x, y and z, the four averaged); until then 50 % overlap without flips, the
-settings of every candidate figure in the Notes dated before 2026-12-03. Lesion F1 counts a lesion found when prediction and truth overlap by at
-least one voxel (or by ≥ 10 % of the lesion's voxels); FPR is the share of predicted lesions that
-overlap no true lesion. Seconds are wall time of the whole pipeline (load, preprocessing,
-inference, post-processing), single run.
+settings of every candidate figure in the Notes dated before 2026-12-03. Lesion F1 counts a
+lesion found when prediction and truth overlap by at least one voxel (or by ≥ 10 % of the
+lesion's voxels); FPR is the share of predicted lesions that overlap no true lesion. Seconds are
+wall time of the whole pipeline (load, preprocessing, inference, post-processing), single run.
 
 ## Real data: patient26 (open_ms_data, never trained on)
 
