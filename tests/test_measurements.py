@@ -120,7 +120,7 @@ def test_measured_table_says_where_each_number_comes_from(measured_study: list[V
     created = json.loads((tmp_path / "derivatives/ms_dash/sub-01/ses-01/provenance.json")
                          .read_text())["created_utc"][:10]
     assert seg[0] == ("lesion_seg v2.0.0 (sha256 1a2b3c4d…), network, threshold 0.5, "
-                      f"min 10 mm³, CPUExecutionProvider, {created}; "
+                      f"min 10 mm³, TTA, CPUExecutionProvider, {created}; "
                       "derivatives/ms_dash/sub-01/ses-01/lesions.csv")
     assert seg[1].endswith("derivatives/ms_dash/sub-01/ses-02/lesions.csv")
     assert seg[2] == NOT_MEASURED
