@@ -9,15 +9,22 @@ Coordinates: the template affine maps (x, y, z) voxel indices to RAS+ MNI millim
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
+import inspect
 import logging
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ms_core.io import cached_arrays
+
 __all__ = [
     "TYPICAL_CONTRAST",
     "Template",
+    "derivation_key",
     "load_template",
     "synthetic_head",
     "tissue_signal",
@@ -76,9 +83,47 @@ def world_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     return xyz.reshape((3, *shape))
 
 
+#: The arrays of a :class:`Template`, as stored in the derived-map cache.
+_TEMPLATE_ARRAYS = ("affine", "t1", "gm", "wm", "brain", "ventricles", "head_sd_mm",
+                    "ventricle_dist_mm", "cortex_dist_mm")
+
+
+def derivation_key(*modules: str) -> str | None:
+    """Cache key of maps derived by the code of ``modules`` (names, e.g. ``__name__``).
+
+    A hash of those modules' source and of the numpy, scipy and nilearn versions: editing the
+    code or upgrading a library gives a new key, so stale maps are never read. None when the
+    source cannot be read (then nothing is cached).
+    """
+    h = hashlib.sha256()
+    try:
+        for lib in ("numpy", "scipy", "nilearn"):
+            h.update(f"{lib}={importlib.metadata.version(lib)}\n".encode())
+        for name in modules:
+            h.update(inspect.getsource(sys.modules[name]).encode())
+    except (OSError, TypeError, KeyError, importlib.metadata.PackageNotFoundError) as e:
+        log.info("no cache key for %s (%s)", modules, e)
+        return None
+    return h.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
-    """Load the nilearn MNI152 maps and derive ventricles and distance maps (about 3 s)."""
+    """The nilearn MNI152 maps with derived ventricles and distance maps.
+
+    Deriving them takes about 10 s (nilearn's import and five distance transforms); they are
+    kept in the cache folder (:func:`ms_core.io.cached_arrays`, ``MS_DASH_CACHE_DIR``), so
+    later processes read them in well under a second.
+    """
+    arrays = cached_arrays("mni152_template", derivation_key(__name__), _TEMPLATE_ARRAYS,
+                           _derive_template)
+    arrays["ventricles"] = arrays["ventricles"].astype(np.float32)
+    arrays["brain"] = arrays["brain"].astype(np.float32)
+    return Template(**arrays)
+
+
+def _derive_template() -> dict[str, np.ndarray]:
+    """Load the nilearn maps and derive the rest (the slow path of :func:`load_template`)."""
     from nilearn import datasets  # imported here: nilearn is slow to import
 
     gm_img = datasets.load_mni152_gm_template(resolution=1)
@@ -87,6 +132,8 @@ def load_template() -> Template:
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
     t1 = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(dtype=np.float32))
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32))
+    if not np.isin(brain, (0.0, 1.0)).all():
+        raise ValueError("nilearn's MNI152 brain mask is not binary")
     gm, wm = gm * brain, wm * brain
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
 
@@ -106,9 +153,9 @@ def load_template() -> Template:
                - ndi.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)
     vent_dist = ndi.distance_transform_edt(~ventricles, sampling=spacing).astype(np.float32)
     cortex_dist = ndi.distance_transform_edt(gm < 0.5, sampling=spacing).astype(np.float32)
-    return Template(affine=affine, t1=t1, gm=gm, wm=wm, brain=brain,
-                    ventricles=ventricles.astype(np.float32), head_sd_mm=head_sd,
-                    ventricle_dist_mm=vent_dist, cortex_dist_mm=cortex_dist)
+    return {"affine": affine, "t1": t1, "gm": gm, "wm": wm, "brain": inside,
+            "ventricles": ventricles, "head_sd_mm": head_sd, "ventricle_dist_mm": vent_dist,
+            "cortex_dist_mm": cortex_dist}
 
 
 def tissue_signal(gm: np.ndarray, wm: np.ndarray, head_sd_mm: np.ndarray,

@@ -28,8 +28,9 @@ import math
 import os
 import struct
 import tempfile
+import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,13 +42,14 @@ from nibabel.spatialimages import HeaderDataError
 
 from ms_core.domain import MODALITIES, LesionMask, Volume, check_affine
 from ms_core.errors import NiftiError
-from ms_core.settings import DEFAULT_MAX_VOXELS, max_file_bytes, max_voxels
+from ms_core.settings import DEFAULT_MAX_VOXELS, cache_dir, max_file_bytes, max_voxels
 
 __all__ = [
     "MAX_VOXELS",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
+    "cached_arrays",
     "from_sitk",
     "load_lesion_mask",
     "load_volume",
@@ -508,3 +510,74 @@ def from_sitk(img: Any) -> tuple[np.ndarray, np.ndarray]:
     aff[:3, :3] = lps @ direction * np.asarray(img.GetSpacing(), dtype=np.float64)
     aff[:3, 3] = lps @ np.asarray(img.GetOrigin(), dtype=np.float64)
     return np.ascontiguousarray(data), aff
+
+
+# --------------------------------------------------------------------- derived-array cache
+_BOOL_SHAPE = "@bool_shape"  # suffix of the entry holding a bit-packed bool array's shape
+
+
+def cached_arrays(name: str, key: str | None, names: tuple[str, ...],
+                  build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays ``build`` derives, kept in the cache folder as ``NAME-KEY.npz``.
+
+    Parameters
+    ----------
+    name
+        Cache entry name, e.g. ``"mni152_template"``.
+    key
+        Changes whenever the arrays would (a hash of the deriving code and library versions);
+        None skips the cache.
+    names
+        The arrays ``build`` returns; a cache file missing any of them is rebuilt.
+    build
+        Derives the arrays (the slow path).
+
+    The folder is :func:`ms_core.settings.cache_dir` (``MS_DASH_CACHE_DIR``; ``off`` skips the
+    cache). The cache only saves time, it is never a source of truth: an unreadable file is
+    rebuilt and a folder that cannot be written is logged, and ``build``'s arrays are returned.
+    Files are written atomically; entries of ``name`` with another key are deleted. Bool arrays
+    are stored bit-packed; the npz is read without pickles.
+    """
+    folder = cache_dir()
+    if folder is None or key is None:
+        return build()
+    path = folder / f"{name}-{key}.npz"
+    if path.exists():
+        try:
+            return _read_cached(path, names)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            log.warning("cache file %s is unreadable (%s); rebuilding it", path, e)
+    arrays = build()
+    stored: dict[str, np.ndarray] = {}
+    for k, a in arrays.items():
+        if a.dtype == np.bool_:
+            stored[k] = np.packbits(a.ravel())
+            stored[k + _BOOL_SHAPE] = np.asarray(a.shape, dtype=np.int64)
+        else:
+            stored[k] = a
+    try:
+        with atomic_open(path) as fh:
+            np.savez(fh, **stored)
+        for old in folder.glob(f"{glob.escape(name)}-*.npz"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("cannot write the cache file %s (%s); continuing without it", path, e)
+    return arrays
+
+
+def _read_cached(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of a :func:`cached_arrays` file (KeyError if one is missing)."""
+    out: dict[str, np.ndarray] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        files = set(npz.files)
+        for k in names:
+            if k + _BOOL_SHAPE in files:
+                shape = tuple(int(n) for n in npz[k + _BOOL_SHAPE])
+                bits = np.unpackbits(npz[k], count=math.prod(shape))
+                out[k] = bits.astype(bool).reshape(shape)
+            elif k in files:
+                out[k] = npz[k]
+            else:
+                raise KeyError(f"no array {k!r}")
+    return out

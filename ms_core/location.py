@@ -70,8 +70,9 @@ from types import MappingProxyType
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.anatomy import load_template, world_grid
+from ms_core.anatomy import derivation_key, load_template, world_grid
 from ms_core.domain import check_affine
+from ms_core.io import cached_arrays
 from ms_core.lesions import check_labels
 from ms_core.preprocess import Grid, warp_from_template
 
@@ -155,7 +156,18 @@ def _infratentorial(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def mni_zones() -> MniZones:
-    """Build (once, about 5 s after the template is loaded) the zone masks on the MNI grid."""
+    """The zone masks on the MNI grid (derived in about 3 s, then read from the cache folder
+    of :func:`ms_core.io.cached_arrays`)."""
+    names = (*ZONES, "deep_grey", "cortex")
+    key = derivation_key(__name__, "ms_core.anatomy")
+    zones = cached_arrays("mni_zones", key, names, _derive_zones)
+    return MniZones(affine=load_template().affine.copy(),
+                    masks=MappingProxyType({z: _readonly(zones[z]) for z in ZONES}),
+                    deep_grey=_readonly(zones["deep_grey"]), cortex=_readonly(zones["cortex"]))
+
+
+def _derive_zones() -> dict[str, np.ndarray]:
+    """The masks of :func:`mni_zones` from the template (its slow path), each bool."""
     tpl = load_template()
     x, y, z = world_grid(tpl.shape, tpl.affine)
     brain = tpl.brain >= 0.5
@@ -177,11 +189,9 @@ def mni_zones() -> MniZones:
     peri = (tpl.ventricle_dist_mm <= PERIVENTRICULAR_MM) & ~deep_grey & ~infra
     log.debug("MNI zones: infra %d, peri %d, juxta %d voxels", int(infra.sum()),
               int(peri.sum()), int(juxta.sum()))
-    masks = MappingProxyType({"periventricular": _readonly(peri),
-                              "juxtacortical": _readonly(juxta),
-                              "infratentorial": _readonly(infra)})
-    return MniZones(affine=tpl.affine.copy(), masks=masks, deep_grey=_readonly(deep_grey),
-                    cortex=_readonly(cortex))
+    return {"periventricular": np.asarray(peri), "juxtacortical": np.asarray(juxta),
+            "infratentorial": np.asarray(infra), "deep_grey": np.asarray(deep_grey),
+            "cortex": np.asarray(cortex)}
 
 
 def location_zones(grid: Grid, subject_to_mni: np.ndarray) -> dict[str, np.ndarray]:

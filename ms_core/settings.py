@@ -14,16 +14,23 @@ variable                    default    meaning
 ``MS_DASH_MAX_VOXELS``      512**3     largest image accepted, in voxels per 3D volume
 ``MS_DASH_MAX_FILE_MB``     2048       largest NIfTI file accepted, in MiB (compressed or not)
 ``MS_DASH_LOCK_TIMEOUT_S``  900        seconds a run waits for another run on the same visit
+``MS_DASH_CACHE_DIR``       see below  folder for maps derived from the MNI152 template (about
+                                       220 MB, rebuilt when the code or library versions change);
+                                       ``off`` derives them in memory in every process
 ==========================  =========  ==========================================================
+
+The cache folder defaults to ``$XDG_CACHE_HOME/ms-dash``, else ``~/.cache/ms-dash``.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ms_core.errors import InputError
 
 __all__ = [
+    "CACHE_DIR_ENV",
     "DEFAULT_LOCK_TIMEOUT_S",
     "DEFAULT_MAX_FILE_MB",
     "DEFAULT_MAX_VOXELS",
@@ -32,6 +39,7 @@ __all__ = [
     "MAX_VOXELS_ENV",
     "READ_ONLY_ENV",
     "REQUIRE_LOGIN_ENV",
+    "cache_dir",
     "lock_timeout_s",
     "max_file_bytes",
     "max_voxels",
@@ -44,6 +52,7 @@ REQUIRE_LOGIN_ENV = "MS_DASH_REQUIRE_LOGIN"
 MAX_VOXELS_ENV = "MS_DASH_MAX_VOXELS"
 MAX_FILE_MB_ENV = "MS_DASH_MAX_FILE_MB"
 LOCK_TIMEOUT_ENV = "MS_DASH_LOCK_TIMEOUT_S"
+CACHE_DIR_ENV = "MS_DASH_CACHE_DIR"
 
 #: 512^3 voxels: 512 MiB as float32, far above any clinical brain MRI (about 256^3 at most).
 DEFAULT_MAX_VOXELS = 512**3
@@ -109,3 +118,18 @@ def max_file_bytes() -> int:
 def lock_timeout_s() -> float:
     """Seconds to wait for a visit's folder lock (``MS_DASH_LOCK_TIMEOUT_S``)."""
     return _positive(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S)
+
+
+def cache_dir() -> Path | None:
+    """Folder of the derived-map cache (``MS_DASH_CACHE_DIR``), or None when it is ``off``.
+
+    Unset or empty: ``$XDG_CACHE_HOME/ms-dash``, else ``~/.cache/ms-dash``. The folder need not
+    exist yet; it is created on the first write.
+    """
+    raw = os.environ.get(CACHE_DIR_ENV, "").strip()
+    if raw.lower() in ("off", "0", "no", "false"):
+        return None
+    if raw:
+        return Path(raw).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ms-dash"

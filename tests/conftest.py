@@ -19,6 +19,22 @@ OPEN_MS_DATA = REPO.parent / "shared" / "data" / "open_ms_data"
 SMALL_CONFIG = DemoConfig(n_patients=2, visits=(3, 3), workers=1)
 
 
+def _run_shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by every pytest-xdist worker of this run (the base temp of one run)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def derived_map_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A derived-map cache (``MS_DASH_CACHE_DIR``) of this run only, shared by its workers and
+    inherited by the processes the tests start: the suite neither reads nor fills the user's
+    cache, and the template maps are derived once per run instead of once per process."""
+    folder = _run_shared_dir(tmp_path_factory) / "derived_map_cache"
+    os.environ["MS_DASH_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-patient, 3-visit demo study (about 30 s to build)."""
@@ -34,8 +50,7 @@ def segmented_study(small_study: Path, tmp_path_factory: pytest.TempPathFactory)
     from ms_core.segment import segment_visit
     from ms_core.study import load_study
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = _run_shared_dir(tmp_path_factory)
     final = shared / "segmented_study"
     with open(shared / "segmented_study.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds it, the others wait

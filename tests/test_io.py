@@ -384,3 +384,62 @@ def test_probability_viewer_bytes_are_compact_uint8_with_the_same_geometry(tmp_p
     np.testing.assert_allclose(img.affine, affine, atol=1e-5)
     np.testing.assert_allclose(np.asanyarray(img.dataobj) / 255.0, prob, atol=0.5 / 255 + 1e-7)
     assert len(payload) < len(nifti_bytes(prob, affine, np.float32)) / 2
+
+
+# ------------------------------------------------------------------------ derived-array cache
+def _counting_builder(calls: list[int]):  # type: ignore[no-untyped-def]
+    def build() -> dict[str, np.ndarray]:
+        calls.append(1)
+        rng = np.random.default_rng(len(calls))
+        return {"m": rng.random((5, 6, 7)).astype(np.float32),
+                "mask": rng.random((5, 6, 7)) > 0.5, "empty": np.zeros((0, 3), bool),
+                "affine": np.eye(4)}
+    return build
+
+
+def test_cached_arrays_build_once_then_read_back_exactly(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MS_DASH_CACHE_DIR", str(tmp_path / "cache"))
+    calls: list[int] = []
+    names = ("m", "mask", "empty", "affine")
+    built = io.cached_arrays("maps", "k1", names, _counting_builder(calls))
+    again = io.cached_arrays("maps", "k1", names, _counting_builder(calls))
+    assert len(calls) == 1
+    for k in names:
+        assert again[k].dtype == built[k].dtype and again[k].shape == built[k].shape
+        assert np.array_equal(again[k], built[k])
+    (path,) = (tmp_path / "cache").iterdir()
+    assert path.name == "maps-k1.npz"
+    assert np.load(path)["mask"].size == 27  # bool arrays are bit-packed: 210 bits in 27 bytes
+    # A new key (changed code or library) rebuilds and removes the stale entry.
+    io.cached_arrays("maps", "k2", names, _counting_builder(calls))
+    assert len(calls) == 2
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["maps-k2.npz"]
+    # An entry lacking an expected array is rebuilt.
+    io.cached_arrays("maps", "k2", (*names, "extra"), lambda: {**built, "extra": np.ones(2)})
+    assert "extra" in np.load(tmp_path / "cache" / "maps-k2.npz").files
+
+
+def test_cached_arrays_survive_a_corrupt_file_and_an_unwritable_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("MS_DASH_CACHE_DIR", str(cache))
+    (cache / "maps-k.npz").write_bytes(b"PK\x03\x04 not a zip")
+    calls: list[int] = []
+    out = io.cached_arrays("maps", "k", ("m",), _counting_builder(calls))
+    assert len(calls) == 1 and out["m"].shape == (5, 6, 7)
+    assert "unreadable" in caplog.text
+    assert np.array_equal(np.load(cache / "maps-k.npz")["m"], out["m"])  # replaced
+    # A cache path that is a file, not a folder: built, logged, nothing raised.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("MS_DASH_CACHE_DIR", str(blocker))
+    assert io.cached_arrays("maps", "k", ("m",), _counting_builder(calls))["m"].size == 210
+    assert len(calls) == 2 and "cannot write" in caplog.text
+    # "off" and a None key skip the cache altogether.
+    monkeypatch.setenv("MS_DASH_CACHE_DIR", "off")
+    io.cached_arrays("maps", "k", ("m",), _counting_builder(calls))
+    monkeypatch.setenv("MS_DASH_CACHE_DIR", str(cache))
+    io.cached_arrays("maps", None, ("m",), _counting_builder(calls))
+    assert len(calls) == 4

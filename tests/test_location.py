@@ -185,3 +185,20 @@ def test_demo_visit_locations_match_the_ground_truth() -> None:
     assert len(expected) >= 10
     accuracy = np.mean([found[lid] == loc for lid, loc in expected.items()])
     assert accuracy >= 0.85
+
+
+def test_zone_masks_read_from_the_cache_equal_a_fresh_derivation(derived_map_cache: Path
+                                                                  ) -> None:
+    from ms_core.anatomy import load_template
+    from ms_core.location import _derive_zones
+
+    zones = mni_zones()
+    assert any(derived_map_cache.glob("mni_zones-*.npz"))  # the run's cache holds them
+    fresh = _derive_zones()
+    for name in ZONES:
+        assert np.array_equal(zones.masks[name], fresh[name]), name
+    assert np.array_equal(zones.cortex, fresh["cortex"])
+    assert np.array_equal(zones.deep_grey, fresh["deep_grey"])
+    tpl = load_template()
+    assert tpl.brain.dtype == tpl.ventricles.dtype == np.float32
+    assert set(np.unique(tpl.ventricles)) == {0.0, 1.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +19,8 @@ from ms_core.evaluate import dice
 from ms_core.io import load_lesion_mask, load_volume
 from ms_core.models import MODELS_DIR
 from ms_core.segment import SegmentParams, baseline_probability, segment_volumes
-from ms_core.study import image_path, truth_dir
+from ms_core.study import derivatives_dir, image_path, truth_dir
+from ms_core.synth import sphere_labels
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_MODEL = (MODELS_DIR / "manifest.json").exists()
@@ -143,24 +145,54 @@ def test_bad_input_gives_a_clear_cli_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not HAS_MODEL, reason="no exported segmentation model")
-def test_network_segmentation_is_deterministic_and_finds_lesions(small_study: Path,
+def test_network_segmentation_is_deterministic_and_finds_lesions(segmented_study: Path,
                                                                  tmp_path: Path) -> None:
-    flair = image_path(small_study, "sub-01", "ses-03", "FLAIR")
-    t1 = image_path(small_study, "sub-01", "ses-03", "T1w")
-    runs = []
-    for name in ("a", "b"):
-        result = _cli("segment", "--flair", str(flair), "--t1", str(t1), "--device", "cpu",
-                      "--out", str(tmp_path / name))
-        assert result.returncode == 0, result.stderr
-        runs.append((tmp_path / name / "lesion_mask.nii.gz").read_bytes())
-    assert runs[0] == runs[1]  # bit-identical mask on re-run
-    assert (tmp_path / "a" / "lesions.csv").read_bytes() == \
-        (tmp_path / "b" / "lesions.csv").read_bytes()
-    prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    # The shared study's sub-01 ses-01 was segmented in another process (segment_visit, default
+    # settings, FLAIR alone): the CLI's re-run must reproduce every result file bit for bit.
+    flair = image_path(segmented_study, "sub-01", "ses-01", "FLAIR")
+    result = _cli("segment", "--flair", str(flair), "--device", "cpu", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    stored = derivatives_dir(segmented_study, "sub-01", "ses-01")
+    for name in ("lesion_mask.nii.gz", "lesion_prob.nii.gz", "lesions.csv"):
+        assert (tmp_path / name).read_bytes() == (stored / name).read_bytes(), name
+    prov = json.loads((tmp_path / "provenance.json").read_text())
     assert prov["provider"] == "CPUExecutionProvider" and len(prov["model"]["sha256"]) == 64
-    mask = load_volume(tmp_path / "a" / "lesion_mask.nii.gz", "mask")
-    truth = load_lesion_mask(truth_dir(small_study, "sub-01", "ses-03") / "lesion_labels.nii.gz")
+    assert prov["parameters"]["tta"] is True and prov["parameters"]["overlap"] == 0.25
+    mask = load_volume(tmp_path / "lesion_mask.nii.gz", "mask")
+    truth = load_lesion_mask(truth_dir(segmented_study, "sub-01", "ses-01")
+                             / "lesion_labels.nii.gz")
     assert dice(mask.data > 0, truth.labels) > 0.4
+
+
+class _ChannelSpy:
+    """A stand-in for :class:`ms_core.inference.OnnxModel` that records what it is given."""
+
+    provider = "CPUExecutionProvider"
+    card = types.SimpleNamespace(patch_size=(16, 16, 16), multiple_of=8, name="spy",
+                                 version="0", sha256="0" * 64)
+
+    def __init__(self) -> None:
+        self.t1_max: list[float] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        assert batch.shape[:2] == (1, 2)  # (N, C): FLAIR, then T1w or zeros
+        self.t1_max.append(float(np.abs(batch[0, 1]).max()))
+        return np.zeros((1, 1, *batch.shape[2:]), dtype=np.float32)
+
+
+def test_t1_reaches_the_network_as_its_second_channel() -> None:
+    rng = np.random.default_rng(0)
+    head = sphere_labels((40, 40, 40), np.eye(4), [((20.0, 20.0, 20.0), 14.0)]) > 0
+    flair = Volume(np.where(head, 1.0 + 0.1 * rng.random(head.shape), 0.0), np.eye(4), "FLAIR")
+    t1 = Volume(np.where(head, 2.0 + 0.1 * rng.random(head.shape), 0.0), np.eye(4), "T1w")
+    for t1_volume, tta in ((None, True), (t1, False)):
+        spy = _ChannelSpy()
+        params = SegmentParams(skull_stripped=True, tta=tta)
+        result = segment_volumes(flair, t1_volume, params, spy)  # type: ignore[arg-type]
+        assert len(result.table) == 0 and result.labels.shape == head.shape
+        windows = len(spy.t1_max) // (4 if tta else 1)
+        assert windows > 1 and len(spy.t1_max) == windows * (4 if tta else 1)
+        assert (max(spy.t1_max) > 0) == (t1_volume is not None)
 
 
 def test_visit_segmentation_is_cached_by_input_hash_and_parameters(small_study: Path,
