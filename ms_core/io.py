@@ -556,8 +556,9 @@ def cached_arrays(name: str, key: str | None, names: tuple[str, ...],
         else:
             stored[k] = a
     try:
+        savez: Callable[..., None] = np.savez  # keyword names are array names, no options
         with atomic_open(path) as fh:
-            np.savez(fh, **stored)
+            savez(fh, **stored)
         for old in folder.glob(f"{glob.escape(name)}-*.npz"):
             if old != path:
                 old.unlink(missing_ok=True)
