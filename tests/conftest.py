@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 OPEN_MS_DATA = REPO.parent / "shared" / "data" / "open_ms_data"
 
 #: Two patients (control arm on the 1.5 T 2D-FLAIR site, treatment arm on the 3 T 3D site).
-SMALL_CONFIG = DemoConfig(n_patients=2, visits=(3, 3), workers=1)
+SMALL_CONFIG = DemoConfig(n_patients=2, visits=(3, 3), workers=2)
 
 
 def _run_shared_dir(factory: pytest.TempPathFactory) -> Path:
@@ -35,14 +36,37 @@ def derived_map_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-patient, 3-visit demo study (about 30 s to build)."""
-    return build_demo(tmp_path_factory.mktemp("studies") / "small", SMALL_CONFIG)
+def _build_once(shared: Path, name: str, build: Callable[[Path], object]) -> Path:
+    """``shared / name``, made by ``build(folder)`` in the first worker that asks for it while
+    the others wait on a file lock; a build that fails leaves no folder behind."""
+    final = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.exists():
+            work = shared / f"{name}.partial-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            build(work)
+            work.rename(final)
+    return final
 
 
 @pytest.fixture(scope="session")
-def segmented_study(small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pristine_small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small study as built, once per test run for all workers (two processes render it):
+    never write into it; tests get their own copy through :func:`small_study`."""
+    return _build_once(_run_shared_dir(tmp_path_factory), "small_study",
+                       lambda work: build_demo(work, SMALL_CONFIG))
+
+
+@pytest.fixture(scope="session")
+def small_study(pristine_small_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-patient, 3-visit demo study: this worker's copy of :func:`pristine_small_study`."""
+    return copy_study(pristine_small_study, tmp_path_factory.mktemp("studies") / "small")
+
+
+@pytest.fixture(scope="session")
+def segmented_study(pristine_small_study: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Path:
     """The small study with sub-01's first two visits segmented by the network (default
     settings), made once per test run and shared by the pytest-xdist workers: copy it before
     changing anything (:func:`copy_study`). Removing a visit's derivatives folder from a copy
@@ -50,18 +74,12 @@ def segmented_study(small_study: Path, tmp_path_factory: pytest.TempPathFactory)
     from ms_core.segment import segment_visit
     from ms_core.study import load_study
 
-    shared = _run_shared_dir(tmp_path_factory)
-    final = shared / "segmented_study"
-    with open(shared / "segmented_study.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds it, the others wait
-        if not final.exists():
-            work = shared / f"segmented_study.partial-{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(small_study, work)
-            for visit in load_study(work).visits["sub-01"][:2]:
-                segment_visit(work, visit)
-            work.rename(final)
-    return final
+    def build(work: Path) -> None:
+        shutil.copytree(pristine_small_study, work)
+        for visit in load_study(work).visits["sub-01"][:2]:
+            segment_visit(work, visit)
+
+    return _build_once(_run_shared_dir(tmp_path_factory), "segmented_study", build)
 
 
 def copy_study(source: Path, dest: Path, *, drop: tuple[tuple[str, str], ...] = ()) -> Path:

@@ -189,7 +189,7 @@ def test_failed_build_leaves_previous_study_untouched(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(demo, "_render_job", boom)
     with pytest.raises(RuntimeError):
-        demo.build_demo(out, dataclasses.replace(SMALL_CONFIG, n_patients=1))
+        demo.build_demo(out, dataclasses.replace(SMALL_CONFIG, n_patients=1, workers=1))
     assert [p.name for p in tmp_path.iterdir()] == ["study"]
     assert (out / "keep.txt").read_text() == "old"
 
