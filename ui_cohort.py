@@ -434,6 +434,7 @@ class RuntimeInfo:
     provider: str
     session_providers: tuple[str, ...]
     available: tuple[str, ...]
+    cuda_unavailable: str  # why the build's CUDA provider is not in use ("" otherwise)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Starting the segmentation model…")
@@ -452,7 +453,7 @@ def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:
     path = root / "lesion_seg" / "model.onnx"
     model = _segmentation_session(str(path), sha256_file(path) if path.is_file() else "")
     return RuntimeInfo(model.provider, tuple(model.session.get_providers()),
-                       available_providers())
+                       available_providers(), model.cuda_unavailable)
 
 
 def batch_table(root: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:

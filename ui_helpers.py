@@ -15,7 +15,7 @@ import os
 import textwrap
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -431,6 +431,22 @@ def _hover_data(table: pd.DataFrame, columns: Sequence[str], provenance: str) ->
     values = table[list(columns)].astype(object).to_numpy().tolist()
     return [[*row, text] for row, text in zip(values, _provenance_hover(table, provenance),
                                               strict=True)]
+
+
+def shared_figure(build: Callable[..., go.Figure], *args: Any) -> go.Figure:
+    """``build(*args)``, built once for equal arguments and shared by every rerun and session.
+
+    Building a plotly figure (``make_subplots``, property validation) costs tens of
+    milliseconds, most of a cached Timeline rerun; the arguments (tables, lists) hash in a few.
+    The figure is shared, so it is read only: ``st.plotly_chart`` copies it (``to_dict``)
+    and nothing may change it after it is built.
+    """
+    return _shared_figure(f"{build.__module__}.{build.__qualname__}", build, *args)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _shared_figure(name: str, _build: Callable[..., go.Figure], *args: Any) -> go.Figure:
+    return _build(*args)
 
 
 def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,

@@ -138,6 +138,9 @@ class OnnxModel:
     card: ModelCard
     session: Any
     provider: str
+    #: why the CUDA provider is not in use although this onnxruntime build offers it ("" when
+    #: it is in use, was not asked for, or the build has none), for the app and the logs.
+    cuda_unavailable: str = ""
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, X, Y, Z) float32 -> (N, 1, X, Y, Z) probabilities.
@@ -184,21 +187,68 @@ def load_onnx_model(card: ModelCard, device: str = "auto", threads: int | None =
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     path = str(card.onnx_path)
+    why_not = ""
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        try:
-            session = ort.InferenceSession(path, opts, providers=[
-                ("CUDAExecutionProvider", {"gpu_mem_limit": 6 * 1024**3,
-                                           "arena_extend_strategy": "kSameAsRequested"}),
-                "CPUExecutionProvider"])
-            if session.get_providers()[0] == "CUDAExecutionProvider":
-                return OnnxModel(card, session, "CUDAExecutionProvider")
-        except (RuntimeError, ValueError, OSError) as e:  # CUDA libraries absent or broken
-            log.info("CUDA provider unavailable (%s); using CPU", e)
+        session, why_not = _cuda_session(ort, path, opts)
+        if session is not None:
+            return OnnxModel(card, session, "CUDAExecutionProvider")
+        # Expected on a machine without an NVIDIA GPU; worth a warning where a driver is loaded.
+        (log.warning if _nvidia_driver_loaded() else log.info)(
+            "CUDA provider not usable (%s); using the CPU provider", why_not)
     if device == "cuda":
+        reason = why_not or "this onnxruntime build has no CUDA provider"
         raise InputError(card.onnx_path, "device 'cuda' requested but onnxruntime cannot use a "
-                                         "CUDA GPU here; use --device auto or cpu")
+                                         f"CUDA GPU here ({reason}); use --device auto or cpu")
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    return OnnxModel(card, session, session.get_providers()[0])
+    return OnnxModel(card, session, session.get_providers()[0], why_not)
+
+
+def _cuda_libraries_error(ort: Any) -> str:
+    """Which library onnxruntime's CUDA provider lacks here ("" when none is known missing).
+
+    onnxruntime itself would log this failure as an error on every session (and then fall back
+    to the CPU), which alarms users of CPU-only machines. Loading the provider library first, as
+    onnxruntime does (its shared provider bridge globally, then the CUDA provider), gives the
+    same answer quietly and names the missing library. Any other loader error is left to
+    onnxruntime to try and report.
+    """
+    import ctypes
+    from pathlib import Path
+
+    folder = Path(ort.__file__).parent / "capi"
+    shared = sorted(folder.glob("*onnxruntime_providers_shared*"))
+    cuda = sorted(folder.glob("*onnxruntime_providers_cuda*"))
+    if not (shared and cuda):
+        return ""  # unknown layout
+    try:
+        ctypes.CDLL(str(shared[0]), mode=getattr(os, "RTLD_GLOBAL", 0))
+        ctypes.CDLL(str(cuda[0]))
+    except OSError as e:
+        if "cannot open shared object file" in str(e):
+            return f"CUDA libraries not found: {e}"
+    return ""
+
+
+def _cuda_session(ort: Any, path: str, opts: Any) -> tuple[Any | None, str]:
+    """A session whose first provider is CUDA, or ``None`` and the reason it cannot start."""
+    missing = _cuda_libraries_error(ort)
+    if missing:
+        return None, missing
+    try:
+        session = ort.InferenceSession(path, opts, providers=[
+            ("CUDAExecutionProvider", {"gpu_mem_limit": 6 * 1024**3,
+                                       "arena_extend_strategy": "kSameAsRequested"}),
+            "CPUExecutionProvider"])
+    except (RuntimeError, ValueError, OSError) as e:  # CUDA libraries present but broken
+        return None, f"onnxruntime could not start CUDA: {e}"
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        return None, "onnxruntime fell back to the CPU (no usable CUDA device?)"
+    return session, ""
+
+
+def _nvidia_driver_loaded() -> bool:
+    """Whether an NVIDIA kernel driver is loaded (Linux), i.e. a GPU is expected to work."""
+    return os.path.exists("/proc/driver/nvidia/version")
 
 
 @dataclass(frozen=True, eq=False)

@@ -51,6 +51,8 @@ else:
     st.caption(f"Session providers: {', '.join(runtime.session_providers)}. Available in this "
                f"onnxruntime build: {', '.join(runtime.available)}. The tabular models "
                "(prognosis, diagnosis) always run on the CPU.")
+    if runtime.cuda_unavailable:
+        st.caption(f"CUDA is not used: {runtime.cuda_unavailable}.")
 
 st.subheader(f"Per-visit QC of {study.name}")
 st.markdown(

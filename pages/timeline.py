@@ -27,11 +27,12 @@ for message in problems:
 table = visit_table(visits, truths)
 
 st.caption("Hover any point for where the number comes from (model, parameters, file).")
-st.plotly_chart(ui_helpers.edss_figure(table, dmt_periods(visits), ui_helpers.study_dmts(study)))
+st.plotly_chart(ui_helpers.shared_figure(ui_helpers.edss_figure, table, dmt_periods(visits),
+                                          ui_helpers.study_dmts(study)))
 st.caption("Coloured bands: disease-modifying therapy from the visit it was recorded at. "
            "Stars: relapses since the previous visit (larger = more).")
 if has_volumes(table):
-    st.plotly_chart(ui_helpers.volume_figure(table))
+    st.plotly_chart(ui_helpers.shared_figure(ui_helpers.volume_figure, table))
 st.dataframe(table, hide_index=True, column_config=ui_helpers.visit_table_config())
 
 st.subheader("Measured by the pipeline")
@@ -39,9 +40,9 @@ measured = ui_helpers.measured(study.root, visits)
 lesions_measured = bool(measured["segmented"].any())
 atrophy_measured = ui_helpers.has_atrophy(measured)
 if lesions_measured:
-    st.plotly_chart(ui_helpers.measured_figure(measured))
+    st.plotly_chart(ui_helpers.shared_figure(ui_helpers.measured_figure, measured))
 if atrophy_measured:
-    st.plotly_chart(ui_helpers.atrophy_figure(measured))
+    st.plotly_chart(ui_helpers.shared_figure(ui_helpers.atrophy_figure, measured))
 if lesions_measured or atrophy_measured:
     st.dataframe(measured, hide_index=True, column_config=ui_helpers.visit_table_config())
     st.caption("Network segmentation per visit and lesion matching against the previous visit; "

@@ -127,6 +127,12 @@ def test_models_page_verifies_models_and_shows_provider_and_qc(
     assert len(verified) == len(shipped)
     provider = next(m for m in at.metric if m.label.startswith("Provider in use"))
     assert provider.value.endswith("ExecutionProvider")
+    from ms_core.inference import load_onnx_model
+    from ms_core.models import load_model_card
+
+    why_not = load_onnx_model(load_model_card("lesion_seg"), "auto", threads=1).cuda_unavailable
+    shown = [c.value for c in at.caption if c.value.startswith("CUDA is not used")]
+    assert shown == ([f"CUDA is not used: {why_not}."] if why_not else [])
     assert len(at.expander) >= len(shipped)  # the model cards
     qc = at.dataframe[0].value
     assert qc["session_id"].tolist() == ["ses-01", "ses-02", "ses-03"] * 2

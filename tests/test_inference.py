@@ -102,3 +102,65 @@ def test_gpu_and_cpu_masks_agree_on_patient26(open_ms_data: Path) -> None:
     on_cpu = segment_volumes(flair, None, params, _seg_model("cpu"))
     assert dice(on_gpu.labels > 0, on_cpu.labels > 0) >= 0.999
     assert float(np.abs(on_gpu.prob - on_cpu.prob).max()) <= 1e-3
+
+
+_PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+from ms_core.inference import load_onnx_model
+from ms_core.models import load_model_card
+model = load_onnx_model(load_model_card("lesion_seg"), "auto", threads=1)
+print("PROVIDER", model.provider)
+print("WHY", model.cuda_unavailable)
+"""
+
+
+def test_a_machine_without_cuda_libraries_falls_back_quietly_and_says_why() -> None:
+    """onnxruntime-gpu without the CUDA libraries: CPU, the reason kept, no onnxruntime errors.
+
+    onnxruntime would print a red "Failed to load library ... libcublasLt" error and a warning on
+    every session; the probe names the missing library in our own log and on the model instead.
+    """
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from ms_core.inference import _cuda_libraries_error, available_providers
+
+    if "CUDAExecutionProvider" not in available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider")
+    if not _cuda_libraries_error(ort):
+        pytest.skip("the CUDA libraries load here")
+    run = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120, check=True)
+    assert "PROVIDER CPUExecutionProvider" in run.stdout
+    assert "WHY CUDA libraries not found: lib" in run.stdout
+    assert "CUDA provider not usable (CUDA libraries not found" in run.stdout
+    assert "onnxruntime" not in run.stderr, run.stderr
+    with pytest.raises(Exception, match=r"cannot use a CUDA GPU here \(CUDA libraries not found"):
+        _seg_model("cuda")
+
+
+def test_only_a_missing_library_stops_the_cuda_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any other loader error (say an unresolved symbol) is left to onnxruntime to try."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    from ms_core.inference import _cuda_libraries_error
+
+    def fails_with(message: str) -> object:
+        def load(*args: object, **kwargs: object) -> None:
+            raise OSError(message)
+        return load
+
+    monkeypatch.setattr(ctypes, "CDLL", fails_with("x.so: undefined symbol: Provider_GetHost"))
+    assert _cuda_libraries_error(ort) == ""
+    monkeypatch.setattr(ctypes, "CDLL", fails_with(
+        "libcudart.so.13: cannot open shared object file: No such file or directory"))
+    folder = Path(ort.__file__).parent / "capi"
+    expected = "" if not list(folder.glob("*onnxruntime_providers_cuda*")) else (
+        "CUDA libraries not found: libcudart.so.13: cannot open shared object file: "
+        "No such file or directory")
+    assert _cuda_libraries_error(ort) == expected

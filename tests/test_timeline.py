@@ -196,3 +196,25 @@ def test_edss_and_volume_hovers_show_their_source(tmp_path: Path) -> None:
         assert hovers[0].endswith("derivatives/ground_truth/sub-01/ses-01/truth.json")
         assert hovers[1] == NO_TRUTH
         assert "%{customdata[1]}" in trace.hovertemplate
+
+
+def test_a_shared_figure_is_built_once_per_distinct_data(tmp_path: Path) -> None:
+    """Reruns reuse the built figure; a change in the table (a new EDSS) builds a new one."""
+    import ui_helpers
+
+    visits = _clinical_study(tmp_path)
+    table = visit_table(visits, ui_helpers.truths_for(tmp_path, visits)[0])
+    calls: list[int] = []
+
+    def build(frame: pd.DataFrame, periods: pd.DataFrame) -> object:
+        calls.append(len(frame))
+        return ui_helpers.edss_figure(frame, periods)
+
+    first = ui_helpers.shared_figure(build, table, dmt_periods(visits))
+    again = ui_helpers.shared_figure(build, table.copy(), dmt_periods(visits))
+    assert again is first and calls == [2]
+    changed = table.copy()
+    changed.loc[1, "edss"] = 6.5
+    other = ui_helpers.shared_figure(build, changed, dmt_periods(visits))
+    assert other is not first and calls == [2, 2]
+    assert 6.5 in list(other.data[0].y) and 6.5 not in list(first.data[0].y)
