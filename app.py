@@ -106,16 +106,18 @@ def run() -> None:
         st.button("Sign in", on_click=st.login)  # OIDC, configured in .streamlit/secrets.toml
         st.stop()
     pages = [
-        st.Page(PAGES_DIR / "patient.py", title="Patient", icon="🧠"),
-        st.Page(PAGES_DIR / "timeline.py", title="Timeline", icon="📈"),
-        st.Page(PAGES_DIR / "prognosis.py", title="Prognosis", icon="🔮"),
-        st.Page(PAGES_DIR / "cohort.py", title="Cohort / trial", icon="👥"),
-        st.Page(PAGES_DIR / "models.py", title="Models & QC", icon="🧪"),
-        st.Page(PAGES_DIR / "report.py", title="Report", icon="📄"),
-        st.Page(PAGES_DIR / "how_it_works.py", title="How it works", icon="🧭"),
+        st.Page(PAGES_DIR / "patient.py", title="Patient", icon=":material/neurology:"),
+        st.Page(PAGES_DIR / "timeline.py", title="Timeline", icon=":material/timeline:"),
+        st.Page(PAGES_DIR / "prognosis.py", title="Prognosis", icon=":material/query_stats:"),
+        st.Page(PAGES_DIR / "cohort.py", title="Cohort / trial", icon=":material/groups:"),
+        st.Page(PAGES_DIR / "models.py", title="Models & QC", icon=":material/verified:"),
+        st.Page(PAGES_DIR / "report.py", title="Report", icon=":material/description:"),
+        st.Page(PAGES_DIR / "how_it_works.py", title="How it works",
+                icon=":material/account_tree:"),
     ]
     if not settings.read_only():  # the read-only demo mode cannot add visits
-        pages.append(st.Page(PAGES_DIR / "import_data.py", title="Import", icon="📥"))
+        pages.append(st.Page(PAGES_DIR / "import_data.py", title="Import",
+                             icon=":material/upload_file:"))
     page = st.navigation(pages)
     if settings.require_login():
         st.sidebar.button("Sign out", on_click=st.logout)
