@@ -100,7 +100,7 @@ def _sidebar() -> None:
 
 def run() -> None:
     """Configure the page, route to the selected page and draw the shared sidebar."""
-    st.set_page_config(page_title="MS MRI dashboard", layout="wide")
+    st.set_page_config(page_title="MS MRI dashboard", page_icon="🧠", layout="wide")
     if settings.require_login() and not st.user.is_logged_in:
         st.title("MS MRI dashboard")
         st.button("Sign in", on_click=st.login)  # OIDC, configured in .streamlit/secrets.toml
