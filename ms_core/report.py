@@ -831,6 +831,7 @@ def _section_note(report: Report, key: str) -> str:
 
 # ----------------------------------------------------------------------------- HTML
 _CSS = """
+html{background:#fff;color-scheme:light}
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;font-size:13px;color:#222;
 max-width:1000px;margin:1.5em auto;padding:0 1em}
 h1{font-size:22px;margin-bottom:.2em}h2{font-size:17px;border-bottom:1px solid #ccc;

@@ -312,6 +312,12 @@ def capture(base_url: str, *, chromium: str, out_dir: Path | None = None,
                 wait_idle(page)
                 page.wait_for_selector("h1", timeout=_TIMEOUT_MS)
                 time.sleep(1.5)  # charts and iframes settle
+                # The title is drawn first; on a slow machine the run may still be building
+                # the page below it (the Report's preview), its status widget shown by now.
+                wait_idle(page)
+                for frame in page.frames[1:]:  # embedded documents (the Report's preview)
+                    frame.wait_for_load_state("load", timeout=_TIMEOUT_MS)
+                time.sleep(0.5)
                 report = current[-1]
                 report.n_plotly_charts = page.locator('[data-testid="stPlotlyChart"]').count()
                 _finish(page, report, out_dir, t0)
