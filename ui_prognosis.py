@@ -38,7 +38,7 @@ from ms_core.prognosis import (
 )
 from ms_core.prognosis import score as score_model
 from ms_core.workflow import research_notice
-from ui_helpers import measured
+from ui_helpers import measured, shared_figure
 
 __all__ = [
     "CLINICAL_MODELS",
@@ -225,8 +225,13 @@ def waterfall_figure(result: PrognosisResult, top: int = 8, *,
     """SHAP waterfall in calibrated log-odds: base value, the ``top`` features, the rest.
 
     ``outcome`` names the modelled event on the axis (e.g. "conversion" for the CIS model).
+    The figure is built once per explanation and shared by reruns and sessions
+    (:func:`ui_helpers.shared_figure`): read only.
     """
-    table = result.table()
+    return shared_figure(_waterfall, result.table(), result.base_value, top, outcome)
+
+
+def _waterfall(table: pd.DataFrame, base_value: float, top: int, outcome: str) -> go.Figure:
     head, rest = table.iloc[:top], table.iloc[top:]
     labels = [f"{CLINICAL_LABELS.get(row.feature, row.label)} = {_fmt(row.value)}"
               f"{' (imputed)' if row.imputed else ''}" for row in head.itertuples()]
@@ -235,16 +240,16 @@ def waterfall_figure(result: PrognosisResult, top: int = 8, *,
         labels.append(f"{len(rest)} other features")
         values.append(float(rest.shap.sum()))
     fig = go.Figure(go.Waterfall(
-        orientation="h", base=result.base_value,
+        orientation="h", base=base_value,
         y=["average patient", *labels, "this patient"],
         x=[0.0, *values, 0.0], measure=["absolute", *["relative"] * len(values), "total"],
         increasing={"marker": {"color": "crimson"}}, decreasing={"marker": {"color": "seagreen"}},
         totals={"marker": {"color": "steelblue"}},
         hovertemplate="%{y}: %{x:+.3f} log-odds<extra></extra>"))
-    logit = result.base_value + float(result.shap_values.sum())
+    logit = base_value + float(table.shap.sum())
     fig.update_layout(
         height=120 + 32 * (len(labels) + 2), margin={"l": 10, "r": 10, "t": 50, "b": 40},
-        title=(f"Why: from {_prob(result.base_value):.0%} (average) to "
+        title=(f"Why: from {_prob(base_value):.0%} (average) to "
                f"{_prob(logit):.0%} (this patient)"),
         xaxis_title=f"log-odds of {outcome} (red raises, green lowers the risk)",
         yaxis={"autorange": "reversed"}, showlegend=False)
@@ -253,8 +258,14 @@ def waterfall_figure(result: PrognosisResult, top: int = 8, *,
 
 def calibration_figure(model: PrognosisModel, prob: float | None = None, *,
                        outcome: str = "worsening") -> go.Figure:
-    """The model's held-out reliability curve with Wilson intervals; ``prob`` marked."""
-    rel = reliability_curve(model)
+    """The model's held-out reliability curve with Wilson intervals; ``prob`` marked.
+
+    Shared by reruns and sessions like :func:`waterfall_figure`: read only.
+    """
+    return shared_figure(_calibration, reliability_curve(model), prob, outcome)
+
+
+def _calibration(rel: pd.DataFrame, prob: float | None, outcome: str) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line={"dash": "dot", "color": "grey"}))

@@ -80,3 +80,29 @@ def test_location_feature_links_to_its_lesions_in_the_viewer(
     pattern = _metric(at, "Pattern typical of MS (vs small-vessel / migraine-like)")
     assert pattern.value.endswith("%")
     assert any("research" in c.value.lower() for c in at.caption)
+
+
+def test_explanation_figures_are_built_once_per_explanation() -> None:
+    """Reruns reuse the waterfall and calibration figures; another explanation builds anew."""
+    import numpy as np
+
+    import ui_prognosis
+    from ms_core.prognosis import PrognosisResult
+
+    def explained(edss_shap: float) -> PrognosisResult:
+        return PrognosisResult(
+            prob=0.3, interval=(0.2, 0.4), shap_values=np.array([edss_shap, -0.2]),
+            base_value=-1.0, feature_names=("edss", "age"), feature_values=np.array([3.0, 40.0]),
+            imputed=(False, True), threshold=0.5, model_version="1")
+
+    first = ui_prognosis.waterfall_figure(explained(0.5))
+    assert ui_prognosis.waterfall_figure(explained(0.5)) is first
+    other = ui_prognosis.waterfall_figure(explained(0.9))
+    assert other is not first
+    assert list(other.data[0].x[1:3]) == [0.9, -0.2] and list(first.data[0].x[1:3]) == [0.5, -0.2]
+    assert first.data[0].y[2] == "age = 40 (imputed)"
+    model = ui_prognosis.prognosis_model()
+    calibration = ui_prognosis.calibration_figure(model, 0.3)
+    assert ui_prognosis.calibration_figure(model, 0.3) is calibration
+    moved = ui_prognosis.calibration_figure(model, 0.6)
+    assert moved is not calibration and moved.layout.shapes[0].x0 == 0.6

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ms_core import preprocess
 from ms_core.domain import Volume
 from ms_core.evaluate import dice
 from ms_core.io import load_lesion_mask, load_volume
@@ -19,6 +20,7 @@ from ms_core.preprocess import (
     normalize_intensity,
     pad_to_multiple,
     resample_to_grid,
+    template_to_subject,
     working_grid,
 )
 from ms_core.study import image_path, truth_dir
@@ -87,8 +89,46 @@ def test_brain_extraction_on_demo_matches_truth(small_study: Path) -> None:
         t = resample_to_grid(truth.labels, truth.affine, grid, order=0) > 0
         assert dice(mask, t) > 0.9
         assert (t & ~mask).sum() / t.sum() < 0.01
+        preprocess._TRANSFORMS.clear()  # register again, not from the process's memo
         assert np.array_equal(mask, brain_mask_from_template(vol, grid))  # deterministic
         assert isinstance(grid, Grid)
+
+
+def test_template_registration_is_remembered_per_image_and_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+
+    def fake_register(subject: np.ndarray, *args: object, **kw: object) -> np.ndarray:
+        calls.append(float(subject.sum()))
+        out = np.eye(4)
+        out[0, 3] = len(calls)  # each registration gives a different answer
+        return out
+
+    monkeypatch.setattr(preprocess, "register_affine", fake_register)
+    monkeypatch.setattr(preprocess, "_TRANSFORMS", type(preprocess._TRANSFORMS)())
+    head = sphere_labels((30, 30, 30), np.eye(4), [((15.0, 15.0, 15.0), 10.0)]) > 0
+    vol = Volume(head.astype(np.float32), np.eye(4), "FLAIR")
+    first = template_to_subject(vol)
+    first[0, 0] = 99.0  # the caller's copy: changing it does not change the memo
+    again = template_to_subject(Volume(vol.data.copy(), np.eye(4), "FLAIR"))
+    assert len(calls) == 1 and again[0, 3] == 1.0 and again[0, 0] == 1.0
+    # Another image, affine, modality or option registers again.
+    changed = vol.data.copy()
+    changed[15, 15, 15] += 0.5
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0
+    for other, kw in ((Volume(changed, np.eye(4), "FLAIR"), {}),
+                      (Volume(vol.data, shifted, "FLAIR"), {}),
+                      (Volume(vol.data, np.eye(4), "T1w"), {}),
+                      (vol, {"skull_stripped": True}),
+                      (vol, {"resolution_mm": 2.0})):
+        before = len(calls)
+        assert template_to_subject(other, **kw)[0, 3] == before + 1  # type: ignore[arg-type]
+    assert len(calls) == 6
+    monkeypatch.setattr(preprocess, "_MAX_TRANSFORMS", 2)  # oldest entries are forgotten
+    template_to_subject(Volume(vol.data * 2, np.eye(4), "FLAIR"))
+    assert len(preprocess._TRANSFORMS) == 2
+    assert template_to_subject(vol)[0, 3] == 8.0
 
 
 def _biased_ball() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
