@@ -377,9 +377,10 @@ def template_to_subject(volume: Volume, *, skull_stripped: bool = False,
     (deterministic: same input, same transform).
 
     Being deterministic, the result is remembered for the life of the process, keyed by
-    :func:`volume_digest`, the modality and the two options: a visit segmented again with
-    other settings (the app's threshold or method), or segmented after a comparison that
-    extracted its brain, skips the registration (about 10 s on 2 cores). A copy is returned.
+    :func:`volume_digest`, the modality and the two options. A visit segmented after a
+    comparison that extracted its brain (the app's "Compare" before "Segment"), or segmented
+    again with other settings through the library, skips the registration (about 10 s on 2
+    cores); so do the test suite's repeated runs on the same demo visits. A copy is returned.
     """
     modality = volume.modality if volume.modality in TYPICAL_CONTRAST else "FLAIR"
     key = (volume_digest(volume), modality, bool(skull_stripped), float(resolution_mm))
