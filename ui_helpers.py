@@ -126,12 +126,33 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _tree_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """(relative path, mtime_ns, size) of every file under ``root``, sorted."""
-    out = []
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            p = Path(folder) / name
-            out.append((str(p.relative_to(root)), *_stamp(p)))
+    """(relative path, mtime_ns, size) of every file :func:`ms_core.study.load_study` may read.
+
+    That is every file under ``root`` except the top-level ``derivatives/`` folder: results and
+    ground truth, which ``load_study`` never reads and which hold most of a processed study's
+    files (about ten per visit), so they are not walked on every rerun. Symbolic links to
+    folders are not followed (as ``os.walk``); links to files are stamped by their target.
+    Sorted.
+    """
+    out: list[tuple[str, int, int]] = []
+    stack = [(str(root), "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = rel + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if name != "derivatives":
+                        stack.append((entry.path, name + os.sep))
+                    continue
+                st_ = entry.stat()
+                out.append((name, st_.st_mtime_ns, st_.st_size))
+            except OSError:  # gone meanwhile, or a broken link
+                out.append((name, 0, -1))
     return tuple(sorted(out))
 
 
@@ -171,7 +192,8 @@ def _load_study(root: str, signature: int) -> Study:
 
 
 def cached_study(root: str | Path) -> Study:
-    """:func:`ms_core.study.load_study`, cached until a file under ``root`` changes.
+    """:func:`ms_core.study.load_study`, cached until a file it may read changes (any file
+    under ``root`` outside ``derivatives/``, see :func:`_tree_signature`).
 
     Raises
     ------

@@ -210,7 +210,7 @@ def show_clinical_model(name: str, root: Path, participant: Participant,
 def feature_table(root: Path, participant: Participant, visits: Sequence[Visit]) -> pd.DataFrame:
     """The patient's feature table, cached on the same derivative files as
     :func:`ui_helpers.measured` (it is recomputed when a measurement changes)."""
-    stamp = measured(root, visits).to_json()
+    stamp = measured(root, visits).to_json(date_format="iso")
     return _feature_table(str(root), participant, tuple(visits), stamp)
 
 

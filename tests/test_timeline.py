@@ -218,3 +218,37 @@ def test_a_shared_figure_is_built_once_per_distinct_data(tmp_path: Path) -> None
     other = ui_helpers.shared_figure(build, changed, dmt_periods(visits))
     assert other is not first and calls == [2, 2]
     assert 6.5 in list(other.data[0].y) and 6.5 not in list(first.data[0].y)
+
+
+def test_study_is_reloaded_when_its_files_change_but_not_for_new_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached study follows participants, sessions and images; results under
+    derivatives/ (which load_study never reads) are not walked and cause no reload."""
+    import os
+
+    import ui_helpers
+    from ms_core.study import derivatives_dir
+
+    _clinical_study(tmp_path)
+    loads: list[str] = []
+    real = ui_helpers.load_study
+
+    def counting(root: str) -> object:
+        loads.append(root)
+        return real(root)
+
+    monkeypatch.setattr(ui_helpers, "load_study", counting)
+    first = ui_helpers.cached_study(tmp_path)
+    assert len(loads) == 1 and [v.session_id for v in first.visits["sub-01"]] == ["ses-01",
+                                                                                   "ses-02"]
+    results = derivatives_dir(tmp_path, "sub-01", "ses-02")
+    results.mkdir(parents=True)
+    (results / "lesions.csv").write_text("lesion_id\n1\n")
+    assert ui_helpers.cached_study(tmp_path).participants == first.participants
+    assert len(loads) == 1  # a new result: no reload
+    assert "derivatives/ms_dash/sub-01/ses-02/lesions.csv" not in {
+        name.replace(os.sep, "/") for name, *_ in ui_helpers._tree_signature(tmp_path)}
+    sessions = tmp_path / "sub-01" / "sub-01_sessions.tsv"
+    sessions.write_text(sessions.read_text() + "ses-03\t2022-01-01\t4.0\t0\tA\tS\t3\n")
+    again = ui_helpers.cached_study(tmp_path)
+    assert len(loads) == 2 and [v.session_id for v in again.visits["sub-01"]][-1] == "ses-03"
