@@ -2,7 +2,7 @@
 
 Usage: ``python bench/operating_points.py [--models-dir models_onnx] [--tta 0,1]
 [--thresholds 0.05,0.1,0.2,0.3,0.4,0.5,0.6] [--grow 0.4,0.3,0.2,0.1] [--demo data/demo]
-[--name operating_points] [--method network|baseline] [--overlap 0.5]``.
+[--name operating_points] [--method network|baseline] [--overlap 0.5] [--zone-low 0.3,0.2]``.
 
 With ``--method baseline`` the classical baseline (FLAIR z-score above grey matter, inside white
 matter; ``ms_core.segment.baseline_probability``) runs instead of the network, without TTA. Its
@@ -31,6 +31,12 @@ outside the reference outline, as a share of the core's excess (1 = as bright as
 0 = as the surroundings), and the core / surroundings ratio. It
 shows how sharp and how bright the reference lesions are, and where the outline was drawn.
 
+With ``--zone-low``, each value t also gives **zone-specific thresholds**: the mask at the
+threshold (0.5) plus every lesion found at the lower t whose location class
+(``ms_core.location.classify_lesions``, template registered as ``segment`` does) is
+juxtacortical, infratentorial, or either. These are the zones where the network misses most
+(docs/segmentation.md, docs/longitudinal.md).
+
 Prints JSON and saves ``bench/results/<name>.json``.
 """
 
@@ -55,11 +61,16 @@ from ms_core.evaluate import evaluate_masks  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
 from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
 from ms_core.lesions import label_components, threshold_probability  # noqa: E402
+from ms_core.location import classify_lesions  # noqa: E402
 from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.preprocess import template_to_subject  # noqa: E402
 from ms_core.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
 from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
 from training.seg.selection import selection_patients, selection_visits  # noqa: E402
+
+#: Zone sets of ``--zone-low``: lesions found at the lower threshold are added in these zones.
+WEAK_ZONES = (("juxtacortical",), ("infratentorial",), ("juxtacortical", "infratentorial"))
 
 #: FLAIR / brain-median bands for the patient26 intensity profile.
 BANDS = (0.0, 1.1, 1.2, 1.3, 1.4, 1.5, np.inf)
@@ -87,13 +98,30 @@ def grown_labels(prob: np.ndarray, affine: np.ndarray, seed: float, grow: float,
                             min_lesion_mm3=min_lesion_mm3)
 
 
+def zone_labels(prob: np.ndarray, affine: np.ndarray, threshold: float, low: float,
+                zones: tuple[str, ...], to_mni: np.ndarray, min_lesion_mm3: float
+                ) -> np.ndarray:
+    """Zone-specific thresholds: ``prob >= threshold``, plus each lesion of ``prob >= low``
+    whose location class is in ``zones``; lesions under ``min_lesion_mm3`` dropped."""
+    low_labels = threshold_probability(prob, affine=affine, threshold=low,
+                                       min_lesion_mm3=min_lesion_mm3)
+    where = classify_lesions(low_labels, affine, to_mni)
+    extra = [i for i, zone in where.items() if zone in zones]
+    mask = (prob >= threshold) | np.isin(low_labels, extra)
+    return label_components(mask, affine=affine, min_lesion_mm3=min_lesion_mm3)
+
+
 def score(prob: np.ndarray, truth: np.ndarray, affine: np.ndarray, threshold: float,
-          min_lesion_mm3: float, grow: float | None = None) -> dict[str, float]:
+          min_lesion_mm3: float, grow: float | None = None,
+          labels: np.ndarray | None = None) -> dict[str, float]:
     """Dice and lesion-wise figures (>= 1 voxel overlap) of ``prob`` at ``threshold``
-    (with ``grow``: lesions found at ``threshold``, outlined at ``grow``)."""
-    labels = (grown_labels(prob, affine, threshold, grow, min_lesion_mm3) if grow is not None
-              else threshold_probability(prob, affine=affine, threshold=threshold,
-                                         min_lesion_mm3=min_lesion_mm3))
+    (with ``grow``: lesions found at ``threshold``, outlined at ``grow``; with ``labels``:
+    those lesions, made by the caller)."""
+    if labels is None:
+        labels = (grown_labels(prob, affine, threshold, grow, min_lesion_mm3)
+                  if grow is not None
+                  else threshold_probability(prob, affine=affine, threshold=threshold,
+                                             min_lesion_mm3=min_lesion_mm3))
     m = evaluate_masks(LesionMask((labels > 0).astype(np.int32), affine),
                        LesionMask(truth.astype(np.int32), affine))
     lw = m["lesion_any_voxel"]
@@ -153,12 +181,17 @@ def main() -> int:
     ap.add_argument("--method", choices=("network", "baseline"), default="network")
     ap.add_argument("--overlap", type=float, default=None,
                     help="sliding-window overlap (default: the segmentation default)")
+    ap.add_argument("--zone-low", default="",
+                    help="lower thresholds for juxtacortical / infratentorial lesions")
     args = ap.parse_args()
     if args.method == "baseline" and (args.tta != "0" or args.grow):
         ap.error("--method baseline takes --tta 0 --grow ''")
     ttas = [bool(int(v)) for v in args.tta.split(",")]
     thresholds = [float(v) for v in args.thresholds.split(",")]
     grows = [float(v) for v in args.grow.split(",") if v]
+    zone_lows = [float(v) for v in args.zone_low.split(",") if v]
+    if zone_lows and args.method == "baseline":
+        ap.error("--zone-low is for the network")
     card = load_model_card("lesion_seg", args.models_dir) if args.method == "network" else None
     model = load_onnx_model(card, "cpu") if card is not None else None
     base = SegmentParams(method=args.method)
@@ -199,6 +232,17 @@ def main() -> int:
                 threshold_of[key] = base.threshold
                 table.setdefault(key, {})[case.name] = score(
                     res.prob, case.truth, res.affine, base.threshold, base.min_lesion_mm3, grow)
+            if zone_lows:  # the template registration segment_volumes made (remembered)
+                to_mni = template_to_subject(flair, skull_stripped=case.skull_stripped)
+            for low, zones in itertools.product(zone_lows, WEAK_ZONES):
+                key = f"tta={int(tta)} threshold={base.threshold} zone_low={low} " \
+                      f"zones={'+'.join(zones)}"
+                threshold_of[key] = base.threshold
+                labels = zone_labels(res.prob, res.affine, base.threshold, low, zones, to_mni,
+                                     base.min_lesion_mm3)
+                table.setdefault(key, {})[case.name] = score(
+                    res.prob, case.truth, res.affine, base.threshold, base.min_lesion_mm3,
+                    labels=labels)
             if case.name == "patient26" and not tta:
                 profile = intensity_profile(flair.data, case.truth, res.prob, base.threshold)
             print(case.name, "tta" if tta else "no tta", "done", file=sys.stderr, flush=True)
@@ -225,7 +269,7 @@ def main() -> int:
                   else {"method": "baseline", "baseline_z": BASELINE_Z}),
         "settings": {"overlap": base.overlap, "min_lesion_mm3": base.min_lesion_mm3,
                      "grow": "lesions found at the threshold, outlined at grow (hysteresis)",
-                     "input": "FLAIR only"},
+                     "input": "FLAIR only", "zone_low": zone_lows},
         "summary": summary, "per_case": table, "patient26_intensity_profile": profile,
         "edge_profile": edges,
     })

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from bench.operating_points import edge_profile, intensity_profile, score
+from bench import operating_points
+from bench.operating_points import edge_profile, intensity_profile, score, zone_labels
 
 
 def _ball(shape: tuple[int, int, int], radius: float) -> np.ndarray:
@@ -85,3 +86,30 @@ def test_grown_labels_outline_found_lesions_only() -> None:
     truth = prob > 0.2
     assert score(prob, truth, affine, 0.5, 0.0, grow=0.2)["tpr"] == 0.5
     assert score(prob, truth, affine, 0.5, 0.0)["dice"] < 0.02
+
+
+def test_zone_labels_add_faint_lesions_only_in_the_named_zones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    affine = np.eye(4)
+    prob = np.zeros((30, 30, 30), np.float32)
+    prob[2:6, 2:6, 2:6] = 0.8      # found at 0.5 anywhere
+    prob[10:14, 10:14, 10:14] = 0.35  # faint, juxtacortical
+    prob[20:24, 20:24, 20:24] = 0.35  # faint, deep white matter
+
+    def by_position(labels: np.ndarray, aff: np.ndarray, to_mni: np.ndarray) -> dict[int, str]:
+        assert np.array_equal(to_mni, np.eye(4))
+        zones = {}
+        for i in np.unique(labels[labels > 0]):
+            x = int(np.argwhere(labels == i)[0][0])
+            zones[int(i)] = ("periventricular" if x < 8 else "juxtacortical" if x < 18
+                             else "deep_white_matter")
+        return zones
+
+    monkeypatch.setattr(operating_points, "classify_lesions", by_position)
+    out = zone_labels(prob, affine, 0.5, 0.3, ("juxtacortical",), np.eye(4), 10.0)
+    assert out.max() == 2 and out[3, 3, 3] > 0 and out[11, 11, 11] > 0 and out[21, 21, 21] == 0
+    none = zone_labels(prob, affine, 0.5, 0.3, ("infratentorial",), np.eye(4), 10.0)
+    assert none.max() == 1 and none[11, 11, 11] == 0
+    truth = prob > 0.3
+    scored = score(prob, truth, affine, 0.5, 10.0, labels=out)
+    assert scored["tpr"] == pytest.approx(2 / 3, abs=1e-4) and scored["fpr"] == 0.0
