@@ -507,6 +507,20 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   lesions, 8 have 3–16 voxels (five are under the 10 mm³ that the pipeline reports as a lesion)
   and one has 81; all but one stay below probability 0.01 (the exception, 16 voxels, reaches
   0.52 in one voxel).
+- Tried and not shipped (2026-12-03): **zone-specific thresholds**. The network's misses on
+  the demo and in tracking are mostly juxtacortical and infratentorial (docs/longitudinal.md),
+  so `python bench/operating_points.py --tta 1 --thresholds 0.5 --grow "" --zone-low
+  0.4,0.3,0.2 --name operating_points_zones` (v3.2.0, default settings, 2-core CPU) keeps the
+  mask at 0.5 and adds every lesion found at the lower threshold whose location class is
+  juxtacortical, infratentorial or either. The unchanged setting reproduces this report
+  (patient26 Dice 0.710, F1 0.712; selection set 0.798). Juxtacortical additions raise the
+  selection set (0.812 at 0.3, 0.832 at 0.2 with both zones; most on sub-10: 0.684 → 0.870)
+  but every lesion they add on patient26 is false: F1 0.620 at 0.3 (false-positive share 0.08
+  → 0.33), 0.549 at 0.2, with no true lesion gained. Infratentorial additions alone change
+  nothing on patient26 and add 0.001–0.005 to the selection set. So the synthetic demo's
+  juxtacortical lesions are fainter to the network than anything real near the cortex that is
+  a lesion; a lower threshold there would tune the pipeline to the generator. The default
+  stays one threshold for all zones.
 - Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
   processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was
