@@ -5,7 +5,8 @@ an edited or replaced file is read again and an unchanged one is read once. A lo
 raises (:class:`~ms_core.errors.InputError` naming the file) caches nothing: the error is
 raised again on the next run and the page shows it.
 
-The study itself is cached on a signature of every file under the study folder.
+The study itself is cached on a signature of every file under the study folder that
+``load_study`` may read (all but ``derivatives/``, see ``_tree_signature``).
 """
 
 from __future__ import annotations
