@@ -232,3 +232,133 @@ def test_recipe_sampler_rebuilds_a_runs_patches_from_its_config() -> None:
     x_new = recipe_sampler(new, bank, 3).sample()[0]
     x_old = recipe_sampler(old, bank, 3).sample()[0]
     assert not np.array_equal(x_new, x_old)  # the recorded options do change the patches
+
+
+class _WindowSpy:
+    """A stand-in for :class:`ms_core.inference.OnnxModel` that keeps every window it is fed."""
+
+    provider = "CPUExecutionProvider"
+
+    def __init__(self, patch: int) -> None:
+        import types
+
+        self.card = types.SimpleNamespace(patch_size=(patch,) * 3, multiple_of=8, name="spy",
+                                          version="0", sha256="0" * 64)
+        self.windows: list[np.ndarray] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.windows.append(batch[0].copy())
+        return np.zeros((1, 1, *batch.shape[2:]), dtype=np.float32)
+
+
+def test_adaptation_sees_exactly_the_windows_inference_feeds_the_network(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from ms_core.io import load_volume
+    from ms_core.segment import SegmentParams, segment_volumes
+    from training.seg.adapt_bn import inference_windows, network_input
+
+    rng = np.random.default_rng(0)
+    grid = np.indices((30, 44, 26)).astype(float)
+    head = ((grid[0] - 15) / 13) ** 2 + ((grid[1] - 22) / 19) ** 2 + ((grid[2] - 13) / 11) ** 2 < 1
+    data = np.where(head, 100 + 20 * rng.random(head.shape), 0).astype(np.float32)
+    affine = np.diag([1.2, 1.0, 1.5, 1.0])  # not the 1 mm working grid: resampling runs
+    path = tmp_path / "flair.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    spy = _WindowSpy(16)
+    segment_volumes(load_volume(path, "FLAIR"), None, SegmentParams(skull_stripped=True),
+                    spy)  # type: ignore[arg-type]
+    x = network_input(path, skull_stripped=True, multiple_of=8, patch=16)
+    assert x.shape[0] == 2 and not x[1].any()  # FLAIR alone: the T1w channel is zero
+    windows = inference_windows(x, 16, SegmentParams().overlap)
+    assert len(windows) == len(spy.windows) > 4 * 8  # more than 8 windows, 4 flips each
+    for mine, fed in zip(windows, spy.windows, strict=True):
+        np.testing.assert_array_equal(mine, fed)
+
+
+def test_mixed_batches_draw_each_real_window_before_repeating_one() -> None:
+    from training.seg.adapt_bn import mixed_batches
+
+    real = [np.full((2, 4, 4, 4), i, np.float32) for i in range(5)]
+
+    class Synthetic:
+        calls = 0
+
+        def sample(self) -> tuple[np.ndarray, np.ndarray]:
+            self.calls += 1
+            return np.full((2, 4, 4, 4), -1.0, np.float32), np.zeros((1, 4, 4, 4), np.float32)
+
+    got = list(mixed_batches(real, None, batches=5, batch=2, real_fraction=1.0, seed=0))
+    ids = [int(b[i, 0, 0, 0, 0]) for b in got for i in range(2)]
+    assert [b.shape for b in got] == [(2, 2, 4, 4, 4)] * 5
+    assert sorted(ids[:5]) == [0, 1, 2, 3, 4] and sorted(ids[5:]) == [0, 1, 2, 3, 4]
+    syn = Synthetic()
+    half = list(mixed_batches(real, syn, batches=200, batch=2,  # type: ignore[arg-type]
+                              real_fraction=0.5, seed=0))
+    share = np.mean([b[i, 0, 0, 0, 0] >= 0 for b in half for i in range(2)])
+    assert 0.4 < share < 0.6 and syn.calls == 400 - round(share * 400)
+    none = list(mixed_batches([], syn, batches=3, batch=2,  # type: ignore[arg-type]
+                              real_fraction=0.0, seed=0))
+    assert all((b == -1).all() for b in none)
+    with pytest.raises(ValueError, match="needs real windows"):
+        next(mixed_batches([], syn, batches=1, batch=2, real_fraction=0.5,  # type: ignore[arg-type]
+                           seed=0))
+    with pytest.raises(ValueError, match="synthetic sampler"):
+        next(mixed_batches(real, None, batches=1, batch=2, real_fraction=0.5, seed=0))
+
+
+def test_calibration_needs_a_batch_norm_network() -> None:
+    from training.seg.train import calibrate_on_batches
+
+    with pytest.raises(ValueError, match="no batch-norm layer"):
+        calibrate_on_batches(UNet3D(2, (4, 8), norm="instance"),
+                             iter([np.zeros((2, 2, 16, 16, 16), np.float32)]))
+
+
+def test_adapt_bn_refuses_the_held_out_patient26(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from training.seg.adapt_bn import main
+
+    scan = tmp_path / "patient26" / "FLAIR.nii.gz"
+    scan.parent.mkdir()
+    for p in (scan, tmp_path / "w.npz", tmp_path / "config.json"):
+        p.write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tmp_path / "w.npz"), "--config", str(tmp_path / "config.json"),
+              "--real", str(scan), "--out", str(tmp_path / "out")])
+    assert "held-out" in capsys.readouterr().err
+    common = ["--weights", str(tmp_path / "w.npz"), "--config", str(tmp_path / "config.json"),
+              "--out", str(tmp_path / "out")]
+    for extra, why in ((["--real-fraction", "0.5"], "needs --real scans"),
+                       (["--real-fraction", "0"], "give the number of --batches"),
+                       (["--real-fraction", "1.5", "--real", str(scan)], "between 0 and 1")):
+        with pytest.raises(SystemExit):
+            main(common + extra)
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_runs_recipe_is_read_back_from_its_training_command() -> None:
+    import json
+
+    from ms_core.models import MODELS_DIR
+    from training.seg.train import recipe_from_command
+
+    r = recipe_from_command("python -m training.seg.train --out training/runs/x --steps 1200 "
+                            "--seed 11 --hard-negatives --lesion-fraction 0.5 --norm batch "
+                            "--lesion-contrast 1.15,1.9 --noise mixed --caps horns")
+    assert (r["seed"], r["steps"], r["hard_negatives"]) == (11, 1200, True)
+    assert r["lesion_fraction"] == 0.5
+    assert (r["lesion_contrast"], r["noise"], r["caps"], r["norm"]) == ("1.15,1.9", "mixed",
+                                                                         "horns", "batch")
+    # options the command leaves out take this code's defaults
+    assert (r["widths"], r["patch"], r["batch"], r["lesion_model"]) == ([12, 24, 48, 96], 64, 2,
+                                                                        "uniform")
+    with pytest.raises(ValueError, match="not a training command"):
+        recipe_from_command("python -m training.seg.soup --out x a.npz b.npz")
+    with pytest.raises(ValueError, match="cannot read"):
+        recipe_from_command("python -m training.seg.train --steps 5")  # --out is required
+    card = json.loads((MODELS_DIR / "lesion_seg" / "model.json").read_text())
+    shipped = recipe_from_command(card["training"]["command"])
+    assert shipped["norm"] == "batch" and shipped["widths"] == [12, 24, 48, 96]
+    assert card["architecture"].startswith("3D U-Net, widths [12, 24, 48, 96], batch norm")

@@ -521,6 +521,20 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   juxtacortical lesions are fainter to the network than anything real near the cortex that is
   a lesion; a lower threshold there would tune the pipeline to the generator. The default
   stays one threshold for all zones.
+- Tried and not shipped (2026-12-03): **batch-norm statistics from real scans** (AdaBN, Li et
+  al. 2018, Pattern Recognition 80:109-117): `python -m training.seg.adapt_bn --weights
+  models_onnx/lesion_seg/weights.npz --config models_onnx/lesion_seg/model.json --out DIR
+  --real <patient12 study1_FLAIR> <patient12 study2_FLAIR> [--real-fraction 0.5]`. It
+  re-estimates v3.2.0's batch-norm statistics on the 384 windows (64³, 25 % overlap, each also
+  flipped) that the default inference feeds the network for the two unlabelled raw FLAIR scans
+  of open_ms_data's longitudinal patient12 (2D, 0.72 × 0.72 × 3 mm); no label is used and no
+  weight changes. Real windows only: selection set 0.746 (v3.2.0 with the same default
+  settings: 0.798), patient26 Dice 0.583, lesion F1 0.643 (9 of 19 found, none false; 3.72 ml
+  predicted for 8.23 ml). Half real windows, half synthetic patches: 0.766, patient26 0.661 /
+  0.643 (4.75 ml). Both outline smaller and find fewer lesions on both sets, so the normalisation
+  of real windows moves the network towards "not lesion"; the lost patient26 lesion is the
+  616-voxel one (probability 0.07 and 0.48). Not shipped. Had it helped, the real pair of
+  docs/longitudinal.md (patient12) would also have become a scan the model had seen.
 - Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
   processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was

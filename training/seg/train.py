@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,19 +130,32 @@ def calibrate_batch_norm(model: torch.nn.Module, sampler: PatchSampler, patches:
     the weights were still moving; a cumulative average over fresh patches with the final
     weights is the statistic inference should use.
     """
+    batches = (np.stack([sampler.sample()[0] for _ in range(batch)])
+               for _ in range(max(1, patches // batch)))
+    calibrate_on_batches(model, batches)
+
+
+def calibrate_on_batches(model: torch.nn.Module, batches: Iterable[np.ndarray]) -> int:
+    """Set every BatchNorm3d's running statistics to their plain average over ``batches``
+    (each (N, C, X, Y, Z); the network in training mode, no gradient, weights untouched) and
+    leave the network in eval mode; returns the number of batches."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    if not norms:
+        raise ValueError("the network has no batch-norm layer to calibrate")
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
+    n = 0
     with torch.no_grad():
-        for _ in range(max(1, patches // batch)):
-            xs = [sampler.sample()[0] for _ in range(batch)]
-            model(torch.from_numpy(np.stack(xs)))
+        for xb in batches:
+            model(torch.from_numpy(xb))
+            n += 1
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.eval()
+    return n
 
 
 def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> PatchSampler:
@@ -162,7 +175,8 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         caps=str(config.get("caps", "ring")))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of a training run (also read back by :func:`recipe_from_command`)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--mni-dir", type=Path, default=DEFAULT_MNI)
@@ -229,6 +243,29 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of false negatives in the overlap loss (false positives get "
                          "1 - beta); 0.5 is soft Dice (models up to 3.1.0), above 0.5 favours "
                          "recall")
+    return ap
+
+
+def recipe_from_command(command: str) -> dict[str, Any]:
+    """A run's recipe (what its ``config.json`` holds of the arguments) rebuilt from its
+    recorded ``python -m training.seg.train ...`` command, with the defaults of this code for
+    options the command leaves out."""
+    words = command.split()
+    head = ["python", "-m", "training.seg.train"]
+    if words[:3] != head:
+        raise ValueError(f"not a training command: {command!r}")
+    try:
+        args = build_parser().parse_args(words[3:])
+    except SystemExit as e:  # argparse has printed why
+        raise ValueError(f"cannot read the training command {command!r}") from e
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    recipe["widths"] = [int(w) for w in args.widths.split(",")]
+    recipe["command"] = command
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if not 0.0 < args.tversky_beta < 1.0:
         ap.error(f"--tversky-beta must be between 0 and 1, got {args.tversky_beta}")
