@@ -362,3 +362,19 @@ def test_a_runs_recipe_is_read_back_from_its_training_command() -> None:
     shipped = recipe_from_command(card["training"]["command"])
     assert shipped["norm"] == "batch" and shipped["widths"] == [12, 24, 48, 96]
     assert card["architecture"].startswith("3D U-Net, widths [12, 24, 48, 96], batch norm")
+
+
+def test_brain_patches_are_centred_near_brain_voxels_like_training_patches() -> None:
+    from training.seg.adapt_bn import brain_patches
+
+    x = np.zeros((2, 40, 40, 40), np.float32)
+    x[0, 5:10, 30:35, 0:5] = 1.0  # a small "brain" at the edge of the image
+    patches = brain_patches(x, 16, 50, seed=3)
+    assert len(patches) == 50 and all(p.shape == (2, 16, 16, 16) for p in patches)
+    # a brain voxel lies within a quarter patch (+ rounding) of each patch's centre
+    assert all(p[0, 3:13, 3:13, 3:13].any() for p in patches)
+    assert not any(p[1].any() for p in patches)
+    again = brain_patches(x, 16, 50, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(patches, again, strict=True))
+    with pytest.raises(ValueError, match="no brain voxel"):
+        brain_patches(np.zeros_like(x), 16, 1, seed=0)

@@ -100,6 +100,25 @@ def inference_windows(x: np.ndarray, patch: int, overlap: float,
     return out
 
 
+def brain_patches(x: np.ndarray, patch: int, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` (C, p, p, p) patches of ``x`` (C, X, Y, Z) centred as training centres its
+    patches without a lesion: on a random brain voxel (FLAIR channel above zero), moved by up
+    to a quarter patch in each axis; zeros beyond the image."""
+    rng = np.random.default_rng(seed)
+    brain = np.argwhere(x[0] > 0)
+    if not len(brain):
+        raise ValueError("the image has no brain voxel to centre a patch on")
+    half = patch // 2
+    padded = np.pad(x, [(0, 0)] + [(half, half)] * 3)
+    out = []
+    for _ in range(count):
+        centre = brain[rng.integers(len(brain))] + rng.uniform(-patch / 4, patch / 4, 3)
+        lo = np.clip(np.round(centre).astype(int), 0, np.array(x.shape[1:]) - 1)
+        out.append(np.ascontiguousarray(
+            padded[:, lo[0]:lo[0] + patch, lo[1]:lo[1] + patch, lo[2]:lo[2] + patch]))
+    return out
+
+
 def mixed_batches(real: list[np.ndarray], synthetic: PatchSampler | None, *, batches: int,
                   batch: int, real_fraction: float, seed: int) -> Iterator[np.ndarray]:
     """``batches`` batches of ``batch`` patches, each drawn from ``real`` with probability
@@ -139,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=0,
                     help="calibration batches (default: enough for every real window once)")
     ap.add_argument("--overlap", type=float, default=SegmentParams().overlap)
+    ap.add_argument("--real-sampling", choices=("tiles", "brain"), default="tiles",
+                    help="real patches: the sliding-window tiles of inference (with flips), or "
+                         "patches centred on brain voxels as training draws its lesion-free ones")
+    ap.add_argument("--real-patches", type=int, default=192,
+                    help="with --real-sampling brain: patches per real scan")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--val-patches", type=int, default=24)
@@ -176,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     real: list[np.ndarray] = []
     for p in args.real if args.real_fraction > 0 else []:
         x = network_input(p, skull_stripped=args.skull_stripped, multiple_of=8, patch=patch)
-        real.extend(inference_windows(x, patch, args.overlap))
+        if args.real_sampling == "tiles":
+            real.extend(inference_windows(x, patch, args.overlap))
+        else:
+            real.extend(brain_patches(x, patch, args.real_patches, args.seed + len(real)))
     bank = load_lesion_bank(Path(str(recipe.get("mni_dir", DEFAULT_MNI))), load_template())
     val_sampler = recipe_sampler(recipe, bank, args.seed + 10_000)
     val = [val_sampler.sample() for _ in range(args.val_patches)]
@@ -202,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "init_command": recipe.get("command"),
         "adapted_bn": {"real": [{"path": str(p), "sha256": sha256_file(p)} for p in args.real],
                        "real_fraction": args.real_fraction, "overlap": args.overlap,
+                       "real_sampling": args.real_sampling,
+                       "real_patches": (args.real_patches if args.real_sampling == "brain"
+                                        else None),
                        "batches": metrics["calibration_batches"]},
         "git_commit": code_commit()["commit"], "torch": torch.__version__,
         "command": " ".join(["python -m training.seg.adapt_bn", *(argv or sys.argv[1:])]),

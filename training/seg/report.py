@@ -535,16 +535,15 @@ synthetic: read these numbers as a consistency check, not as clinical accuracy.
   of real windows moves the network towards "not lesion"; the lost patient26 lesion is the
   616-voxel one (probability 0.07 and 0.48). Not shipped. Had it helped, the real pair of
   docs/longitudinal.md (patient12) would also have become a scan the model had seen. The
-  statistics moved most in the first layer (median shift 0.5 standard deviations, variance
-  0.62 times v3.2.0's; 0.12-0.14 in the next two, at most 0.07 in the rest), and the real
-  windows are 54 % zero voxels (outside the brain and padding) against 25 % in the training
-  patches. So this run mixes "real against synthetic" with "whole-brain tiles against brain-centred patches";
-  a cleaner test would draw the real patches as training does, which without labels cannot
-  centre half of them on a lesion. The same re-estimation on 960 synthetic training patches
-  instead of training's 96 (`--real-fraction 0 --batches 480 --seed 2`, no real scan):
-  selection set 0.796, patient26 Dice 0.692, lesion F1 0.712 (5.53 ml). So the sampling of
-  the batch-norm statistics alone moves patient26's Dice by 0.02: one more measure of how thin
-  the margin over 0.70 is.
+  statistics moved most in the first layer (median shift 0.5 standard deviations, variance 0.62
+  times v3.2.0's; 0.12-0.14 in the next two, at most 0.07 in the rest), and the real windows are
+  54 % zero voxels (outside the brain and padding) against 25 % in the training patches. So this
+  run mixes "real against synthetic" with "whole-brain tiles against brain-centred patches"; a
+  cleaner test draws the real patches as training does, which without labels cannot centre half
+  of them on a lesion. The same re-estimation on 960 synthetic training patches instead of
+  training's 96 (`--real-fraction 0 --batches 480 --seed 2`, no real scan): selection set 0.796,
+  patient26 Dice 0.692, lesion F1 0.712 (5.53 ml). So the sampling of the batch-norm statistics
+  alone moves patient26's Dice by 0.02: one more measure of how thin the margin over 0.70 is.
 - Seconds here are single runs, not a benchmark: `python bench/stage_timings.py` (5 fresh
   processes, nothing else running) and `bench/segment_speed.py` give the timing.
 - Export: batch norm exports as a plain ONNX BatchNormalization. (Instance norm, up to v2, was
