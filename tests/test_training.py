@@ -378,3 +378,19 @@ def test_brain_patches_are_centred_near_brain_voxels_like_training_patches() -> 
     assert all(np.array_equal(a, b) for a, b in zip(patches, again, strict=True))
     with pytest.raises(ValueError, match="no brain voxel"):
         brain_patches(np.zeros_like(x), 16, 1, seed=0)
+
+
+def test_a_derived_run_records_its_command_and_metrics(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from training.seg.train import write_derived_run
+
+    write_derived_run(tmp_path, {"widths": [4, 8], "out": str(tmp_path)}, {"dice": 0.5},
+                      "training.seg.soup", ["--out", "x", "a.npz", "b.npz"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["command"] == "python -m training.seg.soup --out x a.npz b.npz"
+    assert config["widths"] == [4, 8] and config["torch"] == torch.__version__
+    assert "git_commit" in config
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"dice": 0.5}
+    assert "0.5" in capsys.readouterr().out

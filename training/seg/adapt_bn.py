@@ -43,8 +43,8 @@ import torch
 
 from ms_core.anatomy import load_template
 from ms_core.inference import window_starts
-from ms_core.io import load_volume, read_json, write_json
-from ms_core.models import code_commit, sha256_file
+from ms_core.io import load_volume, read_json
+from ms_core.models import sha256_file
 from ms_core.preprocess import (
     crop_box,
     normalize_intensity,
@@ -62,6 +62,7 @@ from training.seg.train import (
     recipe_from_command,
     recipe_sampler,
     save_weights,
+    write_derived_run,
 )
 
 #: Spatial flips of the default test-time augmentation (``ms_core.segment``).
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics["best_synthetic_val_dice"] = batch_dice(model, val_x, val_y)
     args.out.mkdir(parents=True, exist_ok=True)
     save_weights(model, args.out / "weights_best.npz")
-    write_json(args.out / "config.json", {
+    write_derived_run(args.out, {
         **{k: v for k, v in recipe.items() if k not in ("command", "out", "git_commit")},
         "out": str(args.out),
         "init": str(args.weights), "init_sha256": sha256_file(args.weights),
@@ -233,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                        "real_patches": (args.real_patches if args.real_sampling == "brain"
                                         else None),
                        "batches": metrics["calibration_batches"]},
-        "git_commit": code_commit()["commit"], "torch": torch.__version__,
-        "command": " ".join(["python -m training.seg.adapt_bn", *(argv or sys.argv[1:])]),
-    })
-    write_json(args.out / "metrics.json", metrics)
-    print(metrics, flush=True)
+    }, metrics, "training.seg.adapt_bn", argv)
     return 0
 
 

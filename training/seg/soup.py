@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ms_core.anatomy import load_template
-from ms_core.io import read_json, write_json
-from ms_core.models import code_commit, sha256_file
+from ms_core.io import read_json
+from ms_core.models import sha256_file
 from training.seg.model import UNet3D
 from training.seg.synth_data import load_lesion_bank
 from training.seg.train import (
@@ -39,6 +39,7 @@ from training.seg.train import (
     calibrate_batch_norm,
     recipe_sampler,
     save_weights,
+    write_derived_run,
 )
 
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics["best_synthetic_val_dice"] = batch_dice(model, val_x, val_y)
     save_weights(model, args.out / "weights_best.npz")
 
-    write_json(args.out / "config.json", {
+    write_derived_run(args.out, {
         **{k: v for k, v in recipe.items() if k not in ("command", "out", "init", "init_sha256",
                                                          "git_commit", "seed", "steps")},
         "out": str(args.out), "seed": args.seed, "steps": None, "init": None,
@@ -123,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingredients": [{"weights": str(p), "weights_sha256": sha256_file(p),
                          "command": cfg.get("command")}
                         for p, cfg in zip(args.ingredients, configs, strict=True)],
-        "git_commit": code_commit()["commit"], "torch": torch.__version__,
-        "command": " ".join(["python -m training.seg.soup", *(argv or sys.argv[1:])]),
-    })
-    write_json(args.out / "metrics.json", metrics)
-    print(metrics, flush=True)
+    }, metrics, "training.seg.soup", argv)
     return 0
 
 

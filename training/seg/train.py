@@ -158,6 +158,20 @@ def calibrate_on_batches(model: torch.nn.Module, batches: Iterable[np.ndarray]) 
     return n
 
 
+def write_derived_run(out: Path, config: dict[str, Any], metrics: dict[str, Any], module: str,
+                      argv: list[str] | None) -> None:
+    """Finish a run folder made from other runs' weights (a soup, an adaptation): its
+    ``config.json`` (``config`` plus the code commit, torch version and the ``python -m
+    module ...`` command) and ``metrics.json``; the metrics are printed too."""
+    write_json(out / "config.json", {
+        **config,
+        "git_commit": code_commit()["commit"], "torch": torch.__version__,
+        "command": " ".join([f"python -m {module}", *(argv or sys.argv[1:])]),
+    })
+    write_json(out / "metrics.json", metrics)
+    print(metrics, flush=True)
+
+
 def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> PatchSampler:
     """The synthetic patches of a training recipe: this module's arguments, or a run's
     ``config.json`` (options older runs did not have take their default)."""
