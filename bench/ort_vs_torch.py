@@ -54,12 +54,9 @@ from ms_core.io import load_volume  # noqa: E402
 from ms_core.models import load_model_card  # noqa: E402
 from ms_core.preprocess import (  # noqa: E402
     crop_box,
-    normalize_intensity,
-    pad_to_multiple,
     resample_to_grid,
-    working_grid,
 )
-from ms_core.segment import SegmentParams, brain_on_grid  # noqa: E402
+from ms_core.segment import SegmentParams, flair_on_working_grid, network_input  # noqa: E402
 
 P26 = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI" / "patient26"
 P26_FLAIR = "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
@@ -78,18 +75,14 @@ def case_inputs(case: str) -> tuple[Path, Path, SegmentParams]:
     raise ValueError(f"case must be patient26 or demo, not {case!r}")
 
 
-def network_input(case: str, multiple_of: int, patch: int) -> np.ndarray:
+def case_network_input(case: str, multiple_of: int, patch: int) -> np.ndarray:
     """(2, X, Y, Z) float32 network input of the case, as ``probability_on_grid`` builds it."""
     flair_path, t1_path, params = case_inputs(case)
     flair, t1 = load_volume(flair_path, "FLAIR"), load_volume(t1_path, "T1w")
-    grid = working_grid(flair, 1.0)
-    f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
+    grid, f_work, brain, _ = flair_on_working_grid(flair, params)
     t_work = resample_to_grid(t1.data, t1.affine, grid, order=1)
-    brain, _ = brain_on_grid(flair, grid, f_work, params)
     box = crop_box(brain, margin=4)
-    x = np.stack([normalize_intensity(f_work[box], brain[box]),
-                  normalize_intensity(t_work[box], brain[box])]).astype(np.float32)
-    x_pad, _ = pad_to_multiple(x, multiple_of, minimum=patch)
+    x_pad, _ = network_input(f_work[box], t_work[box], brain[box], multiple_of, patch)
     return x_pad
 
 
@@ -253,7 +246,7 @@ def main() -> int:
         case = "demo"
     card = load_model_card("lesion_seg")
     patch = int(card.patch_size[0])
-    x = network_input(case, card.multiple_of, patch)
+    x = case_network_input(case, card.multiple_of, patch)
     windows = pick_windows(x, patch, args.windows)
     runs = []
     for t in (int(s) for s in args.threads.split(",") if s):

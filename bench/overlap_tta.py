@@ -60,12 +60,12 @@ from ms_core.preprocess import (  # noqa: E402
     crop_box,
     pad_to_multiple,
     resample_to_grid,
-    working_grid,
 )
 from ms_core.segment import (  # noqa: E402
     SegmentParams,
     StageTimer,
-    brain_on_grid,
+    flair_on_working_grid,
+    network_input,
     probability_on_grid,
 )
 
@@ -123,10 +123,8 @@ def prepare(case: str, with_t1: bool) -> Case:
     flair_path, t1_path, truth_path, params = _paths(case)
     t0 = time.perf_counter()
     flair = load_volume(flair_path, "FLAIR")
-    grid = working_grid(flair, 1.0)
-    f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
+    grid, f_work, brain, to_mni = flair_on_working_grid(flair, params)
     t_work = _t1_on_grid(t1_path, grid) if with_t1 else None
-    brain, to_mni = brain_on_grid(flair, grid, f_work, params)
     truth = load_lesion_mask(truth_path)
     return Case(case, flair, grid, f_work, t_work, brain, to_mni, params,
                 LesionMask(truth.labels, flair.affine), round(time.perf_counter() - t0, 2))
@@ -167,22 +165,16 @@ def _calibration(card: ModelCard, with_t1: bool, n_per_visit: int = 8) -> list[n
     """(1, 2, p, p, p) windows of three demo visits (never patient26) for int8 calibration,
     with the T1w channel zero (FLAIR only, as ``probability_on_grid`` feeds it) unless
     ``with_t1``."""
-    from ms_core.preprocess import normalize_intensity
 
     patch = int(card.patch_size[0])
     out: list[np.ndarray] = []
     for pid, sid in CALIBRATION_VISITS:
         anat = DEMO / pid / sid / "anat"
         flair = load_volume(anat / f"{pid}_{sid}_FLAIR.nii.gz", "FLAIR")
-        grid = working_grid(flair, 1.0)
-        f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-        brain, _ = brain_on_grid(flair, grid, f_work, SegmentParams())
+        grid, f_work, brain, _ = flair_on_working_grid(flair, SegmentParams())
         box = crop_box(brain, margin=4)
-        f_norm = normalize_intensity(f_work[box], brain[box])
-        t_norm = (normalize_intensity(_t1_on_grid(anat / f"{pid}_{sid}_T1w.nii.gz", grid)[box],
-                                      brain[box]) if with_t1 else np.zeros_like(f_norm))
-        x = np.stack([f_norm, t_norm]).astype(np.float32)
-        x, _ = pad_to_multiple(x, card.multiple_of, minimum=patch)
+        t_box = (_t1_on_grid(anat / f"{pid}_{sid}_T1w.nii.gz", grid)[box] if with_t1 else None)
+        x, _ = network_input(f_work[box], t_box, brain[box], card.multiple_of, patch)
         starts = [window_starts(s, patch, 0.5) for s in x.shape[1:]]
         corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
         for i in np.linspace(0, len(corners) - 1, n_per_visit).round().astype(int):

@@ -59,7 +59,7 @@ from ms_core.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
     StageTimer,
-    brain_on_grid,
+    flair_on_working_grid,
     model_info,
     probability_on_grid,
 )
@@ -419,9 +419,7 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
     for name, vol in (("baseline", baseline), ("follow-up", followup)):
         if not np.any(vol.data > 0):
             raise InputError(vol.source, f"the {name} FLAIR is blank (no positive voxels)")
-    grid = working_grid(followup, 1.0)
-    f_work = resample_to_grid(followup.data, followup.affine, grid, order=1)
-    brain, to_mni = brain_on_grid(followup, grid, f_work, seg)
+    grid, f_work, brain, to_mni = flair_on_working_grid(followup, seg)
     timer.lap("preprocess_brain")
     f_to_b = register_visits(baseline, followup)
     b_in_f = np.linalg.inv(f_to_b) @ baseline.affine  # baseline voxels -> follow-up world

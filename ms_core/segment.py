@@ -61,7 +61,8 @@ from ms_core.study import derivatives_dir
 
 __all__ = [
     "LEGACY_PARAM_DEFAULTS", "OUTPUT_FILES", "PROVENANCE", "SegmentParams", "SegmentationResult",
-    "StageTimer", "brain_on_grid", "model_info", "probability_on_grid", "segment_files",
+    "StageTimer", "brain_on_grid", "flair_on_working_grid", "model_info", "network_input",
+    "probability_on_grid", "segment_files",
     "segment_visit", "segment_volumes", "segmentation_status", "write_outputs",
 ]
 
@@ -187,6 +188,28 @@ def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: Segment
     return brain, to_mni
 
 
+def flair_on_working_grid(flair: Volume, params: SegmentParams
+                          ) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The 1 mm working grid of ``flair``, the FLAIR resampled onto it, its brain mask there
+    and the subject -> MNI matrix (when registered; see :func:`brain_on_grid`)."""
+    grid = working_grid(flair, 1.0)
+    f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
+    brain, to_mni = brain_on_grid(flair, grid, f_work, params)
+    return grid, f_work, brain, to_mni
+
+
+def network_input(flair: np.ndarray, t1: np.ndarray | None, brain: np.ndarray,
+                  multiple_of: int, patch: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The network's (2, X, Y, Z) float32 input from (X, Y, Z) images cropped to the brain:
+    FLAIR, then T1w (zeros without one), each divided by its median inside ``brain``, zero-padded
+    to a multiple of ``multiple_of`` and at least ``patch``; and the slices that cut the
+    unpadded box back out (:func:`ms_core.preprocess.pad_to_multiple`)."""
+    f_norm = normalize_intensity(flair, brain)
+    t1_norm = np.zeros_like(f_norm) if t1 is None else normalize_intensity(t1, brain)
+    return pad_to_multiple(np.stack([f_norm, t1_norm]).astype(np.float32), multiple_of,
+                           minimum=patch)
+
+
 def _corrected_images(images: list[np.ndarray], brain: np.ndarray, affine: np.ndarray,
                       params: SegmentParams, timer: StageTimer) -> list[np.ndarray]:
     """``images`` (X, Y, Z) after the optional N4 and denoising of ``params``, each timed."""
@@ -221,17 +244,13 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     t1_box = t1_work[box] if t1_work is not None and params.method == "network" else None
     images = _corrected_images([f_work[box]] + ([] if t1_box is None else [t1_box]), brain[box],
                                grid.affine @ shift, params, timer)
-    f_norm = normalize_intensity(images[0], brain[box])
     prob_box: np.ndarray
     if params.method == "network":
         if model is None:
             raise ValueError("the network method needs a model (load_onnx_model)")
-        t1_norm = np.zeros_like(f_norm)
-        if t1_box is not None:
-            t1_norm = normalize_intensity(images[1], brain[box])
-        x = np.stack([f_norm, t1_norm]).astype(np.float32)
         patch = model.card.patch_size
-        x_pad, back = pad_to_multiple(x, model.card.multiple_of, minimum=max(patch))
+        x_pad, back = network_input(images[0], images[1] if t1_box is not None else None,
+                                    brain[box], model.card.multiple_of, max(patch))
         timer.lap("preprocess_normalise")
         flips = ((), (0,), (1,), (2,)) if params.tta else ((),)
         prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
@@ -240,6 +259,7 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     else:
         if to_mni is None:
             raise ValueError("the baseline method needs the subject -> MNI transform")
+        f_norm = normalize_intensity(images[0], brain[box])
         tpl = load_template()
         gm = warp_from_template(tpl.gm, to_mni, grid)[box]
         wm = warp_from_template(tpl.wm, to_mni, grid)[box]
@@ -270,9 +290,7 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
     timer = StageTimer()
     if not np.any(flair.data > 0):
         raise ValueError("the FLAIR image is blank (no positive voxels)")
-    grid = working_grid(flair, 1.0)
-    f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-    brain, to_mni = brain_on_grid(flair, grid, f_work, params)
+    grid, f_work, brain, to_mni = flair_on_working_grid(flair, params)
     timer.lap("preprocess_brain")
     t1_work = (resample_to_grid(t1.data, t1.affine, grid, order=1)
                if t1 is not None and params.method == "network" else None)

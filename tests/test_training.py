@@ -256,7 +256,7 @@ def test_adaptation_sees_exactly_the_windows_inference_feeds_the_network(tmp_pat
 
     from ms_core.io import load_volume
     from ms_core.segment import SegmentParams, segment_volumes
-    from training.seg.adapt_bn import inference_windows, network_input
+    from training.seg.adapt_bn import inference_windows, scan_network_input
 
     rng = np.random.default_rng(0)
     grid = np.indices((30, 44, 26)).astype(float)
@@ -268,7 +268,7 @@ def test_adaptation_sees_exactly_the_windows_inference_feeds_the_network(tmp_pat
     spy = _WindowSpy(16)
     segment_volumes(load_volume(path, "FLAIR"), None, SegmentParams(skull_stripped=True),
                     spy)  # type: ignore[arg-type]
-    x = network_input(path, skull_stripped=True, multiple_of=8, patch=16)
+    x = scan_network_input(path, skull_stripped=True, multiple_of=8, patch=16)
     assert x.shape[0] == 2 and not x[1].any()  # FLAIR alone: the T1w channel is zero
     windows = inference_windows(x, 16, SegmentParams().overlap)
     assert len(windows) == len(spy.windows) > 4 * 8  # more than 8 windows, 4 flips each

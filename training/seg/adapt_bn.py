@@ -45,14 +45,8 @@ from ms_core.anatomy import load_template
 from ms_core.inference import window_starts
 from ms_core.io import load_volume, read_json
 from ms_core.models import sha256_file
-from ms_core.preprocess import (
-    crop_box,
-    normalize_intensity,
-    pad_to_multiple,
-    resample_to_grid,
-    working_grid,
-)
-from ms_core.segment import SegmentParams, brain_on_grid
+from ms_core.preprocess import crop_box
+from ms_core.segment import SegmentParams, flair_on_working_grid, network_input
 from training.seg.model import UNet3D
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import (
@@ -69,19 +63,15 @@ from training.seg.train import (
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
 
 
-def network_input(flair_path: Path, *, skull_stripped: bool, multiple_of: int, patch: int
-                  ) -> np.ndarray:
-    """(2, X, Y, Z) float32 network input of a FLAIR scan, as ``segment`` builds it (FLAIR
-    channel normalised inside the brain, T1w channel zero, padded)."""
+def scan_network_input(flair_path: Path, *, skull_stripped: bool, multiple_of: int, patch: int
+                       ) -> np.ndarray:
+    """(2, X, Y, Z) float32 network input of a FLAIR scan, as ``segment`` builds it without a
+    T1w (:func:`ms_core.segment.network_input` on the brain's box of the working grid)."""
     flair = load_volume(flair_path, "FLAIR")
-    grid = working_grid(flair, 1.0)
-    f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-    brain, _ = brain_on_grid(flair, grid, f_work,
-                             SegmentParams(method="network", skull_stripped=skull_stripped))
+    _, f_work, brain, _ = flair_on_working_grid(
+        flair, SegmentParams(method="network", skull_stripped=skull_stripped))
     box = crop_box(brain, margin=4)
-    f_norm = normalize_intensity(f_work[box], brain[box])
-    x = np.stack([f_norm, np.zeros_like(f_norm)]).astype(np.float32)
-    x_pad, _ = pad_to_multiple(x, multiple_of, minimum=patch)
+    x_pad, _ = network_input(f_work[box], None, brain[box], multiple_of, patch)
     return x_pad
 
 
@@ -200,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     real: list[np.ndarray] = []
     for p in args.real if args.real_fraction > 0 else []:
-        x = network_input(p, skull_stripped=args.skull_stripped, multiple_of=8, patch=patch)
+        x = scan_network_input(p, skull_stripped=args.skull_stripped, multiple_of=8, patch=patch)
         if args.real_sampling == "tiles":
             real.extend(inference_windows(x, patch, args.overlap))
         else:
