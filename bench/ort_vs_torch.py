@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core.evaluate import dice  # noqa: E402
-from ms_core.inference import load_onnx_model, window_starts  # noqa: E402
+from ms_core.inference import load_onnx_model, window_corners  # noqa: E402
 from ms_core.io import load_volume  # noqa: E402
 from ms_core.models import load_model_card  # noqa: E402
 from ms_core.preprocess import (  # noqa: E402
@@ -88,8 +88,7 @@ def case_network_input(case: str, multiple_of: int, patch: int) -> np.ndarray:
 
 def pick_windows(x: np.ndarray, patch: int, n: int) -> np.ndarray:
     """(n, 2, p, p, p): ``n`` evenly spaced sliding-window positions (50 % overlap) of ``x``."""
-    starts = [window_starts(s, patch, 0.5) for s in x.shape[1:]]
-    corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    corners = window_corners(x.shape[1:], (patch,) * 3, 0.5)
     idx = np.unique(np.linspace(0, len(corners) - 1, min(n, len(corners))).round().astype(int))
     return np.stack([x[:, a:a + patch, b:b + patch, c:c + patch] for a, b, c in
                      (corners[i] for i in idx)]).astype(np.float32)

@@ -51,7 +51,12 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core.domain import LesionMask  # noqa: E402
 from ms_core.evaluate import dice, evaluate_masks  # noqa: E402
-from ms_core.inference import OnnxModel, load_onnx_model, window_starts  # noqa: E402
+from ms_core.inference import (  # noqa: E402
+    OnnxModel,
+    load_onnx_model,
+    window_corners,
+    window_starts,
+)
 from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
 from ms_core.lesions import threshold_probability  # noqa: E402
 from ms_core.models import ModelCard, load_model_card  # noqa: E402
@@ -175,8 +180,7 @@ def _calibration(card: ModelCard, with_t1: bool, n_per_visit: int = 8) -> list[n
         box = crop_box(brain, margin=4)
         t_box = (_t1_on_grid(anat / f"{pid}_{sid}_T1w.nii.gz", grid)[box] if with_t1 else None)
         x, _ = network_input(f_work[box], t_box, brain[box], card.multiple_of, patch)
-        starts = [window_starts(s, patch, 0.5) for s in x.shape[1:]]
-        corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+        corners = window_corners(x.shape[1:], (patch,) * 3, 0.5)
         for i in np.linspace(0, len(corners) - 1, n_per_visit).round().astype(int):
             a, b, c = corners[i]
             out.append(np.ascontiguousarray(x[None, :, a:a + patch, b:b + patch, c:c + patch]))

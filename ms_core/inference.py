@@ -27,6 +27,7 @@ __all__ = [
     "load_tabular_model",
     "run_bound",
     "sliding_window",
+    "window_corners",
     "window_starts",
 ]
 
@@ -49,6 +50,19 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     if starts[-1] != size - patch:
         starts.append(size - patch)
     return starts
+
+
+def window_corners(spatial: Sequence[int], patch: Sequence[int], overlap: float
+                   ) -> list[tuple[int, int, int]]:
+    """Start corners (x, y, z) of the sliding windows over an image of size ``spatial``, in
+    the order :func:`sliding_window` runs them (x outermost).
+
+    >>> window_corners((100, 64, 64), (64, 64, 64), 0.5)
+    [(0, 0, 0), (32, 0, 0), (36, 0, 0)]
+    """
+    sx, sy, sz = (window_starts(int(s), int(p), overlap)
+                  for s, p in zip(spatial, patch, strict=True))
+    return [(x, y, z) for x in sx for y in sy for z in sz]
 
 
 def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
@@ -95,26 +109,21 @@ def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[i
     weight = gaussian_importance(patch)
     acc = np.zeros(spatial, dtype=np.float32)
     norm = np.zeros(spatial, dtype=np.float32)
-    starts = [window_starts(s, int(p), overlap) for s, p in zip(spatial, patch, strict=True)]
-    total = len(starts[0]) * len(starts[1]) * len(starts[2])
-    done = 0
-    for x in starts[0]:
-        for y in starts[1]:
-            for z in starts[2]:
-                box = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
-                window = image[(slice(None), *box)][None]
-                pred = np.zeros(tuple(patch), dtype=np.float32)
-                for axes in flips:
-                    flip_axes = tuple(a + 2 for a in axes)
-                    inp = np.flip(window, flip_axes) if axes else window
-                    out = np.asarray(predictor(np.ascontiguousarray(inp)), dtype=np.float32)
-                    out = np.flip(out, flip_axes) if axes else out
-                    pred += out[0, 0]
-                acc[box] += weight * pred / len(flips)
-                norm[box] += weight
-                done += 1
-                if progress is not None:
-                    progress(done / total)
+    corners = window_corners(spatial, patch, overlap)
+    for done, (x, y, z) in enumerate(corners, start=1):
+        box = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+        window = image[(slice(None), *box)][None]
+        pred = np.zeros(tuple(patch), dtype=np.float32)
+        for axes in flips:
+            flip_axes = tuple(a + 2 for a in axes)
+            inp = np.flip(window, flip_axes) if axes else window
+            out = np.asarray(predictor(np.ascontiguousarray(inp)), dtype=np.float32)
+            out = np.flip(out, flip_axes) if axes else out
+            pred += out[0, 0]
+        acc[box] += weight * pred / len(flips)
+        norm[box] += weight
+        if progress is not None:
+            progress(done / len(corners))
     return np.asarray(acc / norm, dtype=np.float32)
 
 

@@ -60,14 +60,29 @@ from ms_core.preprocess import (
 from ms_core.study import derivatives_dir
 
 __all__ = [
-    "LEGACY_PARAM_DEFAULTS", "OUTPUT_FILES", "PROVENANCE", "SegmentParams", "SegmentationResult",
-    "StageTimer", "brain_on_grid", "flair_on_working_grid", "model_info", "network_input",
-    "probability_on_grid", "segment_files",
-    "segment_visit", "segment_volumes", "segmentation_status", "write_outputs",
+    "LEGACY_PARAM_DEFAULTS",
+    "OUTPUT_FILES",
+    "PROVENANCE",
+    "TTA_FLIPS",
+    "SegmentParams",
+    "SegmentationResult",
+    "StageTimer",
+    "brain_on_grid",
+    "flair_on_working_grid",
+    "model_info",
+    "network_input",
+    "probability_on_grid",
+    "segment_files",
+    "segment_visit",
+    "segment_volumes",
+    "segmentation_status",
+    "write_outputs",
 ]
 
 log = logging.getLogger(__name__)
 Method = Literal["network", "baseline"]
+#: Flip test-time augmentation: the window as is, then flipped in x, in y and in z.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
 BASELINE_Z = 2.0
 
 
@@ -252,7 +267,7 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
         x_pad, back = network_input(images[0], images[1] if t1_box is not None else None,
                                     brain[box], model.card.multiple_of, max(patch))
         timer.lap("preprocess_normalise")
-        flips = ((), (0,), (1,), (2,)) if params.tta else ((),)
+        flips = TTA_FLIPS if params.tta else ((),)
         prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
                                   flips=flips, progress=progress)
         prob_box = prob_pad[back[1:]]

@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from ms_core.anatomy import load_template
-from ms_core.inference import window_starts
+from ms_core.inference import window_corners
 from ms_core.io import load_volume, read_json
 from ms_core.models import sha256_file
 from ms_core.preprocess import crop_box
-from ms_core.segment import SegmentParams, flair_on_working_grid, network_input
+from ms_core.segment import TTA_FLIPS, SegmentParams, flair_on_working_grid, network_input
 from training.seg.model import UNet3D
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import (
@@ -58,9 +58,6 @@ from training.seg.train import (
     save_weights,
     write_derived_run,
 )
-
-#: Spatial flips of the default test-time augmentation (``ms_core.segment``).
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,))
 
 
 def scan_network_input(flair_path: Path, *, skull_stripped: bool, multiple_of: int, patch: int
@@ -79,15 +76,12 @@ def inference_windows(x: np.ndarray, patch: int, overlap: float,
                       flips: Sequence[tuple[int, ...]] = TTA_FLIPS) -> list[np.ndarray]:
     """Every (C, p, p, p) window the sliding-window inference feeds the network for ``x``
     (C, X, Y, Z), each in all ``flips``."""
-    starts = [window_starts(s, patch, overlap) for s in x.shape[1:]]
     out = []
-    for i in starts[0]:
-        for j in starts[1]:
-            for k in starts[2]:
-                w = x[:, i:i + patch, j:j + patch, k:k + patch]
-                for axes in flips:
-                    flipped = np.flip(w, tuple(a + 1 for a in axes)) if axes else w
-                    out.append(np.ascontiguousarray(flipped))
+    for i, j, k in window_corners(x.shape[1:], (patch,) * 3, overlap):
+        w = x[:, i:i + patch, j:j + patch, k:k + patch]
+        for axes in flips:
+            flipped = np.flip(w, tuple(a + 1 for a in axes)) if axes else w
+            out.append(np.ascontiguousarray(flipped))
     return out
 
 
