@@ -80,12 +80,11 @@ from ms_core.models import sha256_file
 from ms_core.preprocess import (
     Grid,
     n4_bias_correct,
+    register_visit_pair,
     resample_to_grid,
     template_to_subject,
     warp_from_template,
-    working_grid,
 )
-from ms_core.registration import register_affine
 from ms_core.segment import LEGACY_PARAM_DEFAULTS, SegmentParams, segmentation_status
 from ms_core.study import derivatives_dir
 
@@ -334,16 +333,6 @@ def _rigid_half(matrix: np.ndarray) -> np.ndarray:
     out[:3, :3] = r_half
     out[:3, 3] = np.linalg.solve(r_half + np.eye(3), matrix[:3, 3])
     return out
-
-
-def _register_visits(baseline: Volume, followup: Volume) -> np.ndarray:
-    """Rigid follow-up -> baseline world matrix on 2 mm copies (whole head, deterministic)."""
-    fixed_grid = working_grid(followup, 2.0)
-    moving_grid = working_grid(baseline, 2.0)
-    fixed = resample_to_grid(followup.data, followup.affine, fixed_grid, order=1)
-    moving = resample_to_grid(baseline.data, baseline.affine, moving_grid, order=1)
-    return register_affine(fixed, fixed_grid.affine, moving, moving_grid.affine,
-                           rigid_only=True, seed=0, sampling=0.25, shrink=(2, 1))
 
 
 # ============================================================================== classification
@@ -903,7 +892,8 @@ def percent_brain_volume_change(baseline: Volume, followup: Volume, *,
     followup_to_baseline
         Optional (4, 4) rigid matrix mapping follow-up world mm to baseline world mm (as
         :func:`ms_core.longitudinal.register_visits` returns), computed on *these* images.
-        Registered here when ``None`` (rigid, whole head, about 3 s).
+        Registered here when ``None`` (rigid, whole head, about 3 s; remembered per process
+        with the comparison's, :func:`ms_core.preprocess.register_visit_pair`).
     method
         ``"bsi"`` boundary shift integral (default, the more accurate on the demo study) or
         ``"jacobian"`` Jacobian integration of a demons registration.
@@ -962,7 +952,7 @@ def pbvc_by_method(baseline: Volume, followup: Volume, *,
     if not 0.25 <= spacing_mm <= 4.0:
         raise ValueError(f"spacing_mm must be in [0.25, 4] mm, got {spacing_mm}")
     if followup_to_baseline is None:
-        f2b = _register_visits(baseline, followup)
+        f2b = register_visit_pair(baseline, followup)
     else:
         f2b = _check_matrix(followup_to_baseline, "followup_to_baseline")
     pair = _halfway_pair(baseline, followup, f2b, baseline_brain, spacing_mm)

@@ -53,8 +53,7 @@ from ms_core.io import atomic_write_text, load_volume, read_json, save_labels, w
 from ms_core.lesions import label_components
 from ms_core.locks import folder_lock
 from ms_core.models import load_model_card, sha256_file
-from ms_core.preprocess import Grid, normalize_intensity, resample_to_grid, working_grid
-from ms_core.registration import register_affine
+from ms_core.preprocess import Grid, normalize_intensity, register_visit_pair, resample_to_grid
 from ms_core.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
@@ -161,15 +160,12 @@ def register_visits(baseline: Volume, followup: Volume, *, resolution_mm: float 
     """Rigid registration: (4, 4) matrix mapping follow-up world mm to baseline world mm.
 
     Both FLAIRs are resampled to ``resolution_mm`` RAS grids first, so voxel size and
-    orientation may differ between visits. Deterministic for a given ``seed``.
+    orientation may differ between visits. Deterministic for a given ``seed``, and remembered
+    per process (:func:`ms_core.preprocess.register_visit_pair`); a failure names the baseline
+    file.
     """
-    fixed_grid = working_grid(followup, resolution_mm)
-    moving_grid = working_grid(baseline, resolution_mm)
-    fixed = resample_to_grid(followup.data, followup.affine, fixed_grid, order=1)
-    moving = resample_to_grid(baseline.data, baseline.affine, moving_grid, order=1)
     try:
-        return register_affine(fixed, fixed_grid.affine, moving, moving_grid.affine,
-                               rigid_only=True, seed=seed, sampling=0.25, shrink=(2, 1))
+        return register_visit_pair(baseline, followup, resolution_mm=resolution_mm, seed=seed)
     except ValueError as e:
         raise InputError(baseline.source, f"cannot register the visits: {e}") from e
 

@@ -24,6 +24,7 @@ from ms_core.registration import register_affine
 
 __all__ = [
     "Grid",
+    "MatrixMemo",
     "brain_mask_from_template",
     "brain_mask_from_transform",
     "crop_box",
@@ -31,6 +32,7 @@ __all__ = [
     "n4_bias_correct",
     "normalize_intensity",
     "pad_to_multiple",
+    "register_visit_pair",
     "resample_to_grid",
     "template_to_subject",
     "volume_digest",
@@ -348,11 +350,50 @@ def pad_to_multiple(data: np.ndarray, multiple: int, *, minimum: int = 0
     return np.pad(data, pads), back
 
 
-#: Template registrations remembered per process (:func:`template_to_subject`), newest last.
-_TRANSFORMS: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
-_TRANSFORMS_LOCK = threading.Lock()
-#: A key and a 4x4 matrix are about 200 bytes: 256 entries cost nothing.
-_MAX_TRANSFORMS = 256
+class MatrixMemo:
+    """Results of deterministic registrations, remembered for the life of the process.
+
+    A small LRU map from a hashable key to a (4, 4) matrix, safe across threads (the app's job
+    runner and the script thread share it). Entries are copied in and out, so a caller that
+    changes its matrix does not change the memo. A key and a matrix are about 200 bytes, so
+    the default 256 entries cost nothing.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[object, ...]) -> np.ndarray | None:
+        """A copy of the matrix remembered for ``key``, or None."""
+        with self._lock:
+            known = self._entries.get(key)
+            if known is None:
+                return None
+            self._entries.move_to_end(key)
+            return known.copy()
+
+    def put(self, key: tuple[object, ...], matrix: np.ndarray) -> None:
+        """Remember a copy of ``matrix``; the least recently used entries beyond
+        ``max_entries`` are forgotten."""
+        with self._lock:
+            self._entries[key] = np.array(matrix, dtype=np.float64, copy=True)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+#: Template registrations (:func:`template_to_subject`).
+_TRANSFORMS = MatrixMemo()
+#: Visit-to-visit registrations (:func:`register_visit_pair`).
+_VISIT_PAIRS = MatrixMemo()
 
 
 def volume_digest(volume: Volume) -> str:
@@ -384,11 +425,9 @@ def template_to_subject(volume: Volume, *, skull_stripped: bool = False,
     """
     modality = volume.modality if volume.modality in TYPICAL_CONTRAST else "FLAIR"
     key = (volume_digest(volume), modality, bool(skull_stripped), float(resolution_mm))
-    with _TRANSFORMS_LOCK:
-        known = _TRANSFORMS.get(key)
-        if known is not None:
-            _TRANSFORMS.move_to_end(key)
-            return known.copy()
+    known = _TRANSFORMS.get(key)
+    if known is not None:
+        return known
     coarse = working_grid(volume, resolution_mm)
     subject = resample_to_grid(volume.data, volume.affine, coarse, order=1)
     tpl = load_template()
@@ -399,10 +438,34 @@ def template_to_subject(volume: Volume, *, skull_stripped: bool = False,
     small_aff = tpl_grid.affine @ np.diag([step, step, step, 1.0])
     matrix = register_affine(subject, coarse.affine, small, small_aff, shrink=(2, 1),
                              sampling=0.25, seed=0)
-    with _TRANSFORMS_LOCK:
-        _TRANSFORMS[key] = matrix.copy()
-        while len(_TRANSFORMS) > _MAX_TRANSFORMS:
-            _TRANSFORMS.popitem(last=False)
+    _TRANSFORMS.put(key, matrix)
+    return matrix
+
+
+def register_visit_pair(baseline: Volume, followup: Volume, *, resolution_mm: float = 2.0,
+                        seed: int = 0) -> np.ndarray:
+    """Rigid registration of two visits: (4, 4) matrix mapping follow-up world mm to baseline
+    world mm.
+
+    Both images are resampled to ``resolution_mm`` RAS grids first, so voxel size and
+    orientation may differ between visits; Mattes mutual information on a seeded 25 % sample
+    (deterministic for a given ``seed``). Like :func:`template_to_subject`, the result is
+    remembered for the life of the process, keyed by both images' :func:`volume_digest`, the
+    resolution and the seed: the lesion comparison (:mod:`ms_core.longitudinal`) and the
+    atrophy of the same interval (:mod:`ms_core.atrophy`) register a pair once. Raises
+    ValueError when an image is blank. A copy is returned.
+    """
+    key = (volume_digest(baseline), volume_digest(followup), float(resolution_mm), int(seed))
+    known = _VISIT_PAIRS.get(key)
+    if known is not None:
+        return known
+    fixed_grid = working_grid(followup, resolution_mm)
+    moving_grid = working_grid(baseline, resolution_mm)
+    fixed = resample_to_grid(followup.data, followup.affine, fixed_grid, order=1)
+    moving = resample_to_grid(baseline.data, baseline.affine, moving_grid, order=1)
+    matrix = register_affine(fixed, fixed_grid.affine, moving, moving_grid.affine,
+                             rigid_only=True, seed=seed, sampling=0.25, shrink=(2, 1))
+    _VISIT_PAIRS.put(key, matrix)
     return matrix
 
 

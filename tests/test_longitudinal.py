@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ms_core.anatomy import load_template, synthetic_head
+from ms_core import preprocess
 from ms_core.cli import main
 from ms_core.domain import Volume
 from ms_core.errors import InputError
@@ -185,7 +186,40 @@ def test_register_visits_recovers_the_head_motion() -> None:
     pts = np.array([[0, 0, 0, 1], [40, 30, 20, 1], [-40, -50, 30, 1]], float).T
     err = np.linalg.norm((f_to_b @ pts - np.linalg.inv(move) @ pts)[:3], axis=0)
     assert err.max() < 1.5, err
+    preprocess._VISIT_PAIRS.clear()  # register again, not from the process's memo
     assert np.array_equal(f_to_b, register_visits(base, follow))  # deterministic
+
+
+def test_visit_registration_is_remembered_and_shared_with_atrophy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core import atrophy
+
+    calls: list[float] = []
+
+    def fake_register(fixed: np.ndarray, *args: object, **kw: object) -> np.ndarray:
+        assert kw["rigid_only"] is True
+        calls.append(float(fixed.sum()))
+        out = np.eye(4)
+        out[0, 3] = len(calls)  # each registration gives a different answer
+        return out
+
+    monkeypatch.setattr(preprocess, "register_affine", fake_register)
+    monkeypatch.setattr(preprocess, "_VISIT_PAIRS", preprocess.MatrixMemo())
+    head = sphere_labels((30, 30, 30), np.eye(4), [((15.0, 15.0, 15.0), 10.0)]) > 0
+    base = Volume(head.astype(np.float32), np.eye(4), "FLAIR")
+    follow = Volume(head * 1.1, np.eye(4), "FLAIR")
+    first = register_visits(base, follow)
+    first[0, 0] = 99.0  # the caller's copy: changing it does not change the memo
+    again = register_visits(Volume(base.data.copy(), np.eye(4), "FLAIR"), follow)
+    assert len(calls) == 1 and again[0, 3] == 1.0 and again[0, 0] == 1.0
+    # The atrophy of the same interval uses the same memo.
+    assert np.array_equal(atrophy.register_visit_pair(base, follow), again)
+    assert len(calls) == 1
+    # Swapped visits, another image, another resolution or seed register again.
+    for b, f, kw in ((follow, base, {}), (base, Volume(head * 1.2, np.eye(4), "FLAIR"), {}),
+                     (base, follow, {"resolution_mm": 3.0}), (base, follow, {"seed": 1})):
+        before = len(calls)
+        assert register_visits(b, f, **kw)[0, 3] == before + 1  # type: ignore[arg-type]
 
 
 def test_track_volumes_finds_new_enlarging_and_disappeared_lesions() -> None:

@@ -125,7 +125,7 @@ def test_template_registration_is_remembered_per_image_and_options(
         before = len(calls)
         assert template_to_subject(other, **kw)[0, 3] == before + 1  # type: ignore[arg-type]
     assert len(calls) == 6
-    monkeypatch.setattr(preprocess, "_MAX_TRANSFORMS", 2)  # oldest entries are forgotten
+    monkeypatch.setattr(preprocess._TRANSFORMS, "max_entries", 2)  # oldest are forgotten
     template_to_subject(Volume(vol.data * 2, np.eye(4), "FLAIR"))
     assert len(preprocess._TRANSFORMS) == 2
     assert template_to_subject(vol)[0, 3] == 8.0
