@@ -3,6 +3,11 @@
 Usage::
 
     python bench/track_eval.py [--demo data/demo] [--intervals 12] [--methods joint difference]
+        [--maps-cache DIR]
+
+A method is ``joint`` (the default settings), ``difference``, ``joint+intensity=off`` (the joint
+rule without intensity-led new lesions) or ``joint+intensity=Z,RATIO,MM3`` (with them at those
+settings; see :class:`ms_core.longitudinal.TrackParams`).
 
 - **Real pair**: open_ms_data ``longitudinal/raw/patient12`` (Lesjak et al. 2016,
   Neuroinformatics 14:403-420; Lesjak et al. 2018, Neuroinformatics 16:51-63; CC-BY). Our change
@@ -102,7 +107,17 @@ def cached_maps(cache: Path | None, key: str, base: Any, follow: Any, model: Any
 
 
 def _params(method: str) -> TrackParams:
-    return TrackParams(method=method)  # type: ignore[arg-type]
+    """``joint``, ``difference``, ``joint+intensity=off`` (the joint rule without intensity-led
+    new lesions) or ``joint+intensity=Z,RATIO,MM3`` (with them at these settings:
+    :attr:`TrackParams.intensity_new_z` and the two after it)."""
+    name, _, spec = method.partition("+intensity=")
+    if not spec:
+        return TrackParams(method=name)  # type: ignore[arg-type]
+    if spec == "off":
+        return TrackParams(method=name, intensity_new_z=None)  # type: ignore[arg-type]
+    z, ratio, mm3 = (float(x) for x in spec.split(","))
+    return TrackParams(method=name, intensity_new_z=z,  # type: ignore[arg-type]
+                       intensity_new_ratio=ratio, intensity_new_mm3=mm3)
 
 
 def patient12(methods: list[str], model: Any, cache: Path | None = None) -> dict[str, Any]:

@@ -93,7 +93,10 @@ def _cmd_track(args: argparse.Namespace) -> int:
                         min_lesion_mm3=args.min_lesion_mm3, skull_stripped=args.skull_stripped,
                         device=args.device)
     params = TrackParams(method=args.method, segmentation=seg,
-                         enlarging_ratio=args.enlarging_pct / 100.0, change_z=args.change_z)
+                         enlarging_ratio=args.enlarging_pct / 100.0, change_z=args.change_z,
+                         intensity_new_z=(TrackParams.intensity_new_z
+                                          if args.intensity_new_z is None
+                                          else args.intensity_new_z or None))
     if (args.baseline_t1 is None) != (args.followup_t1 is None) or (
             args.baseline_t1 and not args.atrophy):
         raise InputError(None, "--baseline-t1 and --followup-t1 go together, with --atrophy")
@@ -284,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="volume increase (%%) that makes a lesion enlarging")
     tr.add_argument("--change-z", type=float, default=2.0,
                     help="intensity change (robust SDs) that confirms a change (joint)")
+    tr.add_argument("--intensity-new-z", type=float, default=None,
+                    help="joint: also report as new a spot that neither segmentation contains "
+                         "when the FLAIR brightened by this many robust SDs (default 5, "
+                         "docs/longitudinal.md; 0 turns it off)")
     tr.add_argument("--seg-method", choices=("network", "baseline"), default="network")
     tr.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold")
     tr.add_argument("--min-lesion-mm3", type=float, default=10.0)

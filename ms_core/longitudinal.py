@@ -66,6 +66,8 @@ from ms_core.study import derivatives_dir
 
 __all__ = [
     "CHANGE_COLUMNS",
+    "EVIDENCE_INTENSITY",
+    "EVIDENCE_SEGMENTATION",
     "STATUSES",
     "AtrophyRequest",
     "PairMaps",
@@ -74,6 +76,7 @@ __all__ = [
     "TrackResult",
     "change_zscore",
     "detect_changes",
+    "intensity_new_spots",
     "intensity_profile_warnings",
     "match_lesions",
     "prepare_pair",
@@ -94,8 +97,18 @@ STATUSES = ("new", "enlarging", "stable", "shrinking", "disappeared", "merged", 
 #: Columns of ``lesion_changes.csv``; the first six are the CLI contract.
 CHANGE_COLUMNS = ("lesion_id", "status", "volume_baseline_ml", "volume_followup_ml",
                   "centroid_mm", "confidence", "n_baseline_components",
-                  "n_followup_components", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
+                  "n_followup_components", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+                  "evidence")
+#: ``evidence`` of a row: the lesion is in a segmentation, or it is an intensity-led new lesion
+#: (:attr:`TrackParams.intensity_new_z`) that neither visit's segmentation contains.
+EVIDENCE_SEGMENTATION, EVIDENCE_INTENSITY = "segmentation", "intensity change"
 ChangeMethod = Literal["joint", "difference"]
+#: Settings added after comparisons were first stored, at the values that reproduce them.
+_TRACK_LEGACY_DEFAULTS = {"intensity_new_z": None, "intensity_new_ratio": 1.3,
+                          "intensity_new_mm3": 20.0}
+#: Intensity-led new lesions keep this far (mm) from the edge of the brain mask and of the
+#: baseline's field of view.
+_EDGE_MM = 3.0
 #: Share of a group's added (or lost) voxels that the intensity change must confirm.
 _SUPPORT = 0.5
 
@@ -109,6 +122,14 @@ class TrackParams:
     enlarging_ratio: float = 0.3
     change_z: float = 2.0
     min_change_mm3: float = 10.0
+    #: Intensity-led new lesions (``joint`` only; None: off). A follow-up spot that the
+    #: segmentation misses at both visits is still reported *new* when, over at least
+    #: ``intensity_new_mm3``, the registered FLAIR brightened by ``intensity_new_z`` robust SDs
+    #: and the follow-up FLAIR is at least ``intensity_new_ratio`` times the brain median
+    #: (see :func:`intensity_new_spots`; on since 2026-12-03, docs/longitudinal.md).
+    intensity_new_z: float | None = 5.0
+    intensity_new_ratio: float = 1.3
+    intensity_new_mm3: float = 20.0
 
     def __post_init__(self) -> None:
         if self.method not in ("joint", "difference"):
@@ -120,6 +141,12 @@ class TrackParams:
             raise InputError(None, f"change z must be > 0, got {self.change_z}")
         if self.min_change_mm3 < 0:
             raise InputError(None, f"min change must be >= 0 mm^3, got {self.min_change_mm3}")
+        if self.intensity_new_z is not None and (
+                self.intensity_new_z <= 0 or self.intensity_new_ratio <= 0
+                or self.intensity_new_mm3 < 0):
+            raise InputError(None, "intensity-led new lesions need z > 0, ratio > 0 and a "
+                                   f"size >= 0 mm^3, got {self.intensity_new_z}, "
+                                   f"{self.intensity_new_ratio}, {self.intensity_new_mm3}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -317,6 +344,7 @@ def match_lesions(labels_b: np.ndarray, labels_f: np.ndarray, prob_b: np.ndarray
             "confidence": round(conf, 4), "n_baseline_components": len(ids_b),
             "n_followup_components": len(ids_f), "centroid_x_mm": float(centroid[0]),
             "centroid_y_mm": float(centroid[1]), "centroid_z_mm": float(centroid[2]),
+            "evidence": EVIDENCE_SEGMENTATION,
         })
     rows.sort(key=lambda r: r.pop("first_voxel"))  # type: ignore[arg-type,return-value]
     new_id = np.zeros(len(rows) + 1, dtype=np.int32)
@@ -442,6 +470,30 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
                     timer.seconds)
 
 
+def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray,
+                        params: TrackParams) -> np.ndarray:
+    """Follow-up spots that brightened, away from every segmented lesion: (X, Y, Z) bool.
+
+    The voxels more than 3 mm inside the brain mask and the baseline's field of view (where
+    partial volume with CSF, flow and slab edges brighten the subtraction), not within one
+    voxel (26-neighbourhood) of a lesion of either visit, whose change z is at least
+    ``params.intensity_new_z`` and whose normalised FLAIR rose from under
+    ``params.intensity_new_ratio`` to at least it (a hyperintensity that appeared, not one
+    that was there and brightened); pieces under ``params.intensity_new_mm3`` are dropped.
+    """
+    assert params.intensity_new_z is not None
+    near = ndi.binary_dilation(lesion_either, structure=np.ones((3, 3, 3), bool))
+    covered = maps.brain & (maps.b_norm > 0)  # inside the brain and the baseline's field of view
+    spacing = np.sqrt((maps.grid.affine[:3, :3] ** 2).sum(axis=0))
+    deep = ndi.distance_transform_edt(covered, sampling=spacing) > _EDGE_MM
+    spots = (deep & ~near & (z >= params.intensity_new_z)
+             & (maps.f_norm >= params.intensity_new_ratio)
+             & (maps.b_norm < params.intensity_new_ratio))
+    labels = label_components(spots, affine=maps.grid.affine,
+                              min_lesion_mm3=params.intensity_new_mm3)
+    return np.asarray(labels > 0)
+
+
 def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
                    params: TrackParams = TrackParams()) -> TrackResult:
     """Change evidence, lesion matching and the change mask on the follow-up's own grid."""
@@ -451,11 +503,17 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
                                 min_lesion_mm3=seg.min_lesion_mm3)
     labels_f = label_components(maps.prob_f >= t, affine=grid.affine,
                                 min_lesion_mm3=seg.min_lesion_mm3)
+    spots: np.ndarray | None = None
     if params.method == "joint":
         z = change_zscore(maps.f_norm, maps.b_norm, maps.brain, spacing_mm=(1.0, 1.0, 1.0))
         lesion_either = np.maximum(maps.prob_b, maps.prob_f) >= t
         increase = lesion_either & (z >= params.change_z)
         decrease = lesion_either & (z <= -params.change_z)
+        if params.intensity_new_z is not None:
+            spots = intensity_new_spots(z, maps, lesion_either, params)
+            labels_f = label_components((labels_f > 0) | spots, affine=grid.affine,
+                                        min_lesion_mm3=seg.min_lesion_mm3)
+            increase |= spots
     else:
         increase = (maps.prob_f >= t) & (maps.prob_b < t)
         decrease = (maps.prob_b >= t) & (maps.prob_f < t)
@@ -465,6 +523,9 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     table, change_work, ids_work = match_lesions(
         labels_b, labels_f, maps.prob_b, maps.prob_f, increase, decrease, affine=grid.affine,
         enlarging_ratio=params.enlarging_ratio)
+    if spots is not None and spots.any():  # away from every segmented lesion: groups of their own
+        led = np.unique(ids_work[spots])
+        table.loc[table.lesion_id.isin(led[led > 0]), "evidence"] = EVIDENCE_INTENSITY
     for value in (1, 2):  # fragments of confirmed change below the size limit are noise
         part = change_work == value
         small = part & (label_components(part, affine=grid.affine,
@@ -633,7 +694,7 @@ def tracking_status(root: Path, baseline: Visit, followup: Visit,
         same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
             "baseline_flair": sha256_file(_visit_flair(baseline)),
             "followup_flair": sha256_file(_visit_flair(followup))}
-        stored = dict(prov["parameters"])
+        stored = {**_TRACK_LEGACY_DEFAULTS, **prov["parameters"]}
         stored["segmentation"] = {**LEGACY_PARAM_DEFAULTS, **stored["segmentation"]}
         same_params = stored == json.loads(json.dumps(asdict(params)))
     except (InputError, KeyError, TypeError, AttributeError, ValueError):

@@ -136,12 +136,15 @@ def change_provenance(prov: Mapping[str, object] | None, compared_with: str,
     ...     "ses-01")
     'vs ses-01, joint tracking, enlarging +30 %, change z 2, min change 10 mm³, \
 registration NCC 0.925'
+    >>> change_provenance({"parameters": {"method": "joint", "intensity_new_z": 5.0}}, "")
+    'joint tracking, intensity-led new lesions at z 5'
     """
     if not prov:
         return NOT_MEASURED
     params = _mapping(prov.get("parameters"))
     ratio, change_z = _float(params.get("enlarging_ratio")), _num(params.get("change_z"))
     min_mm3 = _num(params.get("min_change_mm3"))
+    led_z = _num(params.get("intensity_new_z"))
     ncc = _mapping(prov.get("registration")).get("ncc")
     if ncc is None:
         ncc = _mapping(prov.get("qc")).get("registration_ncc")
@@ -152,6 +155,7 @@ registration NCC 0.925'
         f"enlarging +{100 * ratio:g} %" if ratio is not None else None,
         f"change z {change_z}" if change_z is not None else None,
         f"min change {min_mm3} mm³" if min_mm3 is not None else None,
+        f"intensity-led new lesions at z {led_z}" if led_z is not None else None,
         _ncc(ncc), model_text(prov.get("model")),
         f"lesion threshold {threshold}" if threshold is not None else None, _date(prov)], path)
 

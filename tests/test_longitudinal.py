@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.anatomy import load_template, synthetic_head
 from ms_core import preprocess
+from ms_core.anatomy import load_template, synthetic_head
 from ms_core.cli import main
 from ms_core.domain import Volume
 from ms_core.errors import InputError
@@ -254,6 +254,49 @@ def test_track_volumes_finds_new_enlarging_and_disappeared_lesions() -> None:
     assert res.qc["protocol_warnings"]  # voxel size and orientation changed: flagged
 
 
+def test_intensity_led_new_lesion_is_reported_only_when_asked_and_only_if_new() -> None:
+    # Faint lesions (normalised FLAIR 1.35-1.55, under the fake network's 1.6), none of them
+    # segmented: one appears at follow-up, one is there at both visits, one was there and
+    # brightened. Only the first is a new lesion.
+    faint_new, faint_stable, brightened = (20.0, -40.0, 20.0), (-20.0, 30.0, 20.0), \
+        (-28.0, -30.0, 30.0)
+    b_img, aff = _head(LESIONS_BASE)
+    f_img, _ = _head(LESIONS_BASE)
+    rng = np.random.default_rng(3)
+    for img, spots in ((b_img, [(faint_stable, 1.45), (brightened, 1.35)]),
+                       (f_img, [(faint_stable, 1.45), (faint_new, 1.45), (brightened, 1.55)])):
+        head = img > 0
+        level = np.median(img[head])
+        for centre, ratio in spots:
+            ball = sphere_labels(img.shape, aff, [(centre, 4.0)]) > 0
+            img[ball] = np.maximum(img[ball], ratio * level)
+        img[head] += 0.02 * level * rng.standard_normal(int(head.sum()))
+    base, follow = Volume(b_img, aff, "FLAIR"), Volume(f_img, aff, "FLAIR")
+    seg = SegmentParams(skull_stripped=True)
+    plain = track_volumes(base, follow, TrackParams(segmentation=seg, intensity_new_z=None),
+                          _fake_model())
+    assert set(plain.table.status) == {"stable"}  # the faint lesions are not segmented
+    led = track_volumes(base, follow, TrackParams(segmentation=seg, intensity_new_z=4.0),
+                        _fake_model())
+    new = led.table[led.table.status == "new"]
+    assert len(new) == 1, led.table
+    centre = new[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy()[0]
+    assert np.linalg.norm(centre - faint_new) < 2.0
+    assert 0.5 * 4 / 3 * np.pi * 64 / 1000 < new.volume_followup_ml.iloc[0]
+    assert new.confidence.iloc[0] < 0.1  # the network gave it almost no probability
+    assert new.evidence.iloc[0] == "intensity change"
+    assert set(led.table.evidence[led.table.status != "new"]) == {"segmentation"}
+    i, j, k = np.rint(np.linalg.inv(aff) @ [*faint_new, 1.0])[:3].astype(int)
+    assert led.change_mask[i, j, k] == 1 and plain.change_mask[i, j, k] == 0
+    for centre in (faint_stable, brightened):
+        ijk = np.rint(np.linalg.inv(aff) @ [*centre, 1.0])[:3].astype(int)
+        assert led.change_mask[tuple(ijk)] == 0, centre
+    # The segmented lesions are judged as before.
+    assert len(led.table) == len(plain.table) + 1
+    with pytest.raises(InputError, match="intensity-led"):
+        TrackParams(intensity_new_z=0.0)
+
+
 def test_track_cli_writes_contract_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     import ms_core.longitudinal as lon
@@ -276,6 +319,7 @@ def test_track_cli_writes_contract_files(tmp_path: Path, monkeypatch: pytest.Mon
                                        "volume_followup_ml", "centroid_mm", "confidence"]
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["inputs"]["followup_flair"]["sha256"] and prov["parameters"]["method"] == "joint"
+    assert prov["parameters"]["intensity_new_z"] == TrackParams.intensity_new_z == 5.0
     assert set(prov["seconds"]) >= {"registration", "segmentation", "tracking"}
     assert "atrophy" not in prov  # only on request (track_files(..., atrophy=...))
 
