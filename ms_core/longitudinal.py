@@ -76,6 +76,7 @@ __all__ = [
     "TrackResult",
     "change_zscore",
     "detect_changes",
+    "intensity_led_count",
     "intensity_new_spots",
     "intensity_profile_warnings",
     "match_lesions",
@@ -492,6 +493,18 @@ def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray
     labels = label_components(spots, affine=maps.grid.affine,
                               min_lesion_mm3=params.intensity_new_mm3)
     return np.asarray(labels > 0)
+
+
+def intensity_led_count(table: pd.DataFrame) -> int:
+    """How many rows of a change table are intensity-led new lesions (0 for tables stored
+    before the ``evidence`` column existed).
+
+    >>> intensity_led_count(pd.DataFrame({"evidence": ["segmentation", "intensity change"]}))
+    1
+    """
+    if "evidence" not in table.columns:
+        return 0
+    return int((table["evidence"] == EVIDENCE_INTENSITY).sum())
 
 
 def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,

@@ -19,6 +19,7 @@ from ms_core.differential import (
 )
 from ms_core.errors import InputError
 from ms_core.features import age_years
+from ms_core.longitudinal import intensity_led_count
 from ms_core.measurements import mcdonald_checklist
 from ms_core.settings import read_only
 from ms_core.visits import lesion_totals, summarize_visit
@@ -156,6 +157,11 @@ if previous is not None:
             col.metric(status.capitalize(), int(counts.get(status, 0)))
         for warning in track_prov["qc"]["protocol_warnings"]:
             st.warning(f"Protocol QC: {warning}. Changes may be inflated.")
+        led = intensity_led_count(change_table)
+        if led:
+            st.info(f"{led} new lesion{'s' if led > 1 else ''} with evidence \"intensity change\": "
+                    "seen on the registered FLAIR subtraction but in neither visit's "
+                    "segmentation (low confidence). Check on the scans.")
         st.caption(f"Rigid registration QC (normalised cross-correlation) "
                    f"{track_prov['registration']['ncc']:.3f}; method "
                    f"{track_prov['parameters']['method']}; made {track_prov['created_utc']}.")
