@@ -127,7 +127,8 @@ def test_measured_table_says_where_each_number_comes_from(measured_study: list[V
     change = table.change_provenance.tolist()
     assert change[0] == NOT_MEASURED and change[2] == NOT_MEASURED
     assert change[1].startswith("vs ses-01, joint tracking, enlarging +30 %, change z 2, "
-                                "min change 10 mm³, registration NCC 0.931, lesion_seg v2.0.0")
+                                "min change 10 mm³, intensity-led new lesions at z 5, "
+                                "registration NCC 0.931, lesion_seg v2.0.0")
     assert change[1].endswith("derivatives/ms_dash/sub-01/ses-02/change_from_ses-01/"
                               "lesion_changes.csv")
     volume = table.volume_provenance.tolist()
