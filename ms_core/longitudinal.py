@@ -15,7 +15,10 @@ Pipeline of :func:`track_volumes` (the ``track`` CLI):
    difference is at least ``change_z`` robust standard deviations (after removing slow bias
    differences with a 10 mm Gaussian high-pass), brighter for growth, darker for loss. The
    mask crossing a threshold alone is not enough: lesions seen at follow-up but only below
-   threshold at baseline, with no intensity change, are *stable*, not *new*.
+   threshold at baseline, with no intensity change, are *stable*, not *new*. With
+   ``intensity_new_z`` set (the default), a follow-up spot that neither segmentation contains
+   is also a new lesion when the subtraction alone shows it clearly
+   (:func:`intensity_new_spots`; ``evidence`` "intensity change" in the table).
 4. **Lesion matching.** Lesions of both visits (26-connected components) that overlap form one
    group; a group with only follow-up lesions is *new*, only baseline lesions *disappeared*,
    several baseline lesions into one *merged*, one into several *split*; otherwise *enlarging*
