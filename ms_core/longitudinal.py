@@ -486,13 +486,14 @@ def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray
     that was there and brightened); pieces under ``params.intensity_new_mm3`` are dropped.
     """
     assert params.intensity_new_z is not None
-    near = ndi.binary_dilation(lesion_either, structure=np.ones((3, 3, 3), bool))
+    spots = ((z >= params.intensity_new_z) & (maps.f_norm >= params.intensity_new_ratio)
+             & (maps.b_norm < params.intensity_new_ratio))
+    if not spots.any():  # the voxel tests are cheap; the dilation and distances are not
+        return spots
     covered = maps.brain & (maps.b_norm > 0)  # inside the brain and the baseline's field of view
     spacing = np.sqrt((maps.grid.affine[:3, :3] ** 2).sum(axis=0))
-    deep = ndi.distance_transform_edt(covered, sampling=spacing) > _EDGE_MM
-    spots = (deep & ~near & (z >= params.intensity_new_z)
-             & (maps.f_norm >= params.intensity_new_ratio)
-             & (maps.b_norm < params.intensity_new_ratio))
+    spots &= ndi.distance_transform_edt(covered, sampling=spacing) > _EDGE_MM
+    spots &= ~ndi.binary_dilation(lesion_either, structure=np.ones((3, 3, 3), bool))
     labels = label_components(spots, affine=maps.grid.affine,
                               min_lesion_mm3=params.intensity_new_mm3)
     return np.asarray(labels > 0)
@@ -527,9 +528,10 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
         decrease = lesion_either & (z <= -params.change_z)
         if params.intensity_new_z is not None:
             spots = intensity_new_spots(z, maps, lesion_either, params)
-            labels_f = label_components((labels_f > 0) | spots, affine=grid.affine,
-                                        min_lesion_mm3=seg.min_lesion_mm3)
-            increase |= spots
+            if spots.any():  # apart from every lesion: added as components of their own
+                labels_f = label_components((labels_f > 0) | spots, affine=grid.affine,
+                                            min_lesion_mm3=seg.min_lesion_mm3)
+                increase |= spots
     else:
         increase = (maps.prob_f >= t) & (maps.prob_b < t)
         decrease = (maps.prob_b >= t) & (maps.prob_f < t)
