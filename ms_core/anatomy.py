@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from ms_core.domain import affine_spacing
 from ms_core.io import cached_arrays
 
 __all__ = [
@@ -147,7 +148,7 @@ def _derive_template() -> dict[str, np.ndarray]:
     ventricles = np.isin(labels, keep)
     log.debug("ventricles: %d components, %d voxels", keep.size, int(ventricles.sum()))
 
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(affine)
     inside = brain > 0.5
     head_sd = (ndi.distance_transform_edt(~inside, sampling=spacing)
                - ndi.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)

@@ -73,7 +73,7 @@ from scipy import ndimage as ndi
 
 from ms_core import __version__
 from ms_core.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
-from ms_core.domain import MODALITIES, Visit, Volume, voxel_volume_ml
+from ms_core.domain import MODALITIES, Visit, Volume, affine_spacing, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.io import load_lesion_mask, load_volume, read_json, to_sitk, write_json
 from ms_core.models import sha256_file
@@ -353,7 +353,7 @@ def _priors_on_grid(subject_to_mni: np.ndarray, grid: Grid) -> tuple[np.ndarray,
     """
     tpl = load_template()
     icv = warp_from_template(tpl.brain, subject_to_mni, grid)
-    spacing = np.sqrt((grid.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(grid.affine)
     sigma = [_PRIOR_SIGMA_MM / float(s) for s in spacing]
     maps = []
     for m in (tpl.csf, tpl.gm, tpl.wm):

@@ -43,6 +43,19 @@ def check_affine(affine: np.ndarray, *, name: str = "affine") -> np.ndarray:
     return arr
 
 
+def affine_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along the three array axes: the lengths of the affine's first three columns.
+
+    >>> affine_spacing(np.diag([0.5, 1.0, 3.0, 1.0])).tolist()
+    [0.5, 1.0, 3.0]
+    >>> affine_spacing(np.array([[0, -2, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])).tolist()
+    [2.0, 2.0, 1.0]
+    """
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing: np.ndarray = np.sqrt((m ** 2).sum(axis=0))
+    return spacing
+
+
 def voxel_volume_ml(affine: np.ndarray) -> float:
     """Volume of one voxel in millilitres (1 ml = 1000 mm^3).
 
@@ -71,7 +84,7 @@ class Volume:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel size along the three array axes, in mm."""
-        sp = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        sp = affine_spacing(self.affine)
         return (float(sp[0]), float(sp[1]), float(sp[2]))
 
     @property

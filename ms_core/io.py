@@ -40,7 +40,7 @@ import pandas as pd
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from ms_core.domain import MODALITIES, LesionMask, Volume, check_affine
+from ms_core.domain import MODALITIES, LesionMask, Volume, affine_spacing, check_affine
 from ms_core.errors import NiftiError
 from ms_core.settings import DEFAULT_MAX_VOXELS, cache_dir, max_file_bytes, max_voxels
 
@@ -278,7 +278,7 @@ def read_nifti_header(path: Path | str, *, volume: int | None = None) -> nib.Nif
         affine = check_affine(affine_raw)
     except ValueError as e:
         raise NiftiError(p, f"bad orientation matrix: {e}") from e
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(affine)
     lo, hi = SPACING_RANGE_MM
     if np.any(spacing < lo) or np.any(spacing > hi):
         sizes = np.round(spacing, 3).tolist()
@@ -489,7 +489,7 @@ def to_sitk(data: np.ndarray, affine: np.ndarray) -> Any:
     import SimpleITK as sitk
 
     aff = check_affine(affine)
-    spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(aff)
     direction = aff[:3, :3] / spacing
     lps = np.diag([-1.0, -1.0, 1.0])
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))

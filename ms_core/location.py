@@ -71,7 +71,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core.anatomy import derivation_key, load_template, world_grid
-from ms_core.domain import check_affine
+from ms_core.domain import affine_spacing, check_affine
 from ms_core.io import cached_arrays
 from ms_core.lesions import check_labels
 from ms_core.preprocess import Grid, warp_from_template
@@ -171,7 +171,7 @@ def _derive_zones() -> dict[str, np.ndarray]:
     tpl = load_template()
     x, y, z = world_grid(tpl.shape, tpl.affine)
     brain = tpl.brain >= 0.5
-    spacing = np.sqrt((tpl.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(tpl.affine)
 
     infra = _infratentorial(x, y, z) & brain
     box = DEEP_GREY_BOX_MM

@@ -49,7 +49,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.domain import Visit, Volume, voxel_volume_ml
+from ms_core.domain import Visit, Volume, affine_spacing, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model
 from ms_core.io import atomic_write_text, load_volume, read_json, save_labels, write_json
@@ -491,7 +491,7 @@ def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray
     if not spots.any():  # the voxel tests are cheap; the dilation and distances are not
         return spots
     covered = maps.brain & (maps.b_norm > 0)  # inside the brain and the baseline's field of view
-    spacing = np.sqrt((maps.grid.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(maps.grid.affine)
     spots &= ndi.distance_transform_edt(covered, sampling=spacing) > _EDGE_MM
     spots &= ~ndi.binary_dilation(lesion_either, structure=np.ones((3, 3, 3), bool))
     labels = label_components(spots, affine=maps.grid.affine,

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ms_core.domain import LesionMask, Visit, check_affine
+from ms_core.domain import LesionMask, Visit, affine_spacing, check_affine
 from ms_core.io import nifti_bytes, read_nifti_header
 
 __all__ = [
@@ -77,7 +77,7 @@ def image_geometry(modality: str, shape: tuple[int, ...], affine: np.ndarray) ->
     if len(dims) != 3:
         raise ValueError(f"Expected a 3D image shape (X, Y, Z), got {dims}")
     aff = check_affine(affine)
-    spacing = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(aff)
     codes = nib.orientations.aff2axcodes(aff)
     return ImageGeometry(
         modality=modality,
