@@ -33,8 +33,9 @@ import ui_helpers
 from ms_core import state_keys
 from ms_core.domain import Visit
 from ms_core.errors import InputError
-from ms_core.io import load_lesion_mask, load_volume
+from ms_core.io import load_lesion_mask, load_volume, read_json, read_nifti_header
 from ms_core.longitudinal import tracking_dir
+from ms_core.preprocess import Grid
 from ms_core.study import derivatives_dir
 from ms_core.viewer import (
     LESION_COLOUR,
@@ -48,6 +49,7 @@ from ms_core.viewer import (
     link_transforms,
     preview_lesions,
     status_labels,
+    status_labels_at_baseline,
 )
 from ms_core.visits import overlay_caption
 from ui_helpers import file_stamp
@@ -288,14 +290,44 @@ def _status_overlay(folder: str, stamps: tuple[tuple[int, int], ...]) -> bytes:
     return labels_viewer_bytes(status_labels(ids.labels, changes), ids.affine)
 
 
+_STATUS_FILES = ("lesion_ids.nii.gz", "lesion_changes.csv", "provenance.json")
+
+
 def status_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
     """The stored comparison's lesions coloured by status (codes of
     :data:`ms_core.viewer.STATUS_STYLES`), or ``None`` without a comparison."""
     folder = tracking_dir(root, baseline, followup)
-    files = ("lesion_ids.nii.gz", "lesion_changes.csv", "provenance.json")
-    if not all((folder / f).exists() for f in files):
+    if not all((folder / f).exists() for f in _STATUS_FILES):
         return None
-    return _status_overlay(str(folder), tuple(file_stamp(folder / f) for f in files))
+    return _status_overlay(str(folder), tuple(file_stamp(folder / f) for f in _STATUS_FILES))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _baseline_status_overlay(folder: str, stamps: tuple[tuple[int, int], ...], flair: str,
+                             flair_stamp: tuple[int, int]) -> bytes:
+    ids = load_lesion_mask(Path(folder) / "lesion_ids.nii.gz")
+    changes = pd.read_csv(Path(folder) / "lesion_changes.csv")
+    change = load_lesion_mask(Path(folder) / "change_mask.nii.gz")
+    f2b = read_json(Path(folder) / "provenance.json")["registration"]["followup_to_baseline_ras_mm"]
+    header = read_nifti_header(flair)
+    x, y, z = (int(n) for n in header.shape[:3])
+    grid = Grid((x, y, z), header.affine)
+    labels = status_labels_at_baseline(status_labels(ids.labels, changes), change.labels,
+                                       ids.affine, np.asarray(f2b, np.float64), grid)
+    return labels_viewer_bytes(labels, grid.affine)
+
+
+def baseline_status_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
+    """The stored comparison's status colours on the baseline visit's FLAIR grid, as its lesions
+    were then (:func:`ms_core.viewer.status_labels_at_baseline`), or ``None`` without a
+    comparison or a baseline FLAIR."""
+    folder = tracking_dir(root, baseline, followup)
+    files = (*_STATUS_FILES, "change_mask.nii.gz")
+    flair = baseline.images.get("FLAIR")
+    if flair is None or not flair.exists() or not all((folder / f).exists() for f in files):
+        return None
+    return _baseline_status_overlay(str(folder), tuple(file_stamp(folder / f) for f in files),
+                                    str(flair), file_stamp(flair))
 
 
 # ----------------------------------------------------------------------------- the viewer block
@@ -423,7 +455,7 @@ def patient_viewer(root: Path, visit: Visit, previous: Visit | None,
             "scanner coordinates only (compare the visits to register them)"
         side_pane = Pane(display_image(prev_image, modality), prev_image.name,
                          f"{previous.session_id} · {modality} (previous)",
-                         _previous_layers(root, previous, overlay, opacity), to_ref=b2f)
+                         _previous_layers(root, previous, visit, overlay, opacity), to_ref=b2f)
         if message_bytes([*panes, side_pane]) > MESSAGE_BUDGET:
             side_pane = replace(side_pane, image=display_image(prev_image, modality, step=2),
                                 title=f"{side_pane.title}, half resolution")
@@ -450,10 +482,16 @@ def shown_lesions(table: pd.DataFrame, location: str | None) -> pd.DataFrame:
             else table.copy())
 
 
-def _previous_layers(root: Path, previous: Visit, overlay: str, opacity: float) -> list[Layer]:
+def _previous_layers(root: Path, previous: Visit, visit: Visit, overlay: str,
+                     opacity: float) -> list[Layer]:
     if overlay == PROBABILITY:
         prob = ui_helpers.probability_overlay(root, previous)
         return [Layer(prob, "lesion_prob.nii.gz", "warm", opacity)] if prob else []
+    if overlay == STATUS:  # the same colours as the follow-up, as the lesions were then
+        then = baseline_status_overlay(root, previous, visit)
+        if then is not None:
+            return [Layer(then, "lesion_status_baseline.nii.gz", opacity=opacity,
+                          labels=STATUS_STYLES)]
     if overlay in (LESIONS, STATUS):
         try:
             found = ui_helpers.lesion_overlay(root, previous)
@@ -477,6 +515,9 @@ def _caption(overlay: str, location: str | None, truth: Any, state: ViewerState,
     elif overlay == STATUS:
         parts.append("Lesions coloured by their status since the previous visit (stored "
                      "comparison).")
+        if linked_by:
+            parts.append("The previous visit shows its lesions in the same colours, as they "
+                         "were then: new lesions and new lesion tissue are not there yet.")
     elif overlay == CHANGES:
         parts.append("Changed voxels: bright = new or enlarging lesion tissue, dark red = "
                      "shrinking or disappeared.")

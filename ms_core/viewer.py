@@ -6,6 +6,8 @@
   timeline and the trial endpoints keep the stored settings).
 - :func:`status_labels` and :data:`STATUS_STYLES`: a label volume coloured by lesion status from
   a stored two-visit comparison (new, enlarging, stable, shrinking, disappeared, ...).
+- :func:`status_labels_at_baseline`: the same colours on the baseline's grid, as the lesions
+  were at baseline (for the previous visit beside the follow-up).
 - :func:`lesion_at`: which lesion a clicked world point (mm) falls in.
 - :func:`link_transforms`: the matrices that link a baseline viewer's crosshair to the
   follow-up's through the stored rigid registration.
@@ -22,10 +24,11 @@ from scipy import ndimage as ndi
 
 from ms_core.io import load_volume, nifti_bytes
 from ms_core.lesions import label_components, lesion_table, threshold_probability
+from ms_core.preprocess import Grid, resample_to_grid
 
 __all__ = ["LESION_COLOUR", "STATUS_STYLES", "LabelStyle", "Preview", "image_viewer_bytes",
            "label_lut", "labels_viewer_bytes", "lesion_at", "link_transforms", "preview_lesions",
-           "status_labels"]
+           "status_labels", "status_labels_at_baseline"]
 
 #: Location of a previewed lesion that overlaps no stored lesion (it appears only at the
 #: preview's settings; re-run the segmentation with them to classify it).
@@ -136,6 +139,33 @@ def status_labels(lesion_ids: np.ndarray, changes: pd.DataFrame) -> np.ndarray:
     lookup = np.zeros(max(top, int(table_ids.max()) if len(table_ids) else 0) + 1, np.uint8)
     lookup[table_ids] = [codes[s] for s in changes["status"]]
     out: np.ndarray = lookup[np.clip(ids, 0, None).astype(np.int64)]
+    return out
+
+
+def status_labels_at_baseline(status: np.ndarray, change_mask: np.ndarray,
+                              followup_affine: np.ndarray, followup_to_baseline: np.ndarray,
+                              baseline: Grid) -> np.ndarray:
+    """The comparison's status colours as the lesions were at baseline, on ``baseline``'s grid.
+
+    ``status``: :func:`status_labels` of the comparison and ``change_mask`` its
+    ``change_mask.nii.gz`` (1 = lesion tissue that appeared, 2 = tissue that went away), both on
+    the follow-up grid (``followup_affine``); ``followup_to_baseline``: the stored rigid
+    registration (follow-up world mm to baseline world mm). New lesions and the tissue that
+    appeared are left out (they were not there at baseline); stable, shrinking, disappeared
+    lesions and the baseline part of enlarging ones keep their colour. Nearest-neighbour
+    resampling, uint8 like :func:`status_labels`.
+    """
+    codes = np.asarray(status, dtype=np.uint8)
+    change = np.asarray(change_mask)
+    if codes.shape != change.shape:
+        raise ValueError(f"status {codes.shape} and change mask {change.shape} differ in shape")
+    f2b = np.asarray(followup_to_baseline, dtype=np.float64)
+    if f2b.shape != (4, 4) or not np.all(np.isfinite(f2b)):
+        raise ValueError(f"followup_to_baseline must be a finite 4x4 matrix, got {f2b.shape}")
+    new = next(s.code for s in STATUS_STYLES if s.name == "new")
+    then = np.where((codes == new) | (change == 1), np.uint8(0), codes)
+    out: np.ndarray = resample_to_grid(then, f2b @ np.asarray(followup_affine, np.float64),
+                                       baseline, order=0)
     return out
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from ms_core.io import nifti_bytes
 from ms_core.lesions import lesion_table, threshold_probability
+from ms_core.preprocess import Grid
 from ms_core.viewer import (
     STATUS_STYLES,
     UNCLASSIFIED,
@@ -24,6 +25,7 @@ from ms_core.viewer import (
     link_transforms,
     preview_lesions,
     status_labels,
+    status_labels_at_baseline,
 )
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
@@ -98,6 +100,51 @@ def test_status_labels_colour_each_lesion_by_its_status() -> None:
     assert out[3, 3, 3] == 0 and int((out > 0).sum()) == 3     # id 7 is not in the table
     with pytest.raises(ValueError, match="unknown lesion status"):
         status_labels(ids, pd.DataFrame({"lesion_id": [1], "status": ["growing"]}))
+
+
+def test_status_colours_at_baseline_follow_the_registration_and_leave_out_what_is_new() -> None:
+    codes = {s.name: s.code for s in STATUS_STYLES}
+    shape = (30, 30, 20)
+    status = np.zeros(shape, np.uint8)
+    change = np.zeros(shape, np.uint8)
+    blocks = {"stable": (5, 5, 5), "new": (15, 5, 5), "disappeared": (5, 15, 5),
+              "enlarging": (15, 15, 10)}
+    for name, (x, y, z) in blocks.items():
+        status[x:x + 4, y:y + 4, z:z + 4] = codes[name]
+    change[5:9, 15:19, 5:9] = 2        # the disappeared lesion's tissue went away
+    change[15:19, 15:19, 12:14] = 1    # the enlarging lesion grew at its top two slices
+    change[15:19, 5:9, 5:9] = 1        # the new lesion's tissue appeared
+    followup_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    followup_affine[:3, 3] = [-15.0, -15.0, -20.0]
+    f2b = np.eye(4)
+    f2b[:3, 3] = [4.0, -2.0, 6.0]      # follow-up world mm -> baseline world mm
+    baseline_affine = np.diag([0.5, 0.5, 1.0, 1.0])
+    baseline_affine[:3, 3] = [-12.1, -20.1, -18.3]  # no baseline voxel maps onto a half voxel
+    grid = Grid((80, 80, 50), baseline_affine)
+
+    out = status_labels_at_baseline(status, change, followup_affine, f2b, grid)
+    assert out.shape == grid.shape and out.dtype == np.uint8
+    to_baseline_voxel = np.linalg.inv(baseline_affine) @ f2b @ followup_affine
+
+    def at(v: tuple[float, float, float]) -> int:
+        i, j, k = np.rint(to_baseline_voxel @ np.array([*v, 1.0]))[:3].astype(int)
+        return int(out[i, j, k])
+
+    assert at((6.5, 6.5, 6.5)) == codes["stable"]
+    assert at((6.5, 16.5, 6.5)) == codes["disappeared"]
+    assert at((16.5, 16.5, 10.5)) == codes["enlarging"]   # the part that was there
+    assert at((16.5, 16.5, 12.5)) == 0                    # the tissue that appeared
+    assert at((16.5, 6.5, 6.5)) == 0                      # a new lesion was not there yet
+    assert codes["new"] not in np.unique(out)
+    # every coloured voxel maps back onto a follow-up voxel of the same status
+    back = np.linalg.inv(to_baseline_voxel)
+    ijk = np.argwhere(out > 0)
+    src = np.rint((back @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T).astype(int)
+    assert np.array_equal(status[tuple(src.T)], out[tuple(ijk.T)])
+    with pytest.raises(ValueError, match="differ in shape"):
+        status_labels_at_baseline(status, change[:-1], followup_affine, f2b, grid)
+    with pytest.raises(ValueError, match="4x4"):
+        status_labels_at_baseline(status, change, followup_affine, np.eye(3), grid)
 
 
 def test_label_lut_gives_each_code_its_colour_and_keeps_zero_transparent() -> None:

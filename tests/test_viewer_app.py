@@ -116,7 +116,15 @@ def test_status_overlay_and_side_by_side(page: AppTest, processed: Path) -> None
     to_ref = np.asarray(spec["panes"][1]["to_ref"]).reshape(4, 4)
     assert np.allclose(to_ref @ f2b, np.eye(4), atol=1e-9)   # baseline -> follow-up
     assert spec["panes"][1]["title"].startswith(first.session_id)
-    assert "stored rigid registration" in " ".join(c.value for c in at.caption)
+    # the previous visit: the same status colours, as its lesions were then
+    previous = spec["panes"][1]["overlays"]
+    assert [o["name"] for o in previous] == ["lesion_status_baseline.nii.gz"]
+    assert previous[0]["label_lut"] == overlay["label_lut"]
+    captions = " ".join(c.value for c in at.caption)
+    assert "stored rigid registration" in captions and "as they were then" in captions
+
+    at.radio(key=state_keys.VIEW_OVERLAY).set_value("Lesions").run()
+    assert [o["name"] for o in _spec(at)["panes"][1]["overlays"]] == ["lesions.nii.gz"]
 
 
 def test_side_by_side_sends_the_previous_visit_coarser_over_the_budget(
