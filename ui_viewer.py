@@ -304,14 +304,11 @@ def status_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _baseline_status_overlay(folder: str, stamps: tuple[tuple[int, int], ...], flair: str,
-                             flair_stamp: tuple[int, int]) -> bytes | None:
-    prov = read_json(Path(folder) / "provenance.json")
-    f2b = (prov.get("registration") or {}).get("followup_to_baseline_ras_mm")
-    if f2b is None:
-        return None
+                             flair_stamp: tuple[int, int]) -> bytes:
     ids = load_lesion_mask(Path(folder) / "lesion_ids.nii.gz")
     changes = pd.read_csv(Path(folder) / "lesion_changes.csv")
     change = load_lesion_mask(Path(folder) / "change_mask.nii.gz")
+    f2b = read_json(Path(folder) / "provenance.json")["registration"]["followup_to_baseline_ras_mm"]
     header = read_nifti_header(flair)
     x, y, z = (int(n) for n in header.shape[:3])
     grid = Grid((x, y, z), header.affine)
@@ -323,13 +320,7 @@ def _baseline_status_overlay(folder: str, stamps: tuple[tuple[int, int], ...], f
 def baseline_status_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
     """The stored comparison's status colours on the baseline visit's FLAIR grid, as its lesions
     were then (:func:`ms_core.viewer.status_labels_at_baseline`), or ``None`` without a
-    comparison, its registration or a baseline FLAIR.
-
-    Raises
-    ------
-    InputError
-        naming the file that cannot be read.
-    """
+    comparison or a baseline FLAIR."""
     folder = tracking_dir(root, baseline, followup)
     files = (*_STATUS_FILES, "change_mask.nii.gz")
     flair = baseline.images.get("FLAIR")
@@ -497,11 +488,7 @@ def _previous_layers(root: Path, previous: Visit, visit: Visit, overlay: str,
         prob = ui_helpers.probability_overlay(root, previous)
         return [Layer(prob, "lesion_prob.nii.gz", "warm", opacity)] if prob else []
     if overlay == STATUS:  # the same colours as the follow-up, as the lesions were then
-        try:
-            then = baseline_status_overlay(root, previous, visit)
-        except InputError as e:
-            st.warning(f"The previous visit's lesions are shown without their status. {e}")
-            then = None
+        then = baseline_status_overlay(root, previous, visit)
         if then is not None:
             return [Layer(then, "lesion_status_baseline.nii.gz", opacity=opacity,
                           labels=STATUS_STYLES)]
