@@ -230,8 +230,11 @@ def arm_colours(arms: Sequence[str]) -> dict[str, str]:
 
 def _bars(summary: pd.DataFrame, y: str, lo: str, hi: str, colours: dict[str, str],
           text: list[str], title: str, y_title: str) -> go.Figure:
+    # The counts go under each arm's name: text on the bar sat under the error bar, and a bar of
+    # height 0 (no patient with NEDA-3) showed none.
+    arms = list(summary["trial_arm"])
     fig = go.Figure(go.Bar(
-        x=summary["trial_arm"], y=summary[y], text=text, textposition="auto",
+        x=arms, y=summary[y],
         marker_color=[colours.get(a, "grey") for a in summary["trial_arm"]],
         error_y={"type": "data", "symmetric": False, "array": summary[hi] - summary[y],
                  "arrayminus": summary[y] - summary[lo]},
@@ -240,6 +243,8 @@ def _bars(summary: pd.DataFrame, y: str, lo: str, hi: str, colours: dict[str, st
                       "<extra></extra>"))
     fig.update_layout(title=title, height=360, margin={"t": 60, "b": 40}, showlegend=False,
                       yaxis_title=y_title, xaxis_title="arm")
+    fig.update_xaxes(tickvals=arms, ticktext=[f"{a}<br>{t}" for a, t in zip(arms, text,
+                                                                             strict=True)])
     return fig
 
 

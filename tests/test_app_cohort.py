@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,18 @@ def test_cohort_page_summarises_arms_and_exports(small_study: Path,
     bars = charts["New/enlarging T2 lesions per patient-year"]["data"][0]
     assert bars["type"] == "bar" and bars["x"] == ["control", "treatment"]
     assert bars["error_y"]["array"] is not None  # the confidence intervals
+    # the counts stand under each arm's name, also where a bar has height 0
+    rows = summary.set_index("Arm")
+    for title, column in (("New/enlarging T2 lesions per patient-year",
+                           "New/enlarging T2 lesions"),
+                          ("NEDA-3 over the follow-up", "NEDA-3 (95 % CI)")):
+        axis = charts[title]["layout"]["xaxis"]
+        assert axis["tickvals"] == ["control", "treatment"]
+        for arm, tick in zip(axis["tickvals"], axis["ticktext"], strict=True):
+            name, count = tick.split("<br>")
+            numbers = re.findall(r"[\d.]+", count)
+            assert name == arm and numbers  # the table's leading numbers, e.g. "3 in 4.4 ..."
+            assert re.findall(r"[\d.]+", str(rows.loc[arm, column]))[:len(numbers)] == numbers
     km = charts["Time to confirmed disability worsening (Kaplan-Meier)"]
     assert {t["line"]["shape"] for t in km["data"] if t.get("mode") == "lines"} == {"hv"}
     assert any(t.get("fill") == "tonexty" for t in km["data"])  # CI band
