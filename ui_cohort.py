@@ -235,7 +235,7 @@ def _bars(summary: pd.DataFrame, y: str, lo: str, hi: str, colours: dict[str, st
     arms = list(summary["trial_arm"])
     fig = go.Figure(go.Bar(
         x=arms, y=summary[y],
-        marker_color=[colours.get(a, "grey") for a in summary["trial_arm"]],
+        marker_color=[colours.get(a, "grey") for a in arms],
         error_y={"type": "data", "symmetric": False, "array": summary[hi] - summary[y],
                  "arrayminus": summary[y] - summary[lo]},
         customdata=summary[[lo, hi]],

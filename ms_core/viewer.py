@@ -159,9 +159,7 @@ def status_labels_at_baseline(status: np.ndarray, change_mask: np.ndarray,
     change = np.asarray(change_mask)
     if codes.shape != change.shape:
         raise ValueError(f"status {codes.shape} and change mask {change.shape} differ in shape")
-    f2b = np.asarray(followup_to_baseline, dtype=np.float64)
-    if f2b.shape != (4, 4) or not np.all(np.isfinite(f2b)):
-        raise ValueError(f"followup_to_baseline must be a finite 4x4 matrix, got {f2b.shape}")
+    f2b = _registration_matrix(followup_to_baseline)
     new = next(s.code for s in STATUS_STYLES if s.name == "new")
     then = np.where((codes == new) | (change == 1), np.uint8(0), codes)
     out: np.ndarray = resample_to_grid(then, f2b @ np.asarray(followup_affine, np.float64),
@@ -274,9 +272,15 @@ def link_transforms(followup_to_baseline: np.ndarray | None) -> tuple[np.ndarray
     registration (identity when the visits have not been compared: then only scanner
     coordinates link them, which the page says).
     """
-    f2b = np.eye(4) if followup_to_baseline is None else np.asarray(followup_to_baseline,
-                                                                     np.float64)
+    f2b = np.eye(4) if followup_to_baseline is None else _registration_matrix(
+        followup_to_baseline)
+    return np.linalg.inv(f2b), f2b
+
+
+def _registration_matrix(followup_to_baseline: np.ndarray) -> np.ndarray:
+    """The stored registration as a float64 (4, 4) array, or ``ValueError``."""
+    f2b = np.asarray(followup_to_baseline, dtype=np.float64)
     if f2b.shape != (4, 4) or not np.all(np.isfinite(f2b)):
         raise ValueError(f"followup_to_baseline must be a finite 4x4 matrix, got {f2b.shape}")
-    return np.linalg.inv(f2b), f2b
+    return f2b
 
