@@ -23,8 +23,8 @@ from ms_core.domain import LesionMask, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.lesions import label_components
 
-__all__ = ["SIZE_BANDS_MM3", "LesionDetection", "MaskMetrics", "SizeBand", "detection_by_size",
-           "dice", "evaluate_masks", "lesion_detection"]
+__all__ = ["SIZE_BANDS_MM3", "LesionDetection", "MaskMetrics", "SizeBand", "calibration_error",
+           "detection_by_size", "dice", "evaluate_masks", "lesion_detection"]
 
 #: Upper edges (mm^3) of the reference-lesion size bands of :func:`detection_by_size`; 10 mm^3
 #: is the segmentation's default smallest reported lesion.
@@ -77,6 +77,37 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
     denom = int(p.sum()) + int(t.sum())
     return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def calibration_error(prob: np.ndarray, truth: np.ndarray, region: np.ndarray, *,
+                      bins: int = 10, min_prob: float = 0.0) -> float | None:
+    """Expected calibration error of a probability map over ``region`` (Guo et al. 2017).
+
+    Voxels of ``region`` with probability at least ``min_prob`` are put in ``bins`` equal-width
+    probability bins; the error is the voxel-weighted mean over bins of |mean probability -
+    share of true lesion voxels|. 0 is perfect; ``None`` when no voxel qualifies. Inside a
+    whole brain most voxels are certain background, which makes the error small whatever the
+    lesions; ``min_prob`` (e.g. 0.05) looks at the voxels the model hesitates over.
+
+    >>> p = np.array([0.9, 0.9, 0.1, 0.1]); t = np.array([1, 1, 0, 1])
+    >>> round(calibration_error(p, t, np.ones(4, bool)), 3)
+    0.25
+    """
+    pr, tr, mask = np.asarray(prob, np.float64), np.asarray(truth) > 0, np.asarray(region) > 0
+    if not pr.shape == tr.shape == mask.shape:
+        raise ValueError(f"probability {pr.shape}, truth {tr.shape} and region {mask.shape} "
+                         "must share one grid")
+    keep = mask & (pr >= min_prob)
+    n = int(keep.sum())
+    if n == 0:
+        return None
+    p_in, t_in = pr[keep], tr[keep]
+    which = np.minimum((p_in * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    p_sum = np.bincount(which, weights=p_in, minlength=bins)
+    t_sum = np.bincount(which, weights=t_in.astype(np.float64), minlength=bins)
+    used = count > 0
+    return float(np.sum(np.abs(p_sum[used] - t_sum[used])) / n)
 
 
 def _overlap_counts(a_labels: np.ndarray, b_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

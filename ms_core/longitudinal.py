@@ -447,7 +447,7 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
     for name, vol in (("baseline", baseline), ("follow-up", followup)):
         if not np.any(vol.data > 0):
             raise InputError(vol.source, f"the {name} FLAIR is blank (no positive voxels)")
-    grid, f_work, brain, to_mni = flair_on_working_grid(followup, seg)
+    grid, f_work, brain, to_mni = flair_on_working_grid(followup, seg, model)
     timer.lap("preprocess_brain")
     f_to_b = register_visits(baseline, followup)
     b_in_f = np.linalg.inv(f_to_b) @ baseline.affine  # baseline voxels -> follow-up world

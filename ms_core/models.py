@@ -23,6 +23,7 @@ from ms_core.errors import InputError
 from ms_core.io import read_json, write_json
 
 __all__ = [
+    "INTENSITY_REFERENCES",
     "MODELS_DIR",
     "ModelCard",
     "ModelError",
@@ -38,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models_onnx"
 #: Card fields every model needs.
 _COMMON = ("name", "version", "sha256", "training")
+#: Intensity references a segmentation card may name (``preprocessing.intensity_reference``).
+INTENSITY_REFERENCES = ("brain_median", "white_matter")
 #: Further card fields of the image segmentation models.
 _REQUIRED = (*_COMMON, "input", "output", "preprocessing")
 
@@ -97,6 +100,13 @@ class ModelCard:
     normalisation: str
     threshold: float
     raw: dict[str, Any]
+    #: Intensity reference of the input normalisation: "brain_median" (models up to 3.2.0)
+    #: or "white_matter" (:func:`ms_core.preprocess.white_matter_level`); card field
+    #: ``preprocessing.intensity_reference``.
+    intensity_reference: str = "brain_median"
+    #: Whether the network reads its T1w channel; a card with ``input.t1w: "ignored"`` gets
+    #: zeros there even when a T1w is given (the channel did not help on the real scans).
+    uses_t1: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,13 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
     model = verify_model(name, models_dir, _REQUIRED)
     card, onnx_path, card_path, actual = model.card, model.onnx_path, model.card_path, model.sha256
     inp, pre = card["input"], card["preprocessing"]
+    reference = pre.get("intensity_reference", "brain_median")
+    if reference not in INTENSITY_REFERENCES:
+        raise ModelError(card_path, f"preprocessing.intensity_reference is {reference!r}; "
+                                    f"expected one of {INTENSITY_REFERENCES}")
+    t1w = inp.get("t1w", "used")
+    if t1w not in ("used", "ignored"):
+        raise ModelError(card_path, f"input.t1w is {t1w!r}; expected 'used' or 'ignored'")
     try:
         return ModelCard(
             name=card["name"], version=str(card["version"]), onnx_path=onnx_path, sha256=actual,
@@ -171,6 +188,7 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
             patch_size=tuple(int(p) for p in inp["patch_size"]),  # type: ignore[arg-type]
             multiple_of=int(inp["multiple_of"]), normalisation=str(pre["normalisation"]),
             threshold=float(card.get("threshold", 0.5)), raw=card,
+            intensity_reference=str(reference), uses_t1=t1w == "used",
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(card_path, f"model card field missing or malformed: {e}") from e

@@ -31,12 +31,14 @@ __all__ = [
     "denoise",
     "n4_bias_correct",
     "normalize_intensity",
+    "normalize_to_white_matter",
     "pad_to_multiple",
     "register_visit_pair",
     "resample_to_grid",
     "template_to_subject",
     "volume_digest",
     "warp_from_template",
+    "white_matter_level",
     "working_grid",
 ]
 
@@ -107,6 +109,60 @@ def normalize_intensity(data: np.ndarray, brain: np.ndarray) -> np.ndarray:
     if not med > 0:
         raise ValueError(f"median brain intensity is {med}: the image looks blank")
     return np.asarray(np.where(mask, data / med, 0.0), dtype=np.float32)
+
+
+#: Registered white-matter prior above which voxels inform :func:`white_matter_level`.
+WM_PRIOR_MIN = 0.5
+
+
+def white_matter_level(data: np.ndarray, brain: np.ndarray, wm_prior: np.ndarray, *,
+                       bins: int = 200) -> float:
+    """The white-matter intensity of ``data``: the mode of its histogram inside ``brain`` where
+    the registered white-matter prior (``wm_prior``, (X, Y, Z) 0-1) exceeds 0.5.
+
+    Lesions and grey-matter partial volume form tails of that histogram, so its peak stays on
+    normal-appearing white matter whatever the lesion load or the grey / white matter contrast,
+    where the brain median moves with both (real scans: within 2.5 % of the white-matter median
+    of patient26, MSLesSeg P18 and P39 against 8 % for the brain median; docs/segmentation.md).
+    The histogram spans the 1st-99th percentiles in ``bins`` bins, smoothed over 2 bins.
+
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.normal(100.0, 5.0, (20, 20, 20))
+    >>> img[:5] = rng.normal(170.0, 20.0, (5, 20, 20))  # a quarter of it lesion
+    >>> round(white_matter_level(img, img > 0, np.ones(img.shape)) / 100.0, 1)
+    1.0
+
+    Raises ``ValueError`` when fewer than 1000 voxels qualify (no white matter in the mask).
+    """
+    arr = np.asarray(data, dtype=np.float32)
+    prior = np.asarray(wm_prior)
+    if prior.shape != arr.shape:
+        raise ValueError(f"white-matter prior shape {prior.shape} differs from image shape "
+                         f"{arr.shape}; warp the prior onto the image grid first")
+    values = arr[(np.asarray(brain) > 0) & (prior > WM_PRIOR_MIN)]
+    if values.size < 1000:
+        raise ValueError(f"only {values.size} brain voxels have a white-matter prior above "
+                         f"{WM_PRIOR_MIN}: is the template registered to this image?")
+    lo, hi = (float(v) for v in np.percentile(values, [1.0, 99.0]))
+    if not hi > lo:
+        raise ValueError("white matter has no intensity spread: the image looks blank")
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    peak = int(np.argmax(ndi.gaussian_filter1d(counts.astype(np.float64), 2.0)))
+    level = 0.5 * float(edges[peak] + edges[peak + 1])
+    if not level > 0:
+        raise ValueError(f"white-matter intensity is {level}: the image looks blank")
+    return level
+
+
+def normalize_to_white_matter(data: np.ndarray, brain: np.ndarray,
+                              wm_prior: np.ndarray) -> np.ndarray:
+    """Divide by :func:`white_matter_level`; zero outside ``brain``. (X, Y, Z) float32."""
+    mask = np.asarray(brain) > 0
+    if not mask.any():
+        raise ValueError("brain mask is empty: cannot normalise intensities")
+    level = white_matter_level(data, mask, wm_prior)
+    return np.asarray(np.where(mask, np.asarray(data, np.float32) / level, 0.0),
+                      dtype=np.float32)
 
 
 def _check_image_and_brain(data: np.ndarray, brain: np.ndarray, what: str

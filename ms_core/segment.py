@@ -51,6 +51,7 @@ from ms_core.preprocess import (
     denoise,
     n4_bias_correct,
     normalize_intensity,
+    normalize_to_white_matter,
     pad_to_multiple,
     resample_to_grid,
     template_to_subject,
@@ -70,12 +71,14 @@ __all__ = [
     "brain_on_grid",
     "flair_on_working_grid",
     "model_info",
+    "needs_white_matter",
     "network_input",
     "probability_on_grid",
     "segment_files",
     "segment_visit",
     "segment_volumes",
     "segmentation_status",
+    "white_matter_prior",
     "write_outputs",
 ]
 
@@ -183,14 +186,22 @@ def baseline_probability(flair: np.ndarray, brain: np.ndarray, gm_prior: np.ndar
     return np.asarray(np.where(wm, p, 0.0), dtype=np.float32)
 
 
-def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: SegmentParams
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+def needs_white_matter(params: SegmentParams, model: OnnxModel | None) -> bool:
+    """Whether the run normalises by white matter, which needs the registered template."""
+    return (params.method == "network" and model is not None
+            and model.card.intensity_reference == "white_matter")
+
+
+def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: SegmentParams,
+                  model: OnnxModel | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Brain mask of ``flair`` on ``grid`` and the subject -> MNI matrix (when registered).
 
     ``f_work`` is the FLAIR already resampled onto ``grid``. Registration to the template runs
-    for raw scans and for the baseline method (which needs the tissue priors).
+    for raw scans, for the baseline method (which needs the tissue priors) and for a ``model``
+    that normalises by white matter (which needs the white-matter prior).
     """
-    need_registration = not params.skull_stripped or params.method == "baseline"
+    need_registration = (not params.skull_stripped or params.method == "baseline"
+                         or needs_white_matter(params, model))
     to_mni = (template_to_subject(flair, skull_stripped=params.skull_stripped)
               if need_registration else None)
     if params.skull_stripped:
@@ -203,24 +214,41 @@ def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: Segment
     return brain, to_mni
 
 
-def flair_on_working_grid(flair: Volume, params: SegmentParams
+def flair_on_working_grid(flair: Volume, params: SegmentParams, model: OnnxModel | None = None
                           ) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray | None]:
     """The 1 mm working grid of ``flair``, the FLAIR resampled onto it, its brain mask there
     and the subject -> MNI matrix (when registered; see :func:`brain_on_grid`)."""
     grid = working_grid(flair, 1.0)
     f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
-    brain, to_mni = brain_on_grid(flair, grid, f_work, params)
+    brain, to_mni = brain_on_grid(flair, grid, f_work, params, model)
     return grid, f_work, brain, to_mni
 
 
+def white_matter_prior(grid: Grid, to_mni: np.ndarray | None,
+                       box: tuple[slice, ...]) -> np.ndarray:
+    """The MNI152 white-matter prior on ``grid[box]`` through the subject -> MNI matrix."""
+    if to_mni is None:
+        raise ValueError("this model normalises by white matter and needs the subject -> MNI "
+                         "transform (flair_on_working_grid with the model)")
+    return warp_from_template(load_template().wm, to_mni, grid)[box]
+
+
 def network_input(flair: np.ndarray, t1: np.ndarray | None, brain: np.ndarray,
-                  multiple_of: int, patch: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+                  multiple_of: int, patch: int, *, wm_prior: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, tuple[slice, ...]]:
     """The network's (2, X, Y, Z) float32 input from (X, Y, Z) images cropped to the brain:
-    FLAIR, then T1w (zeros without one), each divided by its median inside ``brain``, zero-padded
-    to a multiple of ``multiple_of`` and at least ``patch``; and the slices that cut the
-    unpadded box back out (:func:`ms_core.preprocess.pad_to_multiple`)."""
-    f_norm = normalize_intensity(flair, brain)
-    t1_norm = np.zeros_like(f_norm) if t1 is None else normalize_intensity(t1, brain)
+    FLAIR, then T1w (zeros without one), each divided by its median inside ``brain`` or, with
+    ``wm_prior`` (the registered white-matter prior on the same box), by its white-matter level
+    (:func:`ms_core.preprocess.white_matter_level`); zero-padded to a multiple of
+    ``multiple_of`` and at least ``patch``; and the slices that cut the unpadded box back out
+    (:func:`ms_core.preprocess.pad_to_multiple`)."""
+    def norm(image: np.ndarray) -> np.ndarray:
+        if wm_prior is None:
+            return normalize_intensity(image, brain)
+        return normalize_to_white_matter(image, brain, wm_prior)
+
+    f_norm = norm(flair)
+    t1_norm = np.zeros_like(f_norm) if t1 is None else norm(t1)
     return pad_to_multiple(np.stack([f_norm, t1_norm]).astype(np.float32), multiple_of,
                            minimum=patch)
 
@@ -256,7 +284,8 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     box = crop_box(brain, margin=4)
     shift = np.eye(4)
     shift[:3, 3] = [float(b.start) for b in box]
-    t1_box = t1_work[box] if t1_work is not None and params.method == "network" else None
+    t1_box = (t1_work[box] if t1_work is not None and params.method == "network"
+              and (model is None or model.card.uses_t1) else None)
     images = _corrected_images([f_work[box]] + ([] if t1_box is None else [t1_box]), brain[box],
                                grid.affine @ shift, params, timer)
     prob_box: np.ndarray
@@ -264,8 +293,11 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
         if model is None:
             raise ValueError("the network method needs a model (load_onnx_model)")
         patch = model.card.patch_size
+        wm_prior = (white_matter_prior(grid, to_mni, box) if needs_white_matter(params, model)
+                    else None)
         x_pad, back = network_input(images[0], images[1] if t1_box is not None else None,
-                                    brain[box], model.card.multiple_of, max(patch))
+                                    brain[box], model.card.multiple_of, max(patch),
+                                    wm_prior=wm_prior)
         timer.lap("preprocess_normalise")
         flips = TTA_FLIPS if params.tta else ((),)
         prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
@@ -291,7 +323,9 @@ def model_info(params: SegmentParams, model: OnnxModel | None
     """Provider and model identity recorded in provenance for ``params.method``."""
     if params.method == "network" and model is not None:
         return model.provider, {"name": model.card.name, "version": model.card.version,
-                                "sha256": model.card.sha256}
+                                "sha256": model.card.sha256,
+                                "intensity_reference": model.card.intensity_reference,
+                                "t1w": "used" if model.card.uses_t1 else "ignored"}
     return "numpy", None
 
 
@@ -305,10 +339,14 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
     timer = StageTimer()
     if not np.any(flair.data > 0):
         raise ValueError("the FLAIR image is blank (no positive voxels)")
-    grid, f_work, brain, to_mni = flair_on_working_grid(flair, params)
+    grid, f_work, brain, to_mni = flair_on_working_grid(flair, params, model)
     timer.lap("preprocess_brain")
-    t1_work = (resample_to_grid(t1.data, t1.affine, grid, order=1)
-               if t1 is not None and params.method == "network" else None)
+    use_t1 = (t1 is not None and params.method == "network"
+              and (model is None or model.card.uses_t1))
+    if t1 is not None and params.method == "network" and not use_t1:
+        log.warning("%s: the model reads FLAIR only (its card: input.t1w ignored); the T1w "
+                    "is not used", t1.source)
+    t1_work = resample_to_grid(t1.data, t1.affine, grid, order=1) if use_t1 and t1 else None
     prob_work = probability_on_grid(f_work, t1_work, brain, grid, params, model, to_mni,
                                     progress, timer)
     provider, info = model_info(params, model)

@@ -7,7 +7,7 @@ import pytest
 
 from ms_core.domain import LesionMask
 from ms_core.errors import InputError
-from ms_core.evaluate import dice, evaluate_masks, lesion_detection
+from ms_core.evaluate import calibration_error, dice, evaluate_masks, lesion_detection
 
 
 def _mask(*boxes: tuple[slice, slice, slice], shape: tuple[int, int, int] = (20, 20, 20)
@@ -119,3 +119,18 @@ def test_evaluate_cli_prints_json(tmp_path) -> None:
                                "--min-lesion-mm3", "-1"], capture_output=True, text=True,
                               timeout=120)
     assert negative.returncode == 2 and "--min-lesion-mm3 must be >= 0" in negative.stderr
+
+
+def test_calibration_error_is_zero_for_a_calibrated_map_and_grows_with_overconfidence() -> None:
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.0, 1.0, 200_000)
+    truth = rng.uniform(0.0, 1.0, prob.size) < prob  # lesion with exactly that probability
+    region = np.ones(prob.size, bool)
+    assert calibration_error(prob, truth, region) < 0.01
+    sharp = np.where(prob > 0.5, 0.99, 0.01)  # same ranking, overconfident
+    assert calibration_error(sharp, truth, region) > 0.2
+    # Only the region counts, and min_prob leaves out the certain background.
+    assert calibration_error(prob, truth, np.zeros(prob.size, bool)) is None
+    assert calibration_error(np.zeros(4), np.zeros(4), np.ones(4, bool), min_prob=0.05) is None
+    with pytest.raises(ValueError, match="one grid"):
+        calibration_error(prob[:10], truth, region)

@@ -38,6 +38,27 @@ def test_card_loads_when_consistent(tmp_path: Path) -> None:
     assert card.patch_size == (8, 8, 8) and card.channels == ("FLAIR",)
 
 
+def test_card_names_its_intensity_reference_and_t1w_use(tmp_path: Path) -> None:
+    root = _fake_models(tmp_path)
+    old = load_model_card("m", root)  # a card from before the fields: median, T1w read
+    assert old.intensity_reference == "brain_median" and old.uses_t1
+    path = root / "m" / "model.json"
+    card = json.loads(path.read_text())
+    card["preprocessing"]["intensity_reference"] = "white_matter"
+    card["input"]["t1w"] = "ignored"
+    path.write_text(json.dumps(card))
+    new = load_model_card("m", root)
+    assert new.intensity_reference == "white_matter" and not new.uses_t1
+    for field, key, value, match in (("preprocessing", "intensity_reference", "zscore",
+                                      "intensity_reference"),
+                                     ("input", "t1w", "sometimes", "input.t1w")):
+        bad = json.loads(json.dumps(card))
+        bad[field][key] = value
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ModelError, match=match):
+            load_model_card("m", root)
+
+
 def test_altered_model_is_refused(tmp_path: Path) -> None:
     root = _fake_models(tmp_path)
     (root / "m" / "model.onnx").write_bytes(b"tampered")

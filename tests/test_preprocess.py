@@ -18,9 +18,11 @@ from ms_core.preprocess import (
     denoise,
     n4_bias_correct,
     normalize_intensity,
+    normalize_to_white_matter,
     pad_to_multiple,
     resample_to_grid,
     template_to_subject,
+    white_matter_level,
     working_grid,
 )
 from ms_core.study import image_path, truth_dir
@@ -52,6 +54,47 @@ def test_resampling_labels_keeps_sphere_volume_across_grids() -> None:
     assert (out > 0).sum() / 1000 == pytest.approx(sphere_volume_ml(12.0), rel=0.06)
     with pytest.raises(ValueError, match="order"):
         resample_to_grid(labels, src_aff, grid, order=2)
+
+
+def _tissue_image(gm_ratio: float, lesion_share: float, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A (40, 40, 40) 'brain': white matter at 200 in the middle slab (its prior 1), grey
+    matter at ``gm_ratio`` x 200 around it, lesions at 1.7 x 200 over ``lesion_share`` of the
+    white matter; noise 3 %."""
+    rng = np.random.default_rng(seed)
+    prior = np.zeros((40, 40, 40), np.float32)
+    prior[:, :, 10:30] = 1.0
+    img = np.where(prior > 0, 200.0, 200.0 * gm_ratio)
+    n_lesion = int(lesion_share * 20)
+    img[:, :, 10:10 + n_lesion] = 340.0
+    img = img * (1.0 + 0.03 * rng.standard_normal(img.shape))
+    return img.astype(np.float32), np.ones(img.shape, bool), prior
+
+
+def test_white_matter_level_ignores_lesion_load_and_grey_matter_contrast() -> None:
+    levels, medians = [], []
+    for gm_ratio, lesion_share in ((1.0, 0.0), (1.3, 0.0), (1.0, 0.3), (1.4, 0.3)):
+        img, brain, prior = _tissue_image(gm_ratio, lesion_share)
+        levels.append(white_matter_level(img, brain, prior))
+        medians.append(float(np.median(img[brain])))
+    assert max(levels) / min(levels) < 1.03  # within 3 % of 200 whatever the scan
+    assert all(abs(v / 200.0 - 1.0) < 0.03 for v in levels)
+    assert max(medians) / min(medians) > 1.15  # the brain median moves by 15 % or more
+    img, brain, prior = _tissue_image(1.3, 0.3)
+    out = normalize_to_white_matter(img, brain, prior)
+    assert float(np.median(out[:, :, 20:30])) == pytest.approx(1.0, abs=0.03)
+
+
+def test_white_matter_level_refuses_a_missing_or_misplaced_prior() -> None:
+    img, brain, prior = _tissue_image(1.2, 0.1)
+    with pytest.raises(ValueError, match="warp the prior"):
+        white_matter_level(img, brain, prior[:-1])
+    with pytest.raises(ValueError, match="is the template registered"):
+        white_matter_level(img, brain, np.zeros_like(prior))
+    with pytest.raises(ValueError, match="blank"):
+        white_matter_level(np.zeros_like(img), brain, prior)
+    with pytest.raises(ValueError, match="empty"):
+        normalize_to_white_matter(img, np.zeros_like(brain), prior)
 
 
 def test_normalize_intensity() -> None:

@@ -168,15 +168,18 @@ class _ChannelSpy:
     """A stand-in for :class:`ms_core.inference.OnnxModel` that records what it is given."""
 
     provider = "CPUExecutionProvider"
-    card = types.SimpleNamespace(patch_size=(16, 16, 16), multiple_of=8, name="spy",
-                                 version="0", sha256="0" * 64)
-
-    def __init__(self) -> None:
+    def __init__(self, *, uses_t1: bool = True, reference: str = "brain_median",
+                 patch: int = 16) -> None:
+        self.card = types.SimpleNamespace(patch_size=(patch,) * 3, multiple_of=8, name="spy",
+                                          version="0", sha256="0" * 64, uses_t1=uses_t1,
+                                          intensity_reference=reference)
         self.t1_max: list[float] = []
+        self.flair_values: list[np.ndarray] = []
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         assert batch.shape[:2] == (1, 2)  # (N, C): FLAIR, then T1w or zeros
         self.t1_max.append(float(np.abs(batch[0, 1]).max()))
+        self.flair_values.append(batch[0, 0][batch[0, 0] > 0.2])
         return np.zeros((1, 1, *batch.shape[2:]), dtype=np.float32)
 
 
@@ -193,6 +196,38 @@ def test_t1_reaches_the_network_as_its_second_channel() -> None:
         windows = len(spy.t1_max) // (4 if tta else 1)
         assert windows > 1 and len(spy.t1_max) == windows * (4 if tta else 1)
         assert (max(spy.t1_max) > 0) == (t1_volume is not None)
+
+
+def test_a_model_that_ignores_t1w_never_sees_it_and_provenance_says_so() -> None:
+    rng = np.random.default_rng(0)
+    head = sphere_labels((40, 40, 40), np.eye(4), [((20.0, 20.0, 20.0), 14.0)]) > 0
+    flair = Volume(np.where(head, 1.0 + 0.1 * rng.random(head.shape), 0.0), np.eye(4), "FLAIR")
+    t1 = Volume(np.where(head, 2.0 + 0.1 * rng.random(head.shape), 0.0), np.eye(4), "T1w")
+    spy = _ChannelSpy(uses_t1=False)
+    result = segment_volumes(flair, t1, SegmentParams(skull_stripped=True, tta=False),
+                             spy)  # type: ignore[arg-type]
+    assert len(spy.t1_max) > 1 and max(spy.t1_max) == 0.0
+    assert result.model is not None and result.model["t1w"] == "ignored"
+
+
+def test_white_matter_normalisation_puts_white_matter_at_one() -> None:
+    from ms_core.anatomy import load_template
+
+    tpl = load_template()
+    # The template as a FLAIR whose grey matter is twice as bright as its white matter (as
+    # bright cortex moves the brain median), skull-stripped, on the template grid.
+    data = np.where(tpl.brain > 0.5, 100.0 * tpl.wm + 200.0 * tpl.gm + 20.0, 0.0)
+    flair = Volume(data.astype(np.float32), tpl.affine, "FLAIR")
+    peak = {}
+    for reference in ("brain_median", "white_matter"):
+        spy = _ChannelSpy(reference=reference, patch=64)
+        segment_volumes(flair, None, SegmentParams(skull_stripped=True, tta=False, overlap=0.0),
+                        spy)  # type: ignore[arg-type]
+        counts, edges = np.histogram(np.concatenate(spy.flair_values), bins=140, range=(0.2, 3.0))
+        peak[reference] = float(edges[int(np.argmax(counts))] + 0.01)
+    # The white-matter peak of the histogram sits at 1.0 with the white-matter reference only.
+    assert abs(peak["white_matter"] - 1.0) < 0.05, peak
+    assert abs(peak["brain_median"] - 1.0) > 0.1, peak
 
 
 def test_visit_segmentation_is_cached_by_input_hash_and_parameters(small_study: Path,

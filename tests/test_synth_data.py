@@ -266,3 +266,79 @@ def test_horn_caps_lie_only_at_the_front_and_back_of_the_ventricles() -> None:
     assert 0 < differ < 8
     with pytest.raises(ValueError, match="caps"):
         PatchSampler(bank, 48, caps="everywhere")
+
+
+def _pair_of_patients() -> LesionBank:
+    """Two patients' masks: a block near the centre and one beside it."""
+    from ms_core.anatomy import load_template
+
+    shape = load_template().shape
+    c = [s // 2 for s in shape]
+    masks = np.zeros((2, *shape), np.uint8)
+    masks[0, c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4, c[2] + 10:c[2] + 16] = 1
+    masks[1, c[0] - 4:c[0] + 4, c[1] + 6:c[1] + 12, c[2] + 10:c[2] + 16] = 1
+    return LesionBank(masks, ("a", "b"), tuple(np.argwhere(m > 0).astype(np.int16)
+                                                for m in masks))
+
+
+def test_healthy_patches_have_no_lesion_and_the_share_is_kept(bank: LesionBank) -> None:
+    sampler = PatchSampler(bank, 32, seed=5, lesion_fraction=1.0, healthy_fraction=0.5)
+    empty = [float(sampler.sample()[1].sum()) == 0.0 for _ in range(30)]
+    assert 5 <= sum(empty) <= 25  # about half
+    always = PatchSampler(bank, 32, seed=5, lesion_fraction=1.0, healthy_fraction=1.0)
+    assert all(float(always.sample()[1].sum()) == 0.0 for _ in range(5))
+
+
+def test_confluent_patches_unite_two_masks_and_grow_them() -> None:
+    bank2 = _pair_of_patients()
+    plain = PatchSampler(bank2, 48, seed=2, lesion_fraction=1.0)
+    merged = PatchSampler(bank2, 48, seed=2, lesion_fraction=1.0, confluent_fraction=1.0)
+    plain_vox = np.mean([plain.sample()[1].sum() for _ in range(8)])
+    merged_vox = np.mean([merged.sample()[1].sum() for _ in range(8)])
+    assert merged_vox > 1.5 * plain_vox
+
+
+def test_small_lesions_add_components_of_3_to_30_mm3(bank: LesionBank) -> None:
+    from ms_core.lesions import label_components
+
+    sampler = PatchSampler(bank, 48, seed=4, lesion_fraction=0.0, small_fraction=1.0)
+    sizes: list[int] = []
+    for _ in range(6):
+        lab = label_components(sampler.sample()[1][0] > 0.5, affine=np.eye(4))
+        sizes += [int((lab == i).sum()) for i in range(1, int(lab.max()) + 1)]
+    assert len(sizes) >= 6
+    assert min(sizes) >= 1 and np.median(sizes) <= 40
+
+
+def test_white_matter_normalisation_puts_white_matter_near_one(bank: LesionBank) -> None:
+    sampler = PatchSampler(bank, 48, seed=8, lesion_fraction=0.0, normalisation="wm",
+                           gm_contrast=(1.5, 1.6), t1_dropout=1.0)
+    levels = []
+    for _ in range(6):
+        x, _ = sampler.sample()
+        flair = x[0]
+        inside = flair > 0
+        levels.append(float(np.median(flair[inside])))
+        assert not x[1].any()  # t1_dropout=1: no T1w channel
+    # Bright cortex (1.5-1.6 x white matter) pulls the median above 1, not white matter's level.
+    assert 0.9 < float(np.median(levels)) < 1.5
+
+
+def test_new_options_are_checked(bank: LesionBank) -> None:
+    for kwargs, match in (({"gm_contrast": (1.6, 1.2)}, "gm_contrast"),
+                          ({"gm_field": 0.9}, "gm_field"),
+                          ({"healthy_fraction": 1.5}, "healthy_fraction"),
+                          ({"normalisation": "zscore"}, "normalisation"),
+                          ({"t1_dropout": -0.1}, "t1_dropout")):
+        with pytest.raises(ValueError, match=match):
+            PatchSampler(bank, 32, **kwargs)  # type: ignore[arg-type]
+
+
+def test_new_options_off_leave_the_patches_bit_identical(bank: LesionBank) -> None:
+    old = PatchSampler(bank, 32, seed=9, hard_negatives=True, noise="mixed")
+    new = PatchSampler(bank, 32, seed=9, hard_negatives=True, noise="mixed", gm_field=0.0,
+                       healthy_fraction=0.0, confluent_fraction=0.0, small_fraction=0.0,
+                       ghosting=0.0, normalisation="median", t1_dropout=0.5)
+    for _ in range(3):
+        (xa, ya), (xb, yb) = old.sample(), new.sample()
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)

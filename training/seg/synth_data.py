@@ -34,14 +34,27 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   and back of the lateral ventricles, where caps (ependymitis granularis) are a normal finding,
   instead of lining the whole ventricle ("ring", the default), which also covers small lesions
   on the ventricle wall;
+- across-scanner options (models from 4.0.0; issue 32): ``gm_contrast``, the range of the grey
+  / white matter FLAIR ratio (up to 1.6: MSLesSeg P18's cortex is 1.2 times white matter at
+  its median and 1.47 at its 90th percentile) and ``gm_field``, a smooth regional variation of
+  grey matter brightness (insula, claustrum, deep grey matter); ``healthy_fraction``, patches
+  with no lesion at all, so bright cortex, septum and posterior fossa are learned as
+  negatives; ``confluent_fraction``, patches whose mask is the union of two patients' masks
+  grown by 1-3 voxels into white matter (large confluent periventricular lesions, up to about
+  80 ml); ``small_fraction``, patches with 1-15 extra small lesions of 3-30 mm³ in white
+  matter; ``ghosting``, a faint shifted copy of the image along one axis;
+  ``normalisation="wm"``: each channel divided by its white-matter intensity (times a 3 %
+  estimation error), as :func:`ms_core.preprocess.white_matter_level` normalises at inference,
+  instead of the brain median, which moves with lesion load and grey matter contrast;
 - skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
 - with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
   positives on real scans: a patchy bright rim at the brain-mask edge (left by brain extraction),
   small bright dots in grey matter and CSF (vessels, perivascular spaces), and thin bright
   periventricular caps.
 
-Images are normalised like :func:`ms_core.preprocess.normalize_intensity` (divided by the median
-inside the brain), using the same tissue intensities on a coarse whole-brain rendering.
+With ``normalisation="median"`` images are normalised like
+:func:`ms_core.preprocess.normalize_intensity` (divided by the median inside the brain), using the
+same tissue intensities on a coarse whole-brain rendering.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -57,7 +71,8 @@ from scipy import ndimage as ndi
 
 from ms_core.anatomy import Template, load_template, world_grid
 
-__all__ = ["CAP_MODELS", "DEFAULT_LESION_CONTRAST", "LESION_MODELS", "NOISE_MODELS",
+__all__ = ["CAP_MODELS", "DEFAULT_GM_CONTRAST", "DEFAULT_LESION_CONTRAST", "LESION_MODELS",
+           "NOISE_MODELS", "NORMALISATIONS",
            "VALIDATION_PATIENTS", "LesionBank", "PatchSampler", "correlated_noise",
            "load_lesion_bank"]
 
@@ -65,6 +80,11 @@ __all__ = ["CAP_MODELS", "DEFAULT_LESION_CONTRAST", "LESION_MODELS", "NOISE_MODE
 VALIDATION_PATIENTS = ("patient26",)
 #: FLAIR lesion / white-matter intensity ratio range of the synthetic lesions (models up to v2).
 DEFAULT_LESION_CONTRAST = (1.25, 2.6)
+#: FLAIR grey / white matter intensity ratio range (models up to 3.2.0).
+DEFAULT_GM_CONTRAST = (1.02, 1.45)
+#: Intensity normalisations of :class:`PatchSampler`: by the brain median (models up to 3.2.0)
+#: or by the white-matter intensity.
+NORMALISATIONS = ("median", "wm")
 #: Image noise models of :class:`PatchSampler` (see the module docstring).
 NOISE_MODELS = ("white", "mixed")
 #: FLAIR lesion appearance models of :class:`PatchSampler` (see the module docstring).
@@ -177,12 +197,13 @@ class _Contrast:
 
 def _draw_contrast(rng: np.random.Generator,
                    lesion_contrast: tuple[float, float] = DEFAULT_LESION_CONTRAST,
-                   lesion_gm_floor: float = 0.0, contrast_power: float = 1.0) -> _Contrast:
+                   lesion_gm_floor: float = 0.0, contrast_power: float = 1.0,
+                   gm_contrast: tuple[float, float] = DEFAULT_GM_CONTRAST) -> _Contrast:
     wm = rng.uniform(0.35, 0.65)
     lo, hi = lesion_contrast
     ratio = (rng.uniform(lo, hi) if contrast_power == 1.0  # as drawn up to model 3.1.0
              else lo + (hi - lo) * rng.uniform() ** contrast_power)
-    flair = {"wm": wm, "gm": wm * rng.uniform(1.02, 1.45), "csf": wm * rng.uniform(0.03, 0.45),
+    flair = {"wm": wm, "gm": wm * rng.uniform(*gm_contrast), "csf": wm * rng.uniform(0.03, 0.45),
              "lesion": wm * ratio}
     flair["lesion"] = max(flair["lesion"], flair["gm"] * lesion_gm_floor)  # draws no number
     wm1 = rng.uniform(0.5, 0.9)
@@ -200,7 +221,11 @@ class PatchSampler:
                  noise: str = "white", lesion_model: str = "uniform",
                  winsorise: float = 0.0, lesion_gm_floor: float = 0.0,
                  contrast_power: float = 1.0, focus_fraction: float = 0.0,
-                 lesionwise_fraction: float = 0.0, caps: str = "ring") -> None:
+                 lesionwise_fraction: float = 0.0, caps: str = "ring",
+                 gm_contrast: tuple[float, float] = DEFAULT_GM_CONTRAST, gm_field: float = 0.0,
+                 healthy_fraction: float = 0.0, confluent_fraction: float = 0.0,
+                 small_fraction: float = 0.0, ghosting: float = 0.0,
+                 normalisation: str = "median", t1_dropout: float = 0.5) -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
@@ -215,6 +240,27 @@ class PatchSampler:
         _check_share("lesionwise_fraction", lesionwise_fraction, "lesion patches")
         if caps not in CAP_MODELS:
             raise ValueError(f"caps must be one of {CAP_MODELS}, got {caps!r}")
+        if not 0.8 <= gm_contrast[0] <= gm_contrast[1] <= 2.0:
+            raise ValueError(f"gm_contrast is a grey / white matter ratio range 'lo,hi' within "
+                             f"0.8-2, got {gm_contrast}")
+        if not 0.0 <= gm_field <= 0.5:
+            raise ValueError(f"gm_field is a log-intensity amplitude, 0-0.5, got {gm_field}")
+        for name, share in (("healthy_fraction", healthy_fraction),
+                            ("confluent_fraction", confluent_fraction),
+                            ("small_fraction", small_fraction), ("ghosting", ghosting)):
+            _check_share(name, share, "patches")
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, "
+                             f"got {normalisation!r}")
+        _check_share("t1_dropout", t1_dropout, "patches")
+        self.t1_dropout = t1_dropout
+        self.gm_contrast = gm_contrast
+        self.gm_field = gm_field
+        self.healthy_fraction = healthy_fraction
+        self.confluent_fraction = confluent_fraction
+        self.small_fraction = small_fraction
+        self.ghosting = ghosting
+        self.normalisation = normalisation
         self.focus_fraction = focus_fraction
         self.lesionwise_fraction = lesionwise_fraction
         # Per mask: its lesion voxels grouped by connected lesion (26-connectivity), with each
@@ -310,13 +356,25 @@ class PatchSampler:
             horns = None if self.horn_zone is None else samp(self.horn_zone) > 0.5
             mimic = self._mimics(rng, inside, gm, wm, samp(tpl.ventricles), horns)
         lesion = samp(self.bank.masks[k].astype(np.float32))
+        # Extra draws only when the options are on: earlier recipes stay bit-identical.
+        if self.confluent_fraction > 0 and rng.random() < self.confluent_fraction:
+            lesion = self._confluent(rng, lesion, samp, wm)
+        if self.small_fraction > 0 and rng.random() < self.small_fraction:
+            lesion = np.maximum(lesion, self._small_lesions(rng, wm, brain))
+        if self.healthy_fraction > 0 and rng.random() < self.healthy_fraction:
+            lesion = np.zeros_like(lesion)
         csf = np.clip(brain - gm - wm, 0.0, 1.0)
         label = (lesion >= 0.5).astype(np.float32)
         lesion_pv = lesion * np.clip(gm + wm + 0.5 * csf, 0.0, 1.0)
         mean_lesion_fraction = float(self.bank.masks[k].sum()) / float(
             (tpl.brain > 0.5).sum())
 
-        c = _draw_contrast(rng, self.lesion_contrast, self.lesion_gm_floor, self.contrast_power)
+        c = _draw_contrast(rng, self.lesion_contrast, self.lesion_gm_floor, self.contrast_power,
+                           self.gm_contrast)
+        # Regional grey matter brightness (FLAIR): insula, claustrum, deep grey matter.
+        gm_map: np.ndarray | float = (
+            np.exp(_smooth_field(rng, (p, p, p), 4, rng.uniform(0.0, self.gm_field)))
+            if self.gm_field > 0 else 1.0)
         # FLAIR lesion contrast minus 1, per voxel ("varied"); None: con["lesion"] everywhere.
         varied = self.lesion_model == "varied" or (self.lesion_model == "mixed"
                                                      and rng.random() < 0.5)
@@ -326,7 +384,8 @@ class PatchSampler:
         for con in (c.flair, c.t1):
             texture = 1.0 + _smooth_field(rng, (p, p, p), 6, 0.04)
             lesion_tex = 1.0 + _smooth_field(rng, (p, p, p), 8, rng.uniform(0.0, 0.15))
-            img = (gm * con["gm"] + wm * con["wm"] + csf * con["csf"]) * texture
+            gm_level = con["gm"] * gm_map if con is c.flair else con["gm"]
+            img = (gm * gm_level + wm * con["wm"] + csf * con["csf"]) * texture
             level = (con["wm"] * (1.0 + excess) if excess is not None and con is c.flair
                      else con["lesion"])
             img = img * (1 - lesion_pv) + lesion_pv * level * lesion_tex
@@ -343,6 +402,9 @@ class PatchSampler:
             elif rng.random() < 0.5:
                 img = ndi.gaussian_filter(img, rng.uniform(0.2, 0.9))
             img = img * np.exp(_smooth_field(rng, (p, p, p), 3, rng.uniform(0.0, 0.15)))
+            if self.ghosting > 0 and rng.random() < self.ghosting:  # faint shifted copy
+                img = img + rng.uniform(0.02, 0.08) * np.roll(
+                    img, int(rng.integers(p // 8, p // 3)), axis=int(rng.integers(3)))
             if self.noise == "white":
                 sigma_n = rng.uniform(0.003, 0.04)
                 n1 = rng.standard_normal((p, p, p), dtype=np.float32)
@@ -355,15 +417,45 @@ class PatchSampler:
             img = np.sqrt((img + sigma_n * n1) ** 2 + (sigma_n * n2) ** 2)
             if con is c.flair and self.winsorise > 0 and rng.random() < self.winsorise:
                 img = np.minimum(img, con["wm"] * rng.uniform(1.3, 2.0))
-            img = img / self._median_brain(con, mean_lesion_fraction)
+            if self.normalisation == "wm":  # the white-matter level, estimated within 3 %
+                img = img / (con["wm"] * math.exp(rng.normal(0.0, 0.03)))
+            else:
+                img = img / self._median_brain(con, mean_lesion_fraction)
             img = np.power(np.maximum(img, 0.0), math.exp(rng.normal(0.0, 0.15)))
             # Skull-stripped. Without hard negatives each channel draws its own mask level
             # (as the first released model was trained).
             img = img * (inside if inside is not None else brain > rng.uniform(0.2, 0.6))
             channels.append(img.astype(np.float32))
-        if rng.random() < 0.5:  # modality dropout: FLAIR-only input
+        if rng.random() < self.t1_dropout:  # modality dropout: FLAIR-only input
             channels[1] = np.zeros_like(channels[1])
         return np.stack(channels), label[None]
+
+    def _confluent(self, rng: np.random.Generator, lesion: np.ndarray,
+                   samp: Callable[[np.ndarray], np.ndarray], wm: np.ndarray) -> np.ndarray:
+        """``lesion`` united with another patient's mask and grown by 1-3 voxels into white
+        matter: large confluent lesions (fraction map (P, P, P))."""
+        j = int(rng.integers(len(self.bank.names)))
+        both = np.maximum(lesion, samp(self.bank.masks[j].astype(np.float32)))
+        grown = ndi.binary_dilation(both >= 0.5, structure=ndi.generate_binary_structure(3, 1),
+                                    iterations=int(rng.integers(1, 4))) & (wm > 0.4)
+        return np.maximum(both, grown.astype(np.float32))
+
+    def _small_lesions(self, rng: np.random.Generator, wm: np.ndarray,
+                       brain: np.ndarray) -> np.ndarray:
+        """Fraction map (P, P, P) of 1-15 small round lesions of 3-30 mm³ in white matter."""
+        p = self.patch
+        out = np.zeros((p, p, p), np.float32)
+        where = np.argwhere((wm > 0.5) & (brain > 0.5))
+        for _ in range(int(rng.integers(1, 16)) if len(where) else 0):
+            c = where[rng.integers(len(where))]
+            r = (3.0 * rng.uniform(3.0, 30.0) / (4.0 * math.pi)) ** (1.0 / 3.0)
+            lo, hi = np.maximum(c - 3, 0), np.minimum(c + 4, p)
+            g = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
+            d = np.linalg.norm((g - c) * rng.uniform(0.7, 1.3, 3), axis=1)
+            sub_ = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            np.maximum(sub_, np.clip(r + 0.5 - d, 0, 1).astype(np.float32).reshape(sub_.shape),
+                       out=sub_)
+        return out
 
     def _lesion_excess(self, rng: np.random.Generator, lesion: np.ndarray,
                        label: np.ndarray, floor: float = 0.0) -> np.ndarray:

@@ -35,9 +35,11 @@ from ms_core.models import code_commit, sha256_file
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import (
     CAP_MODELS,
+    DEFAULT_GM_CONTRAST,
     DEFAULT_LESION_CONTRAST,
     LESION_MODELS,
     NOISE_MODELS,
+    NORMALISATIONS,
     LesionBank,
     PatchSampler,
     load_lesion_bank,
@@ -186,7 +188,23 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         contrast_power=float(config.get("contrast_power", 1.0)),
                         focus_fraction=float(config.get("focus_fraction", 0.0)),
                         lesionwise_fraction=float(config.get("lesionwise_fraction", 0.0)),
-                        caps=str(config.get("caps", "ring")))
+                        caps=str(config.get("caps", "ring")),
+                        gm_contrast=_pair(config.get("gm_contrast", DEFAULT_GM_CONTRAST)),
+                        gm_field=float(config.get("gm_field", 0.0)),
+                        healthy_fraction=float(config.get("healthy_fraction", 0.0)),
+                        confluent_fraction=float(config.get("confluent_fraction", 0.0)),
+                        small_fraction=float(config.get("small_fraction", 0.0)),
+                        ghosting=float(config.get("ghosting", 0.0)),
+                        normalisation=str(config.get("normalisation", "median")),
+                        t1_dropout=float(config.get("t1_dropout", 0.5)))
+
+
+def _pair(value: object) -> tuple[float, float]:
+    """A 'lo,hi' option (or a stored pair) as two floats."""
+    parts = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    if len(parts) != 2:
+        raise ValueError(f"expected 'lo,hi', got {value!r}")
+    return float(parts[0]), float(parts[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-every", type=int, default=200)
     ap.add_argument("--val-patches", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="also keep the weights every N steps (weights_stepN.npz), to judge "
+                         "them on real scans; 0 (default) keeps only the best and the last")
     ap.add_argument("--hard-negatives", action="store_true",
                     help="add lesion-like non-lesion structures (brain-mask rim, dots, caps)")
     ap.add_argument("--lesion-fraction", type=float, default=0.7,
@@ -247,6 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="periventricular cap hard negatives: ring (lining the whole lateral "
                          "ventricles, models up to 3.2.0) or horns (only within 15 mm of their "
                          "front and back, where caps are a normal finding)")
+    ap.add_argument("--gm-contrast", type=str,
+                    default=",".join(str(v) for v in DEFAULT_GM_CONTRAST),
+                    help="range of FLAIR grey / white matter intensity ratios, 'lo,hi' "
+                         "(1.02,1.45 up to model 3.2.0)")
+    ap.add_argument("--gm-field", type=float, default=0.0,
+                    help="largest amplitude (log intensity) of the smooth regional variation of "
+                         "FLAIR grey matter brightness; 0 (models up to 3.2.0) leaves it out")
+    ap.add_argument("--healthy-fraction", type=float, default=0.0,
+                    help="share of patches with no lesion at all (0 up to model 3.2.0)")
+    ap.add_argument("--confluent-fraction", type=float, default=0.0,
+                    help="share of patches whose mask is two patients' masks united and grown "
+                         "1-3 voxels into white matter (0 up to model 3.2.0)")
+    ap.add_argument("--small-fraction", type=float, default=0.0,
+                    help="share of patches with 1-15 extra small (3-30 mm3) white-matter "
+                         "lesions (0 up to model 3.2.0)")
+    ap.add_argument("--ghosting", type=float, default=0.0,
+                    help="share of images with a faint shifted copy (0 up to model 3.2.0)")
+    ap.add_argument("--normalisation", choices=NORMALISATIONS, default="median",
+                    help="intensity normalisation: median (brain median, models up to 3.2.0) "
+                         "or wm (white-matter level, ms_core.preprocess.white_matter_level)")
+    ap.add_argument("--t1-dropout", type=float, default=0.5,
+                    help="share of patches whose T1w channel is zeros; 1 trains a FLAIR-only "
+                         "network (0.5 up to model 3.2.0)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a run's weights_best.npz) instead of a "
                          "random initialisation: fine-tuning")
@@ -358,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                 save_weights(model, args.out / "weights_best.npz")
                 entry["saved"] = 1
             print(json.dumps(entry), flush=True)
+        if args.checkpoint_every > 0 and step % args.checkpoint_every == 0:
+            save_weights(model, args.out / f"weights_step{step}.npz")
         log_lines.append(json.dumps(entry))
         if step % 50 == 0:
             atomic_write_text(log_path, "\n".join(log_lines) + "\n")
