@@ -12,6 +12,7 @@ The study itself is cached on a signature of every file under the study folder t
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import textwrap
 import threading
@@ -40,6 +41,7 @@ from ms_core.measurements import (
     measured_table,
     pending_analysis,
 )
+from ms_core.models import volume_ratio_range
 from ms_core.segment import segment_visit, segmentation_status
 from ms_core.study import (
     Study,
@@ -664,7 +666,8 @@ def _measured(root: str, pid: str, stamps: tuple[tuple[int, int], ...],
               derived: tuple[tuple[str, int, int], ...]) -> pd.DataFrame:
     # ``stamps`` and ``derived`` (comparison and atrophy files) are only part of the cache key.
     study = cached_study(root)
-    return measured_table(Path(root), study.visits.get(pid, ()))
+    return measured_table(Path(root), study.visits.get(pid, ()),
+                          volume_ratios=volume_ratio_range())
 
 
 @dataclass(frozen=True)
@@ -759,6 +762,25 @@ def atrophy_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _volume_texts(table: pd.DataFrame) -> list[str]:
+    """Each visit's lesion volume as text, with its plausible range where the table has one.
+
+    >>> _volume_texts(pd.DataFrame({"lesion_volume_ml": [8.2, float("nan")],
+    ...                             "lesion_volume_low_ml": [6.6, float("nan")],
+    ...                             "lesion_volume_high_ml": [10.2, float("nan")]}))
+    ['8.20 ml (plausible 6.6–10.2 ml)', '']
+    """
+    out = []
+    columns = ("lesion_volume_ml", "lesion_volume_low_ml", "lesion_volume_high_ml")
+    values = pd.DataFrame({c: table.get(c, math.nan) for c in columns},
+                          index=table.index)  # tables made before the range existed
+    for v, lo, hi in values.to_numpy(dtype=float):
+        text = "" if not math.isfinite(v) else f"{v:.2f} ml"
+        out.append(text + (f" (plausible {lo:.1f}–{hi:.1f} ml)"
+                           if math.isfinite(v) and math.isfinite(lo) else ""))
+    return out
+
+
 def measured_figure(table: pd.DataFrame) -> go.Figure:
     """Measured lesion count per visit and new/enlarging lesions per interval.
 
@@ -770,9 +792,9 @@ def measured_figure(table: pd.DataFrame) -> go.Figure:
         "Lesions (network)", "New or enlarging since previous visit"))
     fig.add_trace(go.Scatter(
         x=table["acq_date"], y=table["lesion_count"], mode="lines+markers", name="lesions",
-        customdata=_hover_data(table, ["session_id", "lesion_volume_ml"],
-                               "segmentation_provenance"),
-        hovertemplate="%{customdata[0]}: %{y} lesions, %{customdata[1]:.2f} ml"
+        customdata=_hover_data(table.assign(volume_text=_volume_texts(table)),
+                               ["session_id", "volume_text"], "segmentation_provenance"),
+        hovertemplate="%{customdata[0]}: %{y} lesions, %{customdata[1]}"
                       "<br>%{customdata[2]}<extra></extra>"), row=1, col=1)
     for status, colour in (("new", "crimson"), ("enlarging", "orange")):
         fig.add_trace(go.Bar(

@@ -59,14 +59,17 @@ __all__ = [
     "mcdonald_checklist",
     "measured_table",
     "pending_analysis",
+    "plausible_volume_ml",
     "visit_lesion_table",
+    "volume_with_range",
 ]
 
 #: Columns of :func:`measured_table`.
 MEASURED_COLUMNS = ("session_id", "acq_date", "segmented", "lesion_count", "lesion_volume_ml",
-                    "compared_with", "new", "enlarging", "new_or_enlarging", "shrinking",
-                    "disappeared", "brain_volume_ml", "bpf", "gm_fraction", "wm_fraction",
-                    "pbvc_from", "pbvc_pct", "pbvc_pct_per_year", "segmentation_provenance",
+                    "lesion_volume_low_ml", "lesion_volume_high_ml", "compared_with", "new",
+                    "enlarging", "new_or_enlarging", "shrinking", "disappeared",
+                    "brain_volume_ml", "bpf", "gm_fraction", "wm_fraction", "pbvc_from",
+                    "pbvc_pct", "pbvc_pct_per_year", "segmentation_provenance",
                     "change_provenance", "volume_provenance", "pbvc_provenance")
 #: Columns of :func:`atrophy_table`: the stored volumes (:data:`ms_core.atrophy.VOLUME_FIELDS`)
 #: and the PBVC from the previous measured visit (``pbvc_from``), each with its provenance.
@@ -80,6 +83,37 @@ _ATROPHY_IN_MEASURED = ("brain_volume_ml", "bpf", "gm_fraction", "wm_fraction", 
                         "pbvc_pct", "pbvc_pct_per_year", "volume_provenance", "pbvc_provenance")
 #: Study-relative folder layout used in the provenance texts (``derivatives/ms_dash/...``).
 _RELATIVE = Path()
+
+
+def plausible_volume_ml(volume_ml: float, ratios: tuple[float, float] | None
+                        ) -> tuple[float, float] | None:
+    """The true lesion volumes (ml) that fit a measured ``volume_ml``, given the lowest and
+    highest predicted / true volume ratio of the model on the real validation set
+    (:func:`ms_core.models.volume_ratio_range`): ``volume / highest`` to ``volume / lowest``.
+    ``None`` without ratios or for a missing volume.
+
+    >>> plausible_volume_ml(8.0, (0.8, 1.25))
+    (6.4, 10.0)
+    """
+    if ratios is None or not np.isfinite(volume_ml):
+        return None
+    lo, hi = ratios
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"volume ratios must satisfy 0 < lowest <= highest, got {ratios}")
+    return (round(volume_ml / hi, 4), round(volume_ml / lo, 4))
+
+
+def volume_with_range(volume_ml: float, ratios: tuple[float, float] | None) -> str:
+    """``volume_ml`` as text with its plausible range when there is one.
+
+    >>> volume_with_range(8.2, (0.8, 1.25))
+    '8.20 ml, plausible 6.6–10.2 ml'
+    >>> volume_with_range(8.2, None)
+    '8.20 ml'
+    """
+    span = plausible_volume_ml(volume_ml, ratios)
+    text = f"{volume_ml:.2f} ml"
+    return text if span is None else f"{text}, plausible {span[0]:.1f}–{span[1]:.1f} ml"
 
 
 def _lesions_csv(root: Path, visit: Visit) -> Path:
@@ -204,15 +238,25 @@ def atrophy_table(root: Path, visits: Sequence[Visit],
     return atrophy_frame(ordered, volumes, pbvc)
 
 
+def _volume_span(volume_ml: float, ratios: tuple[float, float] | None) -> dict[str, float]:
+    span = plausible_volume_ml(volume_ml, ratios)
+    return {"lesion_volume_low_ml": span[0] if span else np.nan,
+            "lesion_volume_high_ml": span[1] if span else np.nan}
+
+
 def measured_table(root: Path, visits: Sequence[Visit],
                    params: TrackParams = TrackParams(),
-                   atrophy: AtrophyParams = _ATROPHY_DEFAULTS) -> pd.DataFrame:
+                   atrophy: AtrophyParams = _ATROPHY_DEFAULTS,
+                   volume_ratios: tuple[float, float] | None = None) -> pd.DataFrame:
     """One row per visit (date order): the stored measurements, NaN where none are current.
 
     ``new`` ... ``disappeared`` count the lesion statuses against the previous visit
     (``compared_with``); ``new_or_enlarging`` is the trial end point's per-interval count.
     ``brain_volume_ml`` ... ``pbvc_pct_per_year`` come from :func:`atrophy_table` (the PBVC
     against ``pbvc_from``, the previous visit with a T1w). The ``*_provenance`` columns say
+    ``lesion_volume_low_ml`` and ``lesion_volume_high_ml`` are the plausible range of the
+    lesion volume given the model's ``volume_ratios`` on the real validation set
+    (:func:`plausible_volume_ml`; NaN without them). The ``*_provenance`` columns say
     where each group of numbers comes from (:mod:`ms_core.provenance_text`): the segmentation
     (model, method, threshold, minimum lesion size, provider, date, ``lesions.csv``), the
     comparison (visit, tracking method, enlarging ratio, change z, registration NCC,
@@ -232,6 +276,8 @@ def measured_table(root: Path, visits: Sequence[Visit],
             "lesion_count": float(len(table)) if table is not None else np.nan,
             "lesion_volume_ml": float(table.volume_ml.sum()) if table is not None else np.nan,
             "compared_with": compared,
+            **_volume_span(float(table.volume_ml.sum()) if table is not None else np.nan,
+                           volume_ratios),
             "segmentation_provenance": segmentation_provenance(
                 seg, _lesions_csv(_RELATIVE, visit).as_posix()),
         }

@@ -33,6 +33,7 @@ __all__ = [
     "register_model",
     "sha256_file",
     "verify_model",
+    "volume_ratio_range",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,6 +193,23 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(card_path, f"model card field missing or malformed: {e}") from e
+
+
+def volume_ratio_range(name: str = "lesion_seg", models_dir: Path | str = MODELS_DIR
+                       ) -> tuple[float, float] | None:
+    """Lowest and highest predicted / true lesion volume of model ``name`` on the real
+    validation set (card field ``evaluation.volume_ratio_range``, written by
+    ``python -m training.seg.report``); ``None`` when the card has none or the model is not
+    usable (:class:`ModelError`)."""
+    try:
+        card = verify_model(name, models_dir).card
+    except ModelError:
+        return None
+    pair = card.get("evaluation", {}).get("volume_ratio_range")
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return None
+    lo, hi = float(pair[0]), float(pair[1])
+    return (lo, hi) if 0.0 < lo <= hi else None
 
 
 def register_model(models_dir: Path | str, name: str, entry: dict[str, Any]) -> None:

@@ -58,8 +58,9 @@ from ms_core.measurements import (
     mcdonald_checklist,
     measured_table,
     visit_lesion_table,
+    volume_with_range,
 )
-from ms_core.models import MODELS_DIR, sha256_file
+from ms_core.models import MODELS_DIR, sha256_file, volume_ratio_range
 from ms_core.patient_features import MRI_FEATURES, patient_feature_table
 from ms_core.preprocess import Grid, resample_to_grid, working_grid
 from ms_core.prognosis import PrognosisModel, load_prognosis_model, score
@@ -201,6 +202,10 @@ class Report:
     created_utc: str
     app_version: str = __version__
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: Lowest and highest predicted / true lesion volume of the segmentation model on the real
+    #: validation set (:func:`ms_core.models.volume_ratio_range`): lesion loads carry the
+    #: plausible range they give.
+    volume_ratios: tuple[float, float] | None = None
 
     @property
     def stem(self) -> str:
@@ -354,7 +359,8 @@ def build_report(root: Path, participant_id: str, *, session_id: str | None = No
         for key in ("visits", "measured", "trends", "lesions", "images", "mcdonald",
                     "prognosis"):
             missing[key] = f"not measured: {participant_id} has no visits"
-    measured = measured_table(root, visits, params)
+    ratios = volume_ratio_range()
+    measured = measured_table(root, visits, params, volume_ratios=ratios)
     _measured_sources(root, visits, params, sources)
     if visits and not measured["segmented"].any():
         missing["measured"] = ("not measured: no visit of this patient has been segmented with "
@@ -376,6 +382,7 @@ def build_report(root: Path, participant_id: str, *, session_id: str | None = No
         acq_date=visit.acq_date if visit else None, visits=_visits_frame(visits),
         measured=measured, lesions=lesions, mcdonald=checklist, prognosis=prognosis,
         images=images, trends=trends, missing=missing, sources=sources.items(),
+        volume_ratios=ratios,
         created_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         parameters={"session_id": session_id, "models_dir": str(models_dir),
                     "tracking": dataclasses.asdict(params)})
@@ -689,6 +696,10 @@ def _trend_figures(visits: Sequence[Visit], measured: pd.DataFrame) -> tuple[Rep
         axes = [fig.add_subplot(1, 3, i) for i in (1, 2, 3)]
         mdates = _dates(seg["acq_date"])
         axes[0].plot(mdates, seg["lesion_volume_ml"], "o-", color="crimson")
+        if seg["lesion_volume_low_ml"].notna().any():  # the plausible range, as a band
+            axes[0].fill_between(mdates, seg["lesion_volume_low_ml"],
+                                 seg["lesion_volume_high_ml"], color="crimson", alpha=0.15,
+                                 linewidth=0)
         axes[0].set_title("Lesion volume (ml)", fontsize=8)
         axes[1].plot(mdates, seg["lesion_count"], "s-", color="#555555")
         axes[1].set_title("Lesion count", fontsize=8)
@@ -742,7 +753,10 @@ _VISIT_COLS = {"session_id": ("visit", 0), "acq_date": ("date", 0), "edss": ("ED
                "scanner": ("scanner", 0), "field_strength_t": ("field (T)", 1),
                "modalities": ("images", 0)}
 _MEASURED_COLS = {"session_id": ("visit", 0), "lesion_count": ("lesions", 0),
-                  "lesion_volume_ml": ("volume (ml)", 2), "compared_with": ("compared with", 0),
+                  "lesion_volume_ml": ("volume (ml)", 2),
+                  "lesion_volume_low_ml": ("plausible from (ml)", 1),
+                  "lesion_volume_high_ml": ("plausible to (ml)", 1),
+                  "compared_with": ("compared with", 0),
                   "new": ("new", 0), "enlarging": ("enlarging", 0),
                   "shrinking": ("shrinking", 0), "disappeared": ("disappeared", 0)}
 _LESION_COLS = {"lesion_id": ("id", 0), "location": ("location", 0),
@@ -904,7 +918,8 @@ def render_html(report: Report) -> str:
     lesions = ""
     if report.lesions is not None:
         total = float(report.lesions["volume_ml"].sum()) if len(report.lesions) else 0.0
-        lesions = (f"<p>{len(report.lesions)} lesion(s), total volume {total:.2f} ml.</p>"
+        lesions = (f"<p>{len(report.lesions)} lesion(s), total volume "
+                   f"{html.escape(volume_with_range(total, report.volume_ratios))}.</p>"
                    + (_html_table(_rows(report.lesions, _LESION_COLS))
                       if len(report.lesions) else ""))
     sections.append(_html_section(report, "lesions", lesions, title))
@@ -1061,7 +1076,8 @@ def render_pdf(report: Report) -> bytes:
     lesion_flow: list[Any] = []
     if report.lesions is not None:
         total = float(report.lesions["volume_ml"].sum()) if len(report.lesions) else 0.0
-        lesion_flow.append(para(f"{len(report.lesions)} lesion(s), total volume {total:.2f} ml."))
+        lesion_flow.append(para(f"{len(report.lesions)} lesion(s), total volume "
+                                f"{volume_with_range(total, report.volume_ratios)}."))
         if len(report.lesions):
             lesion_flow.append(table(_rows(report.lesions, _LESION_COLS)))
     section("lesions", *lesion_flow, title_extra=title)

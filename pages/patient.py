@@ -20,7 +20,8 @@ from ms_core.differential import (
 from ms_core.errors import InputError
 from ms_core.features import age_years
 from ms_core.longitudinal import intensity_led_count
-from ms_core.measurements import mcdonald_checklist
+from ms_core.measurements import mcdonald_checklist, plausible_volume_ml
+from ms_core.models import volume_ratio_range
 from ms_core.settings import read_only
 from ms_core.visits import lesion_totals, summarize_visit
 from ms_core.workflow import research_notice
@@ -75,7 +76,14 @@ else:
     live = viewer.preview.table if viewer.preview is not None else seg_table
     n_col, v_col = st.columns(2)
     n_col.metric("Lesions found", len(live))
-    v_col.metric("Lesion volume", f"{live['volume_ml'].sum():.2f} ml")
+    total_ml = float(live["volume_ml"].sum())
+    span = plausible_volume_ml(total_ml, volume_ratio_range())
+    v_col.metric("Lesion volume", f"{total_ml:.2f} ml",
+                 help="Plausible range: the volume divided by the highest and the lowest "
+                      "predicted / true lesion volume of this model on the real validation "
+                      "scans (model card)." if span else None)
+    if span is not None:
+        v_col.caption(f"plausible {span[0]:.1f}–{span[1]:.1f} ml")
     stored_t = prov["parameters"]["threshold"]
     stored_m = prov["parameters"].get("min_lesion_mm3", 0.0)
     shown_at = ((viewer.preview.threshold, viewer.preview.min_lesion_mm3)

@@ -108,6 +108,26 @@ def measured_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Visi
     return visits
 
 
+def test_lesion_volume_carries_the_plausible_range_of_the_real_validation(
+        measured_study: list[Visit], tmp_path: Path) -> None:
+    from ms_core.measurements import measured_table, volume_with_range
+
+    plain = measured_table(tmp_path, measured_study)
+    assert plain.lesion_volume_low_ml.isna().all() and plain.lesion_volume_high_ml.isna().all()
+    table = measured_table(tmp_path, measured_study, volume_ratios=(0.8, 1.25))
+    vol = table.lesion_volume_ml.to_numpy()
+    measured = ~np.isnan(vol)
+    assert measured.sum() == 2
+    # An over-segmenting model (ratio up to 1.25) can mean less lesion, an under-segmenting
+    # one (0.8) more: volume / 1.25 to volume / 0.8.
+    np.testing.assert_allclose(table.lesion_volume_low_ml.to_numpy()[measured],
+                               vol[measured] / 1.25, atol=1e-4)
+    np.testing.assert_allclose(table.lesion_volume_high_ml.to_numpy()[measured],
+                               vol[measured] / 0.8, atol=1e-4)
+    assert table.lesion_volume_low_ml[~measured].isna().all()
+    assert volume_with_range(float(vol[0]), (0.8, 1.25)).startswith(f"{vol[0]:.2f} ml, plausible")
+
+
 def test_measured_table_says_where_each_number_comes_from(measured_study: list[Visit],
                                                           tmp_path: Path) -> None:
     from ms_core.measurements import MEASURED_COLUMNS, measured_table

@@ -59,6 +59,22 @@ def test_card_names_its_intensity_reference_and_t1w_use(tmp_path: Path) -> None:
             load_model_card("m", root)
 
 
+def test_volume_ratio_range_comes_from_a_verified_card(tmp_path: Path) -> None:
+    from ms_core.models import volume_ratio_range
+
+    root = _fake_models(tmp_path)
+    assert volume_ratio_range("m", root) is None  # no evaluation on the card
+    path = root / "m" / "model.json"
+    card = json.loads(path.read_text())
+    card["evaluation"] = {"volume_ratio_range": [0.82, 1.21]}
+    path.write_text(json.dumps(card))
+    assert volume_ratio_range("m", root) == (0.82, 1.21)
+    card["evaluation"] = {"volume_ratio_range": [1.3, 0.9]}  # inconsistent
+    path.write_text(json.dumps(card))
+    assert volume_ratio_range("m", root) is None
+    assert volume_ratio_range("m", tmp_path / "nowhere") is None
+
+
 def test_altered_model_is_refused(tmp_path: Path) -> None:
     root = _fake_models(tmp_path)
     (root / "m" / "model.onnx").write_bytes(b"tampered")

@@ -159,6 +159,22 @@ def test_export_records_the_whole_fine_tuning_chain(tmp_path: Path) -> None:
                     "commands_before": ["train --out a", "train --out b --init a/w.npz"]}
 
 
+def test_export_follows_the_chain_through_a_shipped_model_card(tmp_path: Path) -> None:
+    from ms_core.io import write_json
+    from training.seg.export import _initialised_from
+
+    shipped = tmp_path / "lesion_seg"
+    shipped.mkdir()
+    write_json(shipped / "model.json", {"training": {
+        "command": "train --out v11 --init v4/w.npz",
+        "initialised_from": {"commands_before": ["train --out v3", "train --out v4"]}}})
+    run = {"command": "train --out v22", "init": str(shipped / "weights.npz"),
+           "init_sha256": "cc"}
+    assert _initialised_from(run) == {
+        "weights": str(shipped / "weights.npz"), "weights_sha256": "cc",
+        "commands_before": ["train --out v3", "train --out v4", "train --out v11 --init v4/w.npz"]}
+
+
 def test_export_records_every_data_and_loss_option() -> None:
     from training.seg.export import _recorded_options
 
@@ -167,10 +183,17 @@ def test_export_records_every_data_and_loss_option() -> None:
                                           "winsorise": 0.0, "tversky_beta": 0.5,
                                           "blob_weight": 0.0, "lesion_gm_floor": 0.0,
                                           "contrast_power": 1.0, "focus_fraction": 0.0,
-                                          "lesionwise_fraction": 0.0, "caps": "ring"}
+                                          "lesionwise_fraction": 0.0, "caps": "ring",
+                                          "gm_contrast": "1.02,1.45", "gm_field": 0.0,
+                                          "healthy_fraction": 0.0, "confluent_fraction": 0.0,
+                                          "small_fraction": 0.0, "ghosting": 0.0,
+                                          "normalisation": "median", "t1_dropout": 0.5}
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
                "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0,
-               "focus_fraction": 0.5, "lesionwise_fraction": 0.5, "caps": "horns"}
+               "focus_fraction": 0.5, "lesionwise_fraction": 0.5, "caps": "horns",
+               "gm_contrast": "0.95,1.6", "gm_field": 0.15, "healthy_fraction": 0.15,
+               "confluent_fraction": 0.2, "small_fraction": 0.3, "ghosting": 0.15,
+               "normalisation": "wm", "t1_dropout": 1.0}
     assert _recorded_options(new_run) == new_run
 
 

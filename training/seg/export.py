@@ -62,8 +62,17 @@ def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
     commands: list[object] = []
     cur: dict[str, object] | None = config
     while cur is not None and cur.get("init"):
-        parent_cfg = Path(str(cur["init"])).parent / "config.json"
-        cur = read_json(parent_cfg) if parent_cfg.exists() else None
+        parent = Path(str(cur["init"])).parent
+        if (parent / "config.json").exists():
+            cur = read_json(parent / "config.json")
+        elif (parent / "model.json").exists():  # a shipped model's weights.npz: its card
+            training = read_json(parent / "model.json").get("training", {})
+            commands.insert(0, training.get("command"))
+            before = (training.get("initialised_from") or {}).get("commands_before", [])
+            commands[:0] = list(before)
+            break
+        else:
+            cur = None
         commands.insert(0, cur.get("command") if cur else None)
     return {"weights": config["init"], "weights_sha256": config.get("init_sha256"),
             "commands_before": commands}
@@ -74,7 +83,10 @@ def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
 _RECORDED_OPTIONS = {"noise": "white", "lesion_model": "uniform", "winsorise": 0.0,
                      "tversky_beta": 0.5, "blob_weight": 0.0, "lesion_gm_floor": 0.0,
                      "contrast_power": 1.0, "focus_fraction": 0.0,
-                     "lesionwise_fraction": 0.0, "caps": "ring"}
+                     "lesionwise_fraction": 0.0, "caps": "ring", "gm_contrast": "1.02,1.45",
+                     "gm_field": 0.0, "healthy_fraction": 0.0, "confluent_fraction": 0.0,
+                     "small_fraction": 0.0, "ghosting": 0.0, "normalisation": "median",
+                     "t1_dropout": 0.5}
 
 
 def _recorded_options(config: dict[str, object]) -> dict[str, object]:
@@ -124,19 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     digest = sha256_file(out_dir / "model.onnx")
     card_path = out_dir / "model.json"
     old = read_json(card_path) if card_path.exists() else {}
+    white_matter = config.get("normalisation", "median") == "wm"
+    t1_ignored = float(str(config.get("t1_dropout", 0.5))) >= 1.0
     card = {
         "name": NAME, "version": args.version, "sha256": digest,
         "task": "MS white-matter lesion segmentation (binary), research use only",
         "architecture": describe(net),
         "input": {"name": "image", "layout": "NCXYZ (x, y, z in RAS+ voxel order)",
-                  "channels": ["FLAIR", "T1w"], "missing_channel": "zeros (T1w optional)",
+                  "channels": ["FLAIR", "T1w"],
+                  "t1w": "ignored" if t1_ignored else "used",
+                  "missing_channel": ("zeros (trained without T1w: the channel is always zeros)"
+                                      if t1_ignored else "zeros (T1w optional)"),
                   "patch_size": [64, 64, 64], "multiple_of": 8, "dtype": "float32"},
         "output": {"name": "prob", "layout": "N1XYZ", "meaning": "lesion probability (sigmoid)"},
         "label_map": {"0": "background", "1": "lesion"},
         "threshold": 0.5,
         "preprocessing": {"spacing_mm": 1.0, "orientation": "RAS+ axis-aligned working grid",
-                          "normalisation": "divide by the median intensity inside the brain "
-                                           "mask; zero outside",
+                          "intensity_reference": ("white_matter" if white_matter
+                                                  else "brain_median"),
+                          "normalisation": (
+                              "divide by the white-matter level (peak of the histogram inside "
+                              "the registered MNI white-matter prior); zero outside the brain"
+                              if white_matter else
+                              "divide by the median intensity inside the brain mask; zero "
+                              "outside"),
                           "brain_extraction": "MNI152 brain mask registered to the FLAIR "
                                               "(skipped with --skull-stripped)"},
         "training": {"command": config.get("command"), "seed": config.get("seed"),
@@ -148,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                      "git_commit_at_launch": config.get(
                          "git_commit"), "torch": config.get("torch"),
                      "data": "synthetic MNI152 volumes with 27 real consensus lesion masks of "
-                             "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded",
+                             "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded; no "
+                             "image of the real validation set (patient26, MSLesSeg P18, P39)",
                      "norm": net.norm,
                      "bn_calibration_patches": metrics.get("bn_calibration_patches"),
                      "best_synthetic_val_dice": metrics.get("best_synthetic_val_dice"),
