@@ -73,7 +73,7 @@ from scipy import ndimage as ndi
 
 from ms_core import __version__
 from ms_core.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
-from ms_core.domain import MODALITIES, Visit, Volume, affine_spacing, voxel_volume_ml
+from ms_core.domain import DAYS_PER_YEAR, MODALITIES, Visit, Volume, affine_spacing, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.io import load_lesion_mask, load_volume, read_json, to_sitk, write_json
 from ms_core.models import sha256_file
@@ -85,6 +85,7 @@ from ms_core.preprocess import (
     template_to_subject,
     warp_from_template,
 )
+from ms_core.registration import ncc
 from ms_core.segment import LEGACY_PARAM_DEFAULTS, SegmentParams, segmentation_status
 from ms_core.study import derivatives_dir
 
@@ -850,13 +851,6 @@ def _jacobian_change_ml(nb: np.ndarray, nf: np.ndarray, grid: Grid,
     return float((weight * (jac - 1.0)).sum(dtype=np.float64)) * voxel_volume_ml(grid.affine)
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
-
 def _protocol_warnings(baseline: Volume, followup: Volume, contrast_change: float,
                        uncovered: float) -> tuple[str, ...]:
     out = []
@@ -963,7 +957,7 @@ def pbvc_by_method(baseline: Volume, followup: Volume, *,
     brain_frac = (pair.classified.fractions[1] + pair.classified.fractions[2]) * (
         pair.classified.icv)
     mid_brain_ml = float(brain_frac.sum(dtype=np.float64)) * voxel_ml
-    qc = _ncc(nb[region], nf[region])
+    qc = ncc(nb[region], nf[region])
     inside = pair.classified.icv > 0.5
     uncovered = 1.0 - float(pair.covered[inside].mean()) if inside.any() else 0.0
     warnings = _protocol_warnings(baseline, followup, contrast_change, uncovered)
@@ -991,7 +985,6 @@ VOLUME_FIELDS = ("brain_volume_ml", "gm_volume_ml", "wm_volume_ml", "csf_ml", "i
                  "gm_fraction", "wm_fraction", "lesion_filled_ml")
 #: Sub-folder of a visit's derivatives (``derivatives/ms_dash/sub-X/ses-Y``) with its results.
 ATROPHY_FOLDER = "atrophy"
-_DAYS_PER_YEAR = 365.25
 
 
 @dataclass(frozen=True)
@@ -1059,7 +1052,7 @@ def volume_record(volumes: TissueVolumes) -> dict[str, float]:
 
 def interval_years(baseline: Visit, followup: Visit) -> float:
     """Years (of 365.25 days) between two visits' acquisition dates."""
-    return (followup.acq_date - baseline.acq_date).days / _DAYS_PER_YEAR
+    return (followup.acq_date - baseline.acq_date).days / DAYS_PER_YEAR
 
 
 def atrophy_dir(root: Path, visit: Visit) -> Path:

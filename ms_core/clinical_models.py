@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ms_core.cohort import DMT_LESION_RATIO
-from ms_core.domain import Participant, Visit
+from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
 from ms_core.features import LOCATION_FEATURES, PROGNOSIS_FEATURES, visit_features
 from ms_core.mcdonald import dissemination_in_space
 from ms_core.timeline import NO_DMT, dmt_periods
@@ -189,7 +189,6 @@ _P_OCB_UNKNOWN = 0.40
 _P_PRESENTATION_UNKNOWN = 0.05
 _P_SINGLE_SCAN = 0.20
 _P_RELAPSES_UNKNOWN = 0.05
-_DAYS_PER_YEAR = 365.25
 
 
 @dataclass(frozen=True, eq=False)
@@ -515,7 +514,7 @@ def generate_response_cohort(n: int = 3000, seed: int = 0) -> ClinicalCohort:
 
 
 def _relapses_within(visits: Sequence[Visit], visit: Visit, years: float) -> float:
-    start = visit.acq_date - dt.timedelta(days=round(years * _DAYS_PER_YEAR))
+    start = visit.acq_date - dt.timedelta(days=round(years * DAYS_PER_YEAR))
     counts = [v.relapses_since_last for v in visits if start < v.acq_date <= visit.acq_date]
     if any(c is None for c in counts):
         return float("nan")
@@ -563,7 +562,7 @@ def response_features(prognosis_row: Mapping[str, Any], visits: Sequence[Visit],
             if _dmt_key(v) != _dmt_key(visit):
                 break
             start = v.acq_date
-        row["years_on_dmt"] = (visit.acq_date - start).days / _DAYS_PER_YEAR
+        row["years_on_dmt"] = (visit.acq_date - start).days / DAYS_PER_YEAR
     row["relapses_1y"] = _relapses_within(ordered, visit, 1.0)
     return row
 
@@ -611,7 +610,7 @@ def _window(counts: Sequence[tuple[dt.date, dt.date, float, str]], lo: dt.date, 
             ) -> tuple[float, float, float, set[str]]:
     """Count, years, rate and sources of the intervals lying within (lo, hi]."""
     inside = [c for c in counts if c[0] >= lo and c[1] <= hi and c[1] > lo]
-    years = sum((b - a).days for a, b, _, _ in inside) / _DAYS_PER_YEAR
+    years = sum((b - a).days for a, b, _, _ in inside) / DAYS_PER_YEAR
     total = float(sum(c[2] for c in inside))
     rate = total / years if years > 0 else float("nan")
     return (total if inside else float("nan")), years, rate, {c[3] for c in inside}
@@ -660,7 +659,7 @@ def dmt_switch_activity(visits: Sequence[Visit], measured: pd.DataFrame | None =
         rel_sources: set[str] = set()
         lesion_sources: set[str] = set()
         for side, a, b in (("before", lo, switch), ("after", switch, hi)):
-            years = (b - a).days / _DAYS_PER_YEAR
+            years = (b - a).days / DAYS_PER_YEAR
             window = [v.relapses_since_last for v in ordered if a < v.acq_date <= b]
             known = [int(c) for c in window if c is not None]
             relapses = float(sum(known)) if window and len(known) == len(window) else \

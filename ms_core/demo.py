@@ -44,6 +44,7 @@ from scipy import ndimage as ndi
 
 from ms_core import __version__
 from ms_core.anatomy import Template, load_template, tissue_signal, world_grid
+from ms_core.domain import DAYS_PER_YEAR, LESION_LOCATIONS
 from ms_core.io import save_labels, save_volume, write_json, write_tsv
 from ms_core.study import image_path, truth_dir
 
@@ -60,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LOCATIONS = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
+LOCATIONS = LESION_LOCATIONS
 _LOCATION_P = (0.40, 0.25, 0.10, 0.25)
 EDSS_STEPS = (0.0, *np.arange(1.0, 10.01, 0.5).tolist())
 #: Volume ratio at or above which a lesion counts as enlarging (and at or below 1/x as shrinking).
@@ -472,7 +473,7 @@ def _plan_patient(config: DemoConfig, index: int, sites: _Sites) -> PatientPlan:
         pose = _rigid(rng, 3.0, 4.0, table_offset)
         visits.append(VisitPlan(
             session_id=f"ses-{j + 1:02d}",
-            acq_date=date0 + dt.timedelta(days=round(t * 365.25)),
+            acq_date=date0 + dt.timedelta(days=round(t * DAYS_PER_YEAR)),
             years=float(t), edss=edss, relapses_since_last=relapses, dmt=dmt, scanner=scanner,
             pose=pose.tolist(), t1_motion=_rigid(rng, 0.5, 0.7).tolist(),
             orientation={m: str(rng.choice(SCANNERS[scanner][m].orientations))  # type: ignore

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "DAYS_PER_YEAR",
+    "LESION_LOCATIONS",
     "MODALITIES",
     "MS_TYPES",
     "LesionMask",
@@ -23,6 +25,12 @@ __all__ = [
     "voxel_volume_ml",
 ]
 
+#: Days per year (Julian year) for every interval in years: follow-up, PBVC per year,
+#: patient-years, treatment duration.
+DAYS_PER_YEAR = 365.25
+#: Lesion location classes (McDonald 2017 / MAGNIMS topography), in this order everywhere:
+#: the segmentation's lesion table, the demo's truth, the clinical features.
+LESION_LOCATIONS = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
 MODALITIES = ("FLAIR", "T1w", "T2w")
 MS_TYPES = ("CIS", "RR", "SP", "PP", "HC", "other")
 

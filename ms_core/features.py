@@ -54,7 +54,14 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import SphericalVoronoi
 
-from ms_core.domain import Participant, Visit, check_affine, voxel_volume_ml
+from ms_core.domain import (
+    DAYS_PER_YEAR,
+    LESION_LOCATIONS,
+    Participant,
+    Visit,
+    check_affine,
+    voxel_volume_ml,
+)
 from ms_core.lesions import check_labels
 
 __all__ = [
@@ -96,7 +103,7 @@ ENTROPY_BINS = 32
 GLCM_LEVELS = 16
 # --- Patient-visit feature table (prognosis models) ------------------------------------------
 #: Lesion locations (``ms_core.location``) that get a volume and a count column each.
-LOCATION_FEATURES = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
+LOCATION_FEATURES = LESION_LOCATIONS
 #: Columns of the patient-visit feature table, in the order the prognosis models take them.
 #: Units are in the names; NaN marks a value that was not measured (the models impute it, see
 #: ``docs/prognosis.md``). Binary columns are 0/1 floats.
@@ -144,7 +151,6 @@ def dmt_efficacy(dmt: str | None) -> int:
     return DMT_EFFICACY[key]
 
 
-_DAYS_PER_YEAR = 365.25
 _PROGRESSIVE = {"SP": 1.0, "PP": 1.0, "SPMS": 1.0, "PPMS": 1.0, "PR": 1.0,
                 "RR": 0.0, "RRMS": 0.0, "CIS": 0.0}
 
@@ -153,7 +159,7 @@ def _years_since_mid(year: int | None, date: dt.date) -> float:
     """Years from 1 July of ``year`` (only the year is recorded) to ``date``; NaN if unknown."""
     if year is None:
         return float("nan")
-    return (date - dt.date(year, 7, 1)).days / _DAYS_PER_YEAR
+    return (date - dt.date(year, 7, 1)).days / DAYS_PER_YEAR
 
 
 def age_years(participant: Participant, date: dt.date) -> float | None:
@@ -168,7 +174,7 @@ def _relapses_2y(visits: Sequence[Visit], visit: Visit) -> float:
     Each visit reports the relapses since the previous one; an interval that starts before the
     window counts whole. NaN when one of those visits has no count.
     """
-    start = visit.acq_date - dt.timedelta(days=round(2 * _DAYS_PER_YEAR))
+    start = visit.acq_date - dt.timedelta(days=round(2 * DAYS_PER_YEAR))
     window = [v for v in visits if start < v.acq_date <= visit.acq_date]
     counts = [v.relapses_since_last for v in window]
     if any(c is None for c in counts):

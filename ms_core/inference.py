@@ -25,6 +25,7 @@ __all__ = [
     "gaussian_importance",
     "load_onnx_model",
     "load_tabular_model",
+    "predict_onnx_bytes",
     "run_bound",
     "sliding_window",
     "window_corners",
@@ -306,3 +307,13 @@ def load_tabular_model(model: VerifiedModel, output: str = "probabilities",
             f"expected one input and an output named {output!r}, got inputs "
             f"{[i.name for i in inputs]} and outputs {outputs}"))
     return TabularModel(model, session, inputs[0].name, output, session.get_providers()[0])
+
+
+def predict_onnx_bytes(payload: bytes, x: np.ndarray, output: str) -> tuple[np.ndarray, str]:
+    """Run an in-memory ONNX graph with one input once on the CPU, before it is written
+    anywhere (an export's parity check): the ``output`` array and the graph's input name."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run([output], {name: x})[0]), name

@@ -71,7 +71,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core.anatomy import derivation_key, load_template, world_grid
-from ms_core.domain import affine_spacing, check_affine
+from ms_core.domain import LESION_LOCATIONS, affine_spacing, check_affine
 from ms_core.io import cached_arrays
 from ms_core.lesions import check_labels
 from ms_core.preprocess import Grid, warp_from_template
@@ -97,7 +97,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Location classes, as in :data:`ms_core.demo.LOCATIONS`.
-LOCATIONS = ("periventricular", "juxtacortical", "infratentorial", "deep_white_matter")
+LOCATIONS = LESION_LOCATIONS
 #: Names shown to people.
 DISPLAY_NAMES = {
     "periventricular": "periventricular",

@@ -57,6 +57,7 @@ from ms_core.lesions import label_components
 from ms_core.locks import folder_lock
 from ms_core.models import load_model_card, sha256_file
 from ms_core.preprocess import Grid, normalize_intensity, register_visit_pair, resample_to_grid
+from ms_core.registration import ncc
 from ms_core.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
@@ -199,13 +200,6 @@ def register_visits(baseline: Volume, followup: Volume, *, resolution_mm: float 
         return register_visit_pair(baseline, followup, resolution_mm=resolution_mm, seed=seed)
     except ValueError as e:
         raise InputError(baseline.source, f"cannot register the visits: {e}") from e
-
-
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
 def change_zscore(followup: np.ndarray, baseline: np.ndarray, brain: np.ndarray, *,
@@ -455,7 +449,7 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
     timer.lap("registration")
     f_norm = normalize_intensity(f_work, brain)
     b_norm = normalize_intensity(b_work, brain)
-    registration = PairRegistration(f_to_b, round(_ncc(f_norm[brain], b_norm[brain]), 4))
+    registration = PairRegistration(f_to_b, round(ncc(f_norm[brain], b_norm[brain]), 4))
 
     def half(offset: float) -> Callable[[float], None] | None:
         return None if progress is None else (lambda f: progress(offset + 0.5 * f))

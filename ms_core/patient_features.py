@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ms_core.atrophy import read_atrophy
-from ms_core.domain import Participant, Visit
+from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
 from ms_core.features import PROGNOSIS_FEATURES, visit_features
 from ms_core.longitudinal import TrackParams
 from ms_core.measurements import interval_changes, visit_lesion_table
@@ -29,7 +29,6 @@ MRI_FEATURES = tuple(f for f in PROGNOSIS_FEATURES if f not in (
 #: ``(root, previous visit or None, visit) -> {"pbvc_pct_per_year", "bpf", "gm_fraction",
 #: "wm_fraction"}`` (values may be None), or None when atrophy was not measured.
 AtrophyReader = Callable[[Path, Visit | None, Visit], Mapping[str, float | None] | None]
-_DAYS_PER_YEAR = 365.25
 
 
 def patient_feature_table(root: Path, participant: Participant, visits: Sequence[Visit],
@@ -51,7 +50,7 @@ def patient_feature_table(root: Path, participant: Participant, visits: Sequence
             changes = interval_changes(root, prev, visit, params)
             if changes is not None:
                 new_enl = float(changes.status.isin(["new", "enlarging"]).sum())
-                years = (visit.acq_date - prev.acq_date).days / _DAYS_PER_YEAR
+                years = (visit.acq_date - prev.acq_date).days / DAYS_PER_YEAR
         measured = atrophy(root, prev, visit) if atrophy is not None else None
         pbvc = measured.get("pbvc_pct_per_year") if measured else None
         tissue = {k: v for k, v in (measured or {}).items() if v is not None}

@@ -46,6 +46,7 @@ import pandas as pd
 from ms_core import __version__
 from ms_core.errors import InputError
 from ms_core.features import PROGNOSIS_FEATURES
+from ms_core.inference import predict_onnx_bytes
 from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
 from ms_core.models import code_commit, register_model, sha256_file
 
@@ -571,13 +572,11 @@ def write_model(result: FitResult, out: Path | str, *, name: str = "prognosis",
     ValueError
         when ONNX and scikit-learn probabilities differ by more than :data:`PARITY_TOL`.
     """
-    import onnxruntime as ort
-
     root = Path(out)
     payload = _onnx_bytes(result)
-    session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-    x32 = result.x_test.astype(np.float32)
-    p_onnx = session.run(["probabilities"], {session.get_inputs()[0].name: x32})[0][:, 1]
+    probabilities, input_name = predict_onnx_bytes(payload, result.x_test.astype(np.float32),
+                                                   "probabilities")
+    p_onnx = probabilities[:, 1]
     parity = float(np.max(np.abs(p_onnx - result.test_prob)))
     if not parity <= PARITY_TOL:
         raise ValueError(f"ONNX/scikit-learn parity {parity:.2e} > {PARITY_TOL:.0e}; "
@@ -591,7 +590,7 @@ def write_model(result: FitResult, out: Path | str, *, name: str = "prognosis",
     card: dict[str, Any] = {
         "name": name, "version": version, "sha256": sha, "family": result.family,
         "task": task, "outcome_column": result.outcome_column,
-        "input": {"name": session.get_inputs()[0].name, "features": list(result.features),
+        "input": {"name": input_name, "features": list(result.features),
                   "dtype": "float32", "missing": "NaN, imputed with the training medians"},
         "output": {"name": "probabilities", "columns": list(output_columns),
                    "calibration": "Platt (sigmoid of a * margin + b) inside the ONNX graph"},

@@ -15,7 +15,7 @@ import numpy as np
 
 from ms_core.io import to_sitk
 
-__all__ = ["register_affine"]
+__all__ = ["ncc", "register_affine"]
 
 log = logging.getLogger(__name__)
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
@@ -121,3 +121,16 @@ def register_affine(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndar
         raise ValueError(f"registration failed: {str(e).splitlines()[-1]}") from e
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two equally shaped intensity arrays (0 when either is
+    constant): the registration quality check of visit pairs and of the PBVC.
+
+    >>> round(ncc(np.arange(5.0), 2 * np.arange(5.0) + 1), 6)
+    1.0
+    """
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0

@@ -28,7 +28,7 @@ from typing import Literal
 
 import pandas as pd
 
-from ms_core.domain import MODALITIES, MS_TYPES, Participant, Visit
+from ms_core.domain import DAYS_PER_YEAR, MODALITIES, MS_TYPES, Participant, Visit
 from ms_core.errors import InputError, StudyError
 from ms_core.io import read_nifti_header
 
@@ -100,7 +100,7 @@ class Study:
             for v in visits:
                 rows.append({
                     "participant_id": pid, "session_id": v.session_id, "acq_date": v.acq_date,
-                    "years_from_first": (v.acq_date - first).days / 365.25 if first else 0.0,
+                    "years_from_first": (v.acq_date - first).days / DAYS_PER_YEAR if first else 0.0,
                     "edss": v.edss, "relapses_since_last": v.relapses_since_last, "dmt": v.dmt,
                     "scanner": v.scanner, "field_strength_t": v.field_strength_t,
                     "trial_arm": p.trial_arm, "ms_type": p.ms_type,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from ms_core.domain import Visit
+from ms_core.domain import DAYS_PER_YEAR, Visit
 from ms_core.study import truth_dir
 
 __all__ = [
@@ -53,7 +53,6 @@ VISIT_COLUMNS = (
 PERIOD_COLUMNS = ("dmt", "start", "end", "first_session", "last_session", "n_visits")
 #: truth.json fields copied into :func:`visit_table` (all optional).
 _TRUTH_FIELDS = ("lesion_volume_ml", "brain_volume_ml", "lesion_count", "new_or_enlarging")
-_DAYS_PER_YEAR = 365.25
 
 
 def _dmt_label(visit: Visit) -> str:
@@ -146,7 +145,7 @@ def visit_table(visits: Sequence[Visit],
         rows.append({
             "session_id": v.session_id,
             "acq_date": pd.Timestamp(v.acq_date),
-            "years_from_first": (v.acq_date - first).days / _DAYS_PER_YEAR,
+            "years_from_first": (v.acq_date - first).days / DAYS_PER_YEAR,
             "edss": float("nan") if v.edss is None else float(v.edss),
             "relapses_since_last": v.relapses_since_last,
             "dmt": _dmt_label(v),

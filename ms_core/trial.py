@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ms_core.domain import Participant, Visit
+from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
 from ms_core.errors import InputError
 from ms_core.io import read_json
 from ms_core.longitudinal import TrackParams, tracking_status, visit_metadata_warnings
@@ -136,7 +136,6 @@ UNCERTAIN_VOLUME_FRACTION = 0.25
 #: Registration QC: the stored comparison is flagged below this normalised cross-correlation
 #: (the threshold of :mod:`ms_core.longitudinal`).
 MIN_REGISTRATION_NCC = 0.8
-_DAYS_PER_YEAR = 365.25
 
 
 # ============================================================================== intervals
@@ -376,7 +375,7 @@ def neda3(relapse_free: bool | None, no_new_t2: bool | None, no_cdw: bool | None
 
 # ============================================================================== per patient
 def _years(a: Visit, b: Visit) -> float:
-    return (b.acq_date - a.acq_date).days / _DAYS_PER_YEAR
+    return (b.acq_date - a.acq_date).days / DAYS_PER_YEAR
 
 
 def _finite(value: Any) -> float | None:

@@ -75,3 +75,21 @@ def test_cli_reports_bad_study_without_traceback(tmp_path: Path) -> None:
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "study folder not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_the_inference_module_opens_onnxruntime() -> None:
+    opens = sorted(p.name for p in LIB_CODE if "onnxruntime" in _imports(p)
+                   or "import onnxruntime" in p.read_text(encoding="utf-8"))
+    assert opens == ["inference.py"]
+
+
+@pytest.mark.parametrize(("literal", "home"), [("365.25", "domain.py"),
+                                               ('("periventricular", "juxtacortical", '
+                                                '"infratentorial", "deep_white_matter")',
+                                                "domain.py")])
+def test_shared_constants_are_defined_once(literal: str, home: str) -> None:
+    where = sorted(p.name for p in LIB_CODE
+                   if literal in "".join(line for line in p.read_text(encoding="utf-8")
+                                         .splitlines(keepends=True)
+                                         if not line.lstrip().startswith(("#", "*", '"""'))))
+    assert where == [home]
