@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import runpy
 import textwrap
 import threading
 import zlib
@@ -107,6 +108,8 @@ VIEW_MODALITIES = ("FLAIR", "T1w")
 _BAND_PALETTE = qualitative.Set2
 #: Per script-thread flag: True while app.run() is running this thread's script run.
 _ROUTER = threading.local()
+#: The router script (its ``run`` is called when it runs as ``__main__``).
+APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
 
 
 def default_study_root() -> str:
@@ -181,9 +184,9 @@ def ensure_routed() -> None:
     """
     if getattr(_ROUTER, "active", False):
         return
-    import app  # here, not at the top: app.py imports this module
-
-    app.run()
+    # app.py runs as the script it is (as Streamlit runs it), not imported: app.py imports this
+    # module, and importing it back would make an import cycle.
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
     st.stop()
 
 

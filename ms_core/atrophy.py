@@ -88,6 +88,7 @@ from ms_core.preprocess import (
 from ms_core.registration import ncc
 from ms_core.segment import LEGACY_PARAM_DEFAULTS, SegmentParams, segmentation_status
 from ms_core.study import derivatives_dir
+from ms_core.visits import visit_metadata_warnings
 
 __all__ = [
     "ATROPHY_FOLDER",
@@ -1218,7 +1219,6 @@ def measure_interval_pbvc(root: Path, baseline: Visit, followup: Visit,
     InputError
         naming the follow-up image when a visit has no image or the measurement fails.
     """
-    from ms_core.longitudinal import visit_metadata_warnings
 
     current = pbvc_status(root, baseline, followup, params)
     if current is not None:

@@ -49,6 +49,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
+from ms_core.atrophy import lesions_on_grid, pair_atrophy
 from ms_core.domain import Visit, Volume, affine_spacing, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model
@@ -67,6 +68,7 @@ from ms_core.segment import (
     probability_on_grid,
 )
 from ms_core.study import derivatives_dir
+from ms_core.visits import visit_metadata_warnings
 
 __all__ = [
     "CHANGE_COLUMNS",
@@ -396,18 +398,6 @@ def intensity_profile_warnings(b_norm: np.ndarray, f_norm: np.ndarray, brain: np
     return out
 
 
-def visit_metadata_warnings(baseline: Visit, followup: Visit) -> list[str]:
-    """Scanner or field-strength changes recorded in the study's session tables."""
-    out: list[str] = []
-    if (baseline.field_strength_t and followup.field_strength_t
-            and baseline.field_strength_t != followup.field_strength_t):
-        out.append(f"field strength changed: {baseline.field_strength_t:g} T -> "
-                   f"{followup.field_strength_t:g} T")
-    if baseline.scanner and followup.scanner and baseline.scanner != followup.scanner:
-        out.append(f"scanner changed: {baseline.scanner} -> {followup.scanner}")
-    return out
-
-
 @dataclass(frozen=True, eq=False)
 class PairMaps:
     """Both visits on the follow-up's 1 mm working grid, ready for change detection.
@@ -626,8 +616,6 @@ class AtrophyRequest:
 def _atrophy_block(maps: PairMaps, params: TrackParams, request: AtrophyRequest
                    ) -> dict[str, Any]:
     """The ``atrophy`` provenance block: PBVC and both visits' volumes, lesions filled."""
-    from ms_core.atrophy import lesions_on_grid, pair_atrophy
-
     b_img = load_volume(request.baseline, request.modality)
     f_img = load_volume(request.followup, request.modality)
     t = params.segmentation.threshold

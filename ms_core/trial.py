@@ -55,11 +55,12 @@ from scipy import stats
 from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
 from ms_core.errors import InputError
 from ms_core.io import read_json
-from ms_core.longitudinal import TrackParams, tracking_status, visit_metadata_warnings
+from ms_core.longitudinal import TrackParams, tracking_status
 from ms_core.measurements import measured_table, visit_lesion_table
 from ms_core.outcomes import confirmed_worsening
 from ms_core.patient_features import AtrophyReader
 from ms_core.study import Study, truth_dir
+from ms_core.visits import visit_metadata_warnings
 
 __all__ = [
     "ARM_COLUMNS",
@@ -773,7 +774,7 @@ def visit_qc_table(root: Path, visits: Sequence[Visit], params: TrackParams = Tr
     """QC of one patient's visits (date order), one row each (:data:`QC_COLUMNS`).
 
     * ``protocol_change``: scanner or field-strength change since the previous visit, from the
-      session table (:func:`ms_core.longitudinal.visit_metadata_warnings`); always available.
+      session table (:func:`ms_core.visits.visit_metadata_warnings`); always available.
     * ``registration_ncc``, ``image_qc``: from the current stored comparison with the previous
       visit (NaN / empty when not compared): its registration NCC and its image-based warnings
       (voxel size, orientation, intensity profile, poor registration).

@@ -34,6 +34,7 @@ __all__ = [
     "read_geometry",
     "summarize_visit",
     "truth_lesion_table",
+    "visit_metadata_warnings",
 ]
 
 #: Columns of :func:`truth_lesion_table`, in display order.
@@ -228,3 +229,15 @@ def lesion_totals(table: pd.DataFrame) -> LesionTotals:
         volume_ml=round(float(present["volume_ml"].fillna(0.0).sum()), 5),
         n_new_or_enlarging=int(present["status"].isin(ACTIVE_STATUSES).sum()),
     )
+
+
+def visit_metadata_warnings(baseline: Visit, followup: Visit) -> list[str]:
+    """Scanner or field-strength changes recorded in the study's session tables."""
+    out: list[str] = []
+    if (baseline.field_strength_t and followup.field_strength_t
+            and baseline.field_strength_t != followup.field_strength_t):
+        out.append(f"field strength changed: {baseline.field_strength_t:g} T -> "
+                   f"{followup.field_strength_t:g} T")
+    if baseline.scanner and followup.scanner and baseline.scanner != followup.scanner:
+        out.append(f"scanner changed: {baseline.scanner} -> {followup.scanner}")
+    return out

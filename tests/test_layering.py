@@ -93,3 +93,50 @@ def test_shared_constants_are_defined_once(literal: str, home: str) -> None:
                                          .splitlines(keepends=True)
                                          if not line.lstrip().startswith(("#", "*", '"""'))))
     assert where == [home]
+
+
+def _ms_core_edges() -> dict[str, set[str]]:
+    """ms_core module -> the ms_core modules it imports anywhere in its code (also inside
+    functions, where an import cycle would otherwise hide)."""
+    edges: dict[str, set[str]] = {}
+    for path in LIB_CODE:
+        name = path.stem
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                parts = node.module.split(".")
+                if parts[0] == "ms_core" and len(parts) > 1:
+                    targets.add(parts[1])
+                elif parts == ["ms_core"]:
+                    targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name.split(".")[1] for a in node.names
+                            if a.name.startswith("ms_core.")}
+        edges[name] = targets - {name}
+    return edges
+
+
+def test_ms_core_has_no_import_cycle() -> None:
+    edges = _ms_core_edges()
+    known = set(edges)
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(edges.get(node, set()) & known):
+            if nxt in path:
+                cycles.append([*path[path.index(nxt):], nxt])
+            elif len(path) < len(known):
+                visit(nxt, [*path, nxt])
+
+    for start in sorted(known):
+        visit(start, [start])
+        if cycles:
+            break
+    assert cycles == [], f"import cycle: {' -> '.join(cycles[0])}"
+
+
+def test_app_glue_never_imports_the_router_back() -> None:
+    # app.py imports ui_helpers; ui_helpers.ensure_routed runs app.py as a script instead.
+    glue = [p for p in APP_CODE if p.exists() and p.name != "app.py"]
+    assert [p.name for p in glue if "app" in _imports(p)] == []
