@@ -417,3 +417,15 @@ def test_a_derived_run_records_its_command_and_metrics(tmp_path: Path,
     assert "git_commit" in config
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"dice": 0.5}
     assert "0.5" in capsys.readouterr().out
+
+
+def test_temperature_scaling_finds_the_temperature_that_made_the_labels() -> None:
+    from training.seg.calibrate import fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(200_000, generator=gen) * 4.0
+    # Labels drawn from sigmoid(logits / 2): the network is twice too confident.
+    target = (torch.rand(logits.shape, generator=gen) < torch.sigmoid(logits / 2.0)).float()
+    assert fit_temperature(logits, target) == pytest.approx(2.0, rel=0.05)
+    calibrated = (torch.rand(logits.shape, generator=gen) < torch.sigmoid(logits)).float()
+    assert fit_temperature(logits, calibrated) == pytest.approx(1.0, rel=0.05)

@@ -25,6 +25,7 @@ from ms_core.anatomy import load_template
 from ms_core.evaluate import dice
 from ms_core.io import read_json, write_json
 from ms_core.models import MODELS_DIR, register_model, sha256_file
+from training.seg.calibrate import CALIBRATION_FILE
 from training.seg.model import UNet3D, describe, use_stable_instance_norm
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import DEFAULT_MNI, load_weights
@@ -33,12 +34,18 @@ NAME = "lesion_seg"
 
 
 class _WithSigmoid(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module) -> None:
+    """The network's probability: ``sigmoid(logits / temperature)``."""
+
+    def __init__(self, net: torch.nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        logits = self.net(x)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return torch.sigmoid(logits)
 
 
 def parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> dict[str, float]:
@@ -108,10 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     net = UNet3D(2, widths, norm=config.get("norm", "instance"))
     load_weights(net, args.run / args.weights)
     net.eval()
-    reference = _WithSigmoid(net).eval()  # the trained torch model, as used in training
+    calibration_path = args.run / CALIBRATION_FILE
+    calibration = read_json(calibration_path) if calibration_path.exists() else None
+    if calibration is not None and calibration.get("weights") != args.weights:
+        print(f"{calibration_path} was fitted for {calibration.get('weights')}, not "
+              f"{args.weights}: run training.seg.calibrate again", file=sys.stderr)
+        return 1
+    temperature = float(calibration["temperature"]) if calibration else 1.0
+    reference = _WithSigmoid(net, temperature).eval()  # the trained torch model
     export_net = copy.deepcopy(net)
     use_stable_instance_norm(export_net)  # same maths; keeps onnxruntime close to torch
-    model = _WithSigmoid(export_net).eval()
+    model = _WithSigmoid(export_net, temperature).eval()
 
     out_dir = args.models_dir / NAME
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                   "missing_channel": ("zeros (trained without T1w: the channel is always zeros)"
                                       if t1_ignored else "zeros (T1w optional)"),
                   "patch_size": [64, 64, 64], "multiple_of": 8, "dtype": "float32"},
-        "output": {"name": "prob", "layout": "N1XYZ", "meaning": "lesion probability (sigmoid)"},
+        "output": {"name": "prob", "layout": "N1XYZ",
+                   "meaning": "lesion probability (sigmoid of the logits / temperature)",
+                   "temperature": temperature,
+                   "calibration": calibration},
         "label_map": {"0": "background", "1": "lesion"},
         "threshold": 0.5,
         "preprocessing": {"spacing_mm": 1.0, "orientation": "RAS+ axis-aligned working grid",
