@@ -18,8 +18,11 @@ TTA setting on
 - the **selection set**: the first visits of demo patients 7-12 (synthetic, known ground
   truth; never shown in ``docs/segmentation.md``'s tables), as ``python -m training.seg.selection``
   uses it;
-- **patient26** of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY; FLAIR
-  as distributed, skull-stripped, against the consensus mask); skipped when ../shared is absent.
+- the **real validation set** (``training.seg.report.REAL_SCANS``): patient26 of open_ms_data
+  (Lesjak et al. 2018, Neuroinformatics 16:51-63, CC-BY) and MSLesSeg P18 and P39 (Guarnera et
+  al., Scientific Data 2025, CC BY 4.0), skull-stripped FLAIR against the experts' masks; the
+  summary gives their mean Dice and lesion F1, the lowest Dice and each predicted volume;
+  skipped when ../shared is absent.
 
 and each probability map is thresholded at every ``--thresholds`` value, and grown: lesions found
 at 0.5 and outlined at each lower ``--grow`` value (hysteresis). For patient26 it also
@@ -66,7 +69,7 @@ from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.preprocess import template_to_subject  # noqa: E402
 from ms_core.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
-from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
+from training.seg.report import available_real_scans  # noqa: E402
 from training.seg.selection import selection_patients, selection_visits  # noqa: E402
 
 #: Zone sets of ``--zone-low``: lesions found at the lower threshold are added in these zones.
@@ -178,6 +181,8 @@ def main() -> int:
     ap.add_argument("--grow", default="0.4,0.3,0.2,0.1",
                     help="outline thresholds for seeded growth from lesions found at 0.5")
     ap.add_argument("--name", default="operating_points", help="results file name")
+    ap.add_argument("--real-only", action="store_true",
+                    help="the real validation set only, without the demo selection set")
     ap.add_argument("--method", choices=("network", "baseline"), default="network")
     ap.add_argument("--overlap", type=float, default=None,
                     help="sliding-window overlap (default: the segmentation default)")
@@ -198,18 +203,20 @@ def main() -> int:
     if args.overlap is not None:
         base = dataclasses.replace(base, overlap=args.overlap)
 
-    study = load_study(args.demo)
     cases = []
-    for pid, sid in selection_visits(study, selection_patients(list(study.visits), 6, 6)):
+    chosen = [] if args.real_only else selection_visits(
+        load_study(args.demo), selection_patients(list(load_study(args.demo).visits), 6, 6))
+    for pid, sid in chosen:
         truth = load_lesion_mask(truth_dir(args.demo, pid, sid) / "lesion_labels.nii.gz")
         brain = load_lesion_mask(truth_dir(args.demo, pid, sid) / "brain_mask.nii.gz")
         cases.append(Case(f"{pid}/{sid}", image_path(args.demo, pid, sid, "FLAIR"),
                           truth.labels > 0, False, brain.labels > 0))
-    if (P26 / P26_FLAIR).exists():
-        cases.append(Case("patient26", P26 / P26_FLAIR,
-                          load_lesion_mask(P26 / P26_MASK).labels > 0, True))
-    else:
-        print("patient26 not found (../shared absent): selection set only", file=sys.stderr)
+    real = available_real_scans()
+    for scan in real:
+        cases.append(Case(scan.name, scan.flair, load_lesion_mask(scan.mask).labels > 0, True))
+    if not real:
+        print("no real scan found (../shared absent): selection set only", file=sys.stderr)
+    real_names = {scan.name for scan in real}
 
     table: dict[str, dict[str, Any]] = {}
     threshold_of: dict[str, float] = {}  # setting -> lesion threshold
@@ -249,15 +256,23 @@ def main() -> int:
 
     summary = []
     for key, rows in table.items():
-        sel = [r for name, r in rows.items() if name != "patient26"]
+        sel = [r for name, r in rows.items() if name not in real_names]
         p26 = rows.get("patient26")
+        reals = [r for name, r in rows.items() if name in real_names]
         th = threshold_of[key]
         summary.append({
             "setting": key,
             **({"baseline_z": round(BASELINE_Z + 0.5 * float(np.log(th / (1 - th))), 3)}
                if args.method == "baseline" else {}),
-            "selection_mean_dice": round(float(np.mean([r["dice"] for r in sel])), 4),
-            "selection_mean_f1": round(float(np.mean([r["f1"] for r in sel])), 4),
+            "selection_mean_dice": (round(float(np.mean([r["dice"] for r in sel])), 4)
+                                    if sel else None),
+            "selection_mean_f1": (round(float(np.mean([r["f1"] for r in sel])), 4)
+                                  if sel else None),
+            **({"real_mean_dice": round(float(np.mean([r["dice"] for r in reals])), 4),
+                "real_mean_f1": round(float(np.mean([r["f1"] for r in reals])), 4),
+                "real_min_dice": round(min(r["dice"] for r in reals), 4),
+                "real_pred_ml": {n: r["pred_ml"] for n, r in rows.items() if n in real_names}}
+               if reals else {}),
             "patient26": p26,
             "patient26_meets_targets": (None if p26 is None
                                         else p26["dice"] >= 0.70 and p26["f1"] >= 0.70),

@@ -9,7 +9,7 @@ import pytest
 
 from ms_core.io import read_json
 from ms_core.models import MODELS_DIR
-from training.seg.report import model_card_markdown, real_summary
+from training.seg.report import model_card_markdown, real_summary, t1_makes_it_worse
 
 
 def _scan(dice: float, f1: float, pred_ml: float, truth_ml: float) -> dict[str, Any]:
@@ -54,3 +54,19 @@ def test_card_limits_name_the_failed_targets(failed: list[str]) -> None:
         assert name.replace("_", " ") in text.split("failed:")[1].split(")")[0]
     assert "| patient26 | 8.20 | 6.00 | 0.710 | 0.720 |" in text
     assert "0.73–1.25" in text
+
+
+def test_t1w_is_ignored_once_it_makes_the_real_set_worse() -> None:
+    flair = {"a": _scan(0.70, 0.70, 7.0, 8.0), "b": _scan(0.60, 0.60, 1.0, 0.8)}
+    worse_f1 = {"a": _scan(0.72, 0.50, 7.0, 8.0), "b": _scan(0.60, 0.60, 1.0, 0.8)}
+    better = {"a": _scan(0.72, 0.72, 7.0, 8.0), "b": _scan(0.61, 0.60, 1.0, 0.8)}
+
+    def results(with_t1: dict[str, Any] | None) -> dict[str, Any]:
+        mean = {"network_flair": real_summary(flair)}
+        if with_t1 is not None:
+            mean["network_flair_t1"] = real_summary(with_t1)
+        return {"real": {"mean": mean}}
+
+    assert t1_makes_it_worse(results(worse_f1)) is True
+    assert t1_makes_it_worse(results(better)) is False
+    assert t1_makes_it_worse(results(None)) is False  # a model that ignores T1w

@@ -278,6 +278,17 @@ def target_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def t1_makes_it_worse(results: dict[str, Any]) -> bool:
+    """Whether FLAIR + T1w has a lower mean Dice or lesion F1 than FLAIR alone on the real set
+    (False when the T1w was not evaluated, as for a model that ignores it)."""
+    mean = results["real"]["mean"]
+    if "network_flair_t1" not in mean:
+        return False
+    flair, both = mean["network_flair"], mean["network_flair_t1"]
+    return bool((both["dice"] or 0) < (flair["dice"] or 0)
+                or (both["f1_any"] or 0) < (flair["f1_any"] or 0))
+
+
 def t1_lines(results: dict[str, Any], card: ModelCard) -> list[str]:
     """What the T1w channel does on the real set."""
     if not card.uses_t1:
@@ -288,11 +299,12 @@ def t1_lines(results: dict[str, Any], card: ModelCard) -> list[str]:
                 "up to 3.2.0 got worse on the real set (see History)."]
     mean = results["real"]["mean"]
     flair, both = mean["network_flair"], mean["network_flair_t1"]
-    worse = (both["dice"] or 0) < (flair["dice"] or 0) or (both["f1_any"] or 0) < (
-        flair["f1_any"] or 0)
     return [f"With T1w: mean Dice {_fmt(both['dice'])}, lesion F1 {_fmt(both['f1_any'])} against "
             f"FLAIR alone {_fmt(flair['dice'])} / {_fmt(flair['f1_any'])}: T1w "
-            + ("**makes it worse**." if worse else "does not make it worse.")]
+            + ("**makes it worse**, so the report set the card's `input.t1w` to `ignored`: "
+               "from now on `segment --t1` gives the FLAIR-only result, and the provenance's "
+               "model entry says `t1w: ignored`." if t1_makes_it_worse(results)
+               else "does not make it worse.")]
 
 
 def card_evaluation(results: dict[str, Any]) -> dict[str, Any]:
@@ -343,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     card_path = args.models_dir / "lesion_seg" / "model.json"
     card_json = read_json(card_path)
     card_json["evaluation"] = card_evaluation(results)
+    if t1_makes_it_worse(results):  # until the T1w channel helps, the network ignores it
+        card_json["input"]["t1w"] = "ignored"
+        print("T1w makes the real set worse: the card now says input.t1w = ignored",
+              file=sys.stderr)
     write_json(card_path, card_json)
     atomic_write_text(card_path.with_name("MODEL_CARD.md"), model_card_markdown(card_json))
     return 0
