@@ -140,3 +140,16 @@ def test_app_glue_never_imports_the_router_back() -> None:
     # app.py imports ui_helpers; ui_helpers.ensure_routed runs app.py as a script instead.
     glue = [p for p in APP_CODE if p.exists() and p.name != "app.py"]
     assert [p.name for p in glue if "app" in _imports(p)] == []
+
+
+def test_every_module_has_a_stage_and_stages_import_only_downwards() -> None:
+    from bench.architecture import STAGES, import_edges, layers
+
+    edges = import_edges()
+    stage_of = {m: s for s, mods in STAGES.items() for m in mods}
+    assert sorted(set(edges) - set(stage_of)) == [], "add the new module to a stage"
+    order = list(STAGES)
+    upward = [(a, b) for a, bs in edges.items() for b in bs
+              if order.index(stage_of[b]) > order.index(stage_of[a])]
+    assert upward == []
+    assert min(layers(edges).values()) == 0
