@@ -429,3 +429,14 @@ def test_temperature_scaling_finds_the_temperature_that_made_the_labels() -> Non
     assert fit_temperature(logits, target) == pytest.approx(2.0, rel=0.05)
     calibrated = (torch.rand(logits.shape, generator=gen) < torch.sigmoid(logits)).float()
     assert fit_temperature(logits, calibrated) == pytest.approx(1.0, rel=0.05)
+
+
+def test_platt_scaling_finds_the_scale_and_shift_that_made_the_labels() -> None:
+    from training.seg.calibrate import fit_platt
+
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(200_000, generator=gen) * 3.0
+    # Labels drawn from sigmoid(0.5 z - 1): too confident and too ready to call lesion.
+    target = (torch.rand(logits.shape, generator=gen) < torch.sigmoid(0.5 * logits - 1.0)).float()
+    scale, shift = fit_platt(logits, target)
+    assert scale == pytest.approx(0.5, abs=0.03) and shift == pytest.approx(-1.0, abs=0.05)

@@ -1,17 +1,18 @@
-"""Temperature scaling of a trained lesion network on synthetic patches (Guo et al., ICML 2017).
+"""Probability calibration of a trained lesion network on synthetic patches (Platt scaling).
 
 Usage::
 
     python -m training.seg.calibrate --run training/runs/seg_v14 [--weights weights_best.npz]
 
-The probability the network gives should mean the same on every scanner. One scalar
-temperature ``T`` divides the logits before the sigmoid, chosen to minimise the voxel-wise
-binary cross-entropy on fresh synthetic patches of the run's own recipe (its ``config.json``;
-seed ``seed + 20000``, never seen in training or its validation). ``T`` leaves the mask at
-threshold 0.5 unchanged (``sigmoid(z / T) >= 0.5`` exactly when ``z >= 0``) and moves only the
-probabilities. Writes ``calibration.json`` into the run folder, which
-:mod:`training.seg.export` folds into the ONNX graph; the real scans' calibration is reported
-by :mod:`training.seg.report` (ECE per scan).
+The probability the network gives should mean the same on every scanner. The logits ``z`` are
+mapped to ``sigmoid(scale * z + shift)`` (Platt 1999; with ``shift = 0`` this is temperature
+scaling, Guo et al., ICML 2017), with ``scale`` and ``shift`` chosen to minimise the voxel-wise
+binary cross-entropy inside the brain on fresh synthetic patches of the run's own recipe (its
+``config.json``; seed ``seed + 20000``, never seen in training or its validation). A shift moves
+the mask at threshold 0.5 to where the synthetic patches say a voxel is more likely lesion than
+not. Writes ``calibration.json`` into the run folder, which :mod:`training.seg.export` folds into
+the ONNX graph; the real scans' calibration is reported by :mod:`training.seg.report` (ECE per
+scan).
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, *, lo: float = 0
     return round(math.exp((a + b) / 2.0), 4)
 
 
+def fit_platt(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """``(scale, shift)`` minimising the mean binary cross-entropy of
+    ``sigmoid(scale * logits + shift)`` against ``target`` (L-BFGS from the temperature fit)."""
+    scale = torch.tensor(1.0 / fit_temperature(logits, target), dtype=torch.float64,
+                         requires_grad=True)
+    shift = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    z, t = logits.to(torch.float64), target.to(torch.float64)
+    opt = torch.optim.LBFGS([scale, shift], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(scale * z + shift, t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return round(float(scale), 4), round(float(shift), 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="training run folder")
@@ -82,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     z = torch.stack(logits)
     t = torch.stack(targets)
     brain = torch.from_numpy(np.stack(inside))
-    temperature = fit_temperature(z[brain], t[brain])
+    scale, shift = fit_platt(z[brain], t[brain])
     truth, region = t.numpy(), brain.numpy()
 
-    def ece(temp: float) -> float | None:
-        return calibration_error(torch.sigmoid(z / temp).numpy(), truth, region, min_prob=0.05)
+    def ece(a: float, b: float) -> float | None:
+        return calibration_error(torch.sigmoid(a * z + b).numpy(), truth, region, min_prob=0.05)
 
-    result = {"temperature": temperature, "weights": args.weights, "patches": args.patches,
+    result = {"scale": scale, "shift": shift, "weights": args.weights, "patches": args.patches,
               "seed": int(config["seed"]) + 20_000,
-              "ece_uncertain_before": ece(1.0), "ece_uncertain_after": ece(temperature),
+              "ece_uncertain_before": ece(1.0, 0.0), "ece_uncertain_after": ece(scale, shift),
               "command": " ".join(["python -m training.seg.calibrate", *(argv or sys.argv[1:])])}
     write_json(args.run / CALIBRATION_FILE, result)
     print(result, flush=True)

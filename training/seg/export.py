@@ -34,17 +34,18 @@ NAME = "lesion_seg"
 
 
 class _WithSigmoid(torch.nn.Module):
-    """The network's probability: ``sigmoid(logits / temperature)``."""
+    """The network's probability: ``sigmoid(scale * logits + shift)`` (Platt calibration;
+    identity without it)."""
 
-    def __init__(self, net: torch.nn.Module, temperature: float = 1.0) -> None:
+    def __init__(self, net: torch.nn.Module, scale: float = 1.0, shift: float = 0.0) -> None:
         super().__init__()
         self.net = net
-        self.temperature = float(temperature)
+        self.scale, self.shift = float(scale), float(shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
+        if (self.scale, self.shift) != (1.0, 0.0):
+            logits = logits * self.scale + self.shift
         return torch.sigmoid(logits)
 
 
@@ -121,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{calibration_path} was fitted for {calibration.get('weights')}, not "
               f"{args.weights}: run training.seg.calibrate again", file=sys.stderr)
         return 1
-    temperature = float(calibration["temperature"]) if calibration else 1.0
-    reference = _WithSigmoid(net, temperature).eval()  # the trained torch model
+    scale, shift = ((float(calibration["scale"]), float(calibration["shift"])) if calibration
+                    else (1.0, 0.0))
+    reference = _WithSigmoid(net, scale, shift).eval()  # the trained torch model
     export_net = copy.deepcopy(net)
     use_stable_instance_norm(export_net)  # same maths; keeps onnxruntime close to torch
-    model = _WithSigmoid(export_net, temperature).eval()
+    model = _WithSigmoid(export_net, scale, shift).eval()
 
     out_dir = args.models_dir / NAME
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                                       if t1_ignored else "zeros (T1w optional)"),
                   "patch_size": [64, 64, 64], "multiple_of": 8, "dtype": "float32"},
         "output": {"name": "prob", "layout": "N1XYZ",
-                   "meaning": "lesion probability (sigmoid of the logits / temperature)",
-                   "temperature": temperature,
-                   "calibration": calibration},
+                   "meaning": "lesion probability: sigmoid(scale * logits + shift)",
+                   "scale": scale, "shift": shift, "calibration": calibration},
         "label_map": {"0": "background", "1": "lesion"},
         "threshold": 0.5,
         "preprocessing": {"spacing_mm": 1.0, "orientation": "RAS+ axis-aligned working grid",
