@@ -323,8 +323,12 @@ def km_figure(kms: dict[str, KaplanMeier], colours: dict[str, str]) -> go.Figure
 #: Validation metrics shown per model: (label, dotted path in the card).
 KEY_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
     "lesion_seg": (
-        ("Dice, patient26 (real, FLAIR)", "evaluation.patient26.network_flair.dice"),
-        ("Lesion F1, patient26 (real, FLAIR)", "evaluation.patient26.network_flair.f1_any"),
+        ("Mean Dice, real set (3 scans, 2 centres)",
+         "evaluation.real_validation_mean.network_flair.dice"),
+        ("Mean lesion F1, real set", "evaluation.real_validation_mean.network_flair.f1_any"),
+        ("Dice, patient26", "evaluation.real_validation.network_flair.patient26.dice"),
+        ("Dice, MSLesSeg P18", "evaluation.real_validation.network_flair.P18.dice"),
+        ("Dice, MSLesSeg P39", "evaluation.real_validation.network_flair.P39.dice"),
         ("Dice, demo first visits", "evaluation.demo_first_visits_mean.network_flair.dice"),
         ("Best synthetic validation Dice", "training.best_synthetic_val_dice"),
     ),

@@ -263,6 +263,12 @@ def _registration(d: Any) -> str:
     return f"real pair patient12: rigid NCC {_num(d, 'patient12.joint.registration_ncc'):.3f}"
 
 
+def _real_set(d: Any, mean: str) -> str:
+    """The real validation set's mean figures (``mean``: the dotted path of its summary)."""
+    return (f"real set ({int(_num(d, mean + '.n'))} scans, 2 centres) mean Dice "
+            f"{_num(d, mean + '.dice'):.3f}, lesion F1 {_num(d, mean + '.f1_any'):.3f}")
+
+
 def _segmentation_probes(repo_root: Path) -> list[tuple[str, Render]]:
     card = _card(repo_root, "lesion_seg")
     card_sha = card.get("sha256") if card else None
@@ -270,12 +276,10 @@ def _segmentation_probes(repo_root: Path) -> list[tuple[str, Render]]:
     def bench(d: Any) -> str:
         if card_sha is not None and _get(d, "model_sha256") != card_sha:
             raise ValueError("benchmark of another lesion_seg model")
-        return (f"patient26 (real) Dice {_num(d, 'patient26.network_flair.dice'):.3f}, "
-                f"lesion F1 {_num(d, 'patient26.network_flair.f1_any'):.3f}")
+        return _real_set(d, "real.mean.network_flair")
 
     def from_card(d: Any) -> str:
-        return (f"patient26 (real) Dice {_num(d, 'evaluation.patient26.network_flair.dice'):.3f}, "
-                f"lesion F1 {_num(d, 'evaluation.patient26.network_flair.f1_any'):.3f}")
+        return _real_set(d, "evaluation.real_validation_mean.network_flair")
 
     return [(f"{_BENCH}/segmentation_eval*.json", bench),
             ("models_onnx/lesion_seg/model.json", from_card)]

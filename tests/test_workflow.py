@@ -205,7 +205,7 @@ def test_shipped_figures_are_read_from_the_cards_and_bench_results() -> None:
     assert prog.figure_source == "models_onnx/prognosis/model.json"
     assert f"v{card['version']}" in prog.model
     assert "AUC" in diag.figure and diag.figure_source == "models_onnx/diagnosis/model.json"
-    assert "patient26" in seg.figure and "Dice" in seg.figure
+    assert "real set (3 scans" in seg.figure and "mean Dice" in seg.figure
     if (REPO / "bench/results/atrophy_eval_bsi.json").exists():
         atrophy = graph.node("atrophy")
         assert atrophy.figure_source == "bench/results/atrophy_eval_bsi.json"
@@ -246,7 +246,8 @@ def test_segmentation_figure_skips_a_benchmark_of_another_model(tmp_path: Path) 
         _edit_json(bench, lambda d: d.update(model_sha256="0" * 64))
 
     def dice(card: dict[str, Any]) -> None:
-        card["evaluation"]["patient26"]["network_flair"]["dice"] = 0.123
+        card["evaluation"] = {"real_validation_mean": {"network_flair": {
+            "n": 3, "dice": 0.123, "f1_any": 0.456}}}
 
     _edit_json(root / "models_onnx/lesion_seg/model.json", dice)
     seg = workflow_graph(root).node("segmentation")
