@@ -1,59 +1,13 @@
 """Brain atrophy: per-visit tissue volumes and percentage brain volume change between visits.
 
-Cross-sectional (one visit), :func:`tissue_volumes`:
+Cross-sectional: N4, template registration (ICV by atlas scaling), lesion filling and a
+partial-volume tissue classification with MNI priors (:func:`tissue_volumes`). Longitudinal:
+halfway-space registration, differential bias correction and the boundary shift integral or
+Jacobian integration (:func:`percent_brain_volume_change`). Stored per visit and interval with
+provenance under :func:`atrophy_dir` (:func:`measure_visit_volumes`,
+:func:`measure_interval_pbvc`, :func:`volumes_status`, :func:`pbvc_status`).
 
-1. **Bias correction.** N4 (:func:`ms_core.preprocess.n4_bias_correct` with ``brain=None``):
-   fitted on a 4x shrunk copy inside an Otsu head mask, the smooth field divided out of the
-   full-resolution image.
-2. **Template registration.** :func:`ms_core.preprocess.template_to_subject`, refined by an
-   affine Mattes-mutual-information registration to the MNI152 template synthesised in the
-   image's contrast, restricted to a head mask (< 20 mm from the brain). The intracranial volume
-   (ICV) is the MNI152 brain mask warped to the subject: an atlas-scaling estimate like
-   FreeSurfer's eTIV or SIENAX's skull-constrained scaling.
-3. **Lesion filling.** Lesion voxels are replaced by the normal-appearing white-matter (NAWM)
-   intensity before classification, so that T1 "black holes" (or FLAIR hyperintensities) are not
-   counted as grey matter or CSF (as FSL ``lesion_filling`` or SAMSEG's lesion class do).
-4. **Partial-volume tissue classification.** A Gaussian mixture of pure CSF, GM and WM plus
-   mixed voxels (each pair of tissues, 9 mixing fractions; Santago & Gage 1993, Shattuck et al.
-   2001) with the MNI tissue maps (smoothed 2 mm) as spatial priors (SPM/SAMSEG style), fitted
-   by EM. Volumes are the posterior-mean tissue fractions summed inside the ICV, so noise does
-   not bias them.
-
-Longitudinal (two visits, same sequence), :func:`percent_brain_volume_change`:
-
-1. **Halfway space.** N4 on each image; rigid registration of the follow-up to the baseline on
-   2 mm copies of the whole head (the skull, which does not atrophy, holds the pose); both
-   images resampled once, linearly, onto a 1 mm grid in the halfway space (each moved by half
-   the rigid transform) so that interpolation blurs them alike.
-2. **Classification of the mean image** (after matching the global gain in the white matter):
-   brain mask, tissue fractions and the MNI priors, as above.
-3. **Differential bias correction** (Lewis & Fox 2004): the log ratio of the two images in
-   white matter at least 2 mm from other tissue (where moving boundaries do not change the
-   signal), smoothed by a 10 mm Gaussian (normalised convolution), divided out of the follow-up.
-4. **Intensity normalisation** from regions that atrophy does not change: CSF level from CSF
-   more than 3 mm outside the brain (ventricle cores), GM and WM levels by least squares on
-   parenchyma more than 4 mm inside it. Same contrast (position of GM between CSF and WM equal
-   within 3 %): both images use the mean levels, so errors in the levels cancel. Different
-   contrast (a scanner or sequence change): each image uses its own, and a warning is returned.
-   CSF maps to 0 and the parenchymal class nearest to CSF (GM on T1w, WM on FLAIR) to 1.
-5. ``method="bsi"`` (default): the **boundary shift integral** (Freeborough & Fox 1997;
-   KN-BSI, Leung et al. 2010): the sum over the boundary region (within 3 mm of the brain
-   surface: outer surface, sulci and ventricles) of ``clip(baseline) - clip(follow-up)``, with
-   the intensity window at 20-80 % of the CSF -> tissue step. A boundary that moves by *d*
-   changes the sum by *d* times its area whatever the blur, and a residual rigid misalignment
-   cancels over the closed surface.
-   ``method="jacobian"``: symmetric-forces demons between the two windowed images and
-   integration of the Jacobian determinant over the brain fractions (Jacobian integration,
-   Nakamura et al. 2014). ``bench/atrophy_eval.py`` compares both; the BSI is the default.
-
-The PBVC is negative for a loss; :func:`annualised_pct_per_year` turns it into %/year.
-
-Study derivatives (the Timeline's "Analyse this patient"), in :func:`atrophy_dir`
-(``derivatives/ms_dash/sub-X/ses-Y/atrophy/``): :func:`measure_visit_volumes` stores a visit's
-volumes (``tissue_volumes.json``, lesions of its stored segmentation filled) and
-:func:`measure_interval_pbvc` the PBVC since the previous visit (``pbvc_from_ses-Z.json``), each
-with its provenance; a current record (same input sha256s and settings) is read back instead of
-measured again. :func:`ms_core.measurements.atrophy_table` reads them back per visit.
+Method, references and accuracy: ``docs/atrophy.md``.
 """
 
 from __future__ import annotations

@@ -1,85 +1,12 @@
 """Diagnosis support: is a white-matter lesion pattern MS-typical? (research use only)
 
-A logistic-regression classifier on per-patient *pattern features* of the lesion table scores
-how typical the brain-MRI lesion pattern is of multiple sclerosis (MS) rather than of the two
-commonest mimics, cerebral small-vessel disease (SVD) and the punctate lesions of migraine. It is
-trained **only on synthetic patients** (:func:`simulate_patterns`), never validated on real
-patients, and it is no diagnosis: the McDonald 2017 criteria (:mod:`ms_core.mcdonald`) remain the
-diagnostic standard, and only a clinician with the history, examination, spinal MRI and CSF can
-weigh the pattern. The app shows it beside the DIS/DIT checklist. Method, numbers and limits:
-``docs/diagnosis.md``; the model: ``models_onnx/diagnosis/MODEL_CARD.md``.
+A logistic regression on per-patient lesion-pattern features scores how typical a lesion pattern
+is of MS rather than of small-vessel disease or migraine. Trained only on synthetic patients; no
+diagnosis (the McDonald 2017 checklist, :mod:`ms_core.mcdonald`, stays the standard).
 
-Pattern features (:data:`DIAGNOSIS_FEATURES`, from :func:`pattern_features`)
-------------------------------------------------------------------------------
-Sizes use the *equivalent diameter* ``d = (6 V / pi)^(1/3)`` of a lesion of volume ``V``: the
-McDonald/MAGNIMS size rule (a lesion counts from 3 mm, Filippi et al. 2016) is applied to ``d``
-because the segmentation table has no long axis (``d`` underestimates the long axis of an
-ovoid lesion, so this is conservative). A *punctate* lesion has ``d < 3 mm`` (14.1 mm^3).
-
-``age_years``
-    Age at the scan, years (NaN when unknown).
-``lesion_count``, ``log1p_lesion_count``
-    Number of lesions, and ``ln(1 + count)``.
-``total_volume_ml``, ``log10_total_volume_ml``
-    Total lesion volume (ml) and its log10 (NaN without lesions).
-``log10_median_volume_ml``
-    log10 of the median lesion volume (ml); NaN without lesions.
-``count_ge_3mm``
-    Lesions with ``d >= 3 mm`` (the lesions McDonald counts).
-``punctate_fraction``
-    Fraction of lesions with ``d < 3 mm`` (0-1).
-``{location}_fraction``
-    Fraction of lesions (by count) in each :data:`ms_core.location.LOCATIONS` class (0-1).
-``has_{area}``
-    1.0 when at least one lesion lies in the DIS area (periventricular, juxtacortical,
-    infratentorial), else 0.0.
-``median_elongation``, ``median_sphericity``
-    Medians of the per-lesion shape features of :mod:`ms_core.features` (dimensionless); NaN
-    when the table has no such column. Reported, not used by the shipped model (the segmentation
-    table has no shape columns, and the generative model does not simulate shape).
-
-Location features are NaN when the table has no ``location`` column or a lesion has no location.
-The shipped model takes the subset listed in its card (``features``; :data:`MODEL_FEATURES`).
-
-Synthetic generative model (:func:`simulate_patterns`)
-------------------------------------------------------
-Per patient: a source (MS 50 %, SVD 35 %, migraine 15 %), an age, a lesion count, a per-patient
-location mix, and per-lesion volumes and locations. Numbers are rounded, chosen by us to match
-the *qualitative* published descriptions below (not fitted to any data):
-
-* MS (Filippi et al. 2016; Geraldes et al. 2018): age 36 +/- 11 years (18-75); 14 lesions on
-  average (negative binomial, wide: early CIS-like patterns with 1-3 lesions occur); ovoid
-  periventricular (40 %), juxtacortical/cortical (25 %) and infratentorial (12 %; pons periphery,
-  cerebellar peduncles) lesions, the rest deep; lesions mostly >= 3 mm (median 50 mm^3,
-  log-normal sigma 1.1). MS patients over 50 get Poisson((age - 50) / 5) extra small deep
-  lesions (age-related, comorbid SVD).
-* SVD (Wardlaw et al. 2013, STRIVE; Geraldes et al. 2018): age 66 +/- 10 years (40-92); 15 lesions
-  on average; punctate deep/subcortical lesions (median 20 mm^3, sigma 0.7) plus a per-patient
-  share (Beta(2, 5), mean 29 %) of confluent ones (median 400 mm^3, sigma 0.9); 56 % deep white
-  matter, 30 % periventricular (caps and smooth halo, which a location classifier counts as
-  periventricular), few juxtacortical U-fibre (8 %) and infratentorial (6 %; central pontine,
-  which the location classes cannot tell from the peripheral MS pattern) lesions.
-* Migraine (Kruit et al. 2004; Geraldes et al. 2018): age 38 +/- 10 years (18-65); few (5 on
-  average) small punctate lesions (median 20 mm^3, sigma 0.7), 78 % deep, 14 %
-  subcortical/juxtacortical, 6 % periventricular, 2 % infratentorial.
-
-Periventricular lesions are 1.5 times larger (MS, SVD) and merge into confluent components in
-groups of ``1 + Poisson(n_periventricular / 8)`` lesions, so a heavy periventricular load is a few
-large components, as in real masks.
-
-Observation model: the per-patient location mix is Dirichlet around the source's mix
-(concentration 6); 5 % of lesions get a random location (location classifier errors; 96 %
-correct on the demo); lesions below a per-patient detection floor of 3-15 mm^3 are not seen
-(volumes drawn from the log-normal truncated at the floor; the segmentation drops lesions under
-10 mm^3 by default); 5 % of recorded labels are flipped (misdiagnosis in the reference standard,
-cf. Solomon et al. 2016). Sources overlap in age (MS and migraine) and in pattern, so the task is
-not separable (synthetic test AUC about 0.9, ``docs/diagnosis.md``).
-
-References: Filippi M et al., Lancet Neurol 2016;15:292-303 (MAGNIMS MRI criteria); Geraldes R
-et al., Nat Rev Neurol 2018;14:199-213 (MS and its imaging mimics); Wardlaw JM et al., Lancet
-Neurol 2013;12:822-838 (STRIVE); Kruit MC et al., JAMA 2004;291:427-434 (migraine and brain
-lesions); Solomon AJ et al., Neurology 2016;87:1393-1399 (MS misdiagnosis); Thompson AJ et al.,
-Lancet Neurol 2018;17:162-173 (McDonald 2017).
+Main entry points: :func:`pattern_features`, :func:`score_lesion_table`,
+:func:`simulate_patterns`, :func:`load_diagnosis_model`. Features, generative model, numbers
+and limits: ``docs/diagnosis.md``.
 """
 
 from __future__ import annotations

@@ -1,88 +1,12 @@
 """Differential support: MS vs healthy ageing vs NMOSD-like brain lesion pattern (research only).
 
-A three-class, temperature-calibrated multinomial logistic regression on per-patient lesion
-pattern features (those of :mod:`ms_core.diagnosis` plus McDonald 2017 dissemination in space,
-:mod:`ms_core.mcdonald`) gives the probability that a brain-MRI white-matter lesion pattern comes
-from each of
+A three-class, temperature-calibrated multinomial logistic regression on lesion-pattern
+features (those of :mod:`ms_core.diagnosis` plus McDonald 2017 dissemination in space). Trained
+only on synthetic patients; no diagnosis.
 
-``ms``
-    multiple sclerosis;
-``healthy_ageing``
-    non-specific white-matter hyperintensities of healthy ageing (small-vessel type, no
-    neurological disease);
-``nmosd_like``
-    a neuromyelitis-optica-spectrum-like brain pattern.
-
-It is trained **only on synthetic patients** (:func:`simulate_differential`), never validated on
-real patients, and it is no diagnosis: NMOSD is diagnosed with the aquaporin-4 antibody and the
-clinical core characteristics (Wingerchuk et al. 2015), MS with the McDonald 2017 criteria.
-Method, numbers and limits: ``docs/differential.md``; the model:
-``models_onnx/differential/MODEL_CARD.md``.
-
-What brain MRI cannot show
---------------------------
-The hallmark of NMOSD, the longitudinally extensive transverse myelitis lesion (three or more
-vertebral segments), is in the *spinal cord* and is not visible on brain MRI; nor is optic
-neuritis on standard brain FLAIR. Many NMOSD patients have a normal or non-specific brain MRI
-(Kim et al. 2015), which this model cannot score (it needs at least one lesion). The lesion
-location classes of :mod:`ms_core.location` have no area-postrema, periependymal or diencephalic
-class: area-postrema and dorsal-brainstem lesions around the fourth ventricle count as
-*infratentorial* (like pontine MS lesions), diencephalic lesions around the third ventricle as
-*deep white matter*, and periependymal lesions along the lateral ventricles as *periventricular*
-(like ovoid MS lesions). Dawson's fingers need lesion shape, which the lesion table lacks.
-
-Features (:data:`DIFFERENTIAL_FEATURES`, from :func:`differential_features`)
------------------------------------------------------------------------------
-Every feature of :data:`ms_core.diagnosis.DIAGNOSIS_FEATURES` (age, count, volumes, punctate
-fraction with the 3 mm equivalent-diameter rule, location fractions, ``has_{area}``), plus
-
-``dis_n_areas``
-    Number of McDonald 2017 DIS areas visible on brain MRI with a lesion (0-3).
-``dis_met``
-    1.0 when DIS is met on brain MRI (two or more areas), else 0.0.
-``mean_log10_volume_ml``
-    Mean of log10 lesion volume (ml).
-
-Location-derived features are NaN when the table has no ``location`` column or a lesion has no
-location. The shipped model takes :data:`MODEL_FEATURES`.
-
-Synthetic generative model (:func:`simulate_differential`)
------------------------------------------------------------
-Chosen so that the true class posterior of every simulated patient is computable in closed form
-(:func:`oracle_posterior`): the gap between the model and this oracle measures what the summary
-features and the linear model lose. Per patient: a class (MS 50 %, healthy ageing 30 %,
-NMOSD-like 20 %), an age (normal truncated to a range), a lesion count (``1 + NegBin``), a
-per-patient location mix (Dirichlet, concentration 8, around the class mix; it also absorbs
-location-classifier errors) and per-lesion volumes (log-normal by class and location, truncated
-at the 10 mm^3 detection floor of the segmentation). Then 3 % of recorded labels are moved to a
-random other class (misdiagnosis in the reference standard). Numbers are rounded by us to match
-the *qualitative* published descriptions below; they are not fitted to any data.
-
-* MS (Filippi et al. 2016, 2019; Matthews et al. 2013): age 34 +/- 10 years (18-70); 12 lesions
-  on average (negative binomial, shape 1.5); ovoid periventricular (38 %, larger: median
-  120 mm^3, confluent), juxtacortical U-fibre (24 %), infratentorial (13 %) and deep (25 %)
-  lesions, mostly >= 3 mm.
-* Healthy ageing (de Leeuw et al. 2001, Rotterdam Scan Study: white-matter lesions in most
-  people over 60, more and larger with age; Wardlaw et al. 2013, STRIVE): age 67 +/- 10 years
-  (45-92); lesion count rising with age, mean ``2 + 0.3 (age - 45)``; punctate deep/subcortical
-  lesions (58 %, median 25 mm^3), periventricular caps and bands (32 %, median 100 mm^3), few
-  juxtacortical U-fibre (6 %) and infratentorial (4 %) lesions.
-* NMOSD-like (Kim et al. 2015; Matthews et al. 2013): age 41 +/- 14 years (18-80); few lesions
-  (4 on average); infratentorial lesions around the fourth ventricle and area postrema (30 %),
-  deep lesions (45 %: diencephalic around the third ventricle and non-specific subcortical
-  dots), periependymal periventricular lesions (20 %, not ovoid), rarely juxtacortical (5 %);
-  lesions mostly small. Matthews et al. 2013: "at least 1 lesion adjacent to the body of the
-  lateral ventricle and in the inferior temporal lobe; or a juxtacortical U-fibre lesion; or a
-  Dawson finger" distinguished MS from NMO; here only the juxtacortical part is represented
-  (``juxtacortical_fraction``, ``has_juxtacortical``).
-
-References: Kim HJ et al., Neurology 2015;84:1165-1173 (NMOSD MRI, international update);
-Matthews L et al., Neurology 2013;80:1330-1337 (MS vs NMO brain lesion distribution); Wardlaw JM
-et al., Lancet Neurol 2013;12:822-838 (STRIVE); Filippi M et al., Lancet Neurol 2016;15:292-303
-(MAGNIMS MRI criteria); Filippi M et al., Brain 2019;142:1858-1875 (MS lesion assessment);
-de Leeuw FE et al., J Neurol Neurosurg Psychiatry 2001;70:9-14 (Rotterdam Scan Study);
-Wingerchuk DM et al., Neurology 2015;85:177-189 (NMOSD criteria); Thompson AJ et al., Lancet
-Neurol 2018;17:162-173 (McDonald 2017).
+Main entry points: :func:`differential_features`, :func:`score_differential_table`,
+:func:`simulate_differential`, :func:`oracle_posterior`, :func:`load_differential_model`.
+Features, what brain MRI cannot show, generative model and limits: ``docs/differential.md``.
 """
 
 from __future__ import annotations

@@ -1,62 +1,12 @@
 """Lesion location classes (McDonald 2017 / MAGNIMS topography) from MNI152 zones.
 
-Every lesion gets one of :data:`LOCATIONS`:
+Every lesion gets one of :data:`LOCATIONS` (periventricular, juxtacortical/cortical,
+infratentorial, deep white matter): its voxels are mapped to MNI mm, looked up in the template's
+zones, and the first zone of :data:`PRIORITY` that holds at least :data:`MIN_ZONE_SHARE` of the
+lesion wins.
 
-``periventricular``
-    The lesion touches a lateral ventricle: part of it lies within :data:`PERIVENTRICULAR_MM`
-    (3 mm) of the lateral-ventricle mask. Band voxels inside the thalamus / basal ganglia do not
-    count (MAGNIMS: lesions of the deep grey nuclei are not periventricular).
-``juxtacortical``
-    Shown as "juxtacortical/cortical". The lesion touches the cerebral cortex or lies in it: part
-    of it lies within :data:`JUXTACORTICAL_MM` (2 mm) of cortical grey matter. Cortical grey
-    matter is the MNI152 GM map (probability >= 0.5) *minus* the deep grey nuclei (thalamus,
-    caudate, putamen, pallidum; a box in MNI space, :data:`DEEP_GREY_BOX_MM`), minus GM-map
-    voxels within 5 mm of the lateral ventricles (the probabilistic map rims the ventricle wall
-    through CSF/WM partial volume; no cortex lies there) and minus the cerebellar cortex
-    (cerebellar lesions are infratentorial).
-``infratentorial``
-    The lesion lies below the tentorium: brainstem (midbrain, pons, medulla) or cerebellum.
-``deep_white_matter``
-    None of the above (supratentorial white matter away from ventricles and cortex; lesions in
-    the deep grey nuclei land here too).
-
-Decision rule, per lesion
--------------------------
-Each lesion voxel centre is mapped to MNI millimetres (``subject_to_mni``) and looked up (nearest
-neighbour) in the zone masks. The *share* of a lesion in a zone is the fraction of its voxels in
-that zone. A lesion belongs to a zone when its share is at least :data:`MIN_ZONE_SHARE` (5 %):
-"touching" in the clinical sense, made robust to a stray voxel from partial volume or affine
-registration error, yet low enough for long lesions that reach the ventricle with one end
-(Dawson's fingers). Each lesion gets one class; when several zones apply the first one in
-:data:`PRIORITY` wins:
-
-1. infratentorial (a brainstem lesion next to the fourth ventricle is still infratentorial),
-2. periventricular (a lesion reaching from the ventricle wall towards the cortex),
-3. juxtacortical/cortical,
-4. deep white matter.
-
-Counting each lesion in one area only is conservative for dissemination in space
-(:mod:`ms_core.mcdonald`). Accuracy on the demo study and the effect of the 5 % threshold are in
-``docs/lesion_location.md``.
-
-Zones (MNI mm, RAS+, ICBM 2009a symmetric template shipped with nilearn)
--------------------------------------------------------------------------
-The tentorium is not on any bundled atlas, so the infratentorial zone is drawn by hand from the
-template T1 (sagittal slices x = 0, 10, 20, 35 mm): brain voxels below the tent-shaped surface
-``z < -3 - 0.45 |x| + 0.25 min(y + 60, 0)`` and behind ``y < -38`` (cerebellum), or with
-``|x| <= 14``, ``-45 <= y <= -8`` and below the plane through the posterior commissure and the
-mammillary bodies, ``z < -2 - 0.7 (y + 27)``, capped at ``z <= -2`` (brainstem from the midbrain
-down). The deep grey box is ``|x| <= 32``, ``-38 <= y <= 26``, ``-12 <= z <= 24`` without the
-septal / subcallosal strip ``|x| < 6, y > 0``; inside it, GM-map voxels are deep grey nuclei.
-The lateral ventricles are :attr:`ms_core.anatomy.Template.ventricles`.
-
-Limitations: the zones are the template's, carried to the subject by an affine registration, so
-they do not follow the subject's own ventricles (larger in an atrophic brain) or gyri; distances
-are in MNI mm, slightly different from the subject's own mm (by the affine scale, typically
-0.9-1.1); the box and the tentorium are hand-drawn approximations.
-
-References: Thompson AJ et al., Lancet Neurol 2018;17:162-173 (McDonald 2017); Filippi M et al.,
-Lancet Neurol 2016;15:292-303 (MAGNIMS 2016 MRI criteria).
+Main entry points: :func:`classify_lesions`, :func:`mni_zones`, :func:`location_counts`. Zone
+definitions, decision rule, accuracy and limits: ``docs/lesion_location.md``.
 """
 
 from __future__ import annotations

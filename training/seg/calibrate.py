@@ -75,7 +75,7 @@ def fit_platt(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]
         return loss
 
     opt.step(closure)
-    return round(float(scale), 4), round(float(shift), 4)
+    return round(scale.item(), 4), round(shift.item(), 4)
 
 
 def main(argv: list[str] | None = None) -> int:
