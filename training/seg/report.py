@@ -429,58 +429,47 @@ timing benchmark is `python bench/stage_timings.py` (docs/performance.md). Raw n
 
 {HOW_MADE}
 
+{UNDER_WAY.read_text(encoding="utf-8").strip() if UNDER_WAY.exists() else ""}
+
 {HISTORY}
 """
 
 
-#: How the shipped model is made (kept by hand; the figures above are generated).
-HOW_MADE = """## How the model is made
+#: How the shipped model is made and what is under way (kept by hand; the figures above are
+#: generated).
+HOW_MADE = """## How the shipped model is made
 
-Training data are synthetic (`training/seg/synth_data.py`): the MNI152 tissue maps, randomly
-deformed (rotation, anisotropic scale, elastic warp, flip), with the real consensus lesion
-masks of 27 open_ms_data patients pasted in (patient26 excluded). Since 4.0.0 the generator
-aims at scanners it has never seen:
+Model 3.2.0: a compact 3D U-Net (widths 12–96, batch norm) trained on synthetic patches
+(`training/seg/synth_data.py`): the MNI152 tissue maps, randomly deformed, with the real
+consensus lesion masks of 27 open_ms_data patients pasted in (patient26 excluded), random
+per-tissue contrasts, thick slices, bias field, correlated noise and hard negatives; FLAIR
+divided by its brain median. Three seeded commands, each fine-tuning the one before, are listed
+on the model card (`training.command` and `initialised_from`). Because a real T1w makes the
+real set worse (table above), the card says `input.t1w: ignored`.
+"""
 
-- grey matter 0.95–1.6 times white matter on FLAIR, with a smooth regional variation (MSLesSeg
-  P18's cortex is 1.2 times its white matter at the median and 1.47 at the 90th percentile;
-  patient26's 1.0 and 1.2), lesions 1.15–2.4 times white matter, skewed faint, never fainter
-  than 1.05 times the patch's grey matter;
-- lesion loads from none (15 % of patches without any lesion, so bright cortex, septum and
-  posterior fossa are learned as negatives) to large confluent lesions (20 %: two patients'
-  masks united and grown into white matter) and many small ones (30 %: 1-15 extra lesions of
-  3–30 mm³);
-- 1 mm 3D and thick-slice (1–5 mm) resolution, bias field, correlated noise, ghosting, hard
-  negatives (brain-mask rim, vessels, ventricular caps);
-- **white-matter normalisation**: the FLAIR is divided by its white-matter level, the peak of
-  its histogram inside the registered MNI white-matter prior
-  (`ms_core.preprocess.white_matter_level`), not by the brain median. On the three real scans
-  the brain median lies at 0.99–1.09 times the white-matter median (it moves with grey matter
-  contrast and lesion load), the white-matter level at 1.00–1.03
-  (`python bench/normalisation_check.py`, template registered as the pipeline does);
-- the T1w channel is always empty in training (`--t1-dropout 1`) and ignored at inference.
-
-The weights are fine-tuned from 3.2.0's (`models_onnx/lesion_seg/weights.npz` of that
-version) with the command above; export with `python -m training.seg.export`."""
+#: The work under way towards unseen scanners: kept by hand beside this module and
+#: included in the report (long table rows).
+UNDER_WAY = Path(__file__).with_name("under_way.md")
 
 #: The short history of earlier models.
 HISTORY = """## History (short)
 
-- v1.0.0–v3.2.0 (2026-11/12): a compact 3D U-Net (widths 12–96, batch norm since v3.0.0)
-  trained on synthetic patches of one template, chosen on patient26 and the demo selection set.
-  v3.2.0, the last of them, scored patient26 Dice 0.710 and lesion F1 0.712, but on scans from
-  other centres it failed: MSLesSeg P18 (0.77 ml of lesions) got 36.1 ml predicted (Dice 0.03:
-  it called bright cortex, insula, claustrum, septum and posterior fossa lesion) and P39
-  (72.9 ml) 112.4 ml (Dice 0.755); on open_ms_data scans not shared here it under-segmented a
-  47 ml confluent lesion threefold (issue 32). Choices made on patient26 alone had overfitted
-  it; the recipe's seed alone moved patient26's Dice by ±0.04.
-- Tried on v3.x and not kept (details in git history of this file): Tversky and blob losses,
-  varied lesion edges, winsorised FLAIR, focus and lesion-wise patch sampling, ventricular-horn
-  caps, longer training, weight soups and ensembles, zone-specific thresholds, batch-norm
-  statistics re-estimated on real scans. Flip TTA with 25 % overlap became the default on
-  2026-12-03.
-- With a real T1w as a second channel, v3.2.0 added false lesions (patient26 lesion F1 0.432
-  against 0.712 from FLAIR alone), so the app has segmented FLAIR alone since v3.2.0 and 4.0.0
-  ignores the channel."""
+- v1.0.0–v3.2.0 (2026-11/12): trained on synthetic patches of one template and chosen on
+  patient26 and the demo selection set. v3.2.0 scored patient26 Dice 0.710 and lesion F1
+  0.712, but on scans from another centre it failed (table above): MSLesSeg P18 got 36 ml for
+  0.77 ml (bright cortex, insula, claustrum, septum and posterior fossa called lesion), P39
+  112 ml for 72.9 ml; on open_ms_data scans not shared here it under-segmented a 47 ml
+  confluent lesion threefold (issue 32). Choices made on patient26 alone had overfitted it;
+  the recipe's seed alone moved patient26's Dice by ±0.04.
+- Tried on v3.x and not kept (the git history of this file has the details): Tversky and blob
+  losses, varied lesion edges, winsorised FLAIR, focus and lesion-wise patch sampling,
+  ventricular-horn caps, longer training, weight soups and ensembles, zone-specific thresholds,
+  batch-norm statistics re-estimated on real scans. Flip TTA with 25 % overlap became the
+  default on 2026-12-03.
+- With a real T1w as a second channel v3.2.0 added false lesions (patient26 lesion F1 0.459
+  against 0.712 from FLAIR alone), so the app has segmented visits from FLAIR alone since
+  v3.2.0, and since 2026-12-07 the card says `input.t1w: ignored`."""
 
 
 def model_card_markdown(card: dict[str, Any]) -> str:
