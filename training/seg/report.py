@@ -213,9 +213,16 @@ def _yes(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _in_order(scans: dict[str, Any]) -> dict[str, Any]:
+    """``scans`` in the order of :data:`REAL_SCANS` (stored JSON sorts its keys)."""
+    order = [s.name for s in REAL_SCANS]
+    return dict(sorted(scans.items(), key=lambda kv: order.index(kv[0])
+                       if kv[0] in order else len(order)))
+
+
 def real_rows(results: dict[str, Any]) -> list[str]:
     """Markdown rows of the real set for the FLAIR-only network: one per scan and the mean."""
-    scans = results["real"]["scans"]["network_flair"]
+    scans = _in_order(results["real"]["scans"]["network_flair"])
     mean = results["real"]["mean"]["network_flair"]
     out = ["| scan | true ml | predicted ml | predicted / true | Dice | lesion F1 | lesion F1 "
            "(≥ 10 mm³) | TPR | PPV | ECE brain | ECE p ≥ 0.05 | seconds |",
@@ -236,7 +243,7 @@ def real_rows(results: dict[str, Any]) -> list[str]:
 
 def method_rows(results: dict[str, Any]) -> list[str]:
     """Markdown rows: Dice / lesion F1 / predicted ml of every method on every real scan."""
-    real = results["real"]["scans"]
+    real = {m: _in_order(rows) for m, rows in results["real"]["scans"].items()}
     names = list(real["network_flair"])
     out = ["| method | " + " | ".join(names) + " | mean Dice / F1 |",
            "|---" * (len(names) + 2) + "|"]
@@ -251,7 +258,7 @@ def method_rows(results: dict[str, Any]) -> list[str]:
 
 def size_rows(results: dict[str, Any]) -> list[str]:
     """Markdown rows: reference lesions found per size band on every real scan."""
-    scans = results["real"]["scans"]["network_flair"]
+    scans = _in_order(results["real"]["scans"]["network_flair"])
     bands = [b["band_mm3"] for b in next(iter(scans.values()))["lesion_by_size"]] if scans else []
     out = ["| scan | " + " | ".join(f"{b} mm³" for b in bands) + " |",
            "|---" * (len(bands) + 1) + "|"]
@@ -290,20 +297,18 @@ def t1_makes_it_worse(results: dict[str, Any]) -> bool:
 
 
 def t1_lines(results: dict[str, Any], card: ModelCard) -> list[str]:
-    """What the T1w channel does on the real set."""
-    if not card.uses_t1:
-        return ["The model reads FLAIR only: its card says `input.t1w: ignored`, so `segment "
-                "--t1` gives the FLAIR-only result (the T1w is recorded as ignored in the "
-                "provenance's model entry and a warning says so). It was trained with the T1w "
-                "channel always empty (`--t1-dropout 1`), because with a real T1w the models "
-                "up to 3.2.0 got worse on the real set (see History)."]
+    """What the T1w channel does on the real set, and what the card says of it."""
     mean = results["real"]["mean"]
+    if "network_flair_t1" not in mean:
+        return ["The model reads FLAIR only (its card: `input.t1w: ignored`): `segment --t1` "
+                "gives the FLAIR-only result, a warning says so and the provenance's model "
+                "entry records `t1w: ignored`."]
     flair, both = mean["network_flair"], mean["network_flair_t1"]
     return [f"With T1w: mean Dice {_fmt(both['dice'])}, lesion F1 {_fmt(both['f1_any'])} against "
             f"FLAIR alone {_fmt(flair['dice'])} / {_fmt(flair['f1_any'])}: T1w "
             + ("**makes it worse**, so the report set the card's `input.t1w` to `ignored`: "
-               "from now on `segment --t1` gives the FLAIR-only result, and the provenance's "
-               "model entry says `t1w: ignored`." if t1_makes_it_worse(results)
+               "`segment --t1` now gives the FLAIR-only result, a warning says so and the "
+               "provenance's model entry records `t1w: ignored`." if t1_makes_it_worse(results)
                else "does not make it worse.")]
 
 
@@ -481,7 +486,7 @@ def model_card_markdown(card: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {name} | {r['truth_ml']:.2f} | {r['pred_ml']:.2f} | {_fmt(r['dice'])} | "
         f"{_fmt(r['f1_any'])} | {_fmt(r.get('tpr_any'))} | {_fmt(r.get('ppv_any'))} |"
-        for name, r in real.items())
+        for name, r in _in_order(real).items())
     targets = mean.get("targets", {})
     met = bool(targets) and all(targets.values())
     target_line = ("Meets the real-set targets (mean Dice ≥ 0.70, mean lesion F1 ≥ 0.65, every "
