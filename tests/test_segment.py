@@ -69,7 +69,8 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     flair[r < 3] = 200.0
     flair += np.where(brain, np.random.default_rng(0).normal(0, 2.0, grid.shape), 0.0)
     fake = SimpleNamespace(
-        card=SimpleNamespace(patch_size=(16, 16, 16), multiple_of=8),
+        card=SimpleNamespace(patch_size=(16, 16, 16), multiple_of=8, uses_t1=True,
+                             intensity_reference="brain_median"),
         predict=lambda x: (x[:, :1] > 1.5).astype(np.float32))
     lesion = r < 2
     stages: dict[bool, dict[str, float]] = {}

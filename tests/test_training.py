@@ -266,7 +266,8 @@ class _WindowSpy:
         import types
 
         self.card = types.SimpleNamespace(patch_size=(patch,) * 3, multiple_of=8, name="spy",
-                                          version="0", sha256="0" * 64)
+                                          version="0", sha256="0" * 64, uses_t1=True,
+                                          intensity_reference="brain_median")
         self.windows: list[np.ndarray] = []
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
