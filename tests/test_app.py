@@ -238,6 +238,17 @@ def test_segment_button_runs_the_network_and_shows_its_result(
     assert not at.exception and not at.error
     assert any(m.label == "Lesions found" for m in at.metric)
     assert any("sha256" in c.value for c in at.caption)
+    # The lesion load carries the range the real validation gives (model card).
+    from ms_core.measurements import plausible_volume_ml
+    from ms_core.models import volume_ratio_range
+
+    shown = next(m for m in at.metric if m.label == "Lesion volume")
+    span = plausible_volume_ml(float(str(shown.value).split()[0]), volume_ratio_range())
+    assert span is not None
+    caption = next(c.value for c in at.caption if c.value.startswith("plausible "))
+    lo, hi = (float(v) for v in caption.removeprefix("plausible ").removesuffix(" ml")
+              .split("–"))
+    assert lo == pytest.approx(span[0], abs=0.06) and hi == pytest.approx(span[1], abs=0.06)
     assert (study / "derivatives" / "ms_dash" / "sub-01" / "ses-01" / "lesion_mask.nii.gz").exists()
     at.radio(key=state_keys.VIEW_OVERLAY).set_value("Probability").run()
     args = _viewer_args(at)
