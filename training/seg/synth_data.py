@@ -189,6 +189,19 @@ def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...],
     return n.astype(np.float32)
 
 
+def _paint_ball(out: np.ndarray, centre: np.ndarray, radius: float,
+                scale: np.ndarray | None = None) -> None:
+    """Raise ``out`` (P, P, P), in place, to a soft ball of ``radius`` voxels at ``centre``
+    (1 inside, falling to 0 over one voxel at the edge, within 3 voxels of the centre); with
+    ``scale`` (3,) the distances are stretched per axis (an ellipsoid)."""
+    lo, hi = np.maximum(centre - 3, 0), np.minimum(centre + 4, out.shape[0])
+    offset = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo - centre
+    d = np.linalg.norm(offset if scale is None else offset * scale, axis=1)
+    sub_ = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    np.maximum(sub_, np.clip(radius + 0.5 - d, 0, 1).astype(np.float32).reshape(sub_.shape),
+               out=sub_)
+
+
 @dataclasses.dataclass
 class _Contrast:
     flair: dict[str, float]
@@ -449,12 +462,7 @@ class PatchSampler:
         for _ in range(int(rng.integers(1, 16)) if len(where) else 0):
             c = where[rng.integers(len(where))]
             r = (3.0 * rng.uniform(3.0, 30.0) / (4.0 * math.pi)) ** (1.0 / 3.0)
-            lo, hi = np.maximum(c - 3, 0), np.minimum(c + 4, p)
-            g = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
-            d = np.linalg.norm((g - c) * rng.uniform(0.7, 1.3, 3), axis=1)
-            sub_ = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-            np.maximum(sub_, np.clip(r + 0.5 - d, 0, 1).astype(np.float32).reshape(sub_.shape),
-                       out=sub_)
+            _paint_ball(out, c, r, rng.uniform(0.7, 1.3, 3))
         return out
 
     def _lesion_excess(self, rng: np.random.Generator, lesion: np.ndarray,
@@ -491,14 +499,7 @@ class PatchSampler:
             where = np.argwhere(inside & (wm < 0.3))
             for _ in range(int(rng.integers(1, 12)) if len(where) else 0):
                 c = where[rng.integers(len(where))]
-                r = rng.uniform(0.6, 1.6)
-                lo = np.maximum(c - 3, 0)
-                hi = np.minimum(c + 4, p)
-                g = np.indices(tuple(hi - lo)).reshape(3, -1).T + lo
-                d = np.linalg.norm(g - c, axis=1)
-                vals = np.clip(r + 0.5 - d, 0, 1).astype(np.float32)
-                sub_ = out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-                np.maximum(sub_, vals.reshape(sub_.shape), out=sub_)
+                _paint_ball(out, c, rng.uniform(0.6, 1.6))
         if rng.random() < 0.4:  # thin periventricular caps (normal finding)
             vent = ventricles > 0.5
             cap = ndi.binary_dilation(vent, iterations=int(rng.integers(1, 3))) & ~vent
