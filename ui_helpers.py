@@ -41,6 +41,7 @@ from ms_core.measurements import (
     lesion_history,
     measured_table,
     pending_analysis,
+    volume_text,
 )
 from ms_core.models import volume_ratio_range
 from ms_core.segment import segment_visit, segmentation_status
@@ -766,22 +767,19 @@ def atrophy_figure(table: pd.DataFrame) -> go.Figure:
 
 
 def _volume_texts(table: pd.DataFrame) -> list[str]:
-    """Each visit's lesion volume as text, with its plausible range where the table has one.
+    """Each visit's lesion volume as text (:func:`ms_core.measurements.volume_text`), with its
+    plausible range where the table has one.
 
     >>> _volume_texts(pd.DataFrame({"lesion_volume_ml": [8.2, float("nan")],
     ...                             "lesion_volume_low_ml": [6.6, float("nan")],
     ...                             "lesion_volume_high_ml": [10.2, float("nan")]}))
-    ['8.20 ml (plausible 6.6–10.2 ml)', '']
+    ['8.20 ml, plausible 6.6–10.2 ml', '']
     """
-    out = []
     columns = ("lesion_volume_ml", "lesion_volume_low_ml", "lesion_volume_high_ml")
     values = pd.DataFrame({c: table.get(c, math.nan) for c in columns},
                           index=table.index)  # tables made before the range existed
-    for v, lo, hi in values.to_numpy(dtype=float):
-        text = "" if not math.isfinite(v) else f"{v:.2f} ml"
-        out.append(text + (f" (plausible {lo:.1f}–{hi:.1f} ml)"
-                           if math.isfinite(v) and math.isfinite(lo) else ""))
-    return out
+    return [volume_text(v, (lo, hi) if math.isfinite(lo) else None)
+            for v, lo, hi in values.to_numpy(dtype=float)]
 
 
 def measured_figure(table: pd.DataFrame) -> go.Figure:

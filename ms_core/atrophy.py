@@ -1173,7 +1173,6 @@ def measure_interval_pbvc(root: Path, baseline: Visit, followup: Visit,
     InputError
         naming the follow-up image when a visit has no image or the measurement fails.
     """
-
     current = pbvc_status(root, baseline, followup, params)
     if current is not None:
         return current

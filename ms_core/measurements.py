@@ -61,6 +61,7 @@ __all__ = [
     "pending_analysis",
     "plausible_volume_ml",
     "visit_lesion_table",
+    "volume_text",
     "volume_with_range",
 ]
 
@@ -111,7 +112,17 @@ def volume_with_range(volume_ml: float, ratios: tuple[float, float] | None) -> s
     >>> volume_with_range(8.2, None)
     '8.20 ml'
     """
-    span = plausible_volume_ml(volume_ml, ratios)
+    return volume_text(volume_ml, plausible_volume_ml(volume_ml, ratios))
+
+
+def volume_text(volume_ml: float, span: tuple[float, float] | None) -> str:
+    """``volume_ml`` and its plausible ``span`` (ml) as text; ``""`` for a missing volume.
+
+    >>> volume_text(8.2, (6.56, 10.25)), volume_text(8.2, None), volume_text(float("nan"), None)
+    ('8.20 ml, plausible 6.6–10.2 ml', '8.20 ml', '')
+    """
+    if not np.isfinite(volume_ml):
+        return ""
     text = f"{volume_ml:.2f} ml"
     return text if span is None else f"{text}, plausible {span[0]:.1f}–{span[1]:.1f} ml"
 
@@ -253,15 +264,14 @@ def measured_table(root: Path, visits: Sequence[Visit],
     ``new`` ... ``disappeared`` count the lesion statuses against the previous visit
     (``compared_with``); ``new_or_enlarging`` is the trial end point's per-interval count.
     ``brain_volume_ml`` ... ``pbvc_pct_per_year`` come from :func:`atrophy_table` (the PBVC
-    against ``pbvc_from``, the previous visit with a T1w). The ``*_provenance`` columns say
-    ``lesion_volume_low_ml`` and ``lesion_volume_high_ml`` are the plausible range of the
-    lesion volume given the model's ``volume_ratios`` on the real validation set
-    (:func:`plausible_volume_ml`; NaN without them). The ``*_provenance`` columns say
-    where each group of numbers comes from (:mod:`ms_core.provenance_text`): the segmentation
-    (model, method, threshold, minimum lesion size, provider, date, ``lesions.csv``), the
-    comparison (visit, tracking method, enlarging ratio, change z, registration NCC,
-    ``lesion_changes.csv``), the tissue volumes and the PBVC; ``"not measured"`` where no
-    current result is stored.
+    against ``pbvc_from``, the previous visit with a T1w). ``lesion_volume_low_ml`` and
+    ``lesion_volume_high_ml`` are the plausible range of the lesion volume given the model's
+    ``volume_ratios`` on the real validation set (:func:`plausible_volume_ml`; NaN without
+    them). The ``*_provenance`` columns say where each group of numbers comes from
+    (:mod:`ms_core.provenance_text`): the segmentation (model, method, threshold, minimum
+    lesion size, provider, date, ``lesions.csv``), the comparison (visit, tracking method,
+    enlarging ratio, change z, registration NCC, ``lesion_changes.csv``), the tissue volumes
+    and the PBVC; ``"not measured"`` where no current result is stored.
     """
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     rows = []
@@ -270,14 +280,14 @@ def measured_table(root: Path, visits: Sequence[Visit],
         seg = segmentation_status(root, visit, params.segmentation)
         table = _read_csv(_lesions_csv(root, visit), "lesion table") if seg else None
         compared = prev.session_id if prev is not None else ""
+        volume_ml = float(table.volume_ml.sum()) if table is not None else np.nan
         row: dict[str, object] = {
             "session_id": visit.session_id, "acq_date": pd.Timestamp(visit.acq_date),
             "segmented": table is not None,
             "lesion_count": float(len(table)) if table is not None else np.nan,
-            "lesion_volume_ml": float(table.volume_ml.sum()) if table is not None else np.nan,
+            "lesion_volume_ml": volume_ml,
             "compared_with": compared,
-            **_volume_span(float(table.volume_ml.sum()) if table is not None else np.nan,
-                           volume_ratios),
+            **_volume_span(volume_ml, volume_ratios),
             "segmentation_provenance": segmentation_provenance(
                 seg, _lesions_csv(_RELATIVE, visit).as_posix()),
         }

@@ -897,6 +897,14 @@ def _html_section(report: Report, key: str, body: str, title_extra: str = "") ->
     return "\n".join(parts)
 
 
+def _lesion_sentence(report: Report) -> str:
+    """The lesion section's first line: count and total volume with its plausible range."""
+    lesions = report.lesions if report.lesions is not None else pd.DataFrame()
+    total = float(lesions["volume_ml"].sum()) if len(lesions) else 0.0
+    return (f"{len(lesions)} lesion(s), total volume "
+            f"{volume_with_range(total, report.volume_ratios)}.")
+
+
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML page (images embedded, no external resources)."""
     h = report.header
@@ -917,9 +925,7 @@ def render_html(report: Report) -> str:
     title = f" ({report.session_id})" if report.session_id else ""
     lesions = ""
     if report.lesions is not None:
-        total = float(report.lesions["volume_ml"].sum()) if len(report.lesions) else 0.0
-        lesions = (f"<p>{len(report.lesions)} lesion(s), total volume "
-                   f"{html.escape(volume_with_range(total, report.volume_ratios))}.</p>"
+        lesions = (f"<p>{html.escape(_lesion_sentence(report))}</p>"
                    + (_html_table(_rows(report.lesions, _LESION_COLS))
                       if len(report.lesions) else ""))
     sections.append(_html_section(report, "lesions", lesions, title))
@@ -1075,9 +1081,7 @@ def render_pdf(report: Report) -> bytes:
     section("trends", *trend_flow)
     lesion_flow: list[Any] = []
     if report.lesions is not None:
-        total = float(report.lesions["volume_ml"].sum()) if len(report.lesions) else 0.0
-        lesion_flow.append(para(f"{len(report.lesions)} lesion(s), total volume "
-                                f"{volume_with_range(total, report.volume_ratios)}."))
+        lesion_flow.append(para(_lesion_sentence(report)))
         if len(report.lesions):
             lesion_flow.append(table(_rows(report.lesions, _LESION_COLS)))
     section("lesions", *lesion_flow, title_extra=title)

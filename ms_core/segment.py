@@ -74,6 +74,7 @@ __all__ = [
     "needs_white_matter",
     "network_input",
     "probability_on_grid",
+    "reads_t1",
     "segment_files",
     "segment_visit",
     "segment_volumes",
@@ -192,6 +193,12 @@ def needs_white_matter(params: SegmentParams, model: OnnxModel | None) -> bool:
             and model.card.intensity_reference == "white_matter")
 
 
+def reads_t1(params: SegmentParams, model: OnnxModel | None) -> bool:
+    """Whether the run feeds a T1w to the network: the network method with a model whose card
+    does not say ``input.t1w: ignored`` (or with no model yet)."""
+    return params.method == "network" and (model is None or model.card.uses_t1)
+
+
 def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: SegmentParams,
                   model: OnnxModel | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Brain mask of ``flair`` on ``grid`` and the subject -> MNI matrix (when registered).
@@ -284,8 +291,7 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     box = crop_box(brain, margin=4)
     shift = np.eye(4)
     shift[:3, 3] = [float(b.start) for b in box]
-    t1_box = (t1_work[box] if t1_work is not None and params.method == "network"
-              and (model is None or model.card.uses_t1) else None)
+    t1_box = t1_work[box] if t1_work is not None and reads_t1(params, model) else None
     images = _corrected_images([f_work[box]] + ([] if t1_box is None else [t1_box]), brain[box],
                                grid.affine @ shift, params, timer)
     prob_box: np.ndarray
@@ -341,12 +347,11 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
         raise ValueError("the FLAIR image is blank (no positive voxels)")
     grid, f_work, brain, to_mni = flair_on_working_grid(flair, params, model)
     timer.lap("preprocess_brain")
-    use_t1 = (t1 is not None and params.method == "network"
-              and (model is None or model.card.uses_t1))
-    if t1 is not None and params.method == "network" and not use_t1:
+    if t1 is not None and params.method == "network" and not reads_t1(params, model):
         log.warning("%s: the model reads FLAIR only (its card: input.t1w ignored); the T1w "
                     "is not used", t1.source)
-    t1_work = resample_to_grid(t1.data, t1.affine, grid, order=1) if use_t1 and t1 else None
+    t1_work = (resample_to_grid(t1.data, t1.affine, grid, order=1)
+               if t1 is not None and reads_t1(params, model) else None)
     prob_work = probability_on_grid(f_work, t1_work, brain, grid, params, model, to_mni,
                                     progress, timer)
     provider, info = model_info(params, model)
