@@ -95,7 +95,7 @@ class UNet3D(nn.Module):
     """
 
     def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 norm: str = "instance") -> None:
+                 norm: str = "instance", out_channels: int = 1) -> None:
         super().__init__()
         self.widths = widths
         self.norm = norm
@@ -112,7 +112,7 @@ class UNet3D(nn.Module):
         for w_hi, w_lo in zip(widths[::-1][:-1], widths[::-1][1:], strict=True):
             self.up.append(nn.ConvTranspose3d(w_hi, w_lo, 2, stride=2))
             self.dec.append(_Block(2 * w_lo, w_lo, norm))
-        self.head = nn.Conv3d(widths[0], 1, 1)
+        self.head = nn.Conv3d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

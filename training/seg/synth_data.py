@@ -325,9 +325,13 @@ class PatchSampler:
         vals = vals * (1 - lesion_fraction) + c["lesion"] * lesion_fraction
         return float(np.median(vals))
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One patch: image (2, P, P, P) float32 [FLAIR, T1] and label (1, P, P, P) float32."""
-        rng, tpl, p = self.rng, self.tpl, self.patch
+    def patch_coords(self) -> tuple[int, np.ndarray]:
+        """A lesion mask index and the template voxel coordinates (3, P**3) of a patch's voxels.
+
+        The patch is centred on a lesion voxel (with ``lesion_fraction``) or a brain voxel,
+        then rotated, scaled, flipped and elastically warped.
+        """
+        rng, p = self.rng, self.patch
         k = int(rng.integers(len(self.bank.names)))
         lesion_vox = self.bank.lesion_voxels[k]
         if rng.random() < self.lesion_fraction and len(lesion_vox):
@@ -355,6 +359,12 @@ class PatchSampler:
         if rng.random() < 0.7:
             for axis in range(3):
                 coords[axis] += _smooth_field(rng, (p, p, p), 4, rng.uniform(0.5, 3.0)).ravel()
+        return k, coords
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One patch: image (2, P, P, P) float32 [FLAIR, T1] and label (1, P, P, P) float32."""
+        rng, tpl, p = self.rng, self.tpl, self.patch
+        k, coords = self.patch_coords()
 
         def samp(vol: np.ndarray, order: int = 1) -> np.ndarray:
             out = ndi.map_coordinates(vol, coords, order=order, mode="constant", cval=0.0,
