@@ -2,12 +2,16 @@
 
 Usage::
 
-    python bench/track_eval.py [--demo data/demo] [--intervals 12] [--methods joint difference]
-        [--maps-cache DIR]
+    python bench/track_eval.py [--demo data/demo] [--intervals 12]
+        [--methods joint difference network] [--maps-cache DIR] [--change-models-dir DIR]
+        [--synthetic-pairs 6]
 
 A method is ``joint`` (the default settings), ``difference``, ``joint+intensity=off`` (the joint
-rule without intensity-led new lesions) or ``joint+intensity=Z,RATIO,MM3`` (with them at those
-settings; see :class:`ms_core.longitudinal.TrackParams`).
+rule without intensity-led new lesions), ``joint+intensity=Z,RATIO,MM3`` (with them at those
+settings; see :class:`ms_core.longitudinal.TrackParams`), ``network`` (the change-detection
+network, white-matter harmonisation), ``network+harmonisation=histogram`` or
+``network+threshold=T``. ``--change-models-dir`` scores a candidate change network from another
+models folder (its ``lesion_change`` entry) instead of the shipped one.
 
 - **Real pair**: open_ms_data ``longitudinal/raw/patient12`` (Lesjak et al. 2016,
   Neuroinformatics 14:403-420; Lesjak et al. 2018, Neuroinformatics 16:51-63; CC-BY). Our change
@@ -19,7 +23,13 @@ settings; see :class:`ms_core.longitudinal.TrackParams`).
   lesion reported ``new`` that overlaps no true new or enlarging lesion is a false new lesion.
   Each missed true new lesion is listed with its volume, location and whether either visit's
   segmentation covers it (``segmented``: false means the network missed it, true the change
-  rule).
+  rule). ``new_lesion_f1`` = 2 TP / (2 TP + false new + missed).
+- **Synthetic no-change pairs** (``--synthetic-pairs N``, the first N demo visits): the visit
+  against itself moved rigidly (1.5°, 1 mm), with fresh Rician noise (3 % of the brain
+  median) and another smooth bias field: every lesion reported new is false.
+- **Synthetic protocol-change pairs**: each of the first N demo intervals with its baseline
+  re-acquired as a thick-slice 2D scan (Gaussian blur of 4 mm FWHM along z), another contrast
+  (gamma 0.8) and bias field; scored like the demo pairs.
 
 ``--maps-cache DIR`` keeps each pair's registered maps (:class:`ms_core.longitudinal.PairMaps`,
 about 150 MB a pair) in ``DIR``, keyed by the pair, the model's sha256 and the segmentation
@@ -45,10 +55,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ms_core.domain import Volume  # noqa: E402
 from ms_core.evaluate import dice, lesion_detection  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
 from ms_core.io import from_sitk, load_volume, read_json, to_sitk, write_json  # noqa: E402
 from ms_core.longitudinal import (  # noqa: E402
+    CHANGE_MODEL,
     PairMaps,
     PairRegistration,
     TrackParams,
@@ -93,23 +105,37 @@ def cached_maps(cache: Path | None, key: str, base: Any, follow: Any, model: Any
         grid = Grid(tuple(int(n) for n in z["brain"].shape), z["affine"])  # type: ignore[arg-type]
         return PairMaps(grid, z["brain"], z["f_norm"], z["b_norm"], z["prob_f"], z["prob_b"],
                         PairRegistration(z["f_to_b"], float(meta["ncc"])), meta["provider"],
-                        meta["model"], meta["seconds"])
+                        meta["model"], meta["seconds"],
+                        z["to_mni"] if "to_mni" in z.files else None)
     maps = prepare_pair(base, follow, SegmentParams(), model)
     cache.mkdir(parents=True, exist_ok=True)
     meta = {"pair": key, "ncc": maps.registration.ncc, "provider": maps.provider,
             "model": maps.model, "seconds": maps.seconds}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, brain=maps.brain, f_norm=maps.f_norm, b_norm=maps.b_norm,
-             prob_f=maps.prob_f, prob_b=maps.prob_b, affine=maps.grid.affine,
-             f_to_b=maps.registration.followup_to_baseline, meta=np.array(json.dumps(meta)))
+    arrays = {"brain": maps.brain, "f_norm": maps.f_norm, "b_norm": maps.b_norm,
+              "prob_f": maps.prob_f, "prob_b": maps.prob_b, "affine": maps.grid.affine,
+              "f_to_b": maps.registration.followup_to_baseline,
+              "meta": np.array(json.dumps(meta))}
+    if maps.to_mni is not None:
+        arrays["to_mni"] = maps.to_mni
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
     return maps
 
 
 def _params(method: str) -> TrackParams:
     """``joint``, ``difference``, ``joint+intensity=off`` (the joint rule without intensity-led
-    new lesions) or ``joint+intensity=Z,RATIO,MM3`` (with them at these settings:
-    :attr:`TrackParams.intensity_new_z` and the two after it)."""
+    new lesions), ``joint+intensity=Z,RATIO,MM3`` (with them at these settings:
+    :attr:`TrackParams.intensity_new_z` and the two after it), ``network``,
+    ``network+harmonisation=H`` or ``network+threshold=T``."""
+    if method.startswith("network"):
+        _, _, spec = method.partition("+")
+        key, _, value = spec.partition("=")
+        if key == "harmonisation":
+            return TrackParams(method="network", harmonisation=value)
+        if key == "threshold":
+            return TrackParams(method="network", change_threshold=float(value))
+        return TrackParams(method="network")
     name, _, spec = method.partition("+intensity=")
     if not spec:
         return TrackParams(method=name)  # type: ignore[arg-type]
@@ -118,6 +144,14 @@ def _params(method: str) -> TrackParams:
     z, ratio, mm3 = (float(x) for x in spec.split(","))
     return TrackParams(method=name, intensity_new_z=z,  # type: ignore[arg-type]
                        intensity_new_ratio=ratio, intensity_new_mm3=mm3)
+
+
+#: The change network scored by ``network`` methods (``--change-models-dir``; None: shipped).
+CHANGE_NET: dict[str, Any] = {"model": None}
+
+
+def _detect(maps: PairMaps, base: Any, follow: Any, method: str) -> TrackResult:
+    return detect_changes(maps, base, follow, _params(method), change_model=CHANGE_NET["model"])
 
 
 def patient12(methods: list[str], model: Any, cache: Path | None = None) -> dict[str, Any]:
@@ -133,7 +167,7 @@ def patient12(methods: list[str], model: Any, cache: Path | None = None) -> dict
     out: dict[str, Any] = {}
     for method in methods:
         t1 = time.perf_counter()
-        res = detect_changes(maps, base, follow, _params(method))
+        res = _detect(maps, base, follow, method)
         common = to_common_space(res.change_mask, res.affine,
                                  P12 / "study2_FLAIR_to_common_space.txt", P12 / "gt.nii.gz")
         entry: dict[str, Any] = {
@@ -181,10 +215,106 @@ def _score_demo(root: Path, pid: str, prev: str, cur: str, res: TrackResult,
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n_new = sum(r["true_new_ge27"] for r in rows)
+    tp = sum(r["detected"] for r in rows)
+    errors = sum(r["false_new"] for r in rows) + n_new - tp
     return {"pairs": rows, "n_pairs": len(rows), "true_new_ge27": n_new,
-            "detection_rate": sum(r["detected"] for r in rows) / n_new if n_new else None,
+            "detection_rate": tp / n_new if n_new else None,
+            "new_lesion_f1": 2 * tp / (2 * tp + errors) if 2 * tp + errors else None,
             "false_new_per_interval": float(np.mean([r["false_new"] for r in rows])),
             "median_seconds": float(np.median([r["seconds"] for r in rows]))}
+
+
+def _smooth_bias(rng: np.random.Generator, shape: tuple[int, ...], amplitude: float
+                 ) -> np.ndarray:
+    """A smooth multiplicative field exp(N(0, amplitude)) varying over about a third of the
+    field of view."""
+    from scipy import ndimage as ndi
+
+    coarse = rng.normal(0.0, amplitude, (4, 4, 4))
+    zoom = [s / 4 for s in shape]
+    return np.asarray(np.exp(ndi.zoom(coarse, zoom, order=3, mode="nearest")), np.float32)
+
+
+def _rician(rng: np.random.Generator, data: np.ndarray, sigma: float) -> np.ndarray:
+    n1 = rng.standard_normal(data.shape, dtype=np.float32)
+    n2 = rng.standard_normal(data.shape, dtype=np.float32)
+    return np.asarray(np.sqrt((data + sigma * n1) ** 2 + (sigma * n2) ** 2), np.float32)
+
+
+def rescan(vol: Volume, seed: int) -> Volume:
+    """``vol`` scanned again with no change: moved rigidly (1.5°, 1 mm; the image resampled
+    linearly about its centre), fresh Rician noise (3 % of the median of its non-zero voxels)
+    and another bias field (amplitude 0.1)."""
+    from scipy import ndimage as ndi
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    rot = Rotation.from_rotvec(np.deg2rad(1.5) * _unit(rng)).as_matrix()
+    centre = (np.asarray(vol.shape) - 1) / 2.0
+    spacing = np.asarray(vol.spacing_mm)
+    shift_vox = _unit(rng) * 1.0 / spacing
+    moved = ndi.affine_transform(vol.data, rot, offset=centre - rot @ centre + shift_vox,
+                                 order=1, mode="constant")
+    level = float(np.median(vol.data[vol.data > 0]))
+    data = _rician(rng, moved * _smooth_bias(rng, vol.shape, 0.1), 0.03 * level)
+    return Volume(data * (moved > 0), vol.affine, vol.modality, vol.source)
+
+
+def reacquire_2d(vol: Volume, seed: int) -> Volume:
+    """``vol`` as another protocol would give it: a thick-slice 2D scan (Gaussian blur of
+    4 mm FWHM along the third voxel axis), another contrast (gamma 0.8 of the intensity
+    relative to its median) and bias field (amplitude 0.15)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    sigma = [0.0, 0.0, 4.0 / 2.355 / vol.spacing_mm[2]]
+    blurred = ndi.gaussian_filter(vol.data, sigma)
+    level = float(np.median(vol.data[vol.data > 0]))
+    data = level * np.power(np.maximum(blurred, 0.0) / level, 0.8)
+    data = _rician(rng, data * _smooth_bias(rng, vol.shape, 0.15), 0.02 * level)
+    return Volume(data * (vol.data > 0), vol.affine, vol.modality, vol.source)
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3)
+    return np.asarray(v / np.linalg.norm(v))
+
+
+def synthetic_pairs(root: Path, methods: list[str], model: Any, limit: int,
+                    cache: Path | None = None) -> dict[str, Any]:
+    """No-change (rescan) and protocol-change pairs made from the demo's visits (see the
+    module docstring)."""
+    study = load_study(root)
+    visits = [(pid, v.session_id) for pid, vs in study.visits.items() for v in vs][:limit]
+    intervals = [(pid, a.session_id, b.session_id) for pid, vs in study.visits.items()
+                 for a, b in itertools.pairwise(vs)][:limit]
+    no_change: dict[str, list[int]] = {m: [] for m in methods}
+    for i, (pid, ses) in enumerate(visits):
+        base = load_volume(image_path(root, pid, ses, "FLAIR"), "FLAIR")
+        follow = rescan(base, 1000 + i)
+        maps = cached_maps(cache, f"{root.resolve()} {pid} {ses} rescan", base, follow, model)
+        for method in methods:
+            res = _detect(maps, base, follow, method)
+            no_change[method].append(int((res.table.status == "new").sum()))
+            print("no-change", method, pid, ses, no_change[method][-1], flush=True)
+    protocol: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for i, (pid, prev, cur) in enumerate(intervals):
+        base = reacquire_2d(load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR"), 2000 + i)
+        follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
+        t0 = time.perf_counter()
+        maps = cached_maps(cache, f"{root.resolve()} {pid} {prev} {cur} 2d", base, follow,
+                           model)
+        prep = time.perf_counter() - t0 if cache is None else sum(maps.seconds.values())
+        for method in methods:
+            t1 = time.perf_counter()
+            res = _detect(maps, base, follow, method)
+            row = _score_demo(root, pid, prev, cur, res, prep + time.perf_counter() - t1)
+            protocol[method].append(row)
+            print("protocol-change", method, json.dumps(row), flush=True)
+    return {m: {"no_change": {"n_pairs": len(no_change[m]),
+                              "false_new_per_interval": float(np.mean(no_change[m]))
+                              if no_change[m] else None, "false_new": no_change[m]},
+                "protocol_change": _summary(protocol[m])} for m in methods}
 
 
 def demo_pairs(root: Path, methods: list[str], model: Any, limit: int,
@@ -202,7 +332,7 @@ def demo_pairs(root: Path, methods: list[str], model: Any, limit: int,
         prep = time.perf_counter() - t0 if cache is None else sum(maps.seconds.values())
         for method in methods:
             t1 = time.perf_counter()
-            res = detect_changes(maps, base, follow, _params(method))
+            res = _detect(maps, base, follow, method)
             row = _score_demo(root, pid, prev, cur, res, prep + time.perf_counter() - t1)
             rows[method].append(row)
             print(method, json.dumps(row), flush=True)
@@ -217,7 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--maps-cache", type=Path, default=None,
                     help="keep each pair's registered maps here (see above)")
+    ap.add_argument("--change-models-dir", type=Path, default=None,
+                    help="models folder whose lesion_change network the network methods use "
+                         "(default: the shipped one)")
+    ap.add_argument("--synthetic-pairs", type=int, default=0,
+                    help="no-change and protocol-change pairs made from the demo (see above)")
     args = ap.parse_args(argv)
+    if args.change_models_dir is not None:
+        CHANGE_NET["model"] = load_onnx_model(
+            load_model_card(CHANGE_MODEL, args.change_models_dir), "cpu")
     # The code that runs: recorded at the start (a long run may outlive later commits).
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()
@@ -230,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_demo:
         results["demo"] = demo_pairs(args.demo, args.methods, model, args.intervals,
                                      args.maps_cache)
+    if args.synthetic_pairs > 0:
+        results["synthetic"] = synthetic_pairs(args.demo, args.methods, model,
+                                               args.synthetic_pairs, args.maps_cache)
+    if any(m.startswith("network") for m in args.methods):
+        net = CHANGE_NET["model"] or load_onnx_model(load_model_card(CHANGE_MODEL), "cpu")
+        results["change_model"] = {"version": net.card.version, "sha256": net.card.sha256}
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "commit": commit}
     write_json(REPO / "bench" / "results" / "track_eval.json", results)

@@ -94,6 +94,8 @@ def _cmd_track(args: argparse.Namespace) -> int:
                         device=args.device)
     params = TrackParams(method=args.method, segmentation=seg,
                          enlarging_ratio=args.enlarging_pct / 100.0, change_z=args.change_z,
+                         harmonisation=args.harmonisation,
+                         change_threshold=args.change_threshold,
                          intensity_new_z=(TrackParams.intensity_new_z
                                           if args.intensity_new_z is None
                                           else args.intensity_new_z or None))
@@ -113,6 +115,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
     print(json.dumps({"out": str(args.out), "status_counts": {k: int(v) for k, v in
                                                                counts.items()},
                       "registration_ncc": result.registration.ncc, "qc": result.qc,
+                      **({"change_model": result.change_model} if result.change_model else {}),
                       "provider": result.provider, "seconds": result.seconds}))
     return 0
 
@@ -280,9 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--followup-flair", required=True, help="later FLAIR (NIfTI)")
     tr.add_argument("--skull-stripped", action="store_true",
                     help="inputs are already brain-extracted: skip brain extraction")
-    tr.add_argument("--method", choices=("joint", "difference"), default="joint",
+    tr.add_argument("--method", choices=("joint", "difference", "network"), default="joint",
                     help="joint: masks and intensity change must agree (default); "
-                         "difference: subtract two independent masks")
+                         "difference: subtract two independent masks; network: the "
+                         "change-detection network (models_onnx/lesion_change)")
+    tr.add_argument("--harmonisation", choices=("white_matter", "histogram"),
+                    default="white_matter",
+                    help="network: each visit divided by its white-matter level (default), or "
+                         "the baseline histogram-matched to the follow-up")
+    tr.add_argument("--change-threshold", type=float, default=0.5,
+                    help="network: change probability that counts as change (default 0.5)")
     tr.add_argument("--enlarging-pct", type=float, default=30.0,
                     help="volume increase (%%) that makes a lesion enlarging")
     tr.add_argument("--change-z", type=float, default=2.0,

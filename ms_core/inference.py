@@ -79,15 +79,17 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> np.
 
 def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[int],
                    overlap: float = 0.5, flips: Sequence[tuple[int, ...]] = ((),),
-                   progress: Callable[[float], None] | None = None) -> np.ndarray:
-    """Probability map (X, Y, Z) float32 of ``image`` (C, X, Y, Z) by Gaussian-blended windows.
+                   progress: Callable[[float], None] | None = None,
+                   out_channels: int = 1) -> np.ndarray:
+    """Probability map (X, Y, Z) float32 of ``image`` (C, X, Y, Z) by Gaussian-blended windows;
+    (K, X, Y, Z) with ``out_channels`` K > 1.
 
     Parameters
     ----------
     image
         (C, X, Y, Z) float32, each spatial size at least the patch size (pad first).
     predictor
-        Maps (1, C, px, py, pz) to (1, 1, px, py, pz) probabilities in [0, 1].
+        Maps (1, C, px, py, pz) to (1, K, px, py, pz) probabilities in [0, 1].
     patch
         Window size (px, py, pz) in voxels.
     overlap
@@ -97,6 +99,8 @@ def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[i
         prediction is flipped back and averaged. ``((),)`` means no augmentation.
     progress
         Called with the fraction of windows done.
+    out_channels
+        K, the predictor's output channels (1 for a lesion map, 2 for the change network).
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (C, X, Y, Z), got shape {image.shape}")
@@ -107,25 +111,31 @@ def sliding_window(image: np.ndarray, predictor: Predictor, *, patch: Sequence[i
     spatial = image.shape[1:]
     if any(s < p for s, p in zip(spatial, patch, strict=True)):
         raise ValueError(f"image {spatial} is smaller than the patch {tuple(patch)}; pad it")
+    if out_channels < 1:
+        raise ValueError(f"out_channels must be >= 1, got {out_channels}")
     weight = gaussian_importance(patch)
-    acc = np.zeros(spatial, dtype=np.float32)
+    acc = np.zeros((out_channels, *spatial), dtype=np.float32)
     norm = np.zeros(spatial, dtype=np.float32)
     corners = window_corners(spatial, patch, overlap)
     for done, (x, y, z) in enumerate(corners, start=1):
         box = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
         window = image[(slice(None), *box)][None]
-        pred = np.zeros(tuple(patch), dtype=np.float32)
+        pred = np.zeros((out_channels, *patch), dtype=np.float32)
         for axes in flips:
             flip_axes = tuple(a + 2 for a in axes)
             inp = np.flip(window, flip_axes) if axes else window
             out = np.asarray(predictor(np.ascontiguousarray(inp)), dtype=np.float32)
+            if out.shape[1] != out_channels:
+                raise ValueError(f"the predictor gave {out.shape[1]} output channels, "
+                                 f"expected {out_channels}")
             out = np.flip(out, flip_axes) if axes else out
-            pred += out[0, 0]
-        acc[box] += weight * pred / len(flips)
+            pred += out[0]
+        acc[(slice(None), *box)] += weight * pred / len(flips)
         norm[box] += weight
         if progress is not None:
             progress(done / len(corners))
-    return np.asarray(acc / norm, dtype=np.float32)
+    result = acc / norm
+    return np.asarray(result[0] if out_channels == 1 else result, dtype=np.float32)
 
 
 def _env_threads() -> int:
@@ -153,7 +163,7 @@ class OnnxModel:
     cuda_unavailable: str = ""
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, X, Y, Z) float32 -> (N, 1, X, Y, Z) probabilities.
+        """(N, C, X, Y, Z) float32 -> (N, K, X, Y, Z) probabilities (K = 1 for a lesion map).
 
         On CUDA the call goes through IO binding (:func:`run_bound`); on CPU a plain ``run``.
         """

@@ -10,7 +10,13 @@ Pipeline of :func:`track_volumes` (the ``track`` CLI):
    (linear), normalised by their median inside the follow-up brain mask, and segmented there with
    the same method and model (:func:`ms_core.segment.probability_on_grid`).
 3. **Change detection.** ``difference``: lesion tissue at follow-up and not at baseline (and the
-   reverse), the usual subtraction of two independent masks. ``joint`` (default): a voxel is
+   reverse), the usual subtraction of two independent masks. ``network``: our change-detection
+   network (``models_onnx/lesion_change``, :func:`change_probabilities`) reads the follow-up,
+   the registered baseline and their difference, both harmonised (each divided by its
+   white-matter level, or the baseline histogram-matched to the follow-up), and gives each
+   voxel a probability of lesion tissue that appeared or grew and of tissue that shrank or
+   vanished; a change it finds apart from every segmented lesion is a lesion of its own
+   (``evidence`` "change network"). ``joint`` (default): a voxel is
    changed lesion tissue when it is lesion in *either* visit and the registered FLAIR intensity
    difference is at least ``change_z`` robust standard deviations (after removing slow bias
    differences with a 10 mm Gaussian high-pass), brighter for growth, darker for loss. The
@@ -52,12 +58,22 @@ from ms_core import __version__
 from ms_core.atrophy import lesions_on_grid, pair_atrophy
 from ms_core.domain import Visit, Volume, affine_spacing, voxel_volume_ml
 from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, load_onnx_model
+from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
 from ms_core.io import atomic_write_text, load_volume, read_json, save_labels, write_json
 from ms_core.lesions import label_components
 from ms_core.locks import folder_lock
 from ms_core.models import load_model_card, sha256_file
-from ms_core.preprocess import Grid, normalize_intensity, register_visit_pair, resample_to_grid
+from ms_core.preprocess import (
+    Grid,
+    crop_box,
+    match_histogram,
+    normalize_intensity,
+    normalize_to_white_matter,
+    pad_to_multiple,
+    register_visit_pair,
+    resample_to_grid,
+    template_to_subject,
+)
 from ms_core.registration import ncc
 from ms_core.segment import (
     LEGACY_PARAM_DEFAULTS,
@@ -66,22 +82,29 @@ from ms_core.segment import (
     flair_on_working_grid,
     model_info,
     probability_on_grid,
+    white_matter_prior,
 )
 from ms_core.study import derivatives_dir
 from ms_core.visits import visit_metadata_warnings
 
 __all__ = [
     "CHANGE_COLUMNS",
+    "CHANGE_MODEL",
     "EVIDENCE_INTENSITY",
+    "EVIDENCE_NETWORK",
     "EVIDENCE_SEGMENTATION",
+    "HARMONISATIONS",
     "STATUSES",
     "AtrophyRequest",
     "PairMaps",
     "PairRegistration",
     "TrackParams",
     "TrackResult",
+    "change_channels",
+    "change_probabilities",
     "change_zscore",
     "detect_changes",
+    "harmonise_pair",
     "intensity_led_count",
     "intensity_new_spots",
     "intensity_profile_warnings",
@@ -109,10 +132,19 @@ CHANGE_COLUMNS = ("lesion_id", "status", "volume_baseline_ml", "volume_followup_
 #: ``evidence`` of a row: the lesion is in a segmentation, or it is an intensity-led new lesion
 #: (:attr:`TrackParams.intensity_new_z`) that neither visit's segmentation contains.
 EVIDENCE_SEGMENTATION, EVIDENCE_INTENSITY = "segmentation", "intensity change"
-ChangeMethod = Literal["joint", "difference"]
+#: ``evidence`` of a lesion that the change network found apart from every segmented lesion.
+EVIDENCE_NETWORK = "change network"
+ChangeMethod = Literal["joint", "difference", "network"]
+CHANGE_METHODS = ("joint", "difference", "network")
+#: The change-detection network's name in the models manifest (method ``network``).
+CHANGE_MODEL = "lesion_change"
+#: How the two visits are made comparable before the change network subtracts them: each
+#: divided by its white-matter level, or the baseline histogram-matched to the follow-up.
+HARMONISATIONS = ("white_matter", "histogram")
 #: Settings added after comparisons were first stored, at the values that reproduce them.
 _TRACK_LEGACY_DEFAULTS = {"intensity_new_z": None, "intensity_new_ratio": 1.3,
-                          "intensity_new_mm3": 20.0}
+                          "intensity_new_mm3": 20.0, "harmonisation": "white_matter",
+                          "change_threshold": 0.5}
 #: Intensity-led new lesions keep this far (mm) from the edge of the brain mask and of the
 #: baseline's field of view.
 _EDGE_MM = 3.0
@@ -137,10 +169,21 @@ class TrackParams:
     intensity_new_z: float | None = 5.0
     intensity_new_ratio: float = 1.3
     intensity_new_mm3: float = 20.0
+    #: ``network`` only: the harmonisation (:data:`HARMONISATIONS`) and the probability at
+    #: which the change network's voxels count as change.
+    harmonisation: str = "white_matter"
+    change_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.method not in ("joint", "difference"):
-            raise InputError(None, f"method must be joint or difference, not {self.method!r}")
+        if self.method not in CHANGE_METHODS:
+            raise InputError(None, f"method must be one of {', '.join(CHANGE_METHODS)}, not "
+                                   f"{self.method!r}")
+        if self.harmonisation not in HARMONISATIONS:
+            raise InputError(None, f"harmonisation must be one of {', '.join(HARMONISATIONS)}, "
+                                   f"not {self.harmonisation!r}")
+        if not 0.0 < self.change_threshold < 1.0:
+            raise InputError(None, f"change threshold must be in (0, 1), got "
+                                   f"{self.change_threshold}")
         if not 0.0 < self.enlarging_ratio < 10.0:
             raise InputError(None, f"enlarging ratio must be in (0, 10), got "
                                    f"{self.enlarging_ratio}")
@@ -187,6 +230,8 @@ class TrackResult:
     lesion_ids: np.ndarray
     qc: dict[str, object] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The change-detection network's identity (method ``network``), else None.
+    change_model: dict[str, str] | None = None
 
 
 def register_visits(baseline: Volume, followup: Volume, *, resolution_mm: float = 2.0,
@@ -403,7 +448,8 @@ class PairMaps:
     """Both visits on the follow-up's 1 mm working grid, ready for change detection.
 
     ``f_norm``/``b_norm`` (X, Y, Z) float32 normalised FLAIRs, ``prob_f``/``prob_b`` lesion
-    probabilities, ``brain`` bool, all on ``grid``.
+    probabilities, ``brain`` bool, all on ``grid``; ``to_mni`` the follow-up -> MNI matrix when
+    the template was registered (None otherwise).
     """
 
     grid: Grid
@@ -416,6 +462,7 @@ class PairMaps:
     provider: str
     model: dict[str, str] | None
     seconds: dict[str, float]
+    to_mni: np.ndarray | None = None
 
 
 def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
@@ -455,7 +502,7 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
     timer.lap("segmentation")
     provider, info = model_info(seg, model)
     return PairMaps(grid, brain, f_norm, b_norm, prob_f, prob_b, registration, provider, info,
-                    timer.seconds)
+                    timer.seconds, to_mni)
 
 
 def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray,
@@ -483,6 +530,90 @@ def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray
     return np.asarray(labels > 0)
 
 
+def change_channels(followup: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """The change network's input (3, ...) float32: follow-up, baseline, follow-up - baseline
+    (both harmonised, on one grid); the training pairs are built by this function too."""
+    f = np.asarray(followup, np.float32)
+    b = np.asarray(baseline, np.float32)
+    return np.stack([f, b, f - b]).astype(np.float32)
+
+
+def harmonise_pair(followup: np.ndarray, baseline: np.ndarray, brain: np.ndarray,
+                   wm_prior: np.ndarray, method: str = "white_matter"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Both visits (one grid) made comparable before subtraction; zero outside ``brain``.
+
+    The follow-up is divided by its white-matter level
+    (:func:`ms_core.preprocess.normalize_to_white_matter`); the baseline likewise
+    (``white_matter``) or histogram-matched to that follow-up inside the brain
+    (``histogram``, :func:`ms_core.preprocess.match_histogram`).
+    """
+    if method not in HARMONISATIONS:
+        raise ValueError(f"harmonisation must be one of {HARMONISATIONS}, not {method!r}")
+    f = normalize_to_white_matter(followup, brain, wm_prior)
+    if method == "histogram":
+        return f, match_histogram(baseline, f, brain)
+    return f, normalize_to_white_matter(baseline, brain, wm_prior)
+
+
+def change_probabilities(maps: PairMaps, model: OnnxModel, *, to_mni: np.ndarray,
+                         harmonisation: str = "white_matter",
+                         progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """The change network's (2, X, Y, Z) float32 probabilities on ``maps.grid``: lesion tissue
+    that appeared or grew, and lesion tissue that shrank or vanished.
+
+    ``to_mni``: the follow-up -> MNI matrix (for the white-matter prior of the
+    harmonisation). Zero outside the brain and outside the baseline's field of view.
+    """
+    box = crop_box(maps.brain, margin=4)
+    brain = maps.brain[box]
+    f, b = harmonise_pair(maps.f_norm[box], maps.b_norm[box], brain,
+                          white_matter_prior(maps.grid, to_mni, box), harmonisation)
+    patch = model.card.patch_size
+    x, back = pad_to_multiple(change_channels(f, b), model.card.multiple_of, minimum=max(patch))
+    probs = sliding_window(x, model.predict, patch=patch, overlap=0.25, progress=progress,
+                           out_channels=2)[back]
+    covered = brain & (maps.b_norm[box] > 0)  # inside the baseline's field of view
+    out = np.zeros((2, *maps.grid.shape), np.float32)
+    out[(slice(None), *box)] = probs * covered
+    return out
+
+
+def _network_evidence(maps: PairMaps, baseline: Volume, followup: Volume,
+                      params: TrackParams, labels_b: np.ndarray, labels_f: np.ndarray,
+                      model: OnnxModel | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                 np.ndarray, dict[str, str]]:
+    """Method ``network``: the change network's increase and decrease masks, both visits'
+    lesion labels with the network-led lesions added, the voxels of those lesions, the change
+    probabilities and the network's identity."""
+    seg = params.segmentation
+    if model is None:
+        model = load_onnx_model(load_model_card(CHANGE_MODEL), seg.device)
+    to_mni = (maps.to_mni if maps.to_mni is not None
+              else template_to_subject(followup, skull_stripped=seg.skull_stripped))
+    probs = change_probabilities(maps, model, to_mni=to_mni,
+                                 harmonisation=params.harmonisation)
+    increase = probs[0] >= params.change_threshold
+    decrease = probs[1] >= params.change_threshold
+    near = ndi.binary_dilation((labels_b > 0) | (labels_f > 0), structure=np.ones((3, 3, 3)))
+    affine = maps.grid.affine
+    led_new = label_components(increase & ~near, affine=affine,
+                               min_lesion_mm3=params.min_change_mm3) > 0
+    led_gone = label_components(decrease & ~near, affine=affine,
+                               min_lesion_mm3=params.min_change_mm3) > 0
+    if led_new.any():
+        labels_f = label_components((labels_f > 0) | led_new, affine=affine,
+                                    min_lesion_mm3=seg.min_lesion_mm3)
+    if led_gone.any():
+        labels_b = label_components((labels_b > 0) | led_gone, affine=affine,
+                                    min_lesion_mm3=seg.min_lesion_mm3)
+    card = model.card
+    info = {"name": card.name, "version": card.version, "sha256": card.sha256,
+            "harmonisation": params.harmonisation}
+    return increase, decrease, labels_b, labels_f, led_new | led_gone, probs, info
+
+
 def intensity_led_count(table: pd.DataFrame) -> int:
     """How many rows of a change table are intensity-led new lesions (0 for tables stored
     before the ``evidence`` column existed).
@@ -496,8 +627,13 @@ def intensity_led_count(table: pd.DataFrame) -> int:
 
 
 def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
-                   params: TrackParams = TrackParams()) -> TrackResult:
-    """Change evidence, lesion matching and the change mask on the follow-up's own grid."""
+                   params: TrackParams = TrackParams(),
+                   change_model: OnnxModel | None = None) -> TrackResult:
+    """Change evidence, lesion matching and the change mask on the follow-up's own grid.
+
+    ``change_model``: the change network for method ``network`` (default: the shipped
+    ``lesion_change`` model on ``params.segmentation.device``).
+    """
     timer = StageTimer()
     grid, seg, t = maps.grid, params.segmentation, params.segmentation.threshold
     labels_b = label_components(maps.prob_b >= t, affine=grid.affine,
@@ -505,7 +641,13 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     labels_f = label_components(maps.prob_f >= t, affine=grid.affine,
                                 min_lesion_mm3=seg.min_lesion_mm3)
     spots: np.ndarray | None = None
-    if params.method == "joint":
+    evidence, network_probs, network_info = EVIDENCE_INTENSITY, None, None
+    if params.method == "network":
+        (increase, decrease, labels_b, labels_f, spots, network_probs,
+         network_info) = _network_evidence(maps, baseline, followup, params, labels_b, labels_f,
+                                           change_model)
+        evidence = EVIDENCE_NETWORK
+    elif params.method == "joint":
         z = change_zscore(maps.f_norm, maps.b_norm, maps.brain, spacing_mm=(1.0, 1.0, 1.0))
         lesion_either = np.maximum(maps.prob_b, maps.prob_f) >= t
         increase = lesion_either & (z >= params.change_z)
@@ -527,7 +669,15 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
         enlarging_ratio=params.enlarging_ratio)
     if spots is not None and spots.any():  # away from every segmented lesion: groups of their own
         led = np.unique(ids_work[spots])
-        table.loc[table.lesion_id.isin(led[led > 0]), "evidence"] = EVIDENCE_INTENSITY
+        led = led[led > 0]
+        table.loc[table.lesion_id.isin(led), "evidence"] = evidence
+        if network_probs is not None:  # the segmentation has no say on these: the network's
+            for lesion_id in led:
+                row = table.lesion_id == lesion_id
+                channel = 1 if table.loc[row, "status"].iloc[0] in ("disappeared",
+                                                                   "shrinking") else 0
+                table.loc[row, "confidence"] = round(
+                    float(network_probs[channel][ids_work == lesion_id].mean()), 4)
     for value in (1, 2):  # fragments of confirmed change below the size limit are noise
         part = change_work == value
         small = part & (label_components(part, affine=grid.affine,
@@ -547,18 +697,20 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
     return TrackResult(np.rint(change).astype(np.uint8), followup.affine, table,
                        maps.registration, maps.provider, maps.model,
                        np.rint(lesion_ids).astype(np.int32), qc,
-                       {**maps.seconds, **timer.seconds})
+                       {**maps.seconds, **timer.seconds}, network_info)
 
 
 def track_volumes(baseline: Volume, followup: Volume, params: TrackParams = TrackParams(),
                   model: OnnxModel | None = None,
-                  progress: Callable[[float], None] | None = None) -> TrackResult:
+                  progress: Callable[[float], None] | None = None, *,
+                  change_model: OnnxModel | None = None) -> TrackResult:
     """Compare two FLAIR visits of one patient; see the module docstring.
 
-    ``model`` is required when ``params.segmentation.method`` is ``network``.
+    ``model`` is required when ``params.segmentation.method`` is ``network``;
+    ``change_model`` is the change network of method ``network`` (default: the shipped one).
     """
     maps = prepare_pair(baseline, followup, params.segmentation, model, progress)
-    return detect_changes(maps, baseline, followup, params)
+    return detect_changes(maps, baseline, followup, params, change_model)
 
 
 def write_track_outputs(out_dir: Path, result: TrackResult, params: TrackParams,
@@ -578,6 +730,7 @@ def write_track_outputs(out_dir: Path, result: TrackResult, params: TrackParams,
         "tool": "ms_core track", "version": __version__,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "parameters": asdict(params), "provider": result.provider, "model": result.model,
+        **({"change_model": result.change_model} if result.change_model else {}),
         "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
         "registration": {"followup_to_baseline_ras_mm": result.registration.followup_to_baseline,
                          "ncc": result.registration.ncc},
@@ -697,6 +850,9 @@ def tracking_status(root: Path, baseline: Visit, followup: Visit,
         stored = {**_TRACK_LEGACY_DEFAULTS, **prov["parameters"]}
         stored["segmentation"] = {**LEGACY_PARAM_DEFAULTS, **stored["segmentation"]}
         same_params = stored == json.loads(json.dumps(asdict(params)))
+        if params.method == "network":  # and made by the change network installed now
+            same_params &= (prov.get("change_model") or {}).get("sha256") == load_model_card(
+                CHANGE_MODEL).sha256
     except (InputError, KeyError, TypeError, AttributeError, ValueError):
         return None
     return dict(prov) if same_inputs and same_params else None

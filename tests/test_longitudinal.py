@@ -23,7 +23,9 @@ from ms_core.longitudinal import (
     CHANGE_COLUMNS,
     TrackParams,
     change_zscore,
+    detect_changes,
     match_lesions,
+    prepare_pair,
     register_visits,
     track_volumes,
 )
@@ -453,3 +455,80 @@ def test_protocol_qc_flags_contrast_and_scanner_changes() -> None:
     warnings = visit_metadata_warnings(a, b)
     assert len(warnings) == 2 and "1.5 T -> 3 T" in warnings[0]
     assert visit_metadata_warnings(a, a) == []
+
+
+# ------------------------------------------------------------------ method "network"
+class _DifferenceSession:
+    """Stands in for the change network: appeared / vanished tissue from the difference
+    channel of its (N, 3, ...) input (follow-up - baseline, both divided by white matter)."""
+
+    def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        diff = next(iter(feeds.values()))[:, 2:3]
+        grew = 1.0 / (1.0 + np.exp(-(diff - 0.3) * 20.0))
+        shrank = 1.0 / (1.0 + np.exp(-(-diff - 0.3) * 20.0))
+        return [np.concatenate([grew, shrank], axis=1)]
+
+
+def _fake_change_model() -> OnnxModel:
+    import dataclasses
+
+    card = dataclasses.replace(load_model_card("lesion_seg"), name="lesion_change",
+                               version="0.0-test", sha256="f" * 64)
+    return OnnxModel(card, _DifferenceSession(), "fake")
+
+
+def test_network_method_finds_each_change_and_records_the_change_model() -> None:
+    base, follow, move = _pair()
+    params = TrackParams(method="network", segmentation=SegmentParams(skull_stripped=True))
+    res = track_volumes(base, follow, params, _fake_model(), change_model=_fake_change_model())
+    assert sorted(res.table.status) == ["disappeared", "enlarging", "new", "stable"], res.table
+    assert set(res.table.evidence) == {"segmentation"}  # every change is a segmented lesion
+    centre = np.linalg.inv(follow.affine) @ move @ np.array([24.0, -30.0, 36.0, 1.0])
+    assert res.change_mask[tuple(np.rint(centre[:3]).astype(int))] == 1
+    assert (res.change_mask == 2).any()
+    assert res.change_model == {"name": "lesion_change", "version": "0.0-test",
+                                "sha256": "f" * 64, "harmonisation": "white_matter"}
+
+
+def test_network_method_adds_changes_no_segmentation_contains() -> None:
+    # A faint lesion (normalised FLAIR 1.45, under the fake segmentation's 1.6) appears at
+    # follow-up and a faint one vanishes: only the change network sees them.
+    appears, vanishes = (20.0, -40.0, 20.0), (-20.0, 30.0, 20.0)
+    b_img, aff = _head(LESIONS_BASE)
+    f_img, _ = _head(LESIONS_BASE)
+    rng = np.random.default_rng(5)
+    for img, centre in ((f_img, appears), (b_img, vanishes)):
+        head = img > 0
+        level = np.median(img[head])
+        ball = sphere_labels(img.shape, aff, [(centre, 4.0)]) > 0
+        img[ball] = np.maximum(img[ball], 1.45 * level)
+        img[head] += 0.02 * level * rng.standard_normal(int(head.sum()))
+    base, follow = Volume(b_img, aff, "FLAIR"), Volume(f_img, aff, "FLAIR")
+    seg = SegmentParams(skull_stripped=True)
+    maps = prepare_pair(base, follow, seg, _fake_model())  # one registration, three methods
+    joint = detect_changes(maps, base, follow,
+                           TrackParams(segmentation=seg, intensity_new_z=None))
+    assert set(joint.table.status) == {"stable"}
+    for harmonisation in ("white_matter", "histogram"):
+        res = detect_changes(maps, base, follow,
+                             TrackParams(method="network", segmentation=seg,
+                                         harmonisation=harmonisation), _fake_change_model())
+        led = res.table[res.table.evidence == "change network"]
+        assert sorted(led.status) == ["disappeared", "new"], (harmonisation, res.table)
+        for status, centre, value in (("new", appears, 1), ("disappeared", vanishes, 2)):
+            row = led[led.status == status].iloc[0]
+            where = row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)
+            assert np.linalg.norm(where - centre) < 2.0
+            assert row.confidence > 0.5  # the network's probability, not the segmentation's
+            ijk = np.rint(np.linalg.inv(aff) @ [*centre, 1.0])[:3].astype(int)
+            assert res.change_mask[tuple(ijk)] == value
+        assert len(res.table) == len(joint.table) + 2
+
+
+def test_network_track_params_validate() -> None:
+    with pytest.raises(InputError, match="harmonisation must be one of"):
+        TrackParams(method="network", harmonisation="z-score")
+    with pytest.raises(InputError, match="change threshold"):
+        TrackParams(method="network", change_threshold=1.0)
+    with pytest.raises(InputError, match="method must be one of"):
+        TrackParams(method="subtract")  # type: ignore[arg-type]

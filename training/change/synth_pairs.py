@@ -35,6 +35,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from ms_core.longitudinal import change_channels
 from training.seg.synth_data import (
     LesionBank,
     PatchSampler,
@@ -45,20 +46,12 @@ from training.seg.synth_data import (
     correlated_noise,
 )
 
-__all__ = ["FATES", "PairSampler", "network_channels"]
+__all__ = ["FATES", "PairSampler"]
 
 #: Fates of a lesion between two visits and their odds in a pair with change.
 FATES = ("stable", "grow", "shrink", "appear", "vanish")
 _FATE_ODDS = (0.55, 0.15, 0.10, 0.12, 0.08)
 _BALL = np.ones((3, 3, 3), bool)
-
-
-def network_channels(followup: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """The change network's input (3, ...) float32: follow-up, baseline, follow-up - baseline,
-    both already harmonised (divided by their white-matter level) on one grid."""
-    f = np.asarray(followup, np.float32)
-    b = np.asarray(baseline, np.float32)
-    return np.stack([f, b, f - b]).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +169,7 @@ class PairSampler:
         follow = render(c, frac_f, excess, acq_f)
         baseline = self._misregister(rng, render(c_b, frac_b, excess_b, acq_b))
         follow, baseline = follow * inside, baseline * inside
-        return network_channels(follow, baseline), label
+        return change_channels(follow, baseline), label
 
     def _misregister(self, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
         """``img`` resampled (linear) through a small rigid error about the patch centre."""

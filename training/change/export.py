@@ -1,0 +1,122 @@
+"""Export the change-detection U-Net to ONNX, check parity with torch, write card and manifest.
+
+Usage::
+
+    python -m training.change.export --run training/runs/change_v1 [--weights weights_best.npz]
+
+Writes ``models_onnx/lesion_change/{model.onnx, model.json, weights.npz}`` and updates
+``models_onnx/manifest.json``. The export fails (exit 1) unless onnxruntime and torch agree on
+fresh synthetic pairs (max |delta p| <= 1e-3, Dice >= 0.999 of the thresholded maps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ms_core.io import read_json, write_json
+from ms_core.models import MODELS_DIR, register_model, sha256_file
+from training.change.train import pair_sampler
+from training.seg.export import _WithSigmoid, parity
+from training.seg.model import UNet3D, describe
+from training.seg.train import load_weights
+
+NAME = "lesion_change"
+#: The network's input channels, in order (:func:`ms_core.longitudinal.change_channels`).
+CHANNELS = ("FLAIR follow-up", "FLAIR baseline registered to the follow-up",
+            "difference (follow-up - baseline)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="training run folder")
+    ap.add_argument("--weights", default="weights_best.npz")
+    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    ap.add_argument("--version", default="1.0.0")
+    args = ap.parse_args(argv)
+
+    config = read_json(args.run / "config.json")
+    metrics = read_json(args.run / "metrics.json")
+    net = UNet3D(3, tuple(int(w) for w in config["widths"]), norm=str(config["norm"]),
+                 out_channels=2)
+    load_weights(net, args.run / args.weights)
+    model = _WithSigmoid(net).eval()
+    out_dir = args.models_dir / NAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "model.onnx.tmp"
+    torch.onnx.export(model, (torch.zeros(1, 3, 64, 64, 64),), str(tmp),
+                      input_names=["image"], output_names=["prob"], opset_version=17,
+                      dynamo=False, dynamic_axes={"image": {0: "n", 2: "x", 3: "y", 4: "z"},
+                                                  "prob": {0: "n", 2: "x", 3: "y", 4: "z"}})
+    sampler = pair_sampler({**config, "patch": 64}, seed=424242)
+    x = np.stack([sampler.sample()[0] for _ in range(2)]).astype(np.float32)
+    check = parity(model, tmp, x)
+    print(check, flush=True)
+    if check["max_abs_prob_diff"] > 1e-3 or check["mask_dice"] < 0.999:
+        tmp.unlink()
+        print("parity check failed: model not exported", file=sys.stderr)
+        return 1
+    tmp.replace(out_dir / "model.onnx")
+    shutil.copyfile(args.run / args.weights, out_dir / "weights.npz")
+    digest = sha256_file(out_dir / "model.onnx")
+    card_path = out_dir / "model.json"
+    old = read_json(card_path) if card_path.exists() else {}
+    card = {
+        "name": NAME, "version": args.version, "sha256": digest,
+        "task": "MS lesion change between two visits (new or enlarging, shrinking or "
+                "disappearing lesion tissue), research use only",
+        "architecture": describe(net),
+        "input": {"name": "image", "layout": "NCXYZ (x, y, z in RAS+ voxel order)",
+                  "channels": list(CHANNELS), "patch_size": [64, 64, 64], "multiple_of": 8,
+                  "dtype": "float32"},
+        "output": {"name": "prob", "layout": "N2XYZ",
+                   "meaning": "per-voxel sigmoid probabilities: channel 0 lesion tissue that "
+                              "appeared or grew (change_mask 1), channel 1 lesion tissue that "
+                              "shrank or vanished (change_mask 2)"},
+        "label_map": {"0": "no change", "1": "new or enlarging lesion tissue",
+                      "2": "shrinking or disappearing lesion tissue"},
+        "threshold": 0.5,
+        "preprocessing": {"spacing_mm": 1.0, "orientation": "the follow-up's RAS+ 1 mm "
+                                                            "working grid",
+                          "registration": "baseline rigidly registered to the follow-up "
+                                          "(ms_core.longitudinal.register_visits), linear",
+                          "intensity_reference": "white_matter",
+                          "normalisation": "each visit divided by its white-matter level (peak "
+                                           "of its histogram inside the registered MNI "
+                                           "white-matter prior); zero outside the follow-up "
+                                           "brain"},
+        "training": {"command": config.get("command"), "seed": config.get("seed"),
+                     "steps": config.get("steps"), "patch": config.get("patch"),
+                     "git_commit_at_launch": config.get("git_commit"),
+                     "torch": config.get("torch"), "norm": net.norm,
+                     "data": "synthetic visit pairs (training/change/synth_pairs.py) made from "
+                             "MNI152 tissue maps and 27 real consensus lesion masks of "
+                             "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded; "
+                             "patient12's longitudinal pair is validation only",
+                     "recipe": {k: config.get(k) for k in (
+                         "no_change_fraction", "protocol_change_fraction",
+                         "new_lesion_fraction", "registration_error", "lesion_fraction",
+                         "lesion_contrast", "lesion_gm_floor", "contrast_power",
+                         "gm_contrast")},
+                     **{k: metrics.get(k) for k in ("best_synthetic_val_dice_mean",
+                                                    "val_dice_after_calibration",
+                                                    "bn_calibration_pairs", "train_seconds")}},
+        "export": {"opset": 17, "onnxruntime": ort.__version__, "parity": check},
+        "evaluation": old.get("evaluation", {}),
+    }
+    write_json(card_path, card)
+    register_model(args.models_dir, NAME, {"onnx": f"{NAME}/model.onnx",
+                                            "card": f"{NAME}/model.json", "sha256": digest})
+    print(f"exported {out_dir / 'model.onnx'} sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
