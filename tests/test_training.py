@@ -441,3 +441,54 @@ def test_platt_scaling_finds_the_scale_and_shift_that_made_the_labels() -> None:
     target = (torch.rand(logits.shape, generator=gen) < torch.sigmoid(0.5 * logits - 1.0)).float()
     scale, shift = fit_platt(logits, target)
     assert scale == pytest.approx(0.5, abs=0.03) and shift == pytest.approx(-1.0, abs=0.05)
+
+
+def test_change_network_trains_exports_and_runs_in_the_track_pipeline(tmp_path: Path) -> None:
+    """A few steps of training.change on real lesion masks, the ONNX export (parity-checked,
+    card, manifest, sha256) and the exported model's probabilities through ms_core."""
+    from ms_core.inference import load_onnx_model
+    from ms_core.models import load_model_card, verify_model
+    from training.change import export, train
+    from training.seg.train import DEFAULT_MNI
+
+    if not DEFAULT_MNI.is_dir():
+        pytest.skip("../shared/data/open_ms_data is not here")
+    run = tmp_path / "run"
+    assert train.main(["--out", str(run), "--steps", "4", "--batch", "2", "--patch", "16",
+                       "--widths", "4,8", "--val-every", "2", "--val-pairs", "2",
+                       "--bn-calibration", "4", "--seed", "3"]) == 0
+    log = [line for line in (run / "train_log.jsonl").read_text().splitlines() if line]
+    assert len(log) == 4 and (run / "weights_best.npz").exists()
+    models = tmp_path / "models"
+    assert export.main(["--run", str(run), "--models-dir", str(models),
+                        "--version", "0.0.1"]) == 0
+    verified = verify_model("lesion_change", models)  # sha256 in manifest and card agree
+    card = load_model_card("lesion_change", models)
+    assert card.channels[0].startswith("FLAIR follow-up") and len(card.channels) == 3
+    assert card.intensity_reference == "white_matter"
+    assert verified.card["training"]["command"].startswith("python -m training.change.train")
+    model = load_onnx_model(card, "cpu")
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (1, 3, 16, 16, 16)).astype(np.float32)
+    p = model.predict(x)
+    assert p.shape == (1, 2, 16, 16, 16) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_change_loss_falls_when_the_network_learns_a_fixed_batch() -> None:
+    from training.change.train import change_loss
+
+    torch.manual_seed(0)
+    net = UNet3D(3, (4, 8), norm="batch", out_channels=2)
+    x = torch.randn(2, 3, 16, 16, 16)
+    y = torch.zeros(2, 2, 16, 16, 16)
+    y[:, 0, 4:8, 4:8, 4:8] = 1.0
+    y[:, 1, 10:13, 10:13, 10:13] = 1.0
+    x[:, 2] += 2.0 * (y[:, 0] - y[:, 1])  # the difference channel shows both changes
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = change_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
