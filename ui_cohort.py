@@ -332,6 +332,16 @@ KEY_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("Dice, demo first visits", "evaluation.demo_first_visits_mean.network_flair.dice"),
         ("Best synthetic validation Dice", "training.best_synthetic_val_dice"),
     ),
+    "lesion_change": (
+        ("Lesion F1 of change, patient12 (real pair)", "evaluation.patient12.any_change.f1"),
+        ("Dice of change, patient12", "evaluation.patient12.any_change.dice"),
+        ("New-lesion F1, demo pairs", "evaluation.demo.new_lesion_f1"),
+        ("New-lesion F1, 2D protocol-change pairs", "evaluation.protocol_change.new_lesion_f1"),
+        ("False new lesions per no-change interval",
+         "evaluation.no_change.false_new_per_interval"),
+        ("Best synthetic validation Dice (both channels)",
+         "training.best_synthetic_val_dice_mean"),
+    ),
     "prognosis": (
         ("Held-out AUC", "metrics.test.auc"),
         ("Held-out AUC 95 % CI", "metrics.test.auc_ci95"),

@@ -45,8 +45,10 @@ from ms_core.measurements import (
 )
 from ms_core.models import volume_ratio_range
 from ms_core.segment import segment_visit, segmentation_status
+from ms_core.settings import study_roots
 from ms_core.study import (
     Study,
+    confine_study,
     derivatives_dir,
     image_path,
     lesion_overlay_path,
@@ -205,8 +207,11 @@ def cached_study(root: str | Path) -> Study:
     Raises
     ------
     StudyError
-        when ``root`` is not a study folder.
+        when ``root`` is not a study folder, or lies outside the study roots
+        (``MS_DASH_STUDY_ROOTS``, default: the study the app starts with; checked on every call,
+        before the cache).
     """
+    confine_study(root, study_roots(Path(default_study_root())))
     path = Path(root).expanduser()
     signature = hash(_tree_signature(path)) if path.is_dir() else 0
     return _load_study(str(path), signature)

@@ -47,6 +47,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ from ms_core.longitudinal import (  # noqa: E402
     detect_changes,
     prepare_pair,
 )
-from ms_core.models import load_model_card  # noqa: E402
+from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.preprocess import Grid  # noqa: E402
 from ms_core.segment import SegmentParams  # noqa: E402
 from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
@@ -297,46 +298,67 @@ def synthetic_pairs(root: Path, methods: list[str], model: Any, limit: int,
             res = _detect(maps, base, follow, method)
             no_change[method].append(int((res.table.status == "new").sum()))
             print("no-change", method, pid, ses, no_change[method][-1], flush=True)
-    protocol: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for i, (pid, prev, cur) in enumerate(intervals):
-        base = reacquire_2d(load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR"), 2000 + i)
-        follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
-        t0 = time.perf_counter()
-        maps = cached_maps(cache, f"{root.resolve()} {pid} {prev} {cur} 2d", base, follow,
-                           model)
-        prep = time.perf_counter() - t0 if cache is None else sum(maps.seconds.values())
-        for method in methods:
-            t1 = time.perf_counter()
-            res = _detect(maps, base, follow, method)
-            row = _score_demo(root, pid, prev, cur, res, prep + time.perf_counter() - t1)
-            protocol[method].append(row)
-            print("protocol-change", method, json.dumps(row), flush=True)
+    protocol = _scored_pairs(root, intervals, methods, model, cache, "protocol-change",
+                             reacquire_2d, " 2d")
     return {m: {"no_change": {"n_pairs": len(no_change[m]),
                               "false_new_per_interval": float(np.mean(no_change[m]))
                               if no_change[m] else None, "false_new": no_change[m]},
                 "protocol_change": _summary(protocol[m])} for m in methods}
 
 
-def demo_pairs(root: Path, methods: list[str], model: Any, limit: int,
-               cache: Path | None = None) -> dict[str, Any]:
-    """Consecutive visit pairs of the demo study, each method scored against the truth."""
-    study = load_study(root)
+def _scored_pairs(root: Path, intervals: list[tuple[str, str, str]], methods: list[str],
+                  model: Any, cache: Path | None, label: str,
+                  make_base: Callable[[Volume, int], Volume] | None = None,
+                  key_suffix: str = "") -> dict[str, list[dict[str, Any]]]:
+    """Each demo interval tracked by every method and scored against the truth; with
+    ``make_base`` the baseline is first re-made by it (seeded by the interval's index)."""
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    pairs = [(pid, a.session_id, b.session_id) for pid, visits in study.visits.items()
-             for a, b in itertools.pairwise(visits)][:limit]
-    for pid, prev, cur in pairs:
+    for i, (pid, prev, cur) in enumerate(intervals):
         base = load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR")
+        if make_base is not None:
+            base = make_base(base, 2000 + i)
         follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
         t0 = time.perf_counter()
-        maps = cached_maps(cache, f"{root.resolve()} {pid} {prev} {cur}", base, follow, model)
+        maps = cached_maps(cache, f"{root.resolve()} {pid} {prev} {cur}{key_suffix}", base,
+                           follow, model)
         prep = time.perf_counter() - t0 if cache is None else sum(maps.seconds.values())
         for method in methods:
             t1 = time.perf_counter()
             res = _detect(maps, base, follow, method)
             row = _score_demo(root, pid, prev, cur, res, prep + time.perf_counter() - t1)
             rows[method].append(row)
-            print(method, json.dumps(row), flush=True)
+            print(label, method, json.dumps(row), flush=True)
+    return rows
+
+
+def demo_pairs(root: Path, methods: list[str], model: Any, limit: int,
+               cache: Path | None = None) -> dict[str, Any]:
+    """Consecutive visit pairs of the demo study, each method scored against the truth."""
+    study = load_study(root)
+    intervals = [(pid, a.session_id, b.session_id) for pid, visits in study.visits.items()
+                 for a, b in itertools.pairwise(visits)][:limit]
+    rows = _scored_pairs(root, intervals, methods, model, cache, "demo")
     return {m: _summary(r) for m, r in rows.items()}
+
+
+def write_card_evaluation(models_dir: Path, results: dict[str, Any]) -> None:
+    """The ``network`` method's figures as ``evaluation`` of the ``lesion_change`` card (the
+    card is not hashed: its ONNX file's sha256 stays as it is)."""
+    card_path = Path(models_dir) / CHANGE_MODEL / "model.json"
+    card = read_json(card_path)
+    net = "network"
+    brief = {k: v for k, v in results.get("demo", {}).get(net, {}).items() if k != "pairs"}
+    synthetic = results.get("synthetic", {}).get(net, {})
+    card["evaluation"] = {
+        "command": "python bench/track_eval.py " + " ".join(sys.argv[1:]),
+        "commit": results["machine"]["commit"], "machine": results["machine"],
+        "patient12": results.get("patient12", {}).get(net),
+        "demo": brief or None,
+        "protocol_change": {k: v for k, v in synthetic.get("protocol_change", {}).items()
+                            if k != "pairs"} or None,
+        "no_change": synthetic.get("no_change"),
+    }
+    write_json(card_path, card)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the shipped one)")
     ap.add_argument("--synthetic-pairs", type=int, default=0,
                     help="no-change and protocol-change pairs made from the demo (see above)")
+    ap.add_argument("--write-card", action="store_true",
+                    help="store the 'network' method's figures as the evaluation of the change "
+                         "network's card (the --change-models-dir one, else the shipped one)")
     args = ap.parse_args(argv)
     if args.change_models_dir is not None:
         CHANGE_NET["model"] = load_onnx_model(
@@ -377,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "commit": commit}
     write_json(REPO / "bench" / "results" / "track_eval.json", results)
+    if args.write_card and "network" in args.methods:
+        write_card_evaluation(args.change_models_dir or MODELS_DIR, results)
     print(json.dumps(results, indent=1, default=str))
     return 0
 

@@ -368,6 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "study", None) is not None:  # MS_DASH_STUDY_ROOTS, when set
+            from ms_core.settings import study_roots
+            from ms_core.study import confine_study
+
+            confine_study(args.study, study_roots())
         return int(args.func(args))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -51,6 +51,7 @@ __all__ = [
     "atomic_write_text",
     "cached_arrays",
     "from_sitk",
+    "header_warnings",
     "load_lesion_mask",
     "load_volume",
     "nifti_bytes",
@@ -274,6 +275,10 @@ def read_nifti_header(path: Path | str, *, volume: int | None = None) -> nib.Nif
                              "voxels; set MS_DASH_MAX_VOXELS to accept larger images"))
     if affine_raw is None:
         raise NiftiError(p, "bad orientation matrix: the header defines none")
+    raw = _raw_header(p, img)
+    if int(raw["sform_code"]) == 0 and _broken_pixdim(raw):
+        raise NiftiError(p, (f"pixdim[1:4] is {_pixdim_text(raw)} (zero or NaN) and there is no "
+                             "sform (sform_code 0): the voxel size is unknown"))
     try:
         affine = check_affine(affine_raw)
     except ValueError as e:
@@ -352,6 +357,74 @@ def _check_not_constant(p: Path, data: np.ndarray) -> None:
         raise NiftiError(p, f"image is {what}; expected an MR image with contrast")
 
 
+#: How far (mm at the image's corners, or degrees) the qform may stray from the sform before
+#: :func:`header_warnings` reports it.
+QFORM_SFORM_MM, QFORM_SFORM_DEG = 1.0, 1.0
+
+
+def _raw_header(p: Path, img: nib.Nifti1Image) -> Any:
+    """The header as stored in the file: nibabel repairs ``sizeof_hdr`` and zero pixdims when
+    it loads one, which would hide the contradictions :func:`header_warnings` reports."""
+    try:
+        with nib.openers.ImageOpener(str(p)) as fobj:
+            return type(img.header).from_fileobj(fobj, check=False)
+    except _READ_ERRORS as e:
+        raise NiftiError(p, f"cannot read NIfTI header ({e})") from e
+
+
+def _broken_pixdim(raw: Any) -> bool:
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    return bool(np.any(~np.isfinite(pixdim)) or np.any(pixdim == 0))
+
+
+def _pixdim_text(raw: Any) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in raw["pixdim"][1:4]) + "]"
+
+
+def header_warnings(path: Path | str) -> list[str]:
+    """Contradictions in a NIfTI header that loading resolves by trusting the sform.
+
+    - ``sizeof_hdr`` other than 348 (NIfTI-1) or 540 (NIfTI-2): the header was recognised by
+      its magic string;
+    - ``pixdim[1:4]`` zero or NaN beside a valid sform: voxel sizes come from the sform (an
+      image with such pixdims and no sform is refused by :func:`read_nifti_header`);
+    - qform and sform both set but more than :data:`QFORM_SFORM_MM` mm apart at the image's
+      corners or :data:`QFORM_SFORM_DEG` degrees apart in orientation: the sform is used.
+
+    Each message names the file and the field. [] when the header is consistent.
+    """
+    p = Path(path)
+    return _header_warnings(p, read_nifti_header(p))
+
+
+def _header_warnings(p: Path, img: nib.Nifti1Image) -> list[str]:
+    raw = _raw_header(p, img)
+    out: list[str] = []
+    expected = 540 if isinstance(img, nib.Nifti2Image) else 348
+    if int(raw["sizeof_hdr"]) != expected:
+        out.append(f"{p}: sizeof_hdr is {int(raw['sizeof_hdr'])}, not {expected}; the header was "
+                   f"read as NIfTI-{1 if expected == 348 else 2} from its magic string")
+    sform_set, qform_set = int(raw["sform_code"]) > 0, int(raw["qform_code"]) > 0
+    if sform_set and _broken_pixdim(raw):
+        sizes = ", ".join(f"{v:.3g}" for v in affine_spacing(raw.get_sform()))
+        out.append(f"{p}: pixdim[1:4] is {_pixdim_text(raw)} (zero or NaN); voxel sizes taken "
+                   f"from the sform ({sizes} mm)")
+    elif sform_set and qform_set:
+        sform, qform = raw.get_sform(), raw.get_qform()
+        shape = np.asarray(img.shape[:3], dtype=np.float64) - 1
+        corners = np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1])
+                            for k in (0, shape[2])]).T
+        mm = float(np.linalg.norm((sform @ corners - qform @ corners)[:3], axis=0).max())
+        rot_s = sform[:3, :3] / affine_spacing(sform)
+        rot_q = qform[:3, :3] / affine_spacing(qform)
+        cos = np.clip((np.trace(rot_s.T @ rot_q) - 1.0) / 2.0, -1.0, 1.0)
+        deg = float(np.degrees(np.arccos(cos)))
+        if mm > QFORM_SFORM_MM or deg > QFORM_SFORM_DEG:
+            out.append(f"{p}: qform and sform disagree by up to {mm:.1f} mm at the image "
+                       f"corners and {deg:.1f} degrees; the sform is used")
+    return out
+
+
 def load_volume(path: Path | str, modality: str, *, canonical: bool = False,
                 volume: int | None = None, allow_constant: bool | None = None) -> Volume:
     """Load a scalar 3D image as a :class:`Volume` (float32).
@@ -379,6 +452,9 @@ def load_volume(path: Path | str, modality: str, *, canonical: bool = False,
         contains NaN/Inf (also after scaling by ``scl_slope``/``scl_inter``), or it is constant
         where that is refused. NaN/Inf are never cleaned silently: a scanner or converter that
         writes them has a problem the user should see.
+
+    A scan (``modality`` in ``FLAIR``, ``T1w``, ``T2w``) whose header contradicts itself is
+    loaded from its sform with a logged warning (:func:`header_warnings`).
     """
     p = Path(path)
     img = read_nifti_header(p, volume=volume)
@@ -390,6 +466,9 @@ def load_volume(path: Path | str, modality: str, *, canonical: bool = False,
                              "fix the converter or mask them before loading"))
     if allow_constant is False or (allow_constant is None and modality in MODALITIES):
         _check_not_constant(p, data)
+    if modality in MODALITIES:  # scans; derived maps are written by us
+        for warning in _header_warnings(p, img):
+            log.warning("%s", warning)
     affine = check_affine(img.affine)
     if canonical:
         ornt = nib.orientations.io_orientation(affine)

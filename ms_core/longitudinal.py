@@ -59,7 +59,14 @@ from ms_core.atrophy import lesions_on_grid, pair_atrophy
 from ms_core.domain import Visit, Volume, affine_spacing, voxel_volume_ml
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.io import atomic_write_text, load_volume, read_json, save_labels, write_json
+from ms_core.io import (
+    atomic_write_text,
+    header_warnings,
+    load_volume,
+    read_json,
+    save_labels,
+    write_json,
+)
 from ms_core.lesions import label_components
 from ms_core.locks import folder_lock
 from ms_core.models import load_model_card, sha256_file
@@ -734,7 +741,9 @@ def write_track_outputs(out_dir: Path, result: TrackResult, params: TrackParams,
         "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
         "registration": {"followup_to_baseline_ras_mm": result.registration.followup_to_baseline,
                          "ncc": result.registration.ncc},
-        "qc": result.qc, "status_counts": {str(k): int(v) for k, v in counts.items()},
+        "qc": {**result.qc,
+               "header_warnings": [w for p in inputs.values() for w in header_warnings(p)]},
+        "status_counts": {str(k): int(v) for k, v in counts.items()},
         "seconds": result.seconds, **(extra or {}),
     })
 

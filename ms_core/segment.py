@@ -33,6 +33,7 @@ from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
 from ms_core.io import (
     atomic_write_text,
+    header_warnings,
     load_volume,
     read_json,
     remove_stale_temp_files,
@@ -410,6 +411,7 @@ def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentPara
             "n_lesions": len(result.table),
             "lesion_volume_ml": float(result.table.volume_ml.sum()),
             "seconds": seconds,
+            "qc": {"header_warnings": [w for p in inputs.values() for w in header_warnings(p)]},
         })
 
 

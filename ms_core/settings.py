@@ -14,12 +14,17 @@ variable                    default    meaning
 ``MS_DASH_MAX_VOXELS``      512**3     largest image accepted, in voxels per 3D volume
 ``MS_DASH_MAX_FILE_MB``     2048       largest NIfTI file accepted, in MiB (compressed or not)
 ``MS_DASH_LOCK_TIMEOUT_S``  900        seconds a run waits for another run on the same visit
+``MS_DASH_STUDY_ROOTS``     see below  folders (separated by ``:``, ``;`` on Windows) that every
+                                       study the app opens or imports into must lie in, after
+                                       ``..`` and symbolic links are resolved
 ``MS_DASH_CACHE_DIR``       see below  folder for maps derived from the MNI152 template (about
                                        220 MB, rebuilt when the code or library versions change);
                                        ``off`` derives them in memory in every process
 ==========================  =========  ==========================================================
 
-The cache folder defaults to ``$XDG_CACHE_HOME/ms-dash``, else ``~/.cache/ms-dash``.
+The cache folder defaults to ``$XDG_CACHE_HOME/ms-dash``, else ``~/.cache/ms-dash``. The study
+roots default, in the app, to the study it starts with (``$MS_DASH_STUDY`` or the demo); the CLI
+confines its study arguments only when ``MS_DASH_STUDY_ROOTS`` is set.
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ __all__ = [
     "MAX_VOXELS_ENV",
     "READ_ONLY_ENV",
     "REQUIRE_LOGIN_ENV",
+    "STUDY_ROOTS_ENV",
     "cache_dir",
     "lock_timeout_s",
     "max_file_bytes",
     "max_voxels",
     "read_only",
     "require_login",
+    "study_roots",
 ]
 
 READ_ONLY_ENV = "MS_DASH_READ_ONLY"
@@ -53,6 +60,7 @@ MAX_VOXELS_ENV = "MS_DASH_MAX_VOXELS"
 MAX_FILE_MB_ENV = "MS_DASH_MAX_FILE_MB"
 LOCK_TIMEOUT_ENV = "MS_DASH_LOCK_TIMEOUT_S"
 CACHE_DIR_ENV = "MS_DASH_CACHE_DIR"
+STUDY_ROOTS_ENV = "MS_DASH_STUDY_ROOTS"
 
 #: 512^3 voxels: 512 MiB as float32, far above any clinical brain MRI (about 256^3 at most).
 DEFAULT_MAX_VOXELS = 512**3
@@ -81,6 +89,16 @@ def read_only() -> bool:
     analyse, save report, import); reading and downloads stay available. Unset or empty is off.
     """
     return _switch(READ_ONLY_ENV)
+
+
+def study_roots(default: Path | None = None) -> tuple[Path, ...] | None:
+    """The folders studies must lie in (``MS_DASH_STUDY_ROOTS``), resolved; ``(default,)`` when
+    the variable is unset or empty, None when it is and there is no ``default`` (no limit)."""
+    raw = os.environ.get(STUDY_ROOTS_ENV, "")
+    folders = [Path(part.strip()).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    if not folders:
+        return None if default is None else (Path(default).expanduser().resolve(),)
+    return tuple(folder.resolve() for folder in folders)
 
 
 def require_login() -> bool:

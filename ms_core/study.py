@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ __all__ = [
     "SESSION_COLUMNS",
     "Study",
     "StudyIssue",
+    "confine_study",
     "derivatives_dir",
     "image_path",
     "lesion_overlay_path",
@@ -321,6 +323,29 @@ def _load_visits(root: Path, pid: str, issues: list[StudyIssue],
             images=_visit_images(root, pid, sid, issues, check_images),
         )
     return tuple(sorted(visits.values(), key=lambda v: (v.acq_date, v.session_id)))
+
+
+def confine_study(path: Path | str, roots: Sequence[Path] | None) -> Path:
+    """``path`` with ``..`` and symbolic links resolved, when it lies in one of ``roots`` (or
+    is one); ``roots`` None: no limit.
+
+    The test compares whole path components, so ``/data/studies-old`` is not inside
+    ``/data/studies``; a symbolic link inside a root that points out of it is outside.
+
+    Raises
+    ------
+    StudyError
+        naming ``path`` and the allowed folders.
+    """
+    resolved = Path(path).expanduser().resolve()
+    if roots is None:
+        return resolved
+    for root in roots:
+        if resolved.is_relative_to(Path(root).resolve()):
+            return resolved
+    allowed = ", ".join(str(r) for r in roots)
+    raise StudyError(Path(path), f"outside the allowed study folders ({allowed}; set "
+                                 f"MS_DASH_STUDY_ROOTS to change them)")
 
 
 def load_study(root: Path | str, *, check_images: bool = True) -> Study:

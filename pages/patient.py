@@ -84,6 +84,8 @@ else:
                       "scans (model card)." if span else None)
     if span is not None:
         v_col.caption(f"plausible {span[0]:.1f}–{span[1]:.1f} ml")
+    for warning in (prov.get("qc") or {}).get("header_warnings", []):
+        st.warning(f"Image header QC: {warning}.")
     stored_t = prov["parameters"]["threshold"]
     stored_m = prov["parameters"].get("min_lesion_mm3", 0.0)
     shown_at = ((viewer.preview.threshold, viewer.preview.min_lesion_mm3)

@@ -8,6 +8,7 @@ a ``component_instance`` element whose arguments are checked instead.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -132,6 +133,7 @@ def test_another_study_gets_its_own_patient_labels(small_study: Path, tmp_path: 
     for row in rows[1:]:
         row[arm] = "open-label extension"
     tsv.write_text("\n".join("\t".join(r) for r in rows) + "\n")
+    monkeypatch.setenv("MS_DASH_STUDY_ROOTS", os.pathsep.join([str(small_study), str(other)]))
     at = _app(small_study, monkeypatch)
     first = at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).options[0]
     assert "open-label extension" not in first
@@ -140,6 +142,21 @@ def test_another_study_gets_its_own_patient_labels(small_study: Path, tmp_path: 
     picker = at.sidebar.selectbox(key=state_keys.patient_picker(str(other)))
     assert picker.options[0].startswith("sub-01 · open-label extension")
     assert picker.value == at.session_state[state_keys.PARTICIPANT] == "sub-01"
+
+
+def test_a_study_outside_the_study_roots_is_not_opened(small_study: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Default roots: the study the app started with. A copy beside it, reached directly or
+    # through "..", or through a symbolic link inside it, is refused with a message.
+    other = tmp_path / "other"
+    shutil.copytree(small_study, other)
+    monkeypatch.delenv("MS_DASH_STUDY_ROOTS", raising=False)
+    at = _app(small_study, monkeypatch)
+    for attempt in (other, small_study / ".." / other.name):
+        at.sidebar.text_input(key=state_keys.STUDY_ROOT).set_value(str(attempt)).run()
+        assert not at.exception
+        assert "outside the allowed study folders" in at.error[0].value
+        assert not at.sidebar.selectbox  # no patient of the other study is listed
 
 
 def test_timeline_page_draws_edss_and_volume_charts(small_study: Path,

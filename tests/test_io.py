@@ -443,3 +443,66 @@ def test_cached_arrays_survive_a_corrupt_file_and_an_unwritable_folder(
     monkeypatch.setenv("MS_DASH_CACHE_DIR", str(cache))
     io.cached_arrays("maps", None, ("m",), _counting_builder(calls))
     assert len(calls) == 4
+
+
+# --------------------------------------------------------------- header contradictions
+def _head_file(path: Path, *, pixdim: tuple[float, float, float] | None = None,
+               sizeof_hdr: int | None = None, sform_code: int = 1,
+               qform_shift_mm: float = 0.0) -> Path:
+    """A 12^3 FLAIR-like image, sform 2 mm with an origin, then its raw header bytes patched
+    (nibabel repairs these fields when it writes): pixdim[1:4] (bytes 80-91), sizeof_hdr
+    (0-3), sform_code (254-255) and the qform's x offset (qoffset_x, bytes 268-271)."""
+    rng = np.random.default_rng(0)
+    data = rng.uniform(10.0, 20.0, (12, 12, 12)).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-11.0, -12.0, -13.0]
+    img = nib.Nifti1Image(data, aff)
+    img.set_sform(aff, code=1)
+    img.set_qform(aff, code=1)
+    raw = bytearray(img.to_bytes())
+    if pixdim is not None:
+        raw[80:92] = struct.pack("<3f", *pixdim)
+    if sizeof_hdr is not None:
+        raw[0:4] = struct.pack("<i", sizeof_hdr)
+    raw[254:256] = struct.pack("<h", sform_code)
+    if qform_shift_mm:
+        raw[268:272] = struct.pack("<f", -11.0 + qform_shift_mm)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_consistent_header_gives_no_warning(tmp_path: Path) -> None:
+    assert io.header_warnings(_head_file(tmp_path / "ok.nii")) == []
+    assert io.header_warnings(_head_file(tmp_path / "near.nii", qform_shift_mm=0.5)) == []
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 2.0, 2.0), (2.0, float("nan"), 2.0)])
+def test_broken_pixdim_beside_a_valid_sform_is_read_from_the_sform_with_a_warning(
+        tmp_path: Path, pixdim: tuple[float, float, float],
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = _head_file(tmp_path / "pix.nii", pixdim=pixdim)
+    warnings = io.header_warnings(path)
+    assert len(warnings) == 1 and str(path) in warnings[0] and "pixdim[1:4]" in warnings[0]
+    assert "from the sform (2, 2, 2 mm)" in warnings[0]
+    with caplog.at_level("WARNING", logger="ms_core.io"):
+        vol = io.load_volume(path, "FLAIR")
+    assert vol.spacing_mm == (2.0, 2.0, 2.0) and np.allclose(vol.affine[:3, 3], [-11, -12, -13])
+    assert any("pixdim[1:4]" in r.getMessage() for r in caplog.records)
+
+
+def test_broken_pixdim_without_an_sform_is_refused(tmp_path: Path) -> None:
+    path = _head_file(tmp_path / "nogeom.nii", pixdim=(0.0, 0.0, 2.0), sform_code=0)
+    with pytest.raises(NiftiError, match=r"pixdim\[1:4\] is \[0, 0, 2\].*no sform") as e:
+        io.load_volume(path, "FLAIR")
+    assert str(path) in str(e.value)
+
+
+def test_wrong_sizeof_hdr_and_disagreeing_qform_are_reported(tmp_path: Path) -> None:
+    odd = _head_file(tmp_path / "size.nii", sizeof_hdr=400)
+    (warning,) = io.header_warnings(odd)
+    assert "sizeof_hdr is 400, not 348" in warning and str(odd) in warning
+    assert io.load_volume(odd, "FLAIR").spacing_mm == (2.0, 2.0, 2.0)
+    apart = _head_file(tmp_path / "qform.nii", qform_shift_mm=5.0)
+    (warning,) = io.header_warnings(apart)
+    assert "qform and sform disagree by up to 5.0 mm" in warning and "sform is used" in warning
+    assert np.allclose(io.load_volume(apart, "FLAIR").affine[:3, 3], [-11, -12, -13])

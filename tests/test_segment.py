@@ -129,6 +129,7 @@ def test_baseline_cli_writes_the_contract_files(small_study: Path, tmp_path: Pat
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["method"] == "baseline" and prov["model"] is None
     assert prov["inputs"]["flair"]["sha256"] and "inference" in prov["seconds"]
+    assert prov["qc"] == {"header_warnings": []}  # the header agrees with itself
     truth = load_lesion_mask(truth_dir(small_study, "sub-02", "ses-02") / "lesion_labels.nii.gz")
     assert dice(np.asanyarray(mask.dataobj), truth.labels) > 0.5
 

@@ -171,3 +171,53 @@ def test_parse_edss_valid(text: str, expected: float | None) -> None:
 def test_parse_edss_invalid(text: str) -> None:
     with pytest.raises(ValueError, match="EDSS"):
         parse_edss(text)
+
+
+# ------------------------------------------------------------------ study roots (issue 34)
+def test_confine_study_refuses_every_way_out_of_the_roots(tmp_path: Path) -> None:
+    from ms_core.study import confine_study
+
+    root = tmp_path / "studies"
+    (root / "trial-a" / "sub-01").mkdir(parents=True)
+    outside = tmp_path / "private"
+    outside.mkdir()
+    sibling = tmp_path / "studies-old"  # shares the root's name as a prefix
+    sibling.mkdir()
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    (root / "alias").symlink_to(root / "trial-a", target_is_directory=True)
+    roots = (root,)
+    assert confine_study(root / "trial-a", roots) == (root / "trial-a").resolve()
+    assert confine_study(root, roots) == root.resolve()
+    assert confine_study(root / "alias", roots) == (root / "trial-a").resolve()  # stays inside
+    assert confine_study(root / "x" / ".." / "trial-a", roots) == (root / "trial-a").resolve()
+    for attempt in (root / ".." / "private", root / "trial-a" / ".." / ".." / "private",
+                    outside, Path("/etc"), sibling, root / "escape", root / "escape" / "x",
+                    tmp_path):
+        with pytest.raises(StudyError, match="outside the allowed study folders") as e:
+            confine_study(attempt, roots)
+        assert str(attempt) in str(e.value)
+    assert confine_study(outside, None) == outside.resolve()  # no roots: no limit
+
+
+def test_study_roots_come_from_the_environment_or_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ms_core.settings import study_roots
+
+    monkeypatch.delenv("MS_DASH_STUDY_ROOTS", raising=False)
+    assert study_roots() is None
+    assert study_roots(tmp_path / "demo") == ((tmp_path / "demo").resolve(),)
+    monkeypatch.setenv("MS_DASH_STUDY_ROOTS",
+                       os.pathsep.join([str(tmp_path / "a"), "", str(tmp_path / "b" / ".." / "c")]))
+    assert study_roots(tmp_path / "demo") == ((tmp_path / "a").resolve(),
+                                              (tmp_path / "c").resolve())
+
+
+def test_cli_refuses_a_study_outside_the_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from ms_core.cli import main
+
+    monkeypatch.setenv("MS_DASH_STUDY_ROOTS", str(tmp_path / "allowed"))
+    assert main(["validate", str(tmp_path / "allowed" / ".." / "other")]) == 2
+    assert "outside the allowed study folders" in capsys.readouterr().err

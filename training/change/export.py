@@ -12,7 +12,6 @@ fresh synthetic pairs (max |delta p| <= 1e-3, Dice >= 0.999 of the thresholded m
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import onnxruntime as ort
 import torch
 
 from ms_core.io import read_json, write_json
-from ms_core.models import MODELS_DIR, register_model, sha256_file
+from ms_core.models import MODELS_DIR, register_model
 from training.change.train import pair_sampler
-from training.seg.export import _WithSigmoid, parity
+from training.seg.export import _WithSigmoid, install_checked
 from training.seg.model import UNet3D, describe
 from training.seg.train import load_weights
 
@@ -57,15 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   "prob": {0: "n", 2: "x", 3: "y", 4: "z"}})
     sampler = pair_sampler({**config, "patch": 64}, seed=424242)
     x = np.stack([sampler.sample()[0] for _ in range(2)]).astype(np.float32)
-    check = parity(model, tmp, x)
-    print(check, flush=True)
-    if check["max_abs_prob_diff"] > 1e-3 or check["mask_dice"] < 0.999:
-        tmp.unlink()
-        print("parity check failed: model not exported", file=sys.stderr)
+    installed = install_checked(model, tmp, x, args.run / args.weights)
+    if installed is None:
         return 1
-    tmp.replace(out_dir / "model.onnx")
-    shutil.copyfile(args.run / args.weights, out_dir / "weights.npz")
-    digest = sha256_file(out_dir / "model.onnx")
+    digest, check = installed
     card_path = out_dir / "model.json"
     old = read_json(card_path) if card_path.exists() else {}
     card = {

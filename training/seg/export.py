@@ -59,6 +59,26 @@ def parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> dict[str, 
             "mask_dice": dice(p_torch >= 0.5, p_onnx >= 0.5)}
 
 
+def install_checked(reference: torch.nn.Module, tmp: Path, x: np.ndarray, weights: Path
+                    ) -> tuple[str, dict[str, float]] | None:
+    """Install an exported ``tmp`` (``<dir>/model.onnx.tmp``) as ``<dir>/model.onnx``, with
+    ``weights`` copied beside it as ``weights.npz``, when onnxruntime agrees with the torch
+    ``reference`` on ``x`` (max |delta p| <= 1e-3, Dice >= 0.999 of the thresholded maps).
+
+    Returns the model's sha256 and the parity figures; None (``tmp`` removed, the reason on
+    stderr) when they disagree.
+    """
+    check = parity(reference, tmp, x)
+    print(check, flush=True)
+    if check["max_abs_prob_diff"] > 1e-3 or check["mask_dice"] < 0.999:
+        tmp.unlink()
+        print("parity check failed: model not exported", file=sys.stderr)
+        return None
+    tmp.replace(tmp.with_name("model.onnx"))
+    shutil.copyfile(weights, tmp.with_name("weights.npz"))
+    return sha256_file(tmp.with_name("model.onnx")), check
+
+
 def _initialised_from(config: dict[str, object]) -> dict[str, object] | None:
     """Where a fine-tuning run's starting weights came from (``--init``), else ``None``.
 
@@ -141,15 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     bank = load_lesion_bank(Path(config.get("mni_dir", DEFAULT_MNI)), load_template())
     sampler = PatchSampler(bank, 96, seed=424242)
     x = np.stack([sampler.sample()[0] for _ in range(2)]).astype(np.float32)
-    check = parity(reference, tmp, x)
-    print(check, flush=True)
-    if check["max_abs_prob_diff"] > 1e-3 or check["mask_dice"] < 0.999:
-        tmp.unlink()
-        print("parity check failed: model not exported", file=sys.stderr)
+    installed = install_checked(reference, tmp, x, args.run / args.weights)
+    if installed is None:
         return 1
-    tmp.replace(out_dir / "model.onnx")
-    shutil.copyfile(args.run / args.weights, out_dir / "weights.npz")
-    digest = sha256_file(out_dir / "model.onnx")
+    digest, check = installed
     card_path = out_dir / "model.json"
     old = read_json(card_path) if card_path.exists() else {}
     white_matter = config.get("normalisation", "median") == "wm"
