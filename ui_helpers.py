@@ -12,6 +12,7 @@ The study itself is cached on a signature of every file under the study folder t
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import runpy
@@ -29,7 +30,7 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ms_core import batch, state_keys
+from ms_core import audit, batch, state_keys
 from ms_core.atrophy import pending_atrophy
 from ms_core.domain import Visit
 from ms_core.errors import InputError
@@ -103,6 +104,7 @@ __all__ = [
     "volume_figure",
 ]
 
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent
 #: Environment variable naming the study folder the sidebar starts with.
 STUDY_ENV = "MS_DASH_STUDY"
@@ -577,13 +579,52 @@ def segmentation_result(root: Path, visit: Visit) -> tuple[dict[str, Any], pd.Da
     return prov, pd.read_csv(table_path)
 
 
-def run_segmentation(root: Path, visit: Visit, progress: Progress) -> None:
+# ----------------------------------------------------------------------------- audit trail
+def audit_user() -> str:
+    """Who acts in this session: the signed-in identity (e-mail, else subject) or
+    ``local:<OS user>`` without sign-in. Call it in the page's script run (a background job
+    has no session), and pass the result to the job."""
+    try:
+        if st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("sub") or "signed-in user")
+    except (AttributeError, KeyError, RuntimeError):
+        pass
+    return audit.local_user()
+
+
+def audit_event(action: str, root: Path, participant_id: str | None = None,
+                session_id: str | None = None, detail: str = "",
+                user: str | None = None) -> None:
+    """Append to the audit trail (:mod:`ms_core.audit`); a log that cannot be written is
+    logged as an error and the action goes on (the trail records, it does not gate)."""
+    try:
+        audit.record(action, user=user or audit_user(), study=root,
+                     participant_id=participant_id, session_id=session_id, detail=detail)
+    except OSError as e:
+        log.error("audit record not written (%s %s %s): %s", action, participant_id,
+                  session_id, e)
+
+
+def audit_opened(root: Path, participant_id: str, session_id: str) -> None:
+    """Record that this session opened a visit, once per session and visit."""
+    seen = st.session_state.setdefault(state_keys.AUDIT_OPENED, set())
+    key = (str(root), participant_id, session_id)
+    if key not in seen:
+        seen.add(key)
+        audit_event("opened", root, participant_id, session_id)
+
+
+def run_segmentation(root: Path, visit: Visit, progress: Progress,
+                     user: str | None = None) -> None:
     """Segment the visit with the network unless its segmentation is current (a background
-    job's work: no Streamlit here; see :mod:`ui_jobs`)."""
+    job's work: no Streamlit here; see :mod:`ui_jobs`); recorded in the audit trail as
+    ``user`` (from :func:`audit_user`, taken in the page's run)."""
     if segmentation_status(root, visit) is None:  # a queued job may find it done meanwhile
         progress(0.0, "Reading the images and loading the model…")
         segment_visit(root, visit, progress=lambda f: progress(
             f, f"Segmenting lesions… {min(f, 1.0):.0%}"))
+        audit_event("segmented", root, visit.participant_id, visit.session_id,
+                    user=user or audit.local_user())
 
 
 def probability_overlay(root: Path, visit: Visit) -> bytes | None:
@@ -628,13 +669,18 @@ def tracking_result(root: Path, baseline: Visit, followup: Visit
     return prov, pd.read_csv(tracking_dir(root, baseline, followup) / "lesion_changes.csv")
 
 
-def run_tracking(root: Path, baseline: Visit, followup: Visit, progress: Progress) -> None:
+def run_tracking(root: Path, baseline: Visit, followup: Visit, progress: Progress,
+                 user: str | None = None) -> None:
     """Compare two visits (reusing stored segmentations) unless the comparison is current
-    (a background job's work: no Streamlit here; see :mod:`ui_jobs`)."""
+    (a background job's work: no Streamlit here; see :mod:`ui_jobs`); audited as
+    :func:`run_segmentation`."""
     if tracking_status(root, baseline, followup) is None:
         progress(0.0, "Reading the images…")
         track_visits(root, baseline, followup, progress=lambda f: progress(
             f, f"Comparing visits… {min(f, 1.0):.0%}"))
+        audit_event("compared", root, followup.participant_id, followup.session_id,
+                    f"{baseline.session_id} -> {followup.session_id}",
+                    user=user or audit.local_user())
 
 
 def change_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
@@ -720,10 +766,16 @@ def pending(root: Path, visits: Sequence[Visit]) -> Pending:
     return Pending(to_segment, to_compare, volumes, pbvc)
 
 
-def analyse_patient(root: Path, visits: Sequence[Visit], progress: Progress) -> None:
+def analyse_patient(root: Path, visits: Sequence[Visit], progress: Progress,
+                    user: str | None = None) -> None:
     """:func:`ms_core.batch.analyse_patient`: segment, compare and measure the brain volumes of
-    every visit still pending (a background job's work; see :mod:`ui_jobs`)."""
+    every visit still pending (a background job's work; see :mod:`ui_jobs`); audited as one
+    ``segmented`` record of the patient."""
     batch.analyse_patient(root, visits, progress)
+    if visits:
+        audit_event("segmented", root, visits[0].participant_id, None,
+                    "analyse patient: segment, compare, brain volumes",
+                    user=user or audit.local_user())
 
 
 def has_atrophy(table: pd.DataFrame) -> bool:

@@ -150,9 +150,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     report = build_report(Path(args.study), args.participant, session_id=args.session,
                           models_dir=args.models or os.environ.get("MS_DASH_MODELS", MODELS_DIR))
     html_path, pdf_path = write_report(report, Path(args.out) if args.out else None)
+    _audit("exported", args.study, args.participant, report.session_id,
+           f"report written by the CLI: {html_path.name}, {pdf_path.name}")
     print(json.dumps({"html": str(html_path), "pdf": str(pdf_path),
                       "session_id": report.session_id, "not_measured": dict(report.missing)}))
     return 0
+
+
+def _audit(action: str, study: str, participant_id: str | None, session_id: str | None,
+           detail: str) -> None:
+    """An audit-trail record (:mod:`ms_core.audit`) as the OS user; a log that cannot be
+    written is reported on stderr and the command goes on."""
+    from ms_core import audit
+
+    try:
+        audit.record(action, user=audit.local_user(), study=study,
+                     participant_id=participant_id, session_id=session_id, detail=detail[:200])
+    except OSError as e:
+        print(f"warning: audit record not written: {e}", file=sys.stderr)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -181,6 +196,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         raise
     if args.verbose:
         print(file=sys.stderr)
+    _audit("imported", args.study, visit.participant_id, visit.session_id,
+           ", ".join(sorted(visit.images)))
     print(json.dumps({"study": str(args.study), "participant_id": visit.participant_id,
                       "session_id": visit.session_id, "acq_date": visit.acq_date.isoformat(),
                       "images": {m: str(p) for m, p in visit.images.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AUDIT_OPENED",
     "LESION_LOCATION",
     "LESION_TABLE",
     "PARTICIPANT",
@@ -76,6 +77,8 @@ COHORT_SOURCE = "cohort_source"
 COHORT_TABLE = "cohort_table"
 #: Models & QC page: show only the visits with a QC flag.
 QC_FLAGGED_ONLY = "qc_flagged_only"
+#: Visits this session has opened and the audit trail recorded: set of (study, pid, session).
+AUDIT_OPENED = "audit_opened"
 
 # Import page.
 __all__ += ["IMPORTED_VISIT"]

@@ -75,7 +75,9 @@ for col, (label, data, name, mime) in zip(st.columns(3), (
         ("Download Parquet", parquet, f"{stem}.parquet", "application/vnd.apache.parquet"),
         ("Download provenance (JSON)", sidecar, f"{stem}.provenance.json", "application/json")),
         strict=True):
-    col.download_button(label, data=data, file_name=name, mime=mime)
+    col.download_button(label, data=data, file_name=name, mime=mime,
+                        on_click=ui_helpers.audit_event,
+                        args=("exported", study.root, None, None, f"cohort table: {name}"))
 
 st.subheader("Batch cohort table (one row per visit)")
 batch = ui_cohort.batch_table(study.root)

@@ -132,6 +132,8 @@ if validate or do_import:
         except InputError as e:
             st.error(f"Import failed; the study is unchanged. {e}")
         else:
+            ui_helpers.audit_event("imported", study.root, visit.participant_id,
+                                   visit.session_id, ", ".join(sorted(visit.images)))
             st.session_state[IMPORTED] = (visit.participant_id, visit.session_id)
     elif check.ok:
         st.success("No problems found: press Import to add the visit.")

@@ -7,7 +7,7 @@ import streamlit as st
 
 import ui_cohort
 import ui_helpers
-from ms_core import state_keys
+from ms_core import audit, state_keys
 from ms_core.errors import InputError
 from ms_core.trial import MIN_REGISTRATION_NCC, UNCERTAIN_PROB, UNCERTAIN_VOLUME_FRACTION
 
@@ -77,3 +77,13 @@ st.dataframe(flagged if only else qc, hide_index=True, column_config={
     "uncertain_volume_fraction": st.column_config.NumberColumn("uncertain fraction",
                                                                format="%.2f"),
 })
+
+st.subheader("Audit trail")
+st.caption("Who opened, segmented, compared, exported or imported what in this study, newest "
+           f"first (ids only, never images or names). Log: `{audit.audit_log_path()}` "
+           "(MS_DASH_AUDIT_LOG); docs/reliability.md says what it does and does not protect.")
+trail = audit.read_log(study=study.root)
+if trail.empty:
+    st.write("Nothing recorded for this study yet.")
+else:
+    st.dataframe(trail.iloc[::-1].head(500), hide_index=True)

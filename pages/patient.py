@@ -38,6 +38,7 @@ if visit is None:
     st.stop()
 
 st.subheader(f"Visit {visit.label}")
+ui_helpers.audit_opened(study.root, pid, visit.session_id)
 files, geometries, problems = ui_helpers.check_images(study.root, visit)
 for message in problems.values():
     st.error(message)
@@ -64,7 +65,8 @@ if segmentation is None:
         ui_jobs.job_button(
             "Segment this visit", ui_jobs.job_key("segment", study.root, pid, visit.session_id),
             f"segmenting {pid} {visit.session_id}",
-            functools.partial(ui_helpers.run_segmentation, study.root, visit),
+            functools.partial(ui_helpers.run_segmentation, study.root, visit,
+                              user=ui_helpers.audit_user()),
             "Segmentation failed.")
 else:
     prov, seg_table = segmentation
@@ -157,7 +159,8 @@ if previous is not None:
                 ui_jobs.job_key("compare", study.root, pid, previous.session_id,
                                 visit.session_id),
                 f"comparing {pid} {visit.session_id} with {previous.session_id}",
-                functools.partial(ui_helpers.run_tracking, study.root, previous, visit),
+                functools.partial(ui_helpers.run_tracking, study.root, previous, visit,
+                                  user=ui_helpers.audit_user()),
                 "Comparison failed.")
     else:
         track_prov, change_table = tracking

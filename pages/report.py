@@ -61,10 +61,15 @@ if report.missing:
         for k, why in report.missing.items())
         + ". The Timeline page's \"Analyse this patient\" segments and compares the visits.")
 html_col, pdf_col, save_col = st.columns(3)
+audit_args = ("exported", study.root, pid, report.session_id)
 html_col.download_button("Download HTML", html.encode("utf-8"), f"{report.stem}.html",
-                         "text/html", on_click="ignore", icon=":material/download:")
+                         "text/html", on_click=ui_helpers.audit_event,
+                         args=(*audit_args, "report downloaded: HTML"),
+                         icon=":material/download:")
 pdf_col.download_button("Download PDF", pdf, f"{report.stem}.pdf", "application/pdf",
-                        on_click="ignore", icon=":material/picture_as_pdf:")
+                        on_click=ui_helpers.audit_event,
+                        args=(*audit_args, "report downloaded: PDF"),
+                        icon=":material/picture_as_pdf:")
 if not read_only() and save_col.button(
         "Save in the study folder", help="Writes the HTML, the PDF and a provenance JSON into "
                                          "derivatives/ms_dash/<patient>/report/."):
@@ -73,5 +78,6 @@ if not read_only() and save_col.button(
     except OSError as e:
         st.error(f"The report could not be saved: {e}")
     else:
+        ui_helpers.audit_event(*audit_args, "report saved in the study folder")
         st.success("Saved " + ", ".join(f"`{p}`" for p in paths))
 st.iframe(html, height=900, alt=f"Report of {pid}")

@@ -73,5 +73,6 @@ if pending.atrophy_note:
 if pending.any and not read_only():
     ui_jobs.job_button(pending.label, ui_jobs.job_key("analyse", study.root, pid),
                        f"analysing {pid}",
-                       functools.partial(ui_helpers.analyse_patient, study.root, visits),
+                       functools.partial(ui_helpers.analyse_patient, study.root, visits,
+                                         user=ui_helpers.audit_user()),
                        "Analysis stopped.")

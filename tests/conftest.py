@@ -36,6 +36,15 @@ def derived_map_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def audit_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An audit log (``MS_DASH_AUDIT_LOG``) of this run only: the suite never writes into the
+    user's."""
+    path = _run_shared_dir(tmp_path_factory) / "audit.jsonl"
+    os.environ["MS_DASH_AUDIT_LOG"] = str(path)
+    return path
+
+
 def _build_once(shared: Path, name: str, build: Callable[[Path], object]) -> Path:
     """``shared / name``, made by ``build(folder)`` in the first worker that asks for it while
     the others wait on a file lock; a build that fails leaves no folder behind."""

@@ -159,6 +159,29 @@ def test_a_study_outside_the_study_roots_is_not_opened(small_study: Path, tmp_pa
         assert not at.sidebar.selectbox  # no patient of the other study is listed
 
 
+def test_opening_a_visit_is_audited_once_and_the_trail_is_on_the_models_page(
+        small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core import audit
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("MS_DASH_AUDIT_LOG", str(log))
+    at = _app(small_study, monkeypatch)
+    at.run()  # a rerun of the same visit adds nothing
+    trail = audit.read_log(log, study=small_study)
+    assert list(trail.action) == ["opened"], trail
+    pid, sid = at.session_state[state_keys.PARTICIPANT], at.session_state[state_keys.SESSION]
+    assert (trail.participant_id[0], trail.session_id[0]) == (pid, sid)
+    assert trail.user[0].startswith("local:")
+    at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).set_value(
+        "sub-02").run()
+    assert len(audit.read_log(log)) == 2
+    at.switch_page("pages/models.py").run()
+    assert not at.exception
+    assert "Audit trail" in [h.value for h in at.subheader]
+    shown = at.dataframe[-1].value
+    assert list(shown.action) == ["opened", "opened"] and shown.participant_id.iloc[0] == "sub-02"
+
+
 def test_timeline_page_draws_edss_and_volume_charts(small_study: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(small_study, monkeypatch)
