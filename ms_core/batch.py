@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -56,6 +56,7 @@ __all__ = [
     "BatchResult",
     "PatientOutcome",
     "analyse_patient",
+    "analyse_study",
     "cohort_dir",
     "limit_threads",
     "process_patient",
@@ -343,6 +344,35 @@ def analyse_patient(root: Path, visits: Sequence[Visit],
         measure_interval_pbvc(root, a, b)
         done += 1
     report(1.0, "Analysis finished")
+
+
+def analyse_study(root: Path, visits_by_patient: Mapping[str, Sequence[Visit]],
+                  progress: Callable[[float, str], None] | None = None, *,
+                  label: str = "analysing the study") -> list[str]:
+    """Bring every patient up to date with :func:`analyse_patient`, one after another in the
+    order given (the app's demo autorun: the first patient first, so its pages fill first).
+
+    Resumable: results that are still current are kept, so a run stopped and started again
+    goes on where it stopped. A patient that fails is logged and skipped. Progress reads
+    ``"<label>: 3 of 12 patients (sub-03: Segmenting ses-02… 40 %)"``. Returns the patients
+    that failed.
+    """
+    pids = list(visits_by_patient)
+    failed: list[str] = []
+    for i, pid in enumerate(pids):
+        def report(fraction: float, text: str, i: int = i, pid: str = pid) -> None:
+            if progress is not None:
+                progress((i + min(fraction, 1.0)) / len(pids),
+                         f"{label}: {i + 1} of {len(pids)} patients ({pid}: {text})")
+
+        try:
+            analyse_patient(root, visits_by_patient[pid], report)
+        except (InputError, ValueError, OSError) as e:
+            log.error("%s: analysis failed: %s", pid, e)
+            failed.append(pid)
+    if progress is not None:
+        progress(1.0, f"{label}: {len(pids) - len(failed)} of {len(pids)} patients done")
+    return failed
 
 
 def _local_worker_init(threads: int) -> None:

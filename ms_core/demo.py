@@ -46,7 +46,7 @@ from ms_core import __version__
 from ms_core.anatomy import Template, load_template, tissue_signal, world_grid
 from ms_core.domain import DAYS_PER_YEAR, LESION_LOCATIONS
 from ms_core.io import save_labels, save_volume, write_json, write_tsv
-from ms_core.study import image_path, truth_dir
+from ms_core.study import DEMO_GENERATOR, image_path, truth_dir
 
 __all__ = [
     "DemoConfig",
@@ -728,7 +728,7 @@ def build_demo(out: Path | str, config: DemoConfig = DemoConfig()) -> Path:
             write_tsv(tmp / pid / f"{pid}_sessions.tsv", table)
         write_json(tmp / "dataset_description.json", {
             "Name": "ms_dash synthetic demo trial", "BIDSVersion": "1.9.0",
-            "DatasetType": "raw", "GeneratedBy": [{"Name": "ms_core demo", "Version": __version__}],
+            "DatasetType": "raw", "GeneratedBy": [{"Name": DEMO_GENERATOR, "Version": __version__}],
             "License": "CC0 (synthetic; anatomy from the MNI ICBM152 2009a template via nilearn)",
         })
         jobs = [(p, tmp, config.seed) for p in plans]

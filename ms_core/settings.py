@@ -9,6 +9,8 @@ variable                    default    meaning
 ==========================  =========  ==========================================================
 ``MS_DASH_READ_ONLY``       off        ``1``/``true``/``yes``/``on``: demo mode; the app hides
                                        every button that writes results (see docs/reliability.md)
+``MS_DASH_DEMO_AUTORUN``    on         ``0``: the app does not analyse the demo study in the
+                                       background when it starts on it
 ``MS_DASH_REQUIRE_LOGIN``   off        ``1``: the app asks for OpenID Connect sign-in
                                        (``st.login``; ``[auth]`` in .streamlit/secrets.toml)
 ``MS_DASH_MAX_VOXELS``      512**3     largest image accepted, in voxels per 3D volume
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT_S",
     "DEFAULT_MAX_FILE_MB",
     "DEFAULT_MAX_VOXELS",
+    "DEMO_AUTORUN_ENV",
     "LOCK_TIMEOUT_ENV",
     "MAX_FILE_MB_ENV",
     "MAX_VOXELS_ENV",
@@ -46,6 +49,7 @@ __all__ = [
     "REQUIRE_LOGIN_ENV",
     "STUDY_ROOTS_ENV",
     "cache_dir",
+    "demo_autorun",
     "lock_timeout_s",
     "max_file_bytes",
     "max_voxels",
@@ -61,6 +65,7 @@ MAX_FILE_MB_ENV = "MS_DASH_MAX_FILE_MB"
 LOCK_TIMEOUT_ENV = "MS_DASH_LOCK_TIMEOUT_S"
 CACHE_DIR_ENV = "MS_DASH_CACHE_DIR"
 STUDY_ROOTS_ENV = "MS_DASH_STUDY_ROOTS"
+DEMO_AUTORUN_ENV = "MS_DASH_DEMO_AUTORUN"
 
 #: 512^3 voxels: 512 MiB as float32, far above any clinical brain MRI (about 256^3 at most).
 DEFAULT_MAX_VOXELS = 512**3
@@ -99,6 +104,14 @@ def study_roots(default: Path | None = None) -> tuple[Path, ...] | None:
     if not folders:
         return None if default is None else (Path(default).expanduser().resolve(),)
     return tuple(folder.resolve() for folder in folders)
+
+
+def demo_autorun() -> bool:
+    """Whether the app analyses the demo study in the background when it starts on it
+    (``MS_DASH_DEMO_AUTORUN``, on unless ``0``/``false``/``no``/``off``)."""
+    if os.environ.get(DEMO_AUTORUN_ENV, "").strip() == "":
+        return True
+    return _switch(DEMO_AUTORUN_ENV)
 
 
 def require_login() -> bool:

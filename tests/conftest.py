@@ -39,9 +39,12 @@ def derived_map_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def audit_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An audit log (``MS_DASH_AUDIT_LOG``) of this run only: the suite never writes into the
-    user's."""
+    user's; and no demo autorun (``MS_DASH_DEMO_AUTORUN=0``) unless a test turns it on."""
     path = _run_shared_dir(tmp_path_factory) / "audit.jsonl"
     os.environ["MS_DASH_AUDIT_LOG"] = str(path)
+    # The app analyses a demo study it starts on in the background; the suite's apps run on
+    # demo studies too, and only tests that ask for it (MS_DASH_DEMO_AUTORUN=1) want that.
+    os.environ["MS_DASH_DEMO_AUTORUN"] = "0"
     return path
 
 

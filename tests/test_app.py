@@ -182,6 +182,52 @@ def test_opening_a_visit_is_audited_once_and_the_trail_is_on_the_models_page(
     assert list(shown.action) == ["opened", "opened"] and shown.participant_id.iloc[0] == "sub-02"
 
 
+def test_the_demo_is_analysed_in_the_background_first_patient_first(
+        small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core import batch
+
+    done: list[str] = []
+
+    def fake_analyse(root: Path, visits: Any, progress: Any) -> None:
+        progress(0.5, "Segmenting…")
+        done.append(visits[0].participant_id)
+
+    monkeypatch.setattr(batch, "analyse_patient", fake_analyse)
+    monkeypatch.setenv("MS_DASH_DEMO_AUTORUN", "1")
+    key = f"demo/@{small_study}"
+    jobs.forget(key)
+    at = _app(small_study, monkeypatch)
+    assert not at.exception
+    job = jobs.wait(key, 30)
+    assert job.status == "done", job.error
+    assert done == sorted(load_study(small_study).participants)  # first patient first
+    assert job.label == "analysing the demo"
+    at.run()  # once per server process: not started again
+    assert done == sorted(load_study(small_study).participants)
+    jobs.forget(key)
+    monkeypatch.setenv("MS_DASH_DEMO_AUTORUN", "0")
+    _app(small_study, monkeypatch)
+    assert jobs.get(key) is None
+
+
+def test_demo_analysis_reports_progress_per_patient_and_goes_past_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core import batch
+
+    def fake_analyse(root: Path, visits: Any, progress: Any) -> None:
+        if visits[0] == "b":
+            raise InputError(None, "unreadable FLAIR")
+        progress(1.0, "done")
+
+    monkeypatch.setattr(batch, "analyse_patient", fake_analyse)
+    seen: list[tuple[float, str]] = []
+    failed = batch.analyse_study(tmp_path, {"a": ["a"], "b": ["b"], "c": ["c"]},
+                                 lambda f, text: seen.append((f, text)), label="analysing the demo")
+    assert failed == ["b"]
+    assert seen[0] == (1 / 3, "analysing the demo: 1 of 3 patients (a: done)")
+    assert seen[-1] == (1.0, "analysing the demo: 2 of 3 patients done")
+
+
 def test_timeline_page_draws_edss_and_volume_charts(small_study: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(small_study, monkeypatch)
