@@ -591,9 +591,11 @@ def _network_evidence(maps: PairMaps, baseline: Volume, followup: Volume,
                       model: OnnxModel | None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                  np.ndarray, dict[str, str]]:
-    """Method ``network``: the change network's increase and decrease masks, both visits'
-    lesion labels with the network-led lesions added, the voxels of those lesions, the change
-    probabilities and the network's identity."""
+    """Method ``network``: the change network's increase and decrease masks (pieces of at
+    least ``params.min_change_mm3``), both visits' lesion labels with that tissue added (what
+    appeared to the follow-up's lesions, what vanished to the baseline's), the voxels of the
+    change apart from every segmented lesion, the change probabilities and the network's
+    identity."""
     seg = params.segmentation
     if model is None:
         model = load_onnx_model(load_model_card(CHANGE_MODEL), seg.device)
@@ -601,19 +603,33 @@ def _network_evidence(maps: PairMaps, baseline: Volume, followup: Volume,
               else template_to_subject(followup, skull_stripped=seg.skull_stripped))
     probs = change_probabilities(maps, model, to_mni=to_mni,
                                  harmonisation=params.harmonisation)
-    increase = probs[0] >= params.change_threshold
-    decrease = probs[1] >= params.change_threshold
-    near = ndi.binary_dilation((labels_b > 0) | (labels_f > 0), structure=np.ones((3, 3, 3)))
     affine = maps.grid.affine
-    led_new = label_components(increase & ~near, affine=affine,
-                               min_lesion_mm3=params.min_change_mm3) > 0
-    led_gone = label_components(decrease & ~near, affine=affine,
-                               min_lesion_mm3=params.min_change_mm3) > 0
-    if led_new.any():
-        labels_f = label_components((labels_f > 0) | led_new, affine=affine,
+    increase = label_components(probs[0] >= params.change_threshold, affine=affine,
+                                min_lesion_mm3=params.min_change_mm3) > 0
+    decrease = label_components(probs[1] >= params.change_threshold, affine=affine,
+                                min_lesion_mm3=params.min_change_mm3) > 0
+    near = ndi.binary_dilation((labels_b > 0) | (labels_f > 0), structure=np.ones((3, 3, 3)))
+    # Change apart from every segmented lesion must look like a lesion where it is claimed, as
+    # intensity-led new lesions must: hyperintense (at least intensity_new_ratio times the brain
+    # median) at follow-up for new tissue, at baseline for vanished tissue, and more than
+    # _EDGE_MM inside the brain and the baseline's field of view.
+    covered = maps.brain & (maps.b_norm > 0)
+    inside = ndi.distance_transform_edt(covered, sampling=affine_spacing(affine)) > _EDGE_MM
+    ratio = params.intensity_new_ratio
+    for change, image in ((increase, maps.f_norm), (decrease, maps.b_norm)):
+        apart = change & ~near
+        lesion_like = label_components(apart & inside & (image >= ratio), affine=affine,
+                                       min_lesion_mm3=params.min_change_mm3) > 0
+        change &= ~apart | lesion_like
+    led_new, led_gone = increase & ~near, decrease & ~near
+    # Tissue that appeared is lesion at follow-up, tissue that vanished was lesion at baseline,
+    # whether or not each visit's segmentation reached that far: the lesion outlines take it in,
+    # so growth beyond the follow-up mask (and loss beyond the baseline one) counts.
+    if increase.any():
+        labels_f = label_components((labels_f > 0) | increase, affine=affine,
                                     min_lesion_mm3=seg.min_lesion_mm3)
-    if led_gone.any():
-        labels_b = label_components((labels_b > 0) | led_gone, affine=affine,
+    if decrease.any():
+        labels_b = label_components((labels_b > 0) | decrease, affine=affine,
                                     min_lesion_mm3=seg.min_lesion_mm3)
     card = model.card
     info = {"name": card.name, "version": card.version, "sha256": card.sha256,
