@@ -410,7 +410,13 @@ def _header_warnings(p: Path, img: nib.Nifti1Image) -> list[str]:
         out.append(f"{p}: pixdim[1:4] is {_pixdim_text(raw)} (zero or NaN); voxel sizes taken "
                    f"from the sform ({sizes} mm)")
     elif sform_set and qform_set:
-        sform, qform = raw.get_sform(), raw.get_qform()
+        sform = raw.get_sform()
+        try:
+            qform = raw.get_qform()
+            affine_spacing(qform)
+        except (ValueError, np.linalg.LinAlgError) as e:  # e.g. quaternion b, c, d over 1
+            out.append(f"{p}: the qform cannot be read ({e}); the sform is used")
+            return out
         shape = np.asarray(img.shape[:3], dtype=np.float64) - 1
         corners = np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1])
                             for k in (0, shape[2])]).T

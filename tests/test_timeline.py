@@ -230,6 +230,7 @@ def test_study_is_reloaded_when_its_files_change_but_not_for_new_results(
     from ms_core.study import derivatives_dir
 
     _clinical_study(tmp_path)
+    monkeypatch.setenv("MS_DASH_STUDY", str(tmp_path))  # inside the app's study roots
     loads: list[str] = []
     real = ui_helpers.load_study
 
