@@ -73,6 +73,8 @@ bench: $(VENV)/.installed $(STUDY)/participants.tsv
 	$(PY) bench/overlap_choice.py
 	$(PY) bench/operating_points.py
 	$(PY) bench/app_responsiveness.py
+	$(PY) bench/demo_autorun.py
+	$(PY) bench/harmonisation_check.py
 
 clean-venv:
 	rm -rf $(VENV)
