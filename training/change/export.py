@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
-from ms_core.io import read_json, write_json
-from ms_core.models import MODELS_DIR, register_model
+from ms_core.io import read_json
+from ms_core.models import MODELS_DIR
 from training.change.train import pair_sampler
-from training.seg.export import _WithSigmoid, install_checked
+from training.seg.export import _WithSigmoid, export_graph, install_checked, publish
 from training.seg.model import UNet3D, describe
 from training.seg.train import load_weights
 
@@ -50,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.models_dir / NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "model.onnx.tmp"
-    torch.onnx.export(model, (torch.zeros(1, 3, 64, 64, 64),), str(tmp),
-                      input_names=["image"], output_names=["prob"], opset_version=17,
-                      dynamo=False, dynamic_axes={"image": {0: "n", 2: "x", 3: "y", 4: "z"},
-                                                  "prob": {0: "n", 2: "x", 3: "y", 4: "z"}})
+    export_graph(model, tmp, 3)
     sampler = pair_sampler({**config, "patch": 64}, seed=424242)
     x = np.stack([sampler.sample()[0] for _ in range(2)]).astype(np.float32)
     installed = install_checked(model, tmp, x, args.run / args.weights)
@@ -105,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": {"opset": 17, "onnxruntime": ort.__version__, "parity": check},
         "evaluation": old.get("evaluation", {}),
     }
-    write_json(card_path, card)
-    register_model(args.models_dir, NAME, {"onnx": f"{NAME}/model.onnx",
-                                            "card": f"{NAME}/model.json", "sha256": digest})
-    print(f"exported {out_dir / 'model.onnx'} sha256 {digest}")
+    publish(args.models_dir, NAME, card, digest)
     return 0
 
 

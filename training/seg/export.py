@@ -59,6 +59,23 @@ def parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray) -> dict[str, 
             "mask_dice": dice(p_torch >= 0.5, p_onnx >= 0.5)}
 
 
+def export_graph(model: torch.nn.Module, tmp: Path, channels: int) -> None:
+    """``model`` as ONNX (opset 17) at ``tmp``: input ``image`` (N, ``channels``, X, Y, Z) and
+    output ``prob``, batch and spatial axes dynamic."""
+    axes = {0: "n", 2: "x", 3: "y", 4: "z"}
+    torch.onnx.export(model, (torch.zeros(1, channels, 64, 64, 64),), str(tmp),
+                      input_names=["image"], output_names=["prob"], opset_version=17,
+                      dynamo=False, dynamic_axes={"image": axes, "prob": axes})
+
+
+def publish(models_dir: Path, name: str, card: dict[str, object], digest: str) -> None:
+    """Write ``models_dir/name/model.json`` and register the model in the manifest."""
+    write_json(models_dir / name / "model.json", card)
+    register_model(models_dir, name, {"onnx": f"{name}/model.onnx",
+                                      "card": f"{name}/model.json", "sha256": digest})
+    print(f"exported {models_dir / name / 'model.onnx'} sha256 {digest}")
+
+
 def install_checked(reference: torch.nn.Module, tmp: Path, x: np.ndarray, weights: Path
                     ) -> tuple[str, dict[str, float]] | None:
     """Install an exported ``tmp`` (``<dir>/model.onnx.tmp``) as ``<dir>/model.onnx``, with
@@ -152,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.models_dir / NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "model.onnx.tmp"
-    example = torch.zeros(1, 2, 64, 64, 64)
-    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["prob"],
-                      opset_version=17, dynamo=False,
-                      dynamic_axes={"image": {0: "n", 2: "x", 3: "y", 4: "z"},
-                                    "prob": {0: "n", 2: "x", 3: "y", 4: "z"}})
+    export_graph(model, tmp, 2)
     # Parity on realistic synthetic patches (one lesion-rich batch, larger than training size).
     bank = load_lesion_bank(Path(config.get("mni_dir", DEFAULT_MNI)), load_template())
     sampler = PatchSampler(bank, 96, seed=424242)
@@ -213,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": {"opset": 17, "onnxruntime": ort.__version__, "parity": check},
         "evaluation": old.get("evaluation", {}),
     }
-    write_json(card_path, card)
-    register_model(args.models_dir, NAME, {"onnx": f"{NAME}/model.onnx",
-                                            "card": f"{NAME}/model.json", "sha256": digest})
-    print(f"exported {out_dir / 'model.onnx'} sha256 {digest}")
+    publish(args.models_dir, NAME, card, digest)
     return 0
 
 
