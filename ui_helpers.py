@@ -30,10 +30,10 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ms_core import audit, batch, state_keys
+from ms_core import access, audit, batch, state_keys
 from ms_core.atrophy import pending_atrophy
 from ms_core.domain import Visit
-from ms_core.errors import InputError
+from ms_core.errors import InputError, StudyError
 from ms_core.io import load_lesion_mask, load_volume, probability_viewer_bytes, read_json
 from ms_core.jobs import Progress
 from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
@@ -46,7 +46,7 @@ from ms_core.measurements import (
 )
 from ms_core.models import volume_ratio_range
 from ms_core.segment import segment_visit, segmentation_status
-from ms_core.settings import study_roots
+from ms_core.settings import read_only, study_roots
 from ms_core.study import (
     Study,
     confine_study,
@@ -214,6 +214,9 @@ def cached_study(root: str | Path) -> Study:
         before the cache).
     """
     confine_study(root, study_roots(Path(default_study_root())))
+    if study_access(root) == "none":
+        raise StudyError(Path(root), "you have no access to this study (MS_DASH_ACCESS_FILE; "
+                                     "sign in with an account it names)")
     path = Path(root).expanduser()
     signature = hash(_tree_signature(path)) if path.is_dir() else 0
     return _load_study(str(path), signature)
@@ -577,6 +580,33 @@ def segmentation_result(root: Path, visit: Visit) -> tuple[dict[str, Any], pd.Da
         return None
     table_path = derivatives_dir(root, visit.participant_id, visit.session_id) / "lesions.csv"
     return prov, pd.read_csv(table_path)
+
+
+# ----------------------------------------------------------------------------- access
+def user_claims() -> dict[str, Any] | None:
+    """The signed-in person's identity-token claims, or None without sign-in."""
+    try:
+        if st.user.is_logged_in:
+            return dict(st.user.to_dict())
+    except (AttributeError, KeyError, RuntimeError):
+        pass
+    return None
+
+
+def study_access(root: Path | str) -> str:
+    """What this session may do with the study: ``write`` without an access file
+    (``MS_DASH_ACCESS_FILE``), else the file's level for the signed-in person (``none`` when
+    nobody is signed in); see :mod:`ms_core.access`."""
+    path = access.access_file()
+    if path is None:
+        return "write"
+    return access.load_policy(path).level(root, user_claims() or {})
+
+
+def can_write(root: Path | str) -> bool:
+    """Whether this session may change the study (segment, compare, analyse, save a report,
+    import): not the read-only demo mode, and write access when there is an access file."""
+    return not read_only() and study_access(root) == "write"
 
 
 # ----------------------------------------------------------------------------- audit trail

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: subpackages issue 36 moves them into). A stage imports only from stages listed before it.
 STAGES = {
     "foundation": ("domain", "errors", "settings", "state_keys", "io", "jobs"),
-    "study": ("study", "locks", "provenance_text", "audit"),
+    "study": ("study", "locks", "provenance_text", "audit", "access"),
     "imaging": ("anatomy", "dicom", "preprocess", "registration", "appearance"),
     "lesions": ("lesions", "location", "mcdonald", "features", "visits"),
     "segmentation": ("models", "inference", "segment", "evaluate"),

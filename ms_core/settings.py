@@ -19,6 +19,8 @@ variable                    default    meaning
 ``MS_DASH_STUDY_ROOTS``     see below  folders (separated by ``:``, ``;`` on Windows) that every
                                        study the app opens or imports into must lie in, after
                                        ``..`` and symbolic links are resolved
+``MS_DASH_ACCESS_FILE``     unset      with sign-in: which people may read or change which study
+                                       (:mod:`ms_core.access`)
 ``MS_DASH_CACHE_DIR``       see below  folder for maps derived from the MNI152 template (about
                                        220 MB, rebuilt when the code or library versions change);
                                        ``off`` derives them in memory in every process

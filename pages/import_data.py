@@ -69,6 +69,10 @@ except InputError as e:
 if read_only:
     st.info("This app runs read-only (MS_DASH_READ_ONLY): importing is switched off.")
     st.stop()
+if not ui_helpers.can_write(study.root):
+    st.info("You may read this study but not change it (MS_DASH_ACCESS_FILE): importing is "
+            "switched off.")
+    st.stop()
 st.caption(f"Into study `{study.root}`. Each image is a NIfTI file (.nii, .nii.gz) or a zip of "
            "DICOM files; identifying DICOM fields (patient name, ID, birth date, ...) are never "
            "written. Details: docs/import.md.")

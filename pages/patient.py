@@ -22,7 +22,6 @@ from ms_core.features import age_years
 from ms_core.longitudinal import intensity_led_count
 from ms_core.measurements import mcdonald_checklist, plausible_volume_ml
 from ms_core.models import volume_ratio_range
-from ms_core.settings import read_only
 from ms_core.visits import lesion_totals, summarize_visit
 from ms_core.workflow import research_notice
 
@@ -61,7 +60,7 @@ with summary_col:
 st.subheader("Lesion segmentation (network)")
 if segmentation is None:
     st.write("This visit has not been segmented with the current model and settings.")
-    if "FLAIR" in visit.images and not read_only():
+    if "FLAIR" in visit.images and ui_helpers.can_write(study.root):
         ui_jobs.job_button(
             "Segment this visit", ui_jobs.job_key("segment", study.root, pid, visit.session_id),
             f"segmenting {pid} {visit.session_id}",
@@ -153,7 +152,8 @@ if previous is not None:
     if tracking is None:
         st.write("These two visits have not been compared yet (registration, lesion matching; "
                  "stored segmentations are reused).")
-        if "FLAIR" in visit.images and "FLAIR" in previous.images and not read_only():
+        if ("FLAIR" in visit.images and "FLAIR" in previous.images
+                and ui_helpers.can_write(study.root)):
             ui_jobs.job_button(
                 f"Compare with {previous.session_id}",
                 ui_jobs.job_key("compare", study.root, pid, previous.session_id,

@@ -21,7 +21,6 @@ from ms_core.report import (
     report_inputs,
     write_report,
 )
-from ms_core.settings import read_only
 from ms_core.workflow import model_card_ref
 
 
@@ -70,7 +69,7 @@ pdf_col.download_button("Download PDF", pdf, f"{report.stem}.pdf", "application/
                         on_click=ui_helpers.audit_event,
                         args=(*audit_args, "report downloaded: PDF"),
                         icon=":material/picture_as_pdf:")
-if not read_only() and save_col.button(
+if ui_helpers.can_write(study.root) and save_col.button(
         "Save in the study folder", help="Writes the HTML, the PDF and a provenance JSON into "
                                          "derivatives/ms_dash/<patient>/report/."):
     try:

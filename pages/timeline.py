@@ -9,7 +9,6 @@ import streamlit as st
 import ui_helpers
 import ui_jobs
 from ms_core.clinical_models import dmt_switch_activity
-from ms_core.settings import read_only
 from ms_core.timeline import dmt_periods, has_volumes, visit_table
 
 ui_helpers.ensure_routed()
@@ -70,7 +69,7 @@ if len(switches):
 pending = ui_helpers.pending(study.root, visits)
 if pending.atrophy_note:
     st.caption(pending.atrophy_note)
-if pending.any and not read_only():
+if pending.any and ui_helpers.can_write(study.root):
     ui_jobs.job_button(pending.label, ui_jobs.job_key("analyse", study.root, pid),
                        f"analysing {pid}",
                        functools.partial(ui_helpers.analyse_patient, study.root, visits,
