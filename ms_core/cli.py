@@ -221,6 +221,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     result = run_batch(Path(args.study), config, progress)
     print(file=sys.stderr)
+    _audit("segmented", args.study, None, None,
+           f"batch CLI: {len(result.outcomes)} patients, stages {','.join(config.stages)}, "
+           f"{len(result.failures)} failures")
     for failure in result.failures:
         print(f"failed: {failure['participant_id']} {failure['stage']} {failure['visit']}: "
               f"{failure['error']}", file=sys.stderr)

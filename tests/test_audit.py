@@ -84,3 +84,18 @@ def test_the_default_log_follows_the_environment(tmp_path: Path,
     monkeypatch.delenv("MS_DASH_AUDIT_LOG")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert audit.audit_log_path() == tmp_path / "state" / "ms-dash" / "audit.jsonl"
+
+
+def test_the_cli_records_batch_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from ms_core import batch, cli
+
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("MS_DASH_AUDIT_LOG", str(log))
+    result = batch.BatchResult((), __import__("pandas").DataFrame(), (), tmp_path / "r.html", 1.0)
+    monkeypatch.setattr(batch, "run_batch", lambda root, config, progress: result)
+    assert cli.main(["batch", str(tmp_path), "--stages", "segment,track"]) == 0
+    (rec,) = audit.read_log(log).to_dict("records")
+    assert rec["action"] == "segmented" and rec["study"] == str(tmp_path.resolve())
+    assert rec["detail"] == "batch CLI: 0 patients, stages segment,track, 0 failures"
+    assert rec["user"].startswith("local:")
