@@ -59,7 +59,14 @@ sys.path.insert(0, str(REPO))
 from ms_core.domain import Volume  # noqa: E402
 from ms_core.evaluate import dice, lesion_detection  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
-from ms_core.io import from_sitk, load_volume, read_json, to_sitk, write_json  # noqa: E402
+from ms_core.io import (  # noqa: E402
+    atomic_write_text,
+    from_sitk,
+    load_volume,
+    read_json,
+    to_sitk,
+    write_json,
+)
 from ms_core.longitudinal import (  # noqa: E402
     CHANGE_MODEL,
     PairMaps,
@@ -359,6 +366,9 @@ def write_card_evaluation(models_dir: Path, results: dict[str, Any]) -> None:
         "no_change": synthetic.get("no_change"),
     }
     write_json(card_path, card)
+    from training.change.export import card_markdown
+
+    atomic_write_text(card_path.with_name("MODEL_CARD.md"), card_markdown(card))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -467,6 +467,9 @@ def test_change_network_trains_exports_and_runs_in_the_track_pipeline(tmp_path: 
     assert card.channels[0].startswith("FLAIR follow-up") and len(card.channels) == 3
     assert card.intensity_reference == "white_matter"
     assert verified.card["training"]["command"].startswith("python -m training.change.train")
+    markdown = (models / "lesion_change" / "MODEL_CARD.md").read_text()
+    assert markdown.startswith("# Model card: lesion_change 0.0.1")
+    assert "| patient12 (real pair) lesion F1 of change | not measured |" in markdown
     model = load_onnx_model(card, "cpu")
     x = np.random.default_rng(0).uniform(0.5, 1.5, (1, 3, 16, 16, 16)).astype(np.float32)
     p = model.predict(x)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from ms_core.io import read_json
+from ms_core.io import atomic_write_text, read_json
 from ms_core.models import MODELS_DIR
 from training.change.train import pair_sampler
 from training.seg.export import _WithSigmoid, export_graph, install_checked, publish
@@ -29,6 +30,45 @@ NAME = "lesion_change"
 #: The network's input channels, in order (:func:`ms_core.longitudinal.change_channels`).
 CHANNELS = ("FLAIR follow-up", "FLAIR baseline registered to the follow-up",
             "difference (follow-up - baseline)")
+
+
+def _figure(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The short human-readable model card (``MODEL_CARD.md``), generated from ``model.json``."""
+    ev = card.get("evaluation") or {}
+    p12 = (ev.get("patient12") or {}).get("any_change") or {}
+    proto, none = ev.get("protocol_change") or {}, ev.get("no_change") or {}
+    tr = card["training"]
+    rows = "\n".join(f"| {label} | {_figure(value)} |" for label, value in (
+        ("patient12 (real pair) lesion F1 of change", p12.get("f1", "not measured")),
+        ("patient12 voxel Dice of change", p12.get("dice", "not measured")),
+        ("synthetic 2D protocol-change pairs, new-lesion F1",
+         proto.get("new_lesion_f1", "not measured")),
+        ("synthetic no-change pairs, false new lesions per interval",
+         none.get("false_new_per_interval", "not measured")),
+        ("synthetic validation Dice (appeared, vanished)",
+         tr.get("val_dice_after_calibration"))))
+    return f"""# Model card: {card['name']} {card['version']}
+
+{card['task']}. Opt-in: `python -m ms_core track ... --method network`; the default change rule
+is still `joint` (docs/longitudinal.md says why).
+
+- **Input**: {', '.join(card['input']['channels'])}; {card['preprocessing']['normalisation']}.
+- **Output**: {card['output']['meaning']}.
+- **Architecture**: {card['architecture']}.
+- **Training**: `{tr.get('command')}`; {tr.get('data')}.
+- **ONNX** sha256 `{card['sha256']}` (checked against the manifest before every use).
+
+| evaluation | value |
+|---|---|
+{rows}
+
+Evaluation command: `{ev.get('command', 'not run')}`. Research use only: review every change
+the network reports.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluation": old.get("evaluation", {}),
     }
     publish(args.models_dir, NAME, card, digest)
+    atomic_write_text(args.models_dir / NAME / "MODEL_CARD.md", card_markdown(card))
     return 0
 
 
