@@ -275,10 +275,13 @@ def read_nifti_header(path: Path | str, *, volume: int | None = None) -> nib.Nif
                              "voxels; set MS_DASH_MAX_VOXELS to accept larger images"))
     if affine_raw is None:
         raise NiftiError(p, "bad orientation matrix: the header defines none")
-    raw = _raw_header(p, img)
-    if int(raw["sform_code"]) == 0 and _broken_pixdim(raw):
-        raise NiftiError(p, (f"pixdim[1:4] is {_pixdim_text(raw)} (zero or NaN) and there is no "
-                             "sform (sform_code 0): the voxel size is unknown"))
+    # Only an image without an sform takes its geometry from pixdim; nibabel leaves the codes as
+    # stored but repairs zero pixdims, so those are read from the file's own bytes.
+    if int(img.header["sform_code"]) == 0:
+        raw = _raw_header(p, img)
+        if _broken_pixdim(raw):
+            raise NiftiError(p, (f"pixdim[1:4] is {_pixdim_text(raw)} (zero or NaN) and there "
+                                 "is no sform (sform_code 0): the voxel size is unknown"))
     try:
         affine = check_affine(affine_raw)
     except ValueError as e:

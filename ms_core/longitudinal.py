@@ -512,6 +512,15 @@ def prepare_pair(baseline: Volume, followup: Volume, seg: SegmentParams,
                     timer.seconds, to_mni)
 
 
+def _interior(maps: PairMaps) -> np.ndarray:
+    """(X, Y, Z) bool: more than :data:`_EDGE_MM` inside the brain mask and the baseline's field
+    of view, where partial volume with CSF, flow and slab edges do not brighten the
+    subtraction."""
+    covered = maps.brain & (maps.b_norm > 0)
+    spacing = affine_spacing(maps.grid.affine)
+    return np.asarray(ndi.distance_transform_edt(covered, sampling=spacing) > _EDGE_MM)
+
+
 def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray,
                         params: TrackParams) -> np.ndarray:
     """Follow-up spots that brightened, away from every segmented lesion: (X, Y, Z) bool.
@@ -528,9 +537,7 @@ def intensity_new_spots(z: np.ndarray, maps: PairMaps, lesion_either: np.ndarray
              & (maps.b_norm < params.intensity_new_ratio))
     if not spots.any():  # the voxel tests are cheap; the dilation and distances are not
         return spots
-    covered = maps.brain & (maps.b_norm > 0)  # inside the brain and the baseline's field of view
-    spacing = affine_spacing(maps.grid.affine)
-    spots &= ndi.distance_transform_edt(covered, sampling=spacing) > _EDGE_MM
+    spots &= _interior(maps)
     spots &= ~ndi.binary_dilation(lesion_either, structure=np.ones((3, 3, 3), bool))
     labels = label_components(spots, affine=maps.grid.affine,
                               min_lesion_mm3=params.intensity_new_mm3)
@@ -613,8 +620,7 @@ def _network_evidence(maps: PairMaps, baseline: Volume, followup: Volume,
     # intensity-led new lesions must: hyperintense (at least intensity_new_ratio times the brain
     # median) at follow-up for new tissue, at baseline for vanished tissue, and more than
     # _EDGE_MM inside the brain and the baseline's field of view.
-    covered = maps.brain & (maps.b_norm > 0)
-    inside = ndi.distance_transform_edt(covered, sampling=affine_spacing(affine)) > _EDGE_MM
+    inside = _interior(maps)
     ratio = params.intensity_new_ratio
     for change, image in ((increase, maps.f_norm), (decrease, maps.b_norm)):
         apart = change & ~near
@@ -695,12 +701,11 @@ def detect_changes(maps: PairMaps, baseline: Volume, followup: Volume,
         led = led[led > 0]
         table.loc[table.lesion_id.isin(led), "evidence"] = evidence
         if network_probs is not None:  # the segmentation has no say on these: the network's
-            for lesion_id in led:
+            grew, lost = (ndi.mean(network_probs[c], labels=ids_work, index=led) for c in (0, 1))
+            for lesion_id, p_grew, p_lost in zip(led, grew, lost, strict=True):
                 row = table.lesion_id == lesion_id
-                channel = 1 if table.loc[row, "status"].iloc[0] in ("disappeared",
-                                                                   "shrinking") else 0
-                table.loc[row, "confidence"] = round(
-                    float(network_probs[channel][ids_work == lesion_id].mean()), 4)
+                gone = table.loc[row, "status"].iloc[0] in ("disappeared", "shrinking")
+                table.loc[row, "confidence"] = round(float(p_lost if gone else p_grew), 4)
     for value in (1, 2):  # fragments of confirmed change below the size limit are noise
         part = change_work == value
         small = part & (label_components(part, affine=grid.affine,
