@@ -123,9 +123,7 @@ def run() -> None:
         st.sidebar.button("Sign out", on_click=st.logout)
     with ui_helpers.routed_run():
         _sidebar()
-        study = ui_helpers.current_selection().study
-        ui_jobs.start_demo_analysis(study.root, {pid: list(vs)
-                                                 for pid, vs in study.visits.items()})
+        ui_jobs.start_demo_analysis(ui_helpers.current_selection().study)
         ui_jobs.sidebar_jobs()
         page.run()
 

@@ -12,7 +12,6 @@ The study itself is cached on a signature of every file under the study folder t
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import runpy
@@ -104,7 +103,6 @@ __all__ = [
     "volume_figure",
 ]
 
-log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent
 #: Environment variable naming the study folder the sidebar starts with.
 STUDY_ENV = "MS_DASH_STUDY"
@@ -614,25 +612,19 @@ def audit_user() -> str:
     """Who acts in this session: the signed-in identity (e-mail, else subject) or
     ``local:<OS user>`` without sign-in. Call it in the page's script run (a background job
     has no session), and pass the result to the job."""
-    try:
-        if st.user.is_logged_in:
-            return str(st.user.get("email") or st.user.get("sub") or "signed-in user")
-    except (AttributeError, KeyError, RuntimeError):
-        pass
-    return audit.local_user()
+    claims = user_claims()
+    if claims is None:
+        return audit.local_user()
+    return str(claims.get("email") or claims.get("sub") or "signed-in user")
 
 
 def audit_event(action: str, root: Path, participant_id: str | None = None,
                 session_id: str | None = None, detail: str = "",
                 user: str | None = None) -> None:
-    """Append to the audit trail (:mod:`ms_core.audit`); a log that cannot be written is
-    logged as an error and the action goes on (the trail records, it does not gate)."""
-    try:
-        audit.record(action, user=user or audit_user(), study=root,
-                     participant_id=participant_id, session_id=session_id, detail=detail)
-    except OSError as e:
-        log.error("audit record not written (%s %s %s): %s", action, participant_id,
-                  session_id, e)
+    """Append to the audit trail as this session's user (:func:`ms_core.audit.record_or_log`:
+    a log that cannot be written is logged as an error and the action goes on)."""
+    audit.record_or_log(action, user=user or audit_user(), study=root,
+                        participant_id=participant_id, session_id=session_id, detail=detail)
 
 
 def audit_opened(root: Path, participant_id: str, session_id: str) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 
 import ui_helpers
 from ms_core import batch, jobs, settings, state_keys
 from ms_core.jobs import Job, Work
-from ms_core.study import is_demo_study
+from ms_core.study import Study, is_demo_study
 
 __all__ = ["REFRESH_S", "job_button", "job_key", "job_progress", "sidebar_jobs",
            "start_demo_analysis", "start_job"]
@@ -33,7 +32,7 @@ __all__ = ["REFRESH_S", "job_button", "job_key", "job_progress", "sidebar_jobs",
 REFRESH_S = 1.0
 
 
-def start_demo_analysis(root: Path, visits_by_patient: dict[str, list[Any]]) -> bool:
+def start_demo_analysis(study: Study) -> bool:
     """Analyse the demo study in the background once per server process (the first patient
     first), when the app starts on it: ``MS_DASH_DEMO_AUTORUN`` on (the default), not
     read-only, ``root`` the study the app starts with and a study ``ms_core demo`` built.
@@ -43,14 +42,16 @@ def start_demo_analysis(root: Path, visits_by_patient: dict[str, list[Any]]) -> 
     each page shows the measured results as they are stored. Current results are kept, so a
     restarted server goes on where it stopped. Returns whether the job was started now.
     """
+    root = study.root
     key = job_key("demo", root)
     if (jobs.get(key) is not None or not settings.demo_autorun() or settings.read_only()
             or Path(root).expanduser().resolve()
             != Path(ui_helpers.default_study_root()).expanduser().resolve()
             or not is_demo_study(root)):
         return False
+    visits = {pid: list(vs) for pid, vs in study.visits.items()}
     start_job(key, "analysing the demo", functools.partial(
-        batch.analyse_study, Path(root), visits_by_patient, label="analysing the demo"))
+        batch.analyse_study, Path(root), visits, label="analysing the demo"))
     return True
 
 

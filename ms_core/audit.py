@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +30,10 @@ import pandas as pd
 
 from ms_core.errors import InputError
 
+log = logging.getLogger(__name__)
+
 __all__ = ["ACTIONS", "AUDIT_LOG_ENV", "FIELDS", "audit_log_path", "local_user", "read_log",
-           "record"]
+           "record", "record_or_log"]
 
 AUDIT_LOG_ENV = "MS_DASH_AUDIT_LOG"
 ACTIONS = ("opened", "segmented", "compared", "exported", "imported")
@@ -95,6 +98,19 @@ def record(action: str, *, user: str, study: Path | str, participant_id: str | N
     finally:
         os.close(fd)  # also releases the lock
     return rec
+
+
+def record_or_log(action: str, *, user: str, study: Path | str,
+                  participant_id: str | None = None, session_id: str | None = None,
+                  detail: str = "") -> None:
+    """:func:`record`, where a log that cannot be written is logged as an error and the action
+    goes on: the trail records, it does not gate (the app and the CLI)."""
+    try:
+        record(action, user=user, study=study, participant_id=participant_id,
+               session_id=session_id, detail=detail)
+    except OSError as e:
+        log.error("audit record not written (%s %s %s): %s", action, participant_id,
+                  session_id, e)
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

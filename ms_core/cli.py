@@ -159,15 +159,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _audit(action: str, study: str, participant_id: str | None, session_id: str | None,
            detail: str) -> None:
-    """An audit-trail record (:mod:`ms_core.audit`) as the OS user; a log that cannot be
-    written is reported on stderr and the command goes on."""
+    """An audit-trail record as the OS user (:func:`ms_core.audit.record_or_log`: a log that
+    cannot be written is reported on stderr and the command goes on)."""
     from ms_core import audit
 
-    try:
-        audit.record(action, user=audit.local_user(), study=study,
-                     participant_id=participant_id, session_id=session_id, detail=detail[:200])
-    except OSError as e:
-        print(f"warning: audit record not written: {e}", file=sys.stderr)
+    audit.record_or_log(action, user=audit.local_user(), study=study,
+                        participant_id=participant_id, session_id=session_id,
+                        detail=detail[:200])
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
