@@ -24,7 +24,6 @@ no-change (rescan) and 2D protocol-change pairs of ``bench/track_eval.py``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import RESULTS, machine, now_utc, print_result  # noqa: E402
-from bench.track_eval import P12, cached_maps, reacquire_2d, rescan  # noqa: E402
+from bench.track_eval import (  # noqa: E402
+    P12,
+    cached_maps,
+    demo_intervals,
+    demo_visits,
+    interval_pair,
+    reacquire_2d,
+    rescan_pair,
+)
 from ms_core.anatomy import load_template  # noqa: E402
 from ms_core.inference import load_onnx_model  # noqa: E402
 from ms_core.io import load_volume  # noqa: E402
 from ms_core.longitudinal import HARMONISATIONS, PairMaps, harmonise_pair  # noqa: E402
 from ms_core.models import load_model_card  # noqa: E402
 from ms_core.preprocess import template_to_subject, warp_from_template  # noqa: E402
-from ms_core.study import image_path, load_study  # noqa: E402
 
 
 def pair_figures(maps: PairMaps, follow: Any) -> dict[str, dict[str, float]]:
@@ -82,21 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pairs["patient12 (real)"] = f"skipped: {P12} not found (../shared absent)"
     root = args.demo
-    study = load_study(root)
-    visits = [(pid, v.session_id) for pid, vs in study.visits.items() for v in vs][:args.pairs]
-    for i, (pid, ses) in enumerate(visits):
-        base = load_volume(image_path(root, pid, ses, "FLAIR"), "FLAIR")
-        follow = rescan(base, 1000 + i)
-        maps = cached_maps(args.maps_cache, f"{root.resolve()} {pid} {ses} rescan", base, follow,
-                           model)
+    for i, (pid, ses) in enumerate(demo_visits(root, args.pairs)):
+        key, base, follow = rescan_pair(root, i, pid, ses)
+        maps = cached_maps(args.maps_cache, key, base, follow, model)
         pairs[f"no change {pid} {ses}"] = pair_figures(maps, follow)
-    intervals = [(pid, a.session_id, b.session_id) for pid, vs in study.visits.items()
-                 for a, b in itertools.pairwise(vs)][:args.pairs]
-    for i, (pid, prev, cur) in enumerate(intervals):
-        base = reacquire_2d(load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR"), 2000 + i)
-        follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
-        maps = cached_maps(args.maps_cache, f"{root.resolve()} {pid} {prev} {cur} 2d", base,
-                           follow, model)
+    for i, (pid, prev, cur) in enumerate(demo_intervals(root, args.pairs)):
+        key, base, follow = interval_pair(root, i, pid, prev, cur, reacquire_2d, " 2d")
+        maps = cached_maps(args.maps_cache, key, base, follow, model)
         pairs[f"protocol change {pid} {prev}->{cur}"] = pair_figures(maps, follow)
     figures = [v for v in pairs.values() if isinstance(v, dict)]
     mean_abs = {m: {k: round(float(np.mean([abs(f[m][k]) for f in figures])), 4)

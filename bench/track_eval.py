@@ -288,25 +288,51 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(v / np.linalg.norm(v))
 
 
+def demo_visits(root: Path, limit: int) -> list[tuple[str, str]]:
+    """The first ``limit`` (participant, session) visits of the demo study."""
+    return [(pid, v.session_id) for pid, vs in load_study(root).visits.items()
+            for v in vs][:limit]
+
+
+def demo_intervals(root: Path, limit: int) -> list[tuple[str, str, str]]:
+    """The first ``limit`` consecutive (participant, earlier, later session) intervals."""
+    return [(pid, a.session_id, b.session_id) for pid, vs in load_study(root).visits.items()
+            for a, b in itertools.pairwise(vs)][:limit]
+
+
+def rescan_pair(root: Path, i: int, pid: str, ses: str) -> tuple[str, Volume, Volume]:
+    """The ``i``-th no-change pair: the visit and :func:`rescan` of it, with its maps-cache
+    key."""
+    base = load_volume(image_path(root, pid, ses, "FLAIR"), "FLAIR")
+    return f"{root.resolve()} {pid} {ses} rescan", base, rescan(base, 1000 + i)
+
+
+def interval_pair(root: Path, i: int, pid: str, prev: str, cur: str,
+                  make_base: Callable[[Volume, int], Volume] | None = None,
+                  key_suffix: str = "") -> tuple[str, Volume, Volume]:
+    """The ``i``-th interval's baseline (re-made by ``make_base``, seeded by ``i``, when given)
+    and follow-up, with its maps-cache key."""
+    base = load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR")
+    if make_base is not None:
+        base = make_base(base, 2000 + i)
+    follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
+    return f"{root.resolve()} {pid} {prev} {cur}{key_suffix}", base, follow
+
+
 def synthetic_pairs(root: Path, methods: list[str], model: Any, limit: int,
                     cache: Path | None = None) -> dict[str, Any]:
     """No-change (rescan) and protocol-change pairs made from the demo's visits (see the
     module docstring)."""
-    study = load_study(root)
-    visits = [(pid, v.session_id) for pid, vs in study.visits.items() for v in vs][:limit]
-    intervals = [(pid, a.session_id, b.session_id) for pid, vs in study.visits.items()
-                 for a, b in itertools.pairwise(vs)][:limit]
     no_change: dict[str, list[int]] = {m: [] for m in methods}
-    for i, (pid, ses) in enumerate(visits):
-        base = load_volume(image_path(root, pid, ses, "FLAIR"), "FLAIR")
-        follow = rescan(base, 1000 + i)
-        maps = cached_maps(cache, f"{root.resolve()} {pid} {ses} rescan", base, follow, model)
+    for i, (pid, ses) in enumerate(demo_visits(root, limit)):
+        key, base, follow = rescan_pair(root, i, pid, ses)
+        maps = cached_maps(cache, key, base, follow, model)
         for method in methods:
             res = _detect(maps, base, follow, method)
             no_change[method].append(int((res.table.status == "new").sum()))
             print("no-change", method, pid, ses, no_change[method][-1], flush=True)
-    protocol = _scored_pairs(root, intervals, methods, model, cache, "protocol-change",
-                             reacquire_2d, " 2d")
+    protocol = _scored_pairs(root, demo_intervals(root, limit), methods, model, cache,
+                             "protocol-change", reacquire_2d, " 2d")
     return {m: {"no_change": {"n_pairs": len(no_change[m]),
                               "false_new_per_interval": float(np.mean(no_change[m]))
                               if no_change[m] else None, "false_new": no_change[m]},
@@ -318,16 +344,12 @@ def _scored_pairs(root: Path, intervals: list[tuple[str, str, str]], methods: li
                   make_base: Callable[[Volume, int], Volume] | None = None,
                   key_suffix: str = "") -> dict[str, list[dict[str, Any]]]:
     """Each demo interval tracked by every method and scored against the truth; with
-    ``make_base`` the baseline is first re-made by it (seeded by the interval's index)."""
+    ``make_base`` the baseline is first re-made by it (:func:`interval_pair`)."""
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for i, (pid, prev, cur) in enumerate(intervals):
-        base = load_volume(image_path(root, pid, prev, "FLAIR"), "FLAIR")
-        if make_base is not None:
-            base = make_base(base, 2000 + i)
-        follow = load_volume(image_path(root, pid, cur, "FLAIR"), "FLAIR")
+        key, base, follow = interval_pair(root, i, pid, prev, cur, make_base, key_suffix)
         t0 = time.perf_counter()
-        maps = cached_maps(cache, f"{root.resolve()} {pid} {prev} {cur}{key_suffix}", base,
-                           follow, model)
+        maps = cached_maps(cache, key, base, follow, model)
         prep = time.perf_counter() - t0 if cache is None else sum(maps.seconds.values())
         for method in methods:
             t1 = time.perf_counter()
@@ -341,10 +363,7 @@ def _scored_pairs(root: Path, intervals: list[tuple[str, str, str]], methods: li
 def demo_pairs(root: Path, methods: list[str], model: Any, limit: int,
                cache: Path | None = None) -> dict[str, Any]:
     """Consecutive visit pairs of the demo study, each method scored against the truth."""
-    study = load_study(root)
-    intervals = [(pid, a.session_id, b.session_id) for pid, visits in study.visits.items()
-                 for a, b in itertools.pairwise(visits)][:limit]
-    rows = _scored_pairs(root, intervals, methods, model, cache, "demo")
+    rows = _scored_pairs(root, demo_intervals(root, limit), methods, model, cache, "demo")
     return {m: _summary(r) for m, r in rows.items()}
 
 

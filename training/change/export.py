@@ -11,19 +11,23 @@ fresh synthetic pairs (max |delta p| <= 1e-3, Dice >= 0.999 of the thresholded m
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ms_core.io import atomic_write_text, read_json
-from ms_core.models import MODELS_DIR
 from training.change.train import pair_sampler
-from training.seg.export import _WithSigmoid, export_graph, install_checked, publish
+from training.seg.export import (
+    _WithSigmoid,
+    export_graph,
+    install_checked,
+    publish,
+    run_to_export,
+)
 from training.seg.model import UNet3D, describe
+from training.seg.report import _fmt
 from training.seg.train import load_weights
 
 NAME = "lesion_change"
@@ -32,17 +36,13 @@ CHANNELS = ("FLAIR follow-up", "FLAIR baseline registered to the follow-up",
             "difference (follow-up - baseline)")
 
 
-def _figure(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def card_markdown(card: dict[str, Any]) -> str:
     """The short human-readable model card (``MODEL_CARD.md``), generated from ``model.json``."""
     ev = card.get("evaluation") or {}
     p12 = (ev.get("patient12") or {}).get("any_change") or {}
     proto, none = ev.get("protocol_change") or {}, ev.get("no_change") or {}
     tr = card["training"]
-    rows = "\n".join(f"| {label} | {_figure(value)} |" for label, value in (
+    rows = "\n".join(f"| {label} | {_fmt(value)} |" for label, value in (
         ("patient12 (real pair) lesion F1 of change", p12.get("f1", "not measured")),
         ("patient12 voxel Dice of change", p12.get("dice", "not measured")),
         ("synthetic 2D protocol-change pairs, new-lesion F1",
@@ -72,16 +72,7 @@ the network reports.
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="training run folder")
-    ap.add_argument("--weights", default="weights_best.npz")
-    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
-    ap.add_argument("--version", default="1.0.0")
-    args = ap.parse_args(argv)
-
-    config = read_json(args.run / "config.json")
-    metrics = read_json(args.run / "metrics.json")
+    args, config, metrics = run_to_export(__doc__ or "", argv)
     net = UNet3D(3, tuple(int(w) for w in config["widths"]), norm=str(config["norm"]),
                  out_channels=2)
     load_weights(net, args.run / args.weights)

@@ -16,6 +16,7 @@ import copy
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -139,16 +140,22 @@ def _recorded_options(config: dict[str, object]) -> dict[str, object]:
     return {k: config.get(k, default) for k, default in _RECORDED_OPTIONS.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def run_to_export(description: str, argv: list[str] | None
+                  ) -> tuple[argparse.Namespace, dict[str, Any], dict[str, Any]]:
+    """An export command's arguments (``--run``, ``--weights``, ``--models-dir``,
+    ``--version``) and the run's ``config.json`` and ``metrics.json``."""
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="training run folder")
     ap.add_argument("--weights", default="weights_best.npz")
     ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
+    return args, read_json(args.run / "config.json"), read_json(args.run / "metrics.json")
 
-    config = read_json(args.run / "config.json")
-    metrics = read_json(args.run / "metrics.json")
+
+def main(argv: list[str] | None = None) -> int:
+    args, config, metrics = run_to_export(__doc__ or "", argv)
     widths = tuple(int(w) for w in config["widths"])
     net = UNet3D(2, widths, norm=config.get("norm", "instance"))
     load_weights(net, args.run / args.weights)
