@@ -157,6 +157,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register_model(args: argparse.Namespace) -> int:
+    from ms_core.register import register_segmentation_model
+
+    command = " ".join(["python -m ms_core register-model", *sys.argv[2:]])
+    card = register_segmentation_model(Path(args.onnx), Path(args.contract), Path(args.out),
+                                       command=command)
+    smoke = card["registration"]["smoke"]
+    print(json.dumps({"out": str(Path(args.out)), "name": card["name"],
+                      "version": card["version"], "sha256": card["sha256"], "smoke": smoke,
+                      "use": f"MS_DASH_MODELS={args.out} python -m ms_core segment ..."},
+                     indent=2))
+    for warning in smoke["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def _audit(action: str, study: str, participant_id: str | None, session_id: str | None,
            detail: str) -> None:
     """An audit-trail record as the OS user (:func:`ms_core.audit.record_or_log`: a log that
@@ -352,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of patients held out for the test metrics")
     tp.add_argument("--fast", action="store_true", help="small grids (quick check)")
     tp.set_defaults(func=_cmd_train_prognosis)
+
+    rm = sub.add_parser("register-model",
+                        help="check an ONNX segmentation network trained elsewhere against its "
+                             "contract, run it once, and install it in a models folder "
+                             "(docs/models.md)")
+    rm.add_argument("--onnx", required=True, help="the network (ONNX)")
+    rm.add_argument("--contract", required=True,
+                    help="contract JSON: input channels and order, voxel size, orientation, "
+                         "intensity normalisation, patch size and overlap, output")
+    rm.add_argument("--out", required=True,
+                    help="models folder to write (manifest.json + lesion_seg/); use it with "
+                         "MS_DASH_MODELS=DIR")
+    rm.set_defaults(func=_cmd_register_model)
 
     bt = sub.add_parser("batch", help="process a whole study (segment, track, atrophy, "
                                       "features), resumable; merged cohort table")

@@ -22,12 +22,15 @@ __all__ = [
     "OnnxModel",
     "TabularModel",
     "available_providers",
+    "from_network_layout",
     "gaussian_importance",
     "load_onnx_model",
     "load_tabular_model",
+    "output_probability",
     "predict_onnx_bytes",
     "run_bound",
     "sliding_window",
+    "to_network_layout",
     "window_corners",
     "window_starts",
 ]
@@ -167,12 +170,46 @@ class OnnxModel:
 
         On CUDA the call goes through IO binding (:func:`run_bound`); on CPU a plain ``run``.
         """
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = np.ascontiguousarray(to_network_layout(batch, self.card), dtype=np.float32)
         if self.provider == "CUDAExecutionProvider":
-            return run_bound(self.session, self.card.input_name, x, self.card.output_name,
-                             "cuda")
-        out = self.session.run([self.card.output_name], {self.card.input_name: x})
-        return np.asarray(out[0])
+            out = run_bound(self.session, self.card.input_name, x, self.card.output_name, "cuda")
+        else:
+            out = np.asarray(self.session.run([self.card.output_name],
+                                              {self.card.input_name: x})[0])
+        return output_probability(from_network_layout(out, self.card), self.card)
+
+
+def to_network_layout(batch: np.ndarray, card: ModelCard) -> np.ndarray:
+    """(N, C, X, Y, Z) windows of the RAS+ working grid in the network's orientation and axis
+    order (card fields ``input.orientation``, ``input.axis_order``); our own models take them
+    as they are."""
+    out = batch[:, :, ::-1, ::-1, :] if card.orientation == "LPS" else batch
+    return out.transpose(0, 1, 4, 3, 2) if card.axis_order == "zyx" else out
+
+
+def from_network_layout(out: np.ndarray, card: ModelCard) -> np.ndarray:
+    """The network's (N, K, ...) output back in the working grid's x, y, z RAS+ order (the
+    inverse of :func:`to_network_layout`)."""
+    out = out.transpose(0, 1, 4, 3, 2) if card.axis_order == "zyx" else out
+    return out[:, :, ::-1, ::-1, :] if card.orientation == "LPS" else out
+
+
+def output_probability(out: np.ndarray, card: ModelCard) -> np.ndarray:
+    """(N, K, X, Y, Z) network output -> probabilities: a sigmoid or a softmax over the
+    channels as ``output.activation`` says, then the ``output.class_index`` channel alone
+    (N, 1, X, Y, Z) when the card names one."""
+    out = np.asarray(out, dtype=np.float32)
+    if card.activation == "sigmoid":
+        out = 1.0 / (1.0 + np.exp(-out))
+    elif card.activation == "softmax":
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        out = e / e.sum(axis=1, keepdims=True)
+    if card.class_index is not None:
+        if card.class_index >= out.shape[1]:
+            raise InputError(card.onnx_path, f"output.class_index is {card.class_index} but the "
+                                             f"network gave {out.shape[1]} output channels")
+        out = out[:, card.class_index:card.class_index + 1]
+    return out
 
 
 def run_bound(session: Any, input_name: str, x: np.ndarray, output_name: str,

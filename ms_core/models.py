@@ -23,13 +23,20 @@ from ms_core.errors import InputError
 from ms_core.io import read_json, write_json
 
 __all__ = [
+    "AXIS_ORDERS",
     "INTENSITY_REFERENCES",
     "MODELS_DIR",
+    "MODELS_ENV",
+    "ORIENTATIONS",
+    "OUTPUT_ACTIVATIONS",
     "ModelCard",
     "ModelError",
     "VerifiedModel",
+    "active_sha256",
+    "card_problem",
     "code_commit",
     "load_model_card",
+    "models_dir_for",
     "register_model",
     "sha256_file",
     "verify_model",
@@ -40,8 +47,22 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models_onnx"
 #: Card fields every model needs.
 _COMMON = ("name", "version", "sha256", "training")
-#: Intensity references a segmentation card may name (``preprocessing.intensity_reference``).
-INTENSITY_REFERENCES = ("brain_median", "white_matter")
+#: Environment variable naming a models folder that replaces the shipped one for the models its
+#: manifest lists (a fine-tuned or registered segmentation model, a retrained prognosis model).
+MODELS_ENV = "MS_DASH_MODELS"
+#: Intensity references a segmentation card may name (``preprocessing.intensity_reference``):
+#: divide by the brain median or by the white-matter level; z-score inside the brain (mean 0,
+#: standard deviation 1, as nnU-Net normalises MRI); or map the brain's 0.5th-99.5th
+#: percentiles to 0-1 (MONAI's ``ScaleIntensityRangePercentiles``). Zero outside the brain.
+INTENSITY_REFERENCES = ("brain_median", "white_matter", "zscore", "percentile")
+#: What a segmentation network outputs (card field ``output.activation``): probabilities
+#: already ("none"), logits for a sigmoid, or logits of classes for a softmax over channels.
+OUTPUT_ACTIVATIONS = ("none", "sigmoid", "softmax")
+#: Axis order of the network's spatial axes (``input.axis_order``): x, y, z as our RAS+ grid,
+#: or z, y, x as a SimpleITK array (nnU-Net).
+AXIS_ORDERS = ("xyz", "zyx")
+#: Voxel orientations a network may expect (``input.orientation``).
+ORIENTATIONS = ("RAS", "LPS")
 #: Further card fields of the image segmentation models.
 _REQUIRED = (*_COMMON, "input", "output", "preprocessing")
 
@@ -108,6 +129,23 @@ class ModelCard:
     #: Whether the network reads its T1w channel; a card with ``input.t1w: "ignored"`` gets
     #: zeros there even when a T1w is given (the channel did not help on the real scans).
     uses_t1: bool = True
+    #: The network's voxel orientation and spatial axis order (``input.orientation``,
+    #: ``input.axis_order``): the pipeline works on an RAS+ grid in x, y, z order and turns
+    #: each window into this layout before the network, and the output back.
+    orientation: str = "RAS"
+    axis_order: str = "xyz"
+    #: ``output.activation`` (:data:`OUTPUT_ACTIVATIONS`) and the output channel that holds the
+    #: lesion class (``output.class_index``; ``None``: every output channel is used, as by our
+    #: own networks: one lesion map, or the change network's two).
+    activation: str = "none"
+    class_index: int | None = None
+    #: Sliding-window overlap the model asks for (``input.overlap``); ``None``: the run's own.
+    overlap: float | None = None
+
+    def layout_patch(self) -> tuple[int, int, int]:
+        """The patch size in the pipeline's x, y, z order (the card gives the network's)."""
+        p = self.patch_size
+        return (p[2], p[1], p[0]) if self.axis_order == "zyx" else p
 
 
 @dataclass(frozen=True)
@@ -163,15 +201,31 @@ def verify_model(name: str, models_dir: Path | str = MODELS_DIR,
     return VerifiedModel(name, onnx_path, card_path, actual, card)
 
 
-def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard:
-    """Read and verify segmentation model ``name`` from ``models_dir``.
+def active_sha256(name: str, models_dir: Path | str | None = None) -> str | None:
+    """The sha256 that ``models_dir/manifest.json`` (default: :func:`models_dir_for`) lists for
+    model ``name``, without reading the model file; ``None`` when the manifest cannot be read
+    or does not list it. Stored results record the sha256 of the model that made them, and a
+    result of another model is not current."""
+    root = models_dir_for(name) if models_dir is None else Path(models_dir)
+    try:
+        entry = read_json(root / "manifest.json").get("models", {}).get(name)
+    except (InputError, AttributeError):
+        return None
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    return str(digest) if digest else None
+
+
+def load_model_card(name: str, models_dir: Path | str | None = None) -> ModelCard:
+    """Read and verify segmentation model ``name`` from ``models_dir`` (default: the folder
+    :func:`models_dir_for` names, so ``$MS_DASH_MODELS`` when it holds the model).
 
     Raises
     ------
     ModelError
         as :func:`verify_model`, or a card without the segmentation fields.
     """
-    model = verify_model(name, models_dir, _REQUIRED)
+    model = verify_model(name, models_dir_for(name) if models_dir is None else models_dir,
+                         _REQUIRED)
     card, onnx_path, card_path, actual = model.card, model.onnx_path, model.card_path, model.sha256
     inp, pre = card["input"], card["preprocessing"]
     reference = pre.get("intensity_reference", "brain_median")
@@ -182,7 +236,7 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
     if t1w not in ("used", "ignored"):
         raise ModelError(card_path, f"input.t1w is {t1w!r}; expected 'used' or 'ignored'")
     try:
-        return ModelCard(
+        parsed = ModelCard(
             name=card["name"], version=str(card["version"]), onnx_path=onnx_path, sha256=actual,
             input_name=inp["name"], output_name=card["output"]["name"],
             channels=tuple(inp["channels"]), spacing_mm=float(pre["spacing_mm"]),
@@ -190,19 +244,76 @@ def load_model_card(name: str, models_dir: Path | str = MODELS_DIR) -> ModelCard
             multiple_of=int(inp["multiple_of"]), normalisation=str(pre["normalisation"]),
             threshold=float(card.get("threshold", 0.5)), raw=card,
             intensity_reference=str(reference), uses_t1=t1w == "used",
+            orientation=str(inp.get("orientation", "RAS")),
+            axis_order=str(inp.get("axis_order", "xyz")),
+            activation=str(card["output"].get("activation", "none")),
+            class_index=(None if card["output"].get("class_index") is None
+                         else int(card["output"]["class_index"])),
+            overlap=None if inp.get("overlap") is None else float(inp["overlap"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ModelError(card_path, f"model card field missing or malformed: {e}") from e
+    problem = card_problem(parsed)
+    if problem:
+        raise ModelError(card_path, problem)
+    return parsed
 
 
-def volume_ratio_range(name: str = "lesion_seg", models_dir: Path | str = MODELS_DIR
+def card_problem(card: ModelCard) -> str:
+    """What makes a parsed segmentation card unusable ("" when nothing): unknown channels,
+    layout, activation or class index, a patch that is not three positive sizes, a spacing
+    or overlap out of range."""
+    unknown = [c for c in card.channels if c not in ("FLAIR", "T1w")]
+    checks = [
+        (not card.channels or len(set(card.channels)) != len(card.channels) or bool(unknown)
+         or "FLAIR" not in card.channels,
+         f"input.channels is {list(card.channels)}; expected FLAIR, optionally T1w, once each"),
+        (len(card.patch_size) != 3 or min(card.patch_size, default=0) < 1,
+         f"input.patch_size is {list(card.patch_size)}; expected three positive sizes"),
+        (card.multiple_of < 1, f"input.multiple_of is {card.multiple_of}; expected >= 1"),
+        (not 0.25 <= card.spacing_mm <= 4.0,
+         f"preprocessing.spacing_mm is {card.spacing_mm}; expected 0.25-4 mm (isotropic)"),
+        (card.orientation not in ORIENTATIONS,
+         f"input.orientation is {card.orientation!r}; expected one of {ORIENTATIONS}"),
+        (card.axis_order not in AXIS_ORDERS,
+         f"input.axis_order is {card.axis_order!r}; expected one of {AXIS_ORDERS}"),
+        (card.activation not in OUTPUT_ACTIVATIONS,
+         f"output.activation is {card.activation!r}; expected one of {OUTPUT_ACTIVATIONS}"),
+        ((card.class_index is not None and card.class_index < 0)
+         or (card.activation == "softmax" and (card.class_index or 0) < 1),
+         f"output.class_index is {card.class_index}; expected >= 0, and >= 1 with a softmax "
+         "(class 0 being background)"),
+        (card.overlap is not None and not 0.0 <= card.overlap < 1.0,
+         f"input.overlap is {card.overlap}; expected 0 <= overlap < 1"),
+        (not 0.0 < card.threshold <= 1.0, f"threshold is {card.threshold}; expected (0, 1]"),
+    ]
+    return "; ".join(message for bad, message in checks if bad)
+
+
+def models_dir_for(name: str, default: Path | str = MODELS_DIR) -> Path:
+    """The models folder that serves model ``name``: ``$MS_DASH_MODELS`` when that folder's
+    manifest lists ``name`` (a fine-tuned, registered or retrained model), else ``default``
+    (the shipped models). A folder named by the variable that cannot be read falls back too:
+    loading from it would fail for every model it does not hold."""
+    override = os.environ.get(MODELS_ENV, "").strip()
+    if override:
+        try:
+            manifest = read_json(Path(override) / "manifest.json")
+        except InputError:
+            return Path(default)
+        if isinstance(manifest.get("models"), dict) and name in manifest["models"]:
+            return Path(override)
+    return Path(default)
+
+
+def volume_ratio_range(name: str = "lesion_seg", models_dir: Path | str | None = None
                        ) -> tuple[float, float] | None:
     """Lowest and highest predicted / true lesion volume of model ``name`` on the real
     validation set (card field ``evaluation.volume_ratio_range``, written by
     ``python -m training.seg.report``); ``None`` when the card has none or the model is not
     usable (:class:`ModelError`)."""
     try:
-        card = verify_model(name, models_dir).card
+        card = verify_model(name, models_dir_for(name) if models_dir is None else models_dir).card
     except ModelError:
         return None
     pair = card.get("evaluation", {}).get("volume_ratio_range")

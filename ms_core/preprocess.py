@@ -32,7 +32,9 @@ __all__ = [
     "match_histogram",
     "n4_bias_correct",
     "normalize_intensity",
+    "normalize_percentile",
     "normalize_to_white_matter",
+    "normalize_zscore",
     "pad_to_multiple",
     "register_visit_pair",
     "resample_to_grid",
@@ -164,6 +166,45 @@ def normalize_to_white_matter(data: np.ndarray, brain: np.ndarray,
     level = white_matter_level(data, mask, wm_prior)
     return np.asarray(np.where(mask, np.asarray(data, np.float32) / level, 0.0),
                       dtype=np.float32)
+
+
+def normalize_zscore(data: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Mean 0 and standard deviation 1 inside ``brain``; zero outside it (nnU-Net's MRI
+    normalisation with its brain mask). (X, Y, Z) float32.
+
+    >>> out = normalize_zscore(np.arange(8.0).reshape(2, 2, 2), np.ones((2, 2, 2), bool))
+    >>> round(float(out.mean()), 6), round(float(out.std()), 6)
+    (0.0, 1.0)
+    """
+    mask = np.asarray(brain) > 0
+    if not mask.any():
+        raise ValueError("brain mask is empty: cannot normalise intensities")
+    vals = np.asarray(data[mask], dtype=np.float64)
+    sd = float(vals.std())
+    if not sd > 0:
+        raise ValueError("the image has no intensity spread inside the brain: it looks blank")
+    return np.asarray(np.where(mask, (data - vals.mean()) / sd, 0.0), dtype=np.float32)
+
+
+def normalize_percentile(data: np.ndarray, brain: np.ndarray, lo: float = 0.5,
+                         hi: float = 99.5) -> np.ndarray:
+    """The brain's ``lo`` and ``hi`` intensity percentiles mapped to 0 and 1 (values beyond
+    clipped, as MONAI's ``ScaleIntensityRangePercentiles`` with ``clip=True``); zero outside
+    ``brain``. (X, Y, Z) float32.
+
+    >>> img = np.arange(8.0).reshape(2, 2, 2)
+    >>> out = normalize_percentile(img, np.ones(img.shape, bool), 0, 100)
+    >>> float(out.min()), float(out.max())
+    (0.0, 1.0)
+    """
+    mask = np.asarray(brain) > 0
+    if not mask.any():
+        raise ValueError("brain mask is empty: cannot normalise intensities")
+    a, b = np.percentile(data[mask], [lo, hi])
+    if not b > a:
+        raise ValueError("the image has no intensity spread inside the brain: it looks blank")
+    scaled = np.clip((data - a) / (b - a), 0.0, 1.0)
+    return np.asarray(np.where(mask, scaled, 0.0), dtype=np.float32)
 
 
 def match_histogram(moving: np.ndarray, reference: np.ndarray, brain: np.ndarray, *,

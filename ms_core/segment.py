@@ -44,7 +44,7 @@ from ms_core.io import (
 from ms_core.lesions import lesion_table, threshold_probability
 from ms_core.location import classify_lesions
 from ms_core.locks import folder_lock
-from ms_core.models import load_model_card, sha256_file
+from ms_core.models import active_sha256, load_model_card, sha256_file
 from ms_core.preprocess import (
     Grid,
     brain_mask_from_transform,
@@ -52,7 +52,9 @@ from ms_core.preprocess import (
     denoise,
     n4_bias_correct,
     normalize_intensity,
+    normalize_percentile,
     normalize_to_white_matter,
+    normalize_zscore,
     pad_to_multiple,
     resample_to_grid,
     template_to_subject,
@@ -81,6 +83,7 @@ __all__ = [
     "segment_volumes",
     "segmentation_status",
     "white_matter_prior",
+    "working_spacing",
     "write_outputs",
 ]
 
@@ -196,8 +199,9 @@ def needs_white_matter(params: SegmentParams, model: OnnxModel | None) -> bool:
 
 def reads_t1(params: SegmentParams, model: OnnxModel | None) -> bool:
     """Whether the run feeds a T1w to the network: the network method with a model whose card
-    does not say ``input.t1w: ignored`` (or with no model yet)."""
-    return params.method == "network" and (model is None or model.card.uses_t1)
+    does not say ``input.t1w: ignored`` and has a T1w channel (or with no model yet)."""
+    return params.method == "network" and (
+        model is None or (model.card.uses_t1 and "T1w" in model.card.channels))
 
 
 def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: SegmentParams,
@@ -222,11 +226,17 @@ def brain_on_grid(flair: Volume, grid: Grid, f_work: np.ndarray, params: Segment
     return brain, to_mni
 
 
+def working_spacing(params: SegmentParams, model: OnnxModel | None) -> float:
+    """Voxel size (mm) of the working grid: the network's (``preprocessing.spacing_mm``, 1 mm
+    for our models), 1 mm for the baseline method."""
+    return model.card.spacing_mm if params.method == "network" and model is not None else 1.0
+
+
 def flair_on_working_grid(flair: Volume, params: SegmentParams, model: OnnxModel | None = None
                           ) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray | None]:
     """The 1 mm working grid of ``flair``, the FLAIR resampled onto it, its brain mask there
     and the subject -> MNI matrix (when registered; see :func:`brain_on_grid`)."""
-    grid = working_grid(flair, 1.0)
+    grid = working_grid(flair, working_spacing(params, model))
     f_work = resample_to_grid(flair.data, flair.affine, grid, order=1)
     brain, to_mni = brain_on_grid(flair, grid, f_work, params, model)
     return grid, f_work, brain, to_mni
@@ -242,23 +252,34 @@ def white_matter_prior(grid: Grid, to_mni: np.ndarray | None,
 
 
 def network_input(flair: np.ndarray, t1: np.ndarray | None, brain: np.ndarray,
-                  multiple_of: int, patch: int, *, wm_prior: np.ndarray | None = None
+                  multiple_of: int, patch: int, *, wm_prior: np.ndarray | None = None,
+                  reference: str = "brain_median",
+                  channels: tuple[str, ...] = ("FLAIR", "T1w"),
                   ) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """The network's (2, X, Y, Z) float32 input from (X, Y, Z) images cropped to the brain:
-    FLAIR, then T1w (zeros without one), each divided by its median inside ``brain`` or, with
-    ``wm_prior`` (the registered white-matter prior on the same box), by its white-matter level
-    (:func:`ms_core.preprocess.white_matter_level`); zero-padded to a multiple of
-    ``multiple_of`` and at least ``patch``; and the slices that cut the unpadded box back out
+    """The network's (C, X, Y, Z) float32 input from (X, Y, Z) images cropped to the brain,
+    in the card's ``channels`` order (FLAIR, then T1w for our models; a T1w channel is zeros
+    without a T1w), each normalised inside ``brain`` by the card's intensity ``reference``
+    (:data:`ms_core.models.INTENSITY_REFERENCES`: divided by the median; by the white-matter
+    level (:func:`ms_core.preprocess.white_matter_level`), which needs ``wm_prior``, the
+    registered white-matter prior on the same box, and is used whenever one is given;
+    z-scored; or scaled by percentiles); zero-padded to a multiple of ``multiple_of`` and at
+    least ``patch``; and the slices that cut the unpadded box back out
     (:func:`ms_core.preprocess.pad_to_multiple`)."""
     def norm(image: np.ndarray) -> np.ndarray:
-        if wm_prior is None:
-            return normalize_intensity(image, brain)
-        return normalize_to_white_matter(image, brain, wm_prior)
+        if wm_prior is not None or reference == "white_matter":
+            if wm_prior is None:
+                raise ValueError("white-matter normalisation needs the registered prior")
+            return normalize_to_white_matter(image, brain, wm_prior)
+        if reference == "zscore":
+            return normalize_zscore(image, brain)
+        if reference == "percentile":
+            return normalize_percentile(image, brain)
+        return normalize_intensity(image, brain)
 
     f_norm = norm(flair)
-    t1_norm = np.zeros_like(f_norm) if t1 is None else norm(t1)
-    return pad_to_multiple(np.stack([f_norm, t1_norm]).astype(np.float32), multiple_of,
-                           minimum=patch)
+    by_name = {"FLAIR": f_norm, "T1w": np.zeros_like(f_norm) if t1 is None else norm(t1)}
+    return pad_to_multiple(np.stack([by_name[c] for c in channels]).astype(np.float32),
+                           multiple_of, minimum=patch)
 
 
 def _corrected_images(images: list[np.ndarray], brain: np.ndarray, affine: np.ndarray,
@@ -299,15 +320,18 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
     if params.method == "network":
         if model is None:
             raise ValueError("the network method needs a model (load_onnx_model)")
-        patch = model.card.patch_size
+        card = model.card
+        patch = card.layout_patch()
         wm_prior = (white_matter_prior(grid, to_mni, box) if needs_white_matter(params, model)
                     else None)
         x_pad, back = network_input(images[0], images[1] if t1_box is not None else None,
-                                    brain[box], model.card.multiple_of, max(patch),
-                                    wm_prior=wm_prior)
+                                    brain[box], card.multiple_of, max(patch),
+                                    wm_prior=wm_prior, reference=card.intensity_reference,
+                                    channels=card.channels)
         timer.lap("preprocess_normalise")
         flips = TTA_FLIPS if params.tta else ((),)
-        prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=params.overlap,
+        overlap = params.overlap if card.overlap is None else card.overlap
+        prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=overlap,
                                   flips=flips, progress=progress)
         prob_box = prob_pad[back[1:]]
     else:
@@ -479,10 +503,12 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
     """The stored segmentation's provenance if it is current, else ``None``.
 
     Current means: ``provenance.json`` exists in ``derivatives/ms_dash`` and is complete, was
-    made with ``params`` (and the model ``model_sha256`` when given) from inputs whose sha256
-    still match the visit's files, and every output file it lists is present with the sha256
-    it records. A missing, malformed or partial provenance, or a missing or altered output
-    file, is not current. This is the cache of the on-demand segmentation, keyed by input hash.
+    made with ``params`` (and, for the network method, with the model ``model_sha256``,
+    default the active ``lesion_seg``: :func:`ms_core.models.active_sha256`) from inputs
+    whose sha256 still match the visit's files, and every output file it lists is present
+    with the sha256 it records. A missing, malformed or partial provenance, or a missing or
+    altered output file, is not current. This is the cache of the on-demand segmentation,
+    keyed by input hash.
     """
     folder = derivatives_dir(root, visit.participant_id, visit.session_id)
     prov_path = folder / PROVENANCE
@@ -495,6 +521,8 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
             k: sha256_file(p) for k, p in inputs.items()}
         # Runs stored before the N4/denoise options existed were made without them.
         same_params = {**LEGACY_PARAM_DEFAULTS, **prov["parameters"]} == asdict(params)
+        if model_sha256 is None and params.method == "network":
+            model_sha256 = active_sha256("lesion_seg")
         same_model = model_sha256 is None or (prov.get("model") or {}).get(
             "sha256") == model_sha256
         current = same_inputs and same_params and same_model and _outputs_intact(folder, prov)

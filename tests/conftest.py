@@ -45,6 +45,8 @@ def audit_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The app analyses a demo study it starts on in the background; the suite's apps run on
     # demo studies too, and only tests that ask for it (MS_DASH_DEMO_AUTORUN=1) want that.
     os.environ["MS_DASH_DEMO_AUTORUN"] = "0"
+    # The shipped models, whatever folder the user's shell points the app at.
+    os.environ.pop("MS_DASH_MODELS", None)
     return path
 
 

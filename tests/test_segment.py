@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +17,7 @@ from ms_core.domain import Volume
 from ms_core.errors import InputError
 from ms_core.evaluate import dice
 from ms_core.io import load_lesion_mask, load_volume
-from ms_core.models import MODELS_DIR
+from ms_core.models import MODELS_DIR, load_model_card
 from ms_core.segment import SegmentParams, baseline_probability, segment_volumes
 from ms_core.study import derivatives_dir, image_path, truth_dir
 from ms_core.synth import sphere_labels
@@ -69,8 +69,8 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     flair[r < 3] = 200.0
     flair += np.where(brain, np.random.default_rng(0).normal(0, 2.0, grid.shape), 0.0)
     fake = SimpleNamespace(
-        card=SimpleNamespace(patch_size=(16, 16, 16), multiple_of=8, uses_t1=True,
-                             intensity_reference="brain_median"),
+        card=dataclasses.replace(load_model_card("lesion_seg"), patch_size=(16, 16, 16),
+                                 multiple_of=8, uses_t1=True, intensity_reference="brain_median"),
         predict=lambda x: (x[:, :1] > 1.5).astype(np.float32))
     lesion = r < 2
     stages: dict[bool, dict[str, float]] = {}
@@ -172,9 +172,10 @@ class _ChannelSpy:
     provider = "CPUExecutionProvider"
     def __init__(self, *, uses_t1: bool = True, reference: str = "brain_median",
                  patch: int = 16) -> None:
-        self.card = types.SimpleNamespace(patch_size=(patch,) * 3, multiple_of=8, name="spy",
-                                          version="0", sha256="0" * 64, uses_t1=uses_t1,
-                                          intensity_reference=reference)
+        self.card = dataclasses.replace(load_model_card("lesion_seg"), patch_size=(patch,) * 3,
+                                        multiple_of=8, name="spy", version="0",
+                                        sha256="0" * 64, uses_t1=uses_t1,
+                                        intensity_reference=reference)
         self.t1_max: list[float] = []
         self.flair_values: list[np.ndarray] = []
 

@@ -263,11 +263,14 @@ class _WindowSpy:
     provider = "CPUExecutionProvider"
 
     def __init__(self, patch: int) -> None:
-        import types
+        import dataclasses
 
-        self.card = types.SimpleNamespace(patch_size=(patch,) * 3, multiple_of=8, name="spy",
-                                          version="0", sha256="0" * 64, uses_t1=True,
-                                          intensity_reference="brain_median")
+        from ms_core.models import load_model_card
+
+        self.card = dataclasses.replace(load_model_card("lesion_seg"), patch_size=(patch,) * 3,
+                                        multiple_of=8, name="spy", version="0",
+                                        sha256="0" * 64, uses_t1=True,
+                                        intensity_reference="brain_median")
         self.windows: list[np.ndarray] = []
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
