@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,14 @@ from ms_core.atrophy import read_atrophy
 from ms_core.errors import InputError
 from ms_core.inference import OnnxModel, available_providers, load_onnx_model
 from ms_core.io import read_json
-from ms_core.models import MODELS_DIR, load_model_card, sha256_file, verify_model
+from ms_core.models import (
+    MODELS_DIR,
+    MODELS_ENV,
+    load_model_card,
+    models_dir_for,
+    sha256_file,
+    verify_model,
+)
 from ms_core.study import Study
 from ms_core.trial import (
     GROUND_TRUTH,
@@ -380,6 +388,12 @@ class ModelInfo:
     metrics: tuple[tuple[str, str], ...]
     training: tuple[tuple[str, str], ...]
     model_card_md: str | None
+    #: The folder that serves the model, and whether that is the shipped one (else
+    #: ``$MS_DASH_MODELS``: a fine-tuned, registered or retrained model).
+    folder: str = str(MODELS_DIR)
+    shipped: bool = True
+    #: Where a model trained elsewhere came from (the ``source`` of its contract).
+    source: tuple[tuple[str, str], ...] = ()
 
 
 def _get(card: dict[str, Any], path: str) -> Any:
@@ -418,6 +432,10 @@ def _model_info(name: str, root: Path) -> ModelInfo:
     training = card.get("training") or {}
     commit = training.get("commit") or training.get("git_commit_at_launch") or "not recorded"
     md_path = card_path.parent / "MODEL_CARD.md"
+    source = tuple((str(k), str(v)) for k, v in (card.get("source") or {}).items())
+    if "registration" in card:
+        reg = card["registration"]
+        source += (("registered", f"{reg.get('date_utc', '?')} with `{reg.get('command', '?')}`"),)
     return ModelInfo(
         name=name, version=str(card.get("version", "?")), sha256=sha, verified=error is None,
         error=error,
@@ -426,23 +444,34 @@ def _model_info(name: str, root: Path) -> ModelInfo:
         training=(("command", str(training.get("command", "not recorded"))),
                   ("date", str(training.get("date", "not recorded"))),
                   ("commit", str(commit))),
-        model_card_md=md_path.read_text(encoding="utf-8") if md_path.is_file() else None)
+        model_card_md=md_path.read_text(encoding="utf-8") if md_path.is_file() else None,
+        folder=str(root), shipped=root.resolve() == MODELS_DIR.resolve(), source=source)
+
+
+def _manifest_names(root: Path) -> list[str]:
+    try:
+        return sorted(read_json(root / "manifest.json").get("models", {}))
+    except (InputError, AttributeError):
+        return []
 
 
 @st.cache_data(max_entries=4, show_spinner="Checking the models…")
-def _model_infos(root: str, stamps: tuple[tuple[str, int, int], ...]) -> list[ModelInfo]:
-    path = Path(root)
-    try:
-        names = sorted(read_json(path / "manifest.json").get("models", {}))
-    except (InputError, AttributeError):
-        return []
-    return [_model_info(n, path) for n in names]
+def _model_infos(served: tuple[tuple[str, str], ...],
+                 stamps: tuple[tuple[str, int, int], ...]) -> list[ModelInfo]:
+    return [_model_info(name, Path(folder)) for name, folder in served]
 
 
 def model_infos(root: Path = MODELS_DIR) -> list[ModelInfo]:
-    """Every model of ``root/manifest.json`` with its sha256 check (cached on the files)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return _model_infos(str(root), tuple((str(p), *file_stamp(p)) for p in files))
+    """Every model of ``root/manifest.json`` and of ``$MS_DASH_MODELS``'s, each from the
+    folder that serves it (:func:`ms_core.models.models_dir_for`), with its sha256 check
+    (cached on the files)."""
+    override = os.environ.get(MODELS_ENV, "").strip()
+    names = set(_manifest_names(root)) | (set(_manifest_names(Path(override))) if override
+                                          else set())
+    served = tuple((n, str(models_dir_for(n, root))) for n in sorted(names))
+    files = sorted(p for folder in {Path(f) for _, f in served} for p in folder.rglob("*")
+                   if p.is_file())
+    return _model_infos(served, tuple((str(p), *file_stamp(p)) for p in files))
 
 
 @dataclass(frozen=True)
@@ -457,8 +486,8 @@ class RuntimeInfo:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Starting the segmentation model…")
-def _segmentation_session(path: str, sha: str) -> OnnxModel:
-    return load_onnx_model(load_model_card("lesion_seg", Path(path).parents[1]), "auto")
+def _segmentation_session(folder: str, sha: str) -> OnnxModel:
+    return load_onnx_model(load_model_card("lesion_seg", folder), "auto")
 
 
 def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:
@@ -469,8 +498,9 @@ def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:
     ms_core.models.ModelError
         when the model is missing or altered.
     """
-    path = root / "lesion_seg" / "model.onnx"
-    model = _segmentation_session(str(path), sha256_file(path) if path.is_file() else "")
+    folder = models_dir_for("lesion_seg", root)
+    path = folder / "lesion_seg" / "model.onnx"  # the layout exports and register-model write
+    model = _segmentation_session(str(folder), sha256_file(path) if path.is_file() else "")
     return RuntimeInfo(model.provider, tuple(model.session.get_providers()),
                        available_providers(), model.cuda_unavailable)
 

@@ -43,8 +43,8 @@ from ms_core.measurements import (
     pending_analysis,
     volume_text,
 )
-from ms_core.models import volume_ratio_range
-from ms_core.segment import segment_visit, segmentation_status
+from ms_core.models import MODELS_DIR, load_model_card, models_dir_for, volume_ratio_range
+from ms_core.segment import other_model_segmentation, segment_visit, segmentation_status
 from ms_core.settings import read_only, study_roots
 from ms_core.study import (
     Study,
@@ -93,6 +93,7 @@ __all__ = [
     "routed_run",
     "run_segmentation",
     "run_tracking",
+    "segmentation_by_other_model",
     "segmentation_result",
     "study_dmts",
     "tracking_result",
@@ -564,6 +565,24 @@ def _segmentation_stamps(root: Path, visit: Visit) -> tuple[tuple[int, int], ...
     out = derivatives_dir(root, visit.participant_id, visit.session_id)
     files = [out / "provenance.json", *visit.images.values()]
     return tuple(_stamp(p) for p in files)
+
+
+def segmentation_by_other_model(root: Path, visit: Visit) -> str | None:
+    """Why the visit's stored segmentation is not current when another segmentation model made
+    it (a line for the Patient page), else ``None``."""
+    stored = other_model_segmentation(root, visit)
+    if stored is None:
+        return None
+    folder = models_dir_for("lesion_seg")
+    try:
+        card = load_model_card("lesion_seg")
+        active = f"{card.name} v{card.version} (sha256 {card.sha256[:12]}…)"
+    except InputError as e:
+        active = f"the model in {folder}, which cannot be loaded ({e.problem})"
+    where = "shipped" if folder.resolve() == MODELS_DIR.resolve() else f"from {folder}"
+    return (f"The stored segmentation was made by {stored.get('name')} v{stored.get('version')} "
+            f"(sha256 {str(stored.get('sha256'))[:12]}…); the active model is {active}, "
+            f"{where}. Segment the visit again to use it.")
 
 
 def segmentation_result(root: Path, visit: Visit) -> tuple[dict[str, Any], pd.DataFrame] | None:

@@ -76,6 +76,7 @@ __all__ = [
     "model_info",
     "needs_white_matter",
     "network_input",
+    "other_model_segmentation",
     "probability_on_grid",
     "reads_t1",
     "segment_files",
@@ -529,6 +530,20 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
     except (InputError, KeyError, TypeError, AttributeError, OSError):
         return None
     return dict(prov) if current else None
+
+
+def other_model_segmentation(root: Path, visit: Visit) -> dict[str, object] | None:
+    """The model entry of the visit's stored network segmentation when another model than the
+    active ``lesion_seg`` made it (so it is not current), else ``None``."""
+    path = derivatives_dir(root, visit.participant_id, visit.session_id) / PROVENANCE
+    try:
+        stored = read_json(path).get("model") if path.is_file() else None
+    except (InputError, AttributeError):
+        return None
+    active = active_sha256("lesion_seg")
+    if not isinstance(stored, dict) or active is None or stored.get("sha256") == active:
+        return None
+    return dict(stored)
 
 
 def segment_visit(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),

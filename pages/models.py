@@ -15,18 +15,24 @@ ui_helpers.ensure_routed()
 study = ui_helpers.current_selection().study
 
 st.title("Models & QC")
-st.caption("Every model is checked against the sha256 in models_onnx/manifest.json and in its "
-           "card before use; an altered or unregistered file is refused.")
+st.caption("Every model is checked against the sha256 in its folder's manifest.json and in its "
+           "card before use; an altered or unregistered file is refused. MS_DASH_MODELS names "
+           "a folder whose models replace the shipped ones (docs/models.md).")
 
 infos = ui_cohort.model_infos()
 if not infos:
     st.error("No model manifest found (models_onnx/manifest.json).")
 for info in infos:
     st.subheader(f"{info.name} v{info.version}")
+    if not info.shipped:
+        st.info(f"Served from `{info.folder}` (MS_DASH_MODELS), in place of the shipped "
+                f"{info.name}: segmentations made by another model show as not current.")
     if info.verified:
         st.success(f"sha256 verified: `{info.sha256}`")
     else:
         st.error(f"sha256 check failed. {info.error}")
+    if info.source:
+        st.markdown("  \n".join(f"**Source {k}**: {v}" for k, v in info.source))
     left, right = st.columns(2)
     with left:
         st.markdown(f"**Family**: {info.family}  \n**Task**: {info.task}")

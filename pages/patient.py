@@ -60,6 +60,9 @@ with summary_col:
 st.subheader("Lesion segmentation (network)")
 if segmentation is None:
     st.write("This visit has not been segmented with the current model and settings.")
+    other = ui_helpers.segmentation_by_other_model(study.root, visit)
+    if other:
+        st.warning(other)
     if "FLAIR" in visit.images and ui_helpers.can_write(study.root):
         ui_jobs.job_button(
             "Segment this visit", ui_jobs.job_key("segment", study.root, pid, visit.session_id),

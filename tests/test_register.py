@@ -221,3 +221,30 @@ def test_register_model_cli(tmp_path: Path) -> None:
                           text=True, timeout=600)
     assert done.returncode == 2
     assert "input 'input' is not a graph input; the graph's inputs are ['x']" in done.stderr
+
+
+def test_the_app_names_the_active_model_and_the_stale_segmentation(
+        segmented_study: Path, registered: tuple[Path, dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from ms_core.study import load_study
+
+    models, card = registered
+    first = load_study(segmented_study).visits["sub-01"][0]
+    monkeypatch.setenv("MS_DASH_STUDY", str(segmented_study))
+    monkeypatch.setenv("MS_DASH_MODELS", str(models))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    at.sidebar.selectbox[1].set_value(first.session_id).run()
+    assert not at.exception
+    warning = " ".join(w.value for w in at.warning)
+    shipped = load_model_card("lesion_seg", MODELS_DIR).version
+    assert f"made by lesion_seg v{shipped}" in warning and "v2.0.0-site" in warning
+    assert str(models) in warning
+    assert any(b.label == "Segment this visit" for b in at.button)
+    at.switch_page("pages/models.py").run()
+    assert not at.exception
+    served = [i.value for i in at.info if "MS_DASH_MODELS" in i.value]
+    assert len(served) == 1 and str(models) in served[0]  # lesion_seg only
+    assert any(card["sha256"] in s.value for s in at.success)
