@@ -223,7 +223,23 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
         def viewer() -> Any:
             return next((f for f in page.frames if "niivue_ms_viewer" in f.url), None)
 
-        _wait(page, lambda: viewer() and viewer().evaluate("document.body.dataset.ready === '1'"),
+        def in_viewer(script: str) -> Any:
+            """``script``'s value in the viewer's frame, looked up afresh; ``None`` while there
+            is none or while Streamlit replaces it (a rerun can mount the component anew, and
+            a frame found a moment ago is then detached)."""
+            from playwright.sync_api import Error
+
+            frame = viewer()
+            if frame is None:
+                return None
+            try:
+                return frame.evaluate(script)
+            except Error as e:
+                if "detached" in str(e) or "context was destroyed" in str(e):
+                    return None
+                raise
+
+        _wait(page, lambda: in_viewer("document.body.dataset.ready === '1'"),
               "the viewer to load")
         # 1. Choosing a table row moves the crosshair to that lesion.
         grid = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first
@@ -243,7 +259,7 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
         row = stored[stored.lesion_id == lesion].iloc[0]
         centroid = [row.centroid_x_mm, row.centroid_y_mm, row.centroid_z_mm]
         def at_centroid() -> Any:
-            m = viewer().evaluate("window.msViewer.crosshairMm(0)")
+            m = in_viewer("window.msViewer.crosshairMm(0)")
             return m if m and np.allclose(m, centroid, atol=1e-3) else None
 
         mm = _wait(page, at_centroid, "the crosshair move")
@@ -252,14 +268,15 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
         canvas = page.frame_locator('iframe[title*="niivue"]').locator("canvas").first
         cbox = stable_box(page, canvas)
         away = _background_point(processed, sid, mm)
-        point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(away)})")
-        assert point is not None
+        point = _wait(page, lambda: in_viewer(f"window.msViewer.cssPointOf(0, {json.dumps(away)})"),
+                      "the background point on the canvas", timeout_s=30)
         page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
         _wait(page, lambda: page.get_by_text("Selected lesion").count() == 0,
               "the selection to clear")
         target = _inside_voxel(processed, sid, lesion, float(mm[2]))
-        point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(target)})")
-        assert point is not None
+        point = _wait(page, lambda: in_viewer(
+            f"window.msViewer.cssPointOf(0, {json.dumps(target)})"),
+            "the lesion's point on the canvas", timeout_s=30)
         page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
         text = _wait(page, lambda: page.get_by_text("Selected lesion").count() and
                      page.get_by_text("Selected lesion").first.inner_text(),
@@ -272,17 +289,19 @@ def test_table_moves_crosshairs_and_a_click_selects_the_lesion(processed: Path,
                           .read_text())
         f2b = np.asarray(prov["registration"]["followup_to_baseline_ras_mm"])
         page.get_by_text(f"Side by side with {first.session_id}").click()
-        _wait(page, lambda: viewer().evaluate(
+        _wait(page, lambda: in_viewer(
             "window.msViewer.nPanes() === 2 && window.msViewer.loaded(1) && "
             "document.body.dataset.ready === '1'"), "the second pane to load")
         cbox = stable_box(page, canvas)
-        point = viewer().evaluate(f"window.msViewer.cssPointOf(0, {json.dumps(target)})")
+        point = _wait(page, lambda: in_viewer(
+            f"window.msViewer.cssPointOf(0, {json.dumps(target)})"),
+            "the lesion's point on the side-by-side canvas", timeout_s=30)
         page.mouse.click(cbox["x"] + point[0], cbox["y"] + point[1])
 
         def linked() -> Any:
             # Pane 1 may report its own load position first: wait for the click's link.
-            here = viewer().evaluate("window.msViewer.crosshairMm(0)")
-            there = viewer().evaluate("window.msViewer.crosshairMm(1)")
+            here = in_viewer("window.msViewer.crosshairMm(0)")
+            there = in_viewer("window.msViewer.crosshairMm(1)")
             if here is None or there is None:
                 return None
             expected = (f2b @ np.array([*here, 1.0]))[:3]
