@@ -135,6 +135,22 @@ _RECORDED_OPTIONS = {"noise": "white", "lesion_model": "uniform", "winsorise": 0
                      "t1_dropout": 0.5}
 
 
+_SYNTHETIC_DATA = ("synthetic MNI152 volumes with 27 real consensus lesion masks of open_ms_data "
+                   "(Lesjak et al. 2018, CC-BY), patient26 excluded")
+
+
+def _training_data(config: dict[str, object]) -> str:
+    """What the weights were trained on, for the card."""
+    finetune = config.get("finetune")
+    if isinstance(finetune, dict):
+        return (f"fine-tuned on the expert masks of {finetune['study']} (patients "
+                f"{', '.join(finetune['train_participants'])}; validated on "
+                f"{', '.join(finetune['val_participants'])}), mixed with "
+                f"{finetune['synthetic_fraction']:.0%} {_SYNTHETIC_DATA}")
+    return (f"{_SYNTHETIC_DATA}; no image of the real validation set (patient26, MSLesSeg P18, "
+            "P39)")
+
+
 def _recorded_options(config: dict[str, object]) -> dict[str, object]:
     """The run's data and loss options for the card (older runs: the value they trained with)."""
     return {k: config.get(k, default) for k, default in _RECORDED_OPTIONS.items()}
@@ -223,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                      **({"soup_of": config["ingredients"]} if config.get("ingredients") else {}),
                      "git_commit_at_launch": config.get(
                          "git_commit"), "torch": config.get("torch"),
-                     "data": "synthetic MNI152 volumes with 27 real consensus lesion masks of "
-                             "open_ms_data (Lesjak et al. 2018, CC-BY), patient26 excluded; no "
-                             "image of the real validation set (patient26, MSLesSeg P18, P39)",
+                     "data": _training_data(config),
+                     # training.seg.finetune: the study, its split and the starting model
+                     **({"finetune": config["finetune"]} if config.get("finetune") else {}),
                      "norm": net.norm,
                      "bn_calibration_patches": metrics.get("bn_calibration_patches"),
                      "best_synthetic_val_dice": metrics.get("best_synthetic_val_dice"),
