@@ -31,7 +31,7 @@ STAGES = {
     "synthetic": ("synth", "demo", "cohort"),
     "clinical": ("patient_features", "prognosis", "prognosis_fit", "clinical_models",
                  "diagnosis", "differential", "trial"),
-    "services": ("batch", "report", "viewer", "workflow", "importer", "cli"),
+    "services": ("batch", "report", "viewer", "workflow", "importer", "register", "cli"),
 }
 
 
