@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ms_core.models import MODELS_DIR
+from ms_core.models import MODELS_DIR, models_dir_for
 
 __all__ = [
     "NOT_MEASURED",
@@ -698,8 +698,10 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def model_card_ref(model_name: str, *, models_dir: Path | str = MODELS_DIR) -> str:
-    """Markdown pointing at a model's card: path, version and sha256 (first 12 hex digits).
+def model_card_ref(model_name: str, *, models_dir: Path | str | None = None) -> str:
+    """Markdown pointing at a model's card: path, version and sha256 (first 12 hex digits),
+    in ``models_dir`` (default: the folder that serves the model,
+    :func:`ms_core.models.models_dir_for`).
 
     ``MODEL_CARD.md`` is named when it exists, else ``model.json``. Raises ``ValueError`` for a
     name that is empty or contains a path separator.
@@ -709,7 +711,7 @@ def model_card_ref(model_name: str, *, models_dir: Path | str = MODELS_DIR) -> s
     """
     if not model_name or "/" in model_name or "\\" in model_name or model_name in (".", ".."):
         raise ValueError(f'Model name must be a folder name under models_onnx, not "{model_name}"')
-    folder = Path(models_dir) / model_name
+    folder = Path(models_dir_for(model_name) if models_dir is None else models_dir) / model_name
     card_md = folder / "MODEL_CARD.md"
     shown = _display_path(card_md if card_md.is_file() else folder / "model.json")
     data = _load(folder / "model.json")
@@ -720,7 +722,7 @@ def model_card_ref(model_name: str, *, models_dir: Path | str = MODELS_DIR) -> s
     return f"`{shown}` (version {version}, sha256 {sha[:12]}…)"
 
 
-def research_notice(model_name: str, *, models_dir: Path | str = MODELS_DIR) -> str:
+def research_notice(model_name: str, *, models_dir: Path | str | None = None) -> str:
     """The research-use line shown beside a model's output, with a pointer to its card.
 
     >>> research_notice("lesion_seg")  # doctest: +ELLIPSIS

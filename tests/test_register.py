@@ -159,6 +159,11 @@ def test_segment_runs_the_registered_model_through_ms_dash_models(
     assert models_dir_for("prognosis") == MODELS_DIR
     assert active_sha256("lesion_seg") == card["sha256"] != active_sha256("lesion_seg",
                                                                             MODELS_DIR)
+    from ms_core.workflow import model_card_ref
+
+    assert model_card_ref("lesion_seg") == (f"`{models / 'lesion_seg' / 'MODEL_CARD.md'}` "
+                                            f"(version 2.0.0-site, sha256 {card['sha256'][:12]}…)")
+    assert model_card_ref("prognosis").startswith("`models_onnx/prognosis/")
 
 
 def test_results_of_another_segmentation_model_are_stale(
