@@ -73,3 +73,37 @@ def test_pair_sampler_refuses_a_share_outside_0_1(bank: LesionBank, option: str)
         PairSampler(bank, 32, **{option: 1.5})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="registration_error"):
         PairSampler(bank, 32, registration_error=-1.0)
+
+
+def test_fate_odds_and_new_lesion_sizes_shape_the_labels(bank: LesionBank) -> None:
+    from scipy import ndimage as ndi
+
+    # Every lesion vanishes and no lesion is new: only the shrinking channel is labelled.
+    vanish = PairSampler(bank, 32, seed=4, lesion_fraction=1.0, no_change_fraction=0.0,
+                         new_lesion_fraction=0.0, fate_odds=(0, 0, 0, 0, 1))
+    labelled = [y for _, y in _pairs(vanish, 4) if y.any()]
+    assert labelled and all(not y[0].any() and y[1].any() for y in labelled)
+    # Small new lesions only (stable masks): each new piece is 3-30 mm³ (1 mm voxels), and
+    # there are more of them with a higher count.
+    def pieces(count: tuple[int, int]) -> list[int]:
+        sampler = PairSampler(bank, 32, seed=5, lesion_fraction=1.0, no_change_fraction=0.0,
+                              new_lesion_fraction=1.0, fate_odds=(1, 0, 0, 0, 0),
+                              new_lesion_mm3=(3.0, 30.0), new_lesion_count=count,
+                              protocol_change_fraction=0.0)
+        sizes = []
+        for _, y in _pairs(sampler, 6):
+            labels, _ = ndi.label(y[0] > 0, structure=np.ones((3, 3, 3)))
+            sizes += list(np.bincount(labels.ravel())[1:])
+        return sizes
+    few, many = pieces((1, 1)), pieces((6, 8))
+    assert few and max(few + many) <= 40 and len(many) > 2 * len(few)
+
+
+@pytest.mark.parametrize(("option", "value"), [("grow_voxels", (2.0, 1.0)),
+                                               ("new_lesion_mm3", (0.1, 10.0)),
+                                               ("new_lesion_count", (0, 3)),
+                                               ("fate_odds", (0.5, 0.5))])
+def test_pair_sampler_refuses_recipe_options_out_of_range(bank: LesionBank, option: str,
+                                                          value: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match=option):
+        PairSampler(bank, 32, **{option: value})  # type: ignore[arg-type]

@@ -498,3 +498,21 @@ def test_change_loss_falls_when_the_network_learns_a_fixed_batch() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_change_loss_channel_weights_weigh_each_channel() -> None:
+    import torch.nn.functional as F
+
+    from training.change.train import change_loss
+    from training.seg.train import soft_dice_loss
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 2, 8, 8, 8)
+    y = (torch.rand(2, 2, 8, 8, 8) > 0.8).float()
+    per_channel = [F.binary_cross_entropy_with_logits(logits[:, c], y[:, c])
+                   + soft_dice_loss(logits[:, c], y[:, c]) for c in range(2)]
+    equal = change_loss(logits, y)
+    assert torch.isclose(equal, change_loss(logits, y, (2.0, 2.0)))
+    assert torch.isclose(equal, (per_channel[0] + per_channel[1]) / 2, atol=1e-6)
+    heavy = change_loss(logits, y, (1.0, 3.0))
+    assert torch.isclose(heavy, (per_channel[0] + 3 * per_channel[1]) / 4, atol=1e-6)

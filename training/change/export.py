@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                          "no_change_fraction", "protocol_change_fraction",
                          "new_lesion_fraction", "registration_error", "lesion_fraction",
                          "lesion_contrast", "lesion_gm_floor", "contrast_power",
-                         "gm_contrast")},
+                         "gm_contrast")} | {k: config[k] for k in (  # options of later runs
+                         "grow_voxels", "new_lesion_mm3", "new_lesion_count", "fate_odds",
+                         "channel_weights") if k in config},
                      **{k: metrics.get(k) for k in ("best_synthetic_val_dice_mean",
                                                     "val_dice_after_calibration",
                                                     "bn_calibration_pairs", "train_seconds")}},

@@ -46,11 +46,11 @@ from training.seg.synth_data import (
     correlated_noise,
 )
 
-__all__ = ["FATES", "PairSampler"]
+__all__ = ["FATES", "FATE_ODDS", "PairSampler"]
 
 #: Fates of a lesion between two visits and their odds in a pair with change.
 FATES = ("stable", "grow", "shrink", "appear", "vanish")
-_FATE_ODDS = (0.55, 0.15, 0.10, 0.12, 0.08)
+FATE_ODDS = (0.55, 0.15, 0.10, 0.12, 0.08)
 _BALL = np.ones((3, 3, 3), bool)
 
 
@@ -87,12 +87,26 @@ class PairSampler:
     def __init__(self, bank: LesionBank, patch: int = 64, seed: int = 0, *,
                  no_change_fraction: float = 0.2, protocol_change_fraction: float = 0.3,
                  new_lesion_fraction: float = 0.5, registration_error: float = 1.0,
+                 grow_voxels: tuple[float, float] = (1.0, 2.5),
+                 new_lesion_mm3: tuple[float, float] = (5.0, 110.0),
+                 new_lesion_count: tuple[int, int] = (1, 4),
+                 fate_odds: tuple[float, ...] = FATE_ODDS,
                  **sampler_options: object) -> None:
         for name, share in (("no_change_fraction", no_change_fraction),
                             ("protocol_change_fraction", protocol_change_fraction),
                             ("new_lesion_fraction", new_lesion_fraction)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be within 0-1, got {share}")
+        if not 0.3 <= grow_voxels[0] <= grow_voxels[1] <= 5.0:
+            raise ValueError(f"grow_voxels must be 'lo,hi' within 0.3-5, got {grow_voxels}")
+        if not 1.0 <= new_lesion_mm3[0] <= new_lesion_mm3[1] <= 500.0:
+            raise ValueError(f"new_lesion_mm3 must be 'lo,hi' within 1-500, got {new_lesion_mm3}")
+        if not 1 <= new_lesion_count[0] <= new_lesion_count[1] <= 20:
+            raise ValueError(f"new_lesion_count must be 'lo,hi' within 1-20, got "
+                             f"{new_lesion_count}")
+        if len(fate_odds) != len(FATES) or min(fate_odds) < 0 or abs(sum(fate_odds) - 1) > 1e-6:
+            raise ValueError(f"fate_odds must be {len(FATES)} shares ({', '.join(FATES)}) "
+                             f"summing to 1, got {fate_odds}")
         if not 0.0 <= registration_error <= 3.0:
             raise ValueError(f"registration_error (degrees and 0.7 voxel per unit) must be "
                              f"within 0-3, got {registration_error}")
@@ -101,6 +115,8 @@ class PairSampler:
         self.protocol_change_fraction = protocol_change_fraction
         self.new_lesion_fraction = new_lesion_fraction
         self.registration_error = registration_error
+        self.grow_voxels, self.new_lesion_mm3 = grow_voxels, new_lesion_mm3
+        self.new_lesion_count, self.fate_odds = new_lesion_count, tuple(fate_odds)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One pair: [follow-up, baseline, difference] and [appeared/grew, shrank/vanished]."""
@@ -186,7 +202,7 @@ class PairSampler:
         """Baseline and follow-up lesion fraction maps made from one mask's lesions."""
         frac_b, frac_f = lesion.copy(), lesion.copy()
         comps, n = ndi.label(lesion >= 0.5, structure=_BALL)
-        fates = rng.choice(len(FATES), size=n, p=_FATE_ODDS)
+        fates = rng.choice(len(FATES), size=n, p=self.fate_odds)
         growable = (wm > 0.3) & (brain > 0.5)
         for i, box in enumerate(ndi.find_objects(comps)):
             fate = FATES[int(fates[i])]
@@ -201,25 +217,28 @@ class PairSampler:
             depth = ndi.distance_transform_edt(comp)
             if fate == "grow" and rng.random() < 0.5:  # outward, into white matter
                 out = ndi.distance_transform_edt(~comp)
-                grown = np.clip(rng.uniform(1.0, 2.5) + 0.5 - out, 0.0, 1.0) * growable[box]
+                grown = np.clip(rng.uniform(*self.grow_voxels) + 0.5 - out, 0.0,
+                                1.0) * growable[box]
                 frac_f[box] = np.maximum(frac_f[box], grown)
                 continue
-            core = np.clip(depth - rng.uniform(1.0, 2.5) + 0.5, 0.0, 1.0)
+            core = np.clip(depth - rng.uniform(*self.grow_voxels) + 0.5, 0.0, 1.0)
             target = frac_b if fate == "grow" else frac_f  # a smaller core at one visit
             target[box] = np.where(near, np.minimum(target[box], core), target[box])
         if rng.random() < self.new_lesion_fraction:
-            frac_f = np.maximum(frac_f, self._balls(rng, wm, brain, int(rng.integers(1, 5))))
+            lo, hi = self.new_lesion_count
+            frac_f = np.maximum(frac_f, self._balls(rng, wm, brain, int(rng.integers(lo, hi + 1))))
         if rng.random() < 0.5 * self.new_lesion_fraction:
             frac_b = np.maximum(frac_b, self._balls(rng, wm, brain, 1))
         return frac_b, frac_f
 
     def _balls(self, rng: np.random.Generator, wm: np.ndarray, brain: np.ndarray,
                count: int) -> np.ndarray:
-        """Fraction map of ``count`` small lesions (5-110 mm³) in white matter."""
+        """Fraction map of ``count`` small lesions (``new_lesion_mm3``, by default 5-110 mm³)
+        in white matter."""
         out = np.zeros(wm.shape, np.float32)
         where = np.argwhere((wm > 0.5) & (brain > 0.5))
         for _ in range(count if len(where) else 0):
             centre = where[rng.integers(len(where))]
-            radius = (3.0 * rng.uniform(5.0, 110.0) / (4.0 * math.pi)) ** (1.0 / 3.0)
+            radius = (3.0 * rng.uniform(*self.new_lesion_mm3) / (4.0 * math.pi)) ** (1.0 / 3.0)
             _paint_ball(out, centre, min(radius, 2.9), rng.uniform(0.75, 1.3, 3))
         return out

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ms_core.anatomy import load_template
 from ms_core.io import atomic_write_text, write_json
 from ms_core.models import code_commit
-from training.change.synth_pairs import PairSampler
+from training.change.synth_pairs import FATE_ODDS, PairSampler
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import load_lesion_bank
 from training.seg.train import (
@@ -65,7 +65,21 @@ def pair_sampler(config: dict[str, Any], seed: int) -> PairSampler:
                        lesion_contrast=(lo, hi), lesion_model="mixed",
                        lesion_gm_floor=float(config["lesion_gm_floor"]),
                        contrast_power=float(config["contrast_power"]),
-                       gm_contrast=(glo, ghi), normalisation="wm")
+                       gm_contrast=(glo, ghi), normalisation="wm",
+                       grow_voxels=_numbers(config.get("grow_voxels", "1.0,2.5"), 2),
+                       new_lesion_mm3=_numbers(config.get("new_lesion_mm3", "5,110"), 2),
+                       new_lesion_count=tuple(int(v) for v in _numbers(  # type: ignore[arg-type]
+                           config.get("new_lesion_count", "1,4"), 2)),
+                       fate_odds=_numbers(config.get("fate_odds", ",".join(
+                           str(v) for v in FATE_ODDS)), len(FATE_ODDS)))
+
+
+def _numbers(value: object, count: int) -> tuple[float, ...]:
+    """A comma-separated option (or a stored list) as ``count`` floats."""
+    parts = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    if len(parts) != count:
+        raise ValueError(f"expected {count} comma-separated numbers, got {value!r}")
+    return tuple(float(v) for v in parts)
 
 
 class _Pairs(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
@@ -83,11 +97,19 @@ class _Pairs(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                    torch.from_numpy(np.stack([p[1] for p in pairs])))
 
 
-def change_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus the mean over channels of a batch-wide soft Dice loss."""
-    dice = torch.stack([soft_dice_loss(logits[:, c], target[:, c])
-                        for c in range(logits.shape[1])]).mean()
-    return F.binary_cross_entropy_with_logits(logits, target) + dice
+def change_loss(logits: torch.Tensor, target: torch.Tensor,
+                weights: tuple[float, ...] = (1.0, 1.0)) -> torch.Tensor:
+    """Binary cross-entropy plus the mean over channels of a batch-wide soft Dice loss; with
+    ``weights`` other than equal, each channel's two terms weighted (a stronger shrinking
+    channel, say)."""
+    dice_terms = torch.stack([soft_dice_loss(logits[:, c], target[:, c])
+                              for c in range(logits.shape[1])])
+    if all(w == weights[0] for w in weights):
+        return F.binary_cross_entropy_with_logits(logits, target) + dice_terms.mean()
+    w = torch.tensor(weights, dtype=logits.dtype)
+    bce = torch.stack([F.binary_cross_entropy_with_logits(logits[:, c], target[:, c])
+                       for c in range(logits.shape[1])])
+    return ((bce + dice_terms) * w).sum() / w.sum()
 
 
 def channel_dice(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> list[float]:
@@ -131,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lesion-gm-floor", type=float, default=1.05)
     ap.add_argument("--contrast-power", type=float, default=1.5)
     ap.add_argument("--gm-contrast", default="0.95,1.6")
+    ap.add_argument("--grow-voxels", default="1.0,2.5",
+                    help="how far a lesion grows or shrinks, voxels ('lo,hi'; 0.6 gives "
+                         "one-voxel rims)")
+    ap.add_argument("--new-lesion-mm3", default="5,110",
+                    help="volume range of the small new lesions ('lo,hi')")
+    ap.add_argument("--new-lesion-count", default="1,4",
+                    help="how many small new lesions a pair with them gets ('lo,hi')")
+    ap.add_argument("--fate-odds", default=",".join(str(v) for v in FATE_ODDS),
+                    help="odds of stable, grow, shrink, appear, vanish per lesion")
+    ap.add_argument("--channel-weights", default="1,1",
+                    help="loss weight of the appeared and the vanished channel")
     return ap
 
 
@@ -152,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     val_y = torch.from_numpy(np.stack([v[1] for v in val]))
     loader = torch.utils.data.DataLoader(_Pairs(config, args.seed, args.batch), batch_size=None,
                                          num_workers=1, prefetch_factor=4)
+    weights = _numbers(args.channel_weights, 2)
     model = UNet3D(3, widths, norm=args.norm, out_channels=2)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log_lines: list[str] = []
@@ -162,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = next(batches)
-        loss = change_loss(model(x), y)
+        loss = change_loss(model(x), y, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
