@@ -49,14 +49,24 @@ def test_card_names_its_intensity_reference_and_t1w_use(tmp_path: Path) -> None:
     path.write_text(json.dumps(card))
     new = load_model_card("m", root)
     assert new.intensity_reference == "white_matter" and not new.uses_t1
-    for field, key, value, match in (("preprocessing", "intensity_reference", "zscore",
+    for field, key, value, match in (("preprocessing", "intensity_reference", "minmax",
                                       "intensity_reference"),
-                                     ("input", "t1w", "sometimes", "input.t1w")):
+                                     ("input", "t1w", "sometimes", "input.t1w"),
+                                     ("input", "orientation", "LAS", "input.orientation"),
+                                     ("input", "axis_order", "yxz", "input.axis_order"),
+                                     ("input", "channels", ["T2w"], "input.channels"),
+                                     ("input", "overlap", 1.0, "input.overlap"),
+                                     ("output", "activation", "relu", "output.activation")):
         bad = json.loads(json.dumps(card))
         bad[field][key] = value
         path.write_text(json.dumps(bad))
         with pytest.raises(ModelError, match=match):
             load_model_card("m", root)
+    softmax = json.loads(json.dumps(card))
+    softmax["output"].update(activation="softmax", class_index=0)  # class 0 is background
+    path.write_text(json.dumps(softmax))
+    with pytest.raises(ModelError, match=r"output\.class_index is 0"):
+        load_model_card("m", root)
 
 
 def test_volume_ratio_range_comes_from_a_verified_card(tmp_path: Path) -> None:
