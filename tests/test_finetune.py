@@ -95,6 +95,7 @@ def test_a_few_steps_lower_the_loss_and_export_a_model_that_segments(study: Path
 
     card = load_model_card("lesion_seg", out)  # sha256 checked against manifest and card
     assert card.version.endswith("-ft.1")
+    assert not card.uses_t1  # FLAIR only, as the shipped model it started from
     raw = card.raw
     assert raw["training"]["finetune"]["val_participants"] == ["sub-02"]
     assert "fine-tuned on the expert masks" in raw["training"]["data"]

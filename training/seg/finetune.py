@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     prepared = [prepare(v, init_model, params) for v in train_visits]
     study_patches = StudyPatches(prepared, args.seed)
     recipe = recipe_from_command(str(init_card["training"]["command"]))
+    if init_card["input"].get("t1w") == "ignored":  # FLAIR only, as the init model runs
+        recipe["t1_dropout"] = 1.0
     synthetic = None
     if args.synthetic_fraction > 0:
         bank = load_lesion_bank(args.mni_dir, load_template())
