@@ -1,44 +1,11 @@
 """Per-lesion radiomics-style features in NumPy: size, position, shape, intensity and texture.
 
-pyradiomics is not used: its only Python 3.11 distribution is a source archive whose build fails
-here (see ``docs/lesion_location.md``, "Features"), and scikit-image is not a dependency. This
-module implements a documented subset with pyradiomics-like definitions.
-
-Shape
-    ``volume_ml`` is the voxel count times the voxel volume. ``surface_area_mm2`` uses the
-    discrete Crofton formula (stereology: Ohser and Muecklich 2000; Lang et al. 2001) rather than
-    counting exposed voxel faces, whose total is ``integral(|n_x| + |n_y| + |n_z|) dA``, 3/2 of
-    the area of a ball. Lines of voxel centres run along the 13 neighbour directions ``d_i``; a
-    surface crossed ``N_i`` times along them has area ``2 sum_i w_i N_i V / |d_i|`` (``V`` the
-    voxel volume, ``w_i`` the share of the sphere of directions closest to ``d_i`` in mm, from a
-    spherical Voronoi partition, so anisotropic voxels are handled). It estimates the area of the
-    sampled object, not of its voxel staircase: a ball is within 2 % from a radius of 3 voxels
-    (1 mm or 0.5 mm grids; 5 % on 0.9 x 1.1 x 3 mm from 5 mm); flat faces aligned with the grid
-    come out about 10 % low. Lesions one or two slices thick are under-sampled and their area is
-    20-25 % low whatever the method. ``sphericity = pi^(1/3) (6 V)^(2/3) / A`` is therefore about
-    1 for a ball and can exceed 1 for thin lesions; it is not clipped. (Marching-cubes meshes of
-    the voxel staircase, as in pyradiomics, give a ball several per cent too much area, so
-    pyradiomics sphericities are lower; not measured here.)
-    Principal axes come from the second moments of the voxel positions in mm, each voxel counted
-    as a solid box (its own covariance ``A A^T / 12`` added, ``A`` the affine's 3x3), so a single
-    voxel has finite axes. For eigenvalues ``l1 >= l2 >= l3``, ``*_axis_mm = 2 sqrt(5 l)`` is the
-    full axis length of the solid ellipsoid with the same moments, ``elongation = sqrt(l2 / l1)``
-    and ``flatness = sqrt(l3 / l1)`` (both 1 for a ball, smaller when elongated / flat; the
-    pyradiomics definitions).
-First order, per image (``{image}_{stat}``)
-    ``mean, sd`` (population), ``min, p10, median, p90, max``, ``skewness`` and ``kurtosis``
-    (population moments; kurtosis is *not* excess: 3 for a normal distribution, as pyradiomics;
-    NaN when ``sd == 0``), ``entropy``: Shannon entropy in bits of a :data:`ENTROPY_BINS`-bin
-    histogram over the lesion's own intensity range (0 for a constant lesion).
-GLCM texture, per image (``{image}_glcm_{feature}``)
-    Intensities inside the lesion's bounding box are quantised to :data:`GLCM_LEVELS` grey levels
-    over the lesion's own range; co-occurrences are counted for voxel pairs at distance 1 along
-    the 13 unique 3D directions (voxel neighbours, 26-connectivity), both voxels inside the
-    lesion, symmetrically. Features are computed per direction and averaged over directions with
-    at least one pair: ``contrast = sum (i-j)^2 p``, ``homogeneity = sum p / (1 + (i-j)^2)``,
-    ``energy = sum p^2`` (angular second moment; pyradiomics "JointEnergy"), ``correlation``
-    (Pearson of the pair levels; 1 when a direction has a single grey level, as pyradiomics).
-    A single-voxel lesion has no pairs: its GLCM features are NaN.
+Entry points: :func:`lesion_features` (one row per lesion) and :func:`feature_columns`.
+pyradiomics does not install on Python 3.11 here, so this is a documented subset with
+pyradiomics-like definitions: the surface area by the discrete Crofton formula (13 directions,
+anisotropic voxels handled), principal axes from the voxel boxes' second moments, first-order
+statistics (kurtosis not excess) and a 13-direction GLCM. Definitions and their accuracy:
+``docs/lesion_location.md``, section "Features".
 """
 
 from __future__ import annotations
