@@ -1,43 +1,13 @@
-"""Two visits of one patient: co-registration, joint change detection and lesion matching.
+"""Two visits of one patient: co-registration, change detection and lesion matching.
 
-Pipeline of :func:`track_volumes` (the ``track`` CLI):
-
-1. **Registration.** The baseline FLAIR is registered rigidly to the follow-up FLAIR (SimpleITK,
-   Mattes mutual information on 2 mm copies, seeded 25 % sampling, one thread: bit-identical on
-   re-run). QC: normalised cross-correlation of the two FLAIRs inside the follow-up brain after
-   registration (:attr:`PairRegistration.ncc`).
-2. **Common grid.** Both visits are resampled once onto the follow-up's 1 mm RAS working grid
-   (linear), normalised by their median inside the follow-up brain mask, and segmented there with
-   the same method and model (:func:`ms_core.segment.probability_on_grid`).
-3. **Change detection.** ``difference``: lesion tissue at follow-up and not at baseline (and the
-   reverse), the usual subtraction of two independent masks. ``network``: our change-detection
-   network (``models_onnx/lesion_change``, :func:`change_probabilities`) reads the follow-up,
-   the registered baseline and their difference, both harmonised (each divided by its
-   white-matter level, or the baseline histogram-matched to the follow-up), and gives each
-   voxel a probability of lesion tissue that appeared or grew and of tissue that shrank or
-   vanished; a change it finds apart from every segmented lesion is a lesion of its own
-   (``evidence`` "change network"). ``joint`` (default): a voxel is
-   changed lesion tissue when it is lesion in *either* visit and the registered FLAIR intensity
-   difference is at least ``change_z`` robust standard deviations (after removing slow bias
-   differences with a 10 mm Gaussian high-pass), brighter for growth, darker for loss. The
-   mask crossing a threshold alone is not enough: lesions seen at follow-up but only below
-   threshold at baseline, with no intensity change, are *stable*, not *new*. With
-   ``intensity_new_z`` set (the default), a follow-up spot that neither segmentation contains
-   is also a new lesion when the subtraction alone shows it clearly
-   (:func:`intensity_new_spots`; ``evidence`` "intensity change" in the table).
-4. **Lesion matching.** Lesions of both visits (26-connected components) that overlap form one
-   group; a group with only follow-up lesions is *new*, only baseline lesions *disappeared*,
-   several baseline lesions into one *merged*, one into several *split*; otherwise *enlarging*
-   when the volume grew by ``enlarging_ratio`` (30 %, as in trial reading rules) with the growth
-   supported by the change mask, *shrinking* for the symmetric loss, else *stable*.
-
-The change mask is written on the **follow-up FLAIR's grid and affine**: 1 = new or enlarging lesion
-tissue, 2 = shrinking or disappearing lesion tissue.
-
-Optionally (:class:`AtrophyRequest`, ``track_files(..., atrophy=...)``) the run also measures
-brain atrophy (:func:`ms_core.atrophy.pair_atrophy`) and records it in the provenance. Per-visit
-atrophy of a study is stored beside these outputs by :mod:`ms_core.atrophy`
-(:func:`ms_core.atrophy.measure_visit_volumes`, :func:`ms_core.atrophy.measure_interval_pbvc`).
+Entry points: :func:`track_volumes` and :func:`track_files` (the ``track`` CLI),
+:func:`track_visits` and :func:`tracking_status` (a study's stored comparisons). The baseline is
+registered rigidly to the follow-up, both are segmented on the follow-up's 1 mm working grid,
+change evidence comes from the ``joint`` rule (default), mask ``difference`` or the change
+network (``network``, :func:`change_probabilities`), and lesions are matched into new,
+enlarging, stable, shrinking, disappeared, merged and split. ``change_mask.nii.gz`` lies on the
+follow-up FLAIR's grid (1 new or enlarging tissue, 2 shrinking or disappearing). Method and
+measured accuracy: ``docs/longitudinal.md``.
 """
 
 from __future__ import annotations
