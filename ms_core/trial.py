@@ -1,41 +1,11 @@
 """Clinical-trial end points of a study: per patient, per arm, and per-visit QC of the inputs.
 
-Per patient (:func:`patient_endpoints`, :func:`study_endpoints`), over the follow-up from the
-first to the last visit:
-
-* ``followup_years``: last minus first visit date, in years of 365.25 days; the patient-years
-  of an arm are the sum over its patients.
-* ``relapses_per_year``: relapses reported at the follow-up visits (``relapses_since_last`` of
-  every visit but the first, which counts relapses *before* baseline) per follow-up year.
-* ``new_enlarging_per_year``: new or enlarging T2 lesions summed over the intervals between
-  consecutive visits, per follow-up year. Each interval's count comes from one *source*:
-  ``"measured"`` (the pipeline's lesion matching, ``new_or_enlarging`` of
-  :func:`ms_core.measurements.measured_table`) or ``"ground truth"`` (``new_or_enlarging`` of a
-  synthetic study's ``truth.json``). A patient's total uses one source for all intervals, named
-  in ``lesion_source``; sources are never mixed within a patient (see :data:`SOURCES`).
-* ``pbvc_pct_per_year``: percentage brain volume change over the follow-up (negative for a
-  loss), chained over the intervals, ``100 * (prod(1 + pbvc_i / 100) - 1)``, divided by the
-  follow-up years. Measured values come from an :data:`~ms_core.patient_features.AtrophyReader`
-  (stored atrophy results); the ground truth derives each interval's PBVC from ``truth.json``
-  ``brain_volume_ml``. ``pbvc_source`` says which.
-* ``cdw_event``, ``cdw_time_years``: confirmed disability worsening
-  (:func:`ms_core.outcomes.confirmed_worsening`) from the EDSS at the first visit, with the
-  horizon at the last visit and a confirmation window of 0.5 years (24 weeks) by default. The
-  time is the onset of the first confirmed worsening, or the last rated visit (censored).
-* ``neda3``: no evidence of disease activity (Giovannoni et al. 2015): no relapse, no new or
-  enlarging T2 lesion and no confirmed disability worsening over the follow-up. Three-valued:
-  False as soon as one component shows activity, unknown (``<NA>``) when no component shows
-  activity but one is unknown, True when all three are known and show none.
-
-Per arm (:func:`arm_summary`): patient-years, the pooled new/enlarging lesion rate (total lesions
-over total patient-years) with an exact Poisson 95 % interval (:func:`poisson_rate_ci`), the
-NEDA-3 proportion with a Wilson interval (:func:`wilson_ci`), mean (SD) PBVC per year, and the
-Kaplan-Meier estimate (:func:`kaplan_meier`, Greenwood variance) of time to confirmed
-disability worsening with the number of events. Definitions and references: docs/cohort.md.
-
-Per visit (:func:`study_qc_table`): protocol changes between consecutive visits, registration
-quality of the stored comparison, and the share of segmented lesion volume with a low mean
-probability.
+Entry points: :func:`patient_endpoints` and :func:`study_endpoints` (follow-up years, relapses,
+new or enlarging T2 lesions and PBVC per year, confirmed disability worsening, NEDA-3; each
+count from one source, measured or ground truth, never mixed within a patient), :func:`arm_summary`
+(rates with exact Poisson intervals, NEDA-3 with Wilson intervals, Kaplan-Meier time to
+worsening) and :func:`study_qc_table` (protocol changes, registration quality, uncertain
+segmentations). Definitions and references: ``docs/cohort.md``.
 """
 
 from __future__ import annotations
