@@ -84,7 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="weights_best.npz")
     ap.add_argument("--patches", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--operating-point", type=float, default=None,
+                    help="no fit: shift the logits so that the exported probability 0.5 is "
+                         "this raw probability (a threshold chosen on the validation sets, "
+                         "folded into the graph so that every consumer's 0.5 uses it)")
     args = ap.parse_args(argv)
+    command = " ".join(["python -m training.seg.calibrate", *(argv or sys.argv[1:])])
+    if args.operating_point is not None:
+        t = args.operating_point
+        if not 0.0 < t < 1.0:
+            ap.error(f"--operating-point must be in (0, 1), got {t}")
+        result = {"scale": 1.0, "shift": -math.log(t / (1.0 - t)), "weights": args.weights,
+                  "operating_point": t, "command": command}
+        write_json(args.run / CALIBRATION_FILE, result)
+        print(result, flush=True)
+        return 0
     torch.set_num_threads(args.threads)
     config = read_json(args.run / "config.json")
     net = UNet3D(2, tuple(int(w) for w in config["widths"]), norm=config.get("norm", "instance"))
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"scale": scale, "shift": shift, "weights": args.weights, "patches": args.patches,
               "seed": int(config["seed"]) + 20_000,
               "ece_uncertain_before": ece(1.0, 0.0), "ece_uncertain_after": ece(scale, shift),
-              "command": " ".join(["python -m training.seg.calibrate", *(argv or sys.argv[1:])])}
+              "command": command}
     write_json(args.run / CALIBRATION_FILE, result)
     print(result, flush=True)
     return 0
