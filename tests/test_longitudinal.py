@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -137,7 +138,9 @@ class _ThresholdSession:
 
 @functools.lru_cache(maxsize=1)
 def _fake_model() -> OnnxModel:
-    return OnnxModel(load_model_card("lesion_seg"), _ThresholdSession(), "fake")
+    # The stand-in thresholds FLAIR divided by its brain median, whatever the shipped card says.
+    card = dataclasses.replace(load_model_card("lesion_seg"), intensity_reference="brain_median")
+    return OnnxModel(card, _ThresholdSession(), "fake")
 
 
 def _head(lesions: list[tuple[tuple[float, float, float], float]]) -> tuple[np.ndarray,

@@ -99,7 +99,14 @@ def _atrophy(root: Path, visits: list[Visit], monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture
 def measured_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Visit]:
-    """ses-01 and ses-02 segmented, compared and measured; ses-03 not analysed."""
+    """ses-01 and ses-02 segmented, compared and measured; ses-03 not analysed. :data:`MODEL`
+    is the active segmentation model (a models folder whose manifest lists it, named by
+    ``MS_DASH_MODELS``): results of another model would not be current."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "manifest.json").write_text(json.dumps({"models": {"lesion_seg": {
+        "onnx": "lesion_seg/model.onnx", "card": "lesion_seg/model.json", "sha256": SHA}}}))
+    monkeypatch.setenv("MS_DASH_MODELS", str(models))
     visits = _study(tmp_path)
     _segment(tmp_path, visits[0], [0.5, 0.25])
     _segment(tmp_path, visits[1], [0.5, 0.25, 0.125])
@@ -251,3 +258,12 @@ def test_hover_text_wraps_long_provenance_and_tolerates_old_tables() -> None:
     long = pd.DataFrame({"p": ["word " * 40 + "derivatives/ms_dash/sub-01/ses-01/lesions.csv"]})
     lines = ui_helpers._provenance_hover(long, "p")[0].split("<br>")
     assert len(lines) > 1 and lines[-1].endswith("derivatives/ms_dash/sub-01/ses-01/lesions.csv")
+
+
+def test_results_of_another_segmentation_model_are_not_measured(
+        measured_study: list[Visit], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ms_core.measurements import measured_table
+
+    monkeypatch.delenv("MS_DASH_MODELS")  # the shipped model is active: MODEL made neither
+    table = measured_table(tmp_path, measured_study)
+    assert table.segmentation_provenance.tolist() == [NOT_MEASURED] * 3
