@@ -53,7 +53,7 @@ from training.seg.train import (
     DEFAULT_MNI,
     batch_dice,
     calibrate_on_batches,
-    recipe_from_command,
+    recipe_from_card,
     recipe_sampler,
     save_weights,
     write_derived_run,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = read_json(args.config)
     if isinstance(recipe.get("training"), dict):  # a model card: its recorded command
         try:
-            recipe = recipe_from_command(str(recipe["training"].get("command")))
+            recipe = recipe_from_card(recipe)
         except ValueError as e:
             ap.error(f"{args.config}: {e}")
     if recipe.get("norm") != "batch":

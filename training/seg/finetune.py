@@ -69,7 +69,7 @@ from training.seg.train import (
     DEFAULT_MNI,
     calibrate_on_batches,
     load_weights,
-    recipe_from_command,
+    recipe_from_card,
     recipe_sampler,
     save_weights,
     soft_dice_loss,
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     val_visits = [v for v in visits if v.participant_id in val_ids]
     prepared = [prepare(v, init_model, params) for v in train_visits]
     study_patches = StudyPatches(prepared, args.seed)
-    recipe = recipe_from_command(str(init_card["training"]["command"]))
+    recipe = recipe_from_card(init_card)
     if init_card["input"].get("t1w") == "ignored":  # FLAIR only, as the init model runs
         recipe["t1_dropout"] = 1.0
     synthetic = None

@@ -322,6 +322,19 @@ def recipe_from_command(command: str) -> dict[str, Any]:
     return recipe
 
 
+def recipe_from_card(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The synthetic-data recipe of a model card: its ``training.command`` when that is a
+    training run, else the last training run among the commands its weights came from
+    (``training.initialised_from.commands_before``: a model whose final step was
+    ``adapt_bn`` or a soup)."""
+    training = card.get("training") or {}
+    before = (training.get("initialised_from") or {}).get("commands_before") or []
+    for command in [training.get("command"), *reversed(before)]:
+        if isinstance(command, str) and command.startswith("python -m training.seg.train "):
+            return recipe_from_command(command)
+    raise ValueError("the model card names no training.seg.train command")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
