@@ -263,10 +263,13 @@ def card_problem(card: ModelCard) -> str:
     """What makes a parsed segmentation card unusable ("" when nothing): unknown channels,
     layout, activation or class index, a patch that is not three positive sizes, a spacing
     or overlap out of range."""
-    unknown = [c for c in card.channels if c not in ("FLAIR", "T1w")]
+    # The segmentation slot's channels are built by name (ms_core.segment.network_input);
+    # other image models (the change network) describe theirs in words.
+    unknown = ([c for c in card.channels if c not in ("FLAIR", "T1w")]
+               if card.name == "lesion_seg" else [])
     checks = [
         (not card.channels or len(set(card.channels)) != len(card.channels) or bool(unknown)
-         or "FLAIR" not in card.channels,
+         or (card.name == "lesion_seg" and "FLAIR" not in card.channels),
          f"input.channels is {list(card.channels)}; expected FLAIR, optionally T1w, once each"),
         (len(card.patch_size) != 3 or min(card.patch_size, default=0) < 1,
          f"input.patch_size is {list(card.patch_size)}; expected three positive sizes"),

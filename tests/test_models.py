@@ -54,7 +54,6 @@ def test_card_names_its_intensity_reference_and_t1w_use(tmp_path: Path) -> None:
                                      ("input", "t1w", "sometimes", "input.t1w"),
                                      ("input", "orientation", "LAS", "input.orientation"),
                                      ("input", "axis_order", "yxz", "input.axis_order"),
-                                     ("input", "channels", ["T2w"], "input.channels"),
                                      ("input", "overlap", 1.0, "input.overlap"),
                                      ("output", "activation", "relu", "output.activation")):
         bad = json.loads(json.dumps(card))
@@ -62,6 +61,16 @@ def test_card_names_its_intensity_reference_and_t1w_use(tmp_path: Path) -> None:
         path.write_text(json.dumps(bad))
         with pytest.raises(ModelError, match=match):
             load_model_card("m", root)
+    # Other image models (the change network) name their channels in words; the segmentation
+    # slot's channels are built by name, so only FLAIR and T1w are accepted there.
+    named = json.loads(json.dumps(card))
+    named["input"]["channels"] = ["FLAIR follow-up", "difference"]
+    path.write_text(json.dumps(named))
+    assert load_model_card("m", root).channels == ("FLAIR follow-up", "difference")
+    named["name"] = "lesion_seg"
+    path.write_text(json.dumps(named))
+    with pytest.raises(ModelError, match=r"input\.channels"):
+        load_model_card("m", root)
     softmax = json.loads(json.dumps(card))
     softmax["output"].update(activation="softmax", class_index=0)  # class 0 is background
     path.write_text(json.dumps(softmax))

@@ -369,7 +369,7 @@ def test_a_runs_recipe_is_read_back_from_its_training_command() -> None:
     import json
 
     from ms_core.models import MODELS_DIR
-    from training.seg.train import recipe_from_command
+    from training.seg.train import recipe_from_card, recipe_from_command
 
     r = recipe_from_command("python -m training.seg.train --out training/runs/x --steps 1200 "
                             "--seed 11 --hard-negatives --lesion-fraction 0.5 --norm batch "
@@ -386,9 +386,19 @@ def test_a_runs_recipe_is_read_back_from_its_training_command() -> None:
     with pytest.raises(ValueError, match="cannot read"):
         recipe_from_command("python -m training.seg.train --steps 5")  # --out is required
     card = json.loads((MODELS_DIR / "lesion_seg" / "model.json").read_text())
-    shipped = recipe_from_command(card["training"]["command"])
+    shipped = recipe_from_card(card)
     assert shipped["norm"] == "batch" and shipped["widths"] == [12, 24, 48, 96]
     assert card["architecture"].startswith("3D U-Net, widths [12, 24, 48, 96], batch norm")
+    # A card whose last step was not a training run (adapt_bn, a soup): its recipe is the
+    # last training command its weights came from.
+    train = "python -m training.seg.train --out a --seed 3 --normalisation wm"
+    adapted = {"training": {"command": "python -m training.seg.adapt_bn --weights w.npz",
+                            "initialised_from": {"commands_before": [
+                                "python -m training.seg.train --out b --seed 2", train]}}}
+    assert recipe_from_card(adapted)["command"] == train
+    assert recipe_from_card(adapted)["normalisation"] == "wm"
+    with pytest.raises(ValueError, match="names no training"):
+        recipe_from_card({"training": {"command": "python -m training.seg.soup --out x"}})
 
 
 def test_brain_patches_are_centred_near_brain_voxels_like_training_patches() -> None:
