@@ -125,17 +125,22 @@ def _dims(value_info: Any) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in shape.dim]
 
 
-def graph_problems(onnx_path: Path, card: dict[str, Any]) -> list[str]:
+def _opset(model: Any) -> int | None:
+    """The default-domain opset an ONNX model imports."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def graph_problems(onnx_path: Path, card: dict[str, Any]) -> tuple[list[str], int | None]:
     """What in the ONNX graph does not match the card (empty when it matches): the input and
     output names, rank 5, element type float32, fixed sizes (batch 1 or dynamic; channels the
     card's count; spatial sizes the patch, in the network's axis order), the output's channel
-    count against ``output.class_index`` and the opset."""
+    count against ``output.class_index`` and the opset; and the opset."""
     import onnx
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:
-        return [f"not a readable ONNX model ({type(e).__name__}: {e})"]
+        return [f"not a readable ONNX model ({type(e).__name__}: {e})"], None
     graph, inp, out = model.graph, card["input"], card["output"]
     problems: list[str] = []
     initialisers = {i.name for i in graph.initializer}
@@ -177,12 +182,11 @@ def graph_problems(onnx_path: Path, card: dict[str, Any]) -> list[str]:
                 if index is not None and int(index) >= k:
                     problems.append(f"output.class_index is {index} but output "
                                     f"{out['name']!r} has {k} channels")
-    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    opset = opsets.get("ai.onnx")
+    opset = _opset(model)
     newest = onnx.defs.onnx_opset_version()
     if opset is None or not MIN_OPSET <= opset <= newest:
         problems.append(f"opset {opset}; this onnx/onnxruntime reads {MIN_OPSET}-{newest}")
-    return problems
+    return problems, opset
 
 
 def _fixed_problems(kind: str, name: str, dims: list[int | str], channels: int | None,
@@ -300,16 +304,13 @@ def register_segmentation_model(onnx_path: Path, contract_path: Path, out_dir: P
         raise InputError(out_dir, "this is the shipped models folder; register into another "
                                   "folder and point MS_DASH_MODELS at it")
     card = contract_card(read_json(contract_path), contract_path)
-    problems = graph_problems(onnx_path, card)
+    problems, opset = graph_problems(onnx_path, card)
     if problems:
         raise ModelError(onnx_path, "does not match the contract " + str(contract_path) + ": "
                          + "; ".join(problems))
-    import onnx
-
-    opset = next(o.version for o in onnx.load(str(onnx_path), load_external_data=False)
-                 .opset_import if o.domain in ("", "ai.onnx"))
     digest = sha256_file(onnx_path)
-    staging = Path(tempfile.mkdtemp(prefix=".register-", dir=_ensure_dir(out_dir)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".register-", dir=out_dir))
     try:
         folder = staging / SEGMENTATION_NAME
         folder.mkdir()
@@ -335,13 +336,8 @@ def register_segmentation_model(onnx_path: Path, contract_path: Path, out_dir: P
             "onnx": f"{SEGMENTATION_NAME}/model.onnx", "card": f"{SEGMENTATION_NAME}/model.json",
             "sha256": digest})
     finally:
-        _remove_tree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
     return card
-
-
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _install(staged: Path, target: Path) -> None:
@@ -351,8 +347,4 @@ def _install(staged: Path, target: Path) -> None:
     if target.exists():
         target.rename(old)
     staged.rename(target)
-    _remove_tree(old)
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

@@ -74,6 +74,7 @@ __all__ = [
     "brain_on_grid",
     "flair_on_working_grid",
     "model_info",
+    "model_input",
     "needs_white_matter",
     "network_input",
     "other_model_segmentation",
@@ -283,6 +284,20 @@ def network_input(flair: np.ndarray, t1: np.ndarray | None, brain: np.ndarray,
                            multiple_of, minimum=patch)
 
 
+def model_input(flair: np.ndarray, t1: np.ndarray | None, brain: np.ndarray, grid: Grid,
+                box: tuple[slice, ...], params: SegmentParams, model: OnnxModel,
+                to_mni: np.ndarray | None) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """:func:`network_input` of images already cut to ``box`` of ``grid``, as ``model``'s card
+    asks: its channels, intensity reference (with the registered white-matter prior when it
+    needs one), padding multiple and patch."""
+    card = model.card
+    wm_prior = (white_matter_prior(grid, to_mni, box) if needs_white_matter(params, model)
+                else None)
+    return network_input(flair, t1, brain, card.multiple_of, max(card.layout_patch()),
+                         wm_prior=wm_prior, reference=card.intensity_reference,
+                         channels=card.channels)
+
+
 def _corrected_images(images: list[np.ndarray], brain: np.ndarray, affine: np.ndarray,
                       params: SegmentParams, timer: StageTimer) -> list[np.ndarray]:
     """``images`` (X, Y, Z) after the optional N4 and denoising of ``params``, each timed."""
@@ -322,17 +337,13 @@ def probability_on_grid(f_work: np.ndarray, t1_work: np.ndarray | None, brain: n
         if model is None:
             raise ValueError("the network method needs a model (load_onnx_model)")
         card = model.card
-        patch = card.layout_patch()
-        wm_prior = (white_matter_prior(grid, to_mni, box) if needs_white_matter(params, model)
-                    else None)
-        x_pad, back = network_input(images[0], images[1] if t1_box is not None else None,
-                                    brain[box], card.multiple_of, max(patch),
-                                    wm_prior=wm_prior, reference=card.intensity_reference,
-                                    channels=card.channels)
+        x_pad, back = model_input(images[0], images[1] if t1_box is not None else None,
+                                  brain[box], grid, box, params, model, to_mni)
         timer.lap("preprocess_normalise")
         flips = TTA_FLIPS if params.tta else ((),)
         overlap = params.overlap if card.overlap is None else card.overlap
-        prob_pad = sliding_window(x_pad, model.predict, patch=patch, overlap=overlap,
+        prob_pad = sliding_window(x_pad, model.predict, patch=card.layout_patch(),
+                                  overlap=overlap,
                                   flips=flips, progress=progress)
         prob_box = prob_pad[back[1:]]
     else:

@@ -44,6 +44,7 @@ from training.seg.train import (
     DEFAULT_MNI,
     calibrate_on_batches,
     load_weights,
+    numbers,
     save_weights,
     soft_dice_loss,
 )
@@ -66,20 +67,13 @@ def pair_sampler(config: dict[str, Any], seed: int) -> PairSampler:
                        lesion_gm_floor=float(config["lesion_gm_floor"]),
                        contrast_power=float(config["contrast_power"]),
                        gm_contrast=(glo, ghi), normalisation="wm",
-                       grow_voxels=_numbers(config.get("grow_voxels", "1.0,2.5"), 2),
-                       new_lesion_mm3=_numbers(config.get("new_lesion_mm3", "5,110"), 2),
-                       new_lesion_count=tuple(int(v) for v in _numbers(  # type: ignore[arg-type]
+                       grow_voxels=numbers(config.get("grow_voxels", "1.0,2.5"), 2),
+                       new_lesion_mm3=numbers(config.get("new_lesion_mm3", "5,110"), 2),
+                       new_lesion_count=tuple(int(v) for v in numbers(  # type: ignore[arg-type]
                            config.get("new_lesion_count", "1,4"), 2)),
-                       fate_odds=_numbers(config.get("fate_odds", ",".join(
+                       fate_odds=numbers(config.get("fate_odds", ",".join(
                            str(v) for v in FATE_ODDS)), len(FATE_ODDS)))
 
-
-def _numbers(value: object, count: int) -> tuple[float, ...]:
-    """A comma-separated option (or a stored list) as ``count`` floats."""
-    parts = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-    if len(parts) != count:
-        raise ValueError(f"expected {count} comma-separated numbers, got {value!r}")
-    return tuple(float(v) for v in parts)
 
 
 class _Pairs(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
@@ -185,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     val_y = torch.from_numpy(np.stack([v[1] for v in val]))
     loader = torch.utils.data.DataLoader(_Pairs(config, args.seed, args.batch), batch_size=None,
                                          num_workers=1, prefetch_factor=4)
-    weights = _numbers(args.channel_weights, 2)
+    weights = numbers(args.channel_weights, 2)
     model = UNet3D(3, widths, norm=args.norm, out_channels=2)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log_lines: list[str] = []

@@ -44,26 +44,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ms_core.anatomy import load_template
 from ms_core.domain import LesionMask
 from ms_core.errors import InputError
-from ms_core.evaluate import evaluate_masks
 from ms_core.inference import OnnxModel, load_onnx_model
 from ms_core.io import load_lesion_mask, load_volume, read_json, write_json
 from ms_core.models import MODELS_DIR, load_model_card, sha256_file
 from ms_core.preprocess import crop_box, pad_to_multiple, resample_to_grid
-from ms_core.segment import (
-    SegmentParams,
-    flair_on_working_grid,
-    needs_white_matter,
-    network_input,
-    segment_volumes,
-    white_matter_prior,
-)
+from ms_core.segment import SegmentParams, flair_on_working_grid, model_input
 from ms_core.study import load_study
 from training.seg.model import UNet3D, architecture_of
+from training.seg.report import _run
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import (
     DEFAULT_MNI,
@@ -72,8 +64,7 @@ from training.seg.train import (
     recipe_from_card,
     recipe_sampler,
     save_weights,
-    soft_dice_loss,
-    tversky_loss,
+    segmentation_loss,
 )
 
 #: Where expert masks are looked for, relative to the study folder.
@@ -180,11 +171,7 @@ def prepare(visit: LabelledVisit, model: OnnxModel, params: SegmentParams) -> Pr
     mask = load_lesion_mask(visit.mask)
     grid, f_work, brain, to_mni = flair_on_working_grid(flair, params, model)
     box = crop_box(brain, margin=4)
-    wm_prior = (white_matter_prior(grid, to_mni, box) if needs_white_matter(params, model)
-                else None)
-    x, back = network_input(f_work[box], None, brain[box], card.multiple_of,
-                            max(card.layout_patch()), wm_prior=wm_prior,
-                            reference=card.intensity_reference, channels=card.channels)
+    x, back = model_input(f_work[box], None, brain[box], grid, box, params, model, to_mni)
     y_work = resample_to_grid((mask.labels > 0).astype(np.float32), mask.affine, grid,
                               order=1)[box] > 0.5
     y, _ = pad_to_multiple(y_work.astype(np.float32), card.multiple_of,
@@ -241,16 +228,16 @@ class MixedPatches:
 
 def score(visits: Sequence[LabelledVisit], model: OnnxModel, params: SegmentParams
           ) -> dict[str, dict[str, float]]:
-    """Each visit segmented through the pipeline and scored against its expert mask."""
+    """Each visit segmented through the pipeline and scored against its expert mask (as the
+    report scores the real scans, :func:`training.seg.report._run`)."""
     out = {}
     for v in visits:
-        res = segment_volumes(load_volume(v.flair, "FLAIR"), None, params, model)
         truth = load_lesion_mask(v.mask)
-        m = evaluate_masks(LesionMask((res.labels > 0).astype(np.int32), res.affine),
-                           LesionMask((truth.labels > 0).astype(np.int32), res.affine))
+        m = _run(v.flair, None, LesionMask((truth.labels > 0).astype(np.int32), truth.affine),
+                 params, model)
         out[f"{v.participant_id}/{v.session_id}"] = {
-            "dice": round(m["dice"], 4), "lesion_f1": round(m["lesion_any_voxel"]["f1"], 4),
-            "pred_ml": round(m["pred_volume_ml"], 3), "true_ml": round(m["truth_volume_ml"], 3)}
+            "dice": round(m["dice"], 4), "lesion_f1": round(m["f1_any"], 4),
+            "pred_ml": round(m["pred_ml"], 3), "true_ml": round(m["truth_ml"], 3)}
     return out
 
 
@@ -346,11 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         """The loss on the fixed study patches, the network in inference mode."""
         net.eval()
         with torch.no_grad():
-            logits = net(torch.from_numpy(held_x))
-            y = torch.from_numpy(held_y)
-            value = (F.binary_cross_entropy_with_logits(logits, y)
-                     + (soft_dice_loss(logits, y) if beta == 0.5
-                        else tversky_loss(logits, y, beta))).item()
+            value = segmentation_loss(net(torch.from_numpy(held_x)),
+                                      torch.from_numpy(held_y), beta).item()
         net.train()
         return round(float(value), 5)
 
@@ -366,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             g["lr"] = lr
         xb, yb = mix.batch(args.batch)
         x, y = torch.from_numpy(xb), torch.from_numpy(yb)
-        logits = net(x)
-        overlap = soft_dice_loss(logits, y) if beta == 0.5 else tversky_loss(logits, y, beta)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + overlap
+        loss = segmentation_loss(net(x), y, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)

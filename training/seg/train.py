@@ -69,6 +69,16 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, beta: float) -> tor
     return 1.0 - (2.0 * tp + 1.0) / (2.0 * (tp + beta * fn + (1.0 - beta) * fp) + 1.0)
 
 
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """Binary cross-entropy plus the overlap loss: soft Dice at ``beta`` 0.5, else Tversky.
+
+    Tversky at 0.5 equals soft Dice up to rounding; the original keeps earlier runs
+    reproducible bit for bit."""
+    overlap = soft_dice_loss(logits, target) if beta == 0.5 else tversky_loss(logits, target,
+                                                                              beta)
+    return F.binary_cross_entropy_with_logits(logits, target) + overlap
+
+
 def lesion_components(target: np.ndarray) -> torch.Tensor:
     """(B, 1, P, P, P) int64 labels of the 26-connected lesions of each patch's binary label."""
     out = np.zeros(target.shape, np.int64)
@@ -199,12 +209,18 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         t1_dropout=float(config.get("t1_dropout", 0.5)))
 
 
+def numbers(value: object, count: int) -> tuple[float, ...]:
+    """A comma-separated option (or a stored list) as ``count`` floats."""
+    parts = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    if len(parts) != count:
+        raise ValueError(f"expected {count} comma-separated numbers, got {value!r}")
+    return tuple(float(v) for v in parts)
+
+
 def _pair(value: object) -> tuple[float, float]:
     """A 'lo,hi' option (or a stored pair) as two floats."""
-    parts = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-    if len(parts) != 2:
-        raise ValueError(f"expected 'lo,hi', got {value!r}")
-    return float(parts[0]), float(parts[1])
+    lo, hi = numbers(value, 2)
+    return lo, hi
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,11 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]))
         logits = model(x)
-        # Tversky at 0.5 equals soft Dice up to rounding; the original keeps earlier runs
-        # reproducible bit for bit.
-        overlap_loss = (soft_dice_loss(logits, y) if args.tversky_beta == 0.5
-                        else tversky_loss(logits, y, args.tversky_beta))
-        loss = F.binary_cross_entropy_with_logits(logits, y) + overlap_loss
+        loss = segmentation_loss(logits, y, args.tversky_beta)
         if args.blob_weight > 0:
             loss = loss + args.blob_weight * blob_loss(logits, lesion_components(y.numpy()))
         opt.zero_grad(set_to_none=True)
