@@ -206,7 +206,7 @@ def active_sha256(name: str, models_dir: Path | str | None = None) -> str | None
     model ``name``, without reading the model file; ``None`` when the manifest cannot be read
     or does not list it. Stored results record the sha256 of the model that made them, and a
     result of another model is not current."""
-    root = models_dir_for(name) if models_dir is None else Path(models_dir)
+    root = _folder(name, models_dir)
     try:
         entry = read_json(root / "manifest.json").get("models", {}).get(name)
     except (InputError, AttributeError):
@@ -224,8 +224,7 @@ def load_model_card(name: str, models_dir: Path | str | None = None) -> ModelCar
     ModelError
         as :func:`verify_model`, or a card without the segmentation fields.
     """
-    model = verify_model(name, models_dir_for(name) if models_dir is None else models_dir,
-                         _REQUIRED)
+    model = verify_model(name, _folder(name, models_dir), _REQUIRED)
     card, onnx_path, card_path, actual = model.card, model.onnx_path, model.card_path, model.sha256
     inp, pre = card["input"], card["preprocessing"]
     reference = pre.get("intensity_reference", "brain_median")
@@ -309,6 +308,11 @@ def models_dir_for(name: str, default: Path | str = MODELS_DIR) -> Path:
     return Path(default)
 
 
+def _folder(name: str, models_dir: Path | str | None) -> Path:
+    """``models_dir`` when given, else the folder that serves ``name`` (:func:`models_dir_for`)."""
+    return models_dir_for(name) if models_dir is None else Path(models_dir)
+
+
 def volume_ratio_range(name: str = "lesion_seg", models_dir: Path | str | None = None
                        ) -> tuple[float, float] | None:
     """Lowest and highest predicted / true lesion volume of model ``name`` on the real
@@ -316,7 +320,7 @@ def volume_ratio_range(name: str = "lesion_seg", models_dir: Path | str | None =
     ``python -m training.seg.report``); ``None`` when the card has none or the model is not
     usable (:class:`ModelError`)."""
     try:
-        card = verify_model(name, models_dir_for(name) if models_dir is None else models_dir).card
+        card = verify_model(name, _folder(name, models_dir)).card
     except ModelError:
         return None
     pair = card.get("evaluation", {}).get("volume_ratio_range")
