@@ -1,9 +1,9 @@
 """MS MRI dashboard: the only router. Run with ``streamlit run app.py``.
 
 The sidebar picks the study folder, a patient and a visit and stores them in
-``st.session_state`` under the keys of :mod:`ms_core.state_keys`; the pages read them from there.
-The study folder starts as ``$MS_DASH_STUDY`` or ``data/demo`` next to this file. Below them,
-every page lists the server's running background jobs (:mod:`ui_jobs`).
+``st.session_state`` under the keys of :mod:`ms_core.foundation.state_keys`; the pages read them
+from there. The study folder starts as ``$MS_DASH_STUDY`` or ``data/demo`` next to this file. Below
+them, every page lists the server's running background jobs (:mod:`ui.jobs`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_helpers
-import ui_jobs
-from ms_core import settings, state_keys
-from ms_core.errors import StudyError
-from ms_core.study import Study
+from ms_core.foundation import settings, state_keys
+from ms_core.foundation.errors import StudyError
+from ms_core.study.layout import Study
+from ui import helpers as ui_helpers
+from ui import jobs as ui_jobs
 
 __all__ = ["PAGES_DIR", "run"]
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ms_core.io import atomic_write_text  # noqa: E402
+from ms_core.foundation.io import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 

@@ -21,8 +21,8 @@ largest message to the browser <= 5 MB.
    message), and the Timeline and Prognosis pages on it.
 3. **Message size**. The viewer (``ui_viewer``, our NiiVue component) sends a JSON spec plus
    one binary argument per volume: display copies of the images (cropped, uint8, gzipped,
-   ``ms_core.viewer.image_viewer_bytes``) and uint8 overlays. Measured two ways: the JSON and
-   binary arguments of the component element in AppTest (exact, for the views above), and,
+   ``ms_core.services.viewer.image_viewer_bytes``) and uint8 overlays. Measured two ways: the JSON
+   and binary arguments of the component element in AppTest (exact, for the views above), and,
    for every visit of the study and both viewable images, side by side with the previous
    visit: display copy of both images + the larger of the lesion overlay and the uint8
    probability map, for both panes; the largest is reported.
@@ -53,15 +53,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, repo_relative, save_result  # noqa: E402
-from ms_core import state_keys  # noqa: E402
-from ms_core.io import (  # noqa: E402
+from ms_core.foundation import state_keys  # noqa: E402
+from ms_core.foundation.io import (  # noqa: E402
     load_lesion_mask,
     probability_viewer_bytes,
 )
-from ms_core.study import derivatives_dir, lesion_overlay_path, load_study  # noqa: E402
-from ms_core.viewer import image_viewer_bytes  # noqa: E402
-from ms_core.visits import binary_overlay_bytes  # noqa: E402
-from ui_viewer import MESSAGE_BUDGET as BUDGET  # noqa: E402
+from ms_core.lesions.visits import binary_overlay_bytes  # noqa: E402
+from ms_core.services.viewer import image_viewer_bytes  # noqa: E402
+from ms_core.study.layout import derivatives_dir, lesion_overlay_path, load_study  # noqa: E402
+from ui.viewer import MESSAGE_BUDGET as BUDGET  # noqa: E402
 
 APP = REPO / "app.py"
 TARGETS = {"rerun_ms": 200, "first_view_processed_visit_ms": 2000, "message_mb": 5.0}
@@ -154,7 +154,7 @@ def _one_patient_copy(study: Path, tmp: Path, pid: str) -> Path:
 def processed_visit(study: Path, tmp: Path, reruns: int, pid: str, sid: str
                     ) -> tuple[dict[str, Any], Path]:
     """Part 2: first view of a segmented visit in a running app, reruns, probability map."""
-    from ms_core.segment import segment_visit
+    from ms_core.segmentation.segment import segment_visit
 
     root = _one_patient_copy(study, tmp, pid)
     visits = load_study(root).visits[pid]

@@ -19,36 +19,52 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The pipeline stages of the architecture doc, lowest first, and the modules of each (the
-#: subpackages issue 36 moves them into). A stage imports only from stages listed before it.
-STAGES = {
-    "foundation": ("domain", "errors", "settings", "state_keys", "io", "jobs"),
-    "study": ("study", "locks", "provenance_text", "audit", "access"),
-    "imaging": ("anatomy", "dicom", "preprocess", "registration", "appearance"),
-    "lesions": ("lesions", "location", "mcdonald", "features", "visits"),
-    "segmentation": ("models", "inference", "segment", "evaluate"),
-    "longitudinal": ("longitudinal", "atrophy", "timeline", "outcomes", "measurements"),
-    "synthetic": ("synth", "demo", "cohort"),
-    "clinical": ("patient_features", "prognosis", "prognosis_fit", "clinical_models",
-                 "diagnosis", "differential", "trial"),
-    "services": ("batch", "report", "viewer", "workflow", "importer", "register", "cli"),
-}
+#: The pipeline stages of the architecture doc, lowest first: the subpackages of ``ms_core``. A
+#: module's stage is its folder; a stage imports only from stages listed before it.
+STAGES = ("foundation", "study", "imaging", "lesions", "segmentation", "longitudinal",
+          "synthetic", "clinical", "services")
+
+
+def _imported(node: ast.AST) -> set[str]:
+    """``stage.module`` names an import statement takes from ``ms_core`` (empty for others)."""
+    names: set[str] = set()
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        parts = node.module.split(".")
+        if parts[0] == "ms_core" and len(parts) >= 3:
+            names.add(f"{parts[1]}.{parts[2]}")
+        elif parts[0] == "ms_core" and len(parts) == 2:
+            names |= {f"{parts[1]}.{a.name}" for a in node.names}
+    elif isinstance(node, ast.Import):
+        names |= {".".join(a.name.split(".")[1:3]) for a in node.names
+                  if a.name.startswith("ms_core.") and a.name.count(".") >= 2}
+    return names
 
 
 def import_edges(root: Path = REPO / "ms_core") -> dict[str, set[str]]:
-    """Module -> the ``ms_core`` modules it imports (anywhere in its code)."""
+    """``stage.module`` -> the ``ms_core`` modules it imports anywhere in its code (also inside
+    functions, where an import cycle would otherwise hide)."""
     edges: dict[str, set[str]] = {}
-    for path in sorted(root.glob("*.py")):
-        if path.stem in ("__init__", "__main__"):
+    for path in sorted(root.glob("*/*.py")):
+        if path.stem == "__init__":
             continue
+        name = f"{path.parent.name}.{path.stem}"
         targets: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                parts = node.module.split(".")
-                if parts[0] == "ms_core" and len(parts) > 1:
-                    targets.add(parts[1])
-        edges[path.stem] = targets - {path.stem, "__init__"}
+            targets |= _imported(node)
+        edges[name] = {t for t in targets if not t.endswith(".__init__")} - {name}
     return edges
+
+
+def stage_of(module: str) -> str:
+    """The stage of a ``stage.module`` name."""
+    return module.split(".")[0]
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import of a module in a later stage (the layering forbids them)."""
+    order = {s: i for i, s in enumerate(STAGES)}
+    return sorted(f"{a} -> {b}" for a, bs in edges.items() for b in bs
+                  if order.get(stage_of(b), -1) > order.get(stage_of(a), len(order)))
 
 
 def layers(edges: dict[str, set[str]]) -> dict[str, int]:
@@ -73,11 +89,11 @@ def layers(edges: dict[str, set[str]]) -> dict[str, int]:
 
 def mermaid(edges: dict[str, set[str]]) -> str:
     """A ``flowchart BT`` of the stages: an arrow where a stage's module imports another's."""
-    stage_of = {m: s for s, mods in STAGES.items() for m in mods}
-    links = sorted({(stage_of[a], stage_of[b]) for a, bs in edges.items() for b in bs
-                    if a in stage_of and b in stage_of and stage_of[a] != stage_of[b]})
+    links = sorted({(stage_of(a), stage_of(b)) for a, bs in edges.items() for b in bs
+                    if stage_of(a) != stage_of(b)})
     lines = ["flowchart BT"]
-    for stage, mods in STAGES.items():
+    for stage in STAGES:
+        mods = sorted(m.split(".")[1] for m in edges if stage_of(m) == stage)
         lines.append(f'    {stage}["{stage}<br/>{", ".join(mods)}"]')
     lines += [f"    {a} --> {b}" for a, b in links]
     return "\n".join(lines)
@@ -94,14 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     by_layer: dict[int, list[str]] = defaultdict(list)
     for module, layer in layers(edges).items():
         by_layer[layer].append(module)
-    stage_of = {m: s for s, mods in STAGES.items() for m in mods}
-    order = list(STAGES)
-    upward = sorted(f"{a} ({stage_of[a]}) -> {b} ({stage_of[b]})" for a, bs in edges.items()
-                    for b in bs if a in stage_of and b in stage_of
-                    and order.index(stage_of[b]) > order.index(stage_of[a]))
-    print(json.dumps({"benchmark": "architecture", "upward_imports": upward,
+    print(json.dumps({"benchmark": "architecture", "upward_imports": upward_imports(edges),
                       "layers": {k: sorted(v) for k, v in sorted(by_layer.items())},
-                      "unstaged": sorted(set(edges) - {m for v in STAGES.values() for m in v}),
+                      "unstaged": sorted(m for m in edges if stage_of(m) not in STAGES),
                       "edges": {k: sorted(v) for k, v in edges.items()}}, indent=1))
     return 0
 

@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.batch import BatchConfig, run_batch  # noqa: E402
-from ms_core.io import atomic_write_text  # noqa: E402
-from ms_core.study import load_study  # noqa: E402
+from ms_core.foundation.io import atomic_write_text  # noqa: E402
+from ms_core.services.batch import BatchConfig, run_batch  # noqa: E402
+from ms_core.study.layout import load_study  # noqa: E402
 
 
 def _fresh(study: Path, tmp: Path, name: str) -> Path:

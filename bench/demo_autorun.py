@@ -5,7 +5,7 @@ Usage: ``python bench/demo_autorun.py [--demo data/demo] [--patients 1] [--out F
 
 Copies the demo study without its ``derivatives/`` (as a fresh ``make run`` has it) to a
 temporary folder, then runs what the app starts when it opens on the demo
-(:func:`ms_core.batch.analyse_study`, the first patient first) for the first ``--patients``
+(:func:`ms_core.services.batch.analyse_study`, the first patient first) for the first ``--patients``
 patients, and prints the seconds until each patient's segmentations, comparisons and brain
 volumes are stored. The target: the first patient within 5 minutes on 2 cores.
 """
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import RESULTS, machine, now_utc, print_result  # noqa: E402
-from ms_core.batch import analyse_study  # noqa: E402
-from ms_core.study import load_study  # noqa: E402
+from ms_core.services.batch import analyse_study  # noqa: E402
+from ms_core.study.layout import load_study  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ms_core.demo import DemoConfig, build_demo
-from ms_core.io import atomic_write_text
+from ms_core.foundation.io import atomic_write_text
+from ms_core.synthetic.demo import DemoConfig, build_demo
 
 
 def main() -> int:

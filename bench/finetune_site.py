@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.io import atomic_write_text, write_json  # noqa: E402
+from ms_core.foundation.io import atomic_write_text, write_json  # noqa: E402
 from training.seg import finetune  # noqa: E402
 from training.seg.report import available_real_scans  # noqa: E402
 

@@ -6,7 +6,7 @@ The demo study is only useful for choosing a segmentation model if its lesions l
 ones. This prints, for patient26 of open_ms_data (Lesjak et al. 2018, Neuroinformatics 16:51-63,
 CC-BY; FLAIR in MNI space with its consensus mask) and for the first visit of the first ``N``
 demo patients (FLAIR with the true lesion labels), intensities relative to normal-appearing white
-matter (the figures of :mod:`ms_core.appearance`).
+matter (the figures of :mod:`ms_core.imaging.appearance`).
 
 patient26 is skipped with a note when ``../shared`` is absent.
 """
@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, print_result  # noqa: E402
-from ms_core.appearance import appearance  # noqa: E402
-from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
-from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask, load_volume  # noqa: E402
+from ms_core.imaging.appearance import appearance  # noqa: E402
+from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
 from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
 
 

@@ -3,12 +3,13 @@
 Usage: ``python bench/harmonisation_check.py [--demo data/demo] [--pairs 4] [--maps-cache DIR]
 [--out FILE]`` (default ``bench/results/harmonisation_check.json``).
 
-For each pair, both visits on the follow-up's grid (:func:`ms_core.longitudinal.prepare_pair`,
-the same maps ``bench/track_eval.py`` caches with ``--maps-cache``) are harmonised by
-:func:`ms_core.longitudinal.harmonise_pair` in both ways: each divided by its white-matter level
-(``white_matter``, what the change network is trained on), or the follow-up so and the baseline
-histogram-matched to it (``histogram``). The difference follow-up - baseline is summarised where
-nothing should have changed, leaving out every voxel either visit's segmentation calls lesion:
+For each pair, both visits on the follow-up's grid
+(:func:`ms_core.longitudinal.tracking.prepare_pair`, the same maps ``bench/track_eval.py`` caches
+with ``--maps-cache``) are harmonised by :func:`ms_core.longitudinal.tracking.harmonise_pair` in
+both ways: each divided by its white-matter level (``white_matter``, what the change network is
+trained on), or the follow-up so and the baseline histogram-matched to it (``histogram``). The
+difference follow-up - baseline is summarised where nothing should have changed, leaving out every
+voxel either visit's segmentation calls lesion:
 
 - ``wm_median`` / ``gm_median``: its median in white matter (MNI prior > 0.9) and grey matter
   (prior > 0.6): a protocol change that survives harmonisation shows up as an offset, above all
@@ -43,12 +44,12 @@ from bench.track_eval import (  # noqa: E402
     reacquire_2d,
     rescan_pair,
 )
-from ms_core.anatomy import load_template  # noqa: E402
-from ms_core.inference import load_onnx_model  # noqa: E402
-from ms_core.io import load_volume  # noqa: E402
-from ms_core.longitudinal import HARMONISATIONS, PairMaps, harmonise_pair  # noqa: E402
-from ms_core.models import load_model_card  # noqa: E402
-from ms_core.preprocess import template_to_subject, warp_from_template  # noqa: E402
+from ms_core.foundation.io import load_volume  # noqa: E402
+from ms_core.imaging.anatomy import load_template  # noqa: E402
+from ms_core.imaging.preprocess import template_to_subject, warp_from_template  # noqa: E402
+from ms_core.longitudinal.tracking import HARMONISATIONS, PairMaps, harmonise_pair  # noqa: E402
+from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
+from ms_core.segmentation.model_store import load_model_card  # noqa: E402
 
 
 def pair_figures(maps: PairMaps, follow: Any) -> dict[str, dict[str, float]]:

@@ -3,12 +3,13 @@
 Usage: ``python bench/location_eval.py [--demo data/demo] [--visits N] [--out FILE]``.
 
 For every visit (the first ``N`` in participant / date order, all by default) the MNI template is
-registered to the FLAIR (:func:`ms_core.preprocess.template_to_subject`, as the app does), the
-ground-truth lesion labels are classified with :func:`ms_core.location.classify_lesions`' rule,
-and each lesion's class is compared with ``location`` in ``truth.json``. Lesions without voxels on
-the label map (disappeared, or below the grid's resolution) are skipped. Prints JSON: accuracy,
-per-class confusion matrix (rows = truth, columns = predicted), per-class recall, the accuracy at
-other ``min_share`` values of the rule (sensitivity), timings and the machine.
+registered to the FLAIR (:func:`ms_core.imaging.preprocess.template_to_subject`, as the app does),
+the ground-truth lesion labels are classified with
+:func:`ms_core.lesions.location.classify_lesions`' rule, and each lesion's class is compared with
+``location`` in ``truth.json``. Lesions without voxels on the label map (disappeared, or below the
+grid's resolution) are skipped. Prints JSON: accuracy, per-class confusion matrix (rows = truth,
+columns = predicted), per-class recall, the accuracy at other ``min_share`` values of the rule
+(sensitivity), timings and the machine.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import print_result, repo_relative  # noqa: E402
-from ms_core.io import load_lesion_mask, load_volume, read_json  # noqa: E402
-from ms_core.location import LOCATIONS, MIN_ZONE_SHARE, classify_shares, zone_shares  # noqa: E402
-from ms_core.preprocess import template_to_subject  # noqa: E402
-from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json  # noqa: E402
+from ms_core.imaging.preprocess import template_to_subject  # noqa: E402
+from ms_core.lesions.location import LOCATIONS, MIN_ZONE_SHARE, classify_shares, zone_shares  # noqa: E402
+from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
 
 #: Rule thresholds reported besides the default (0 < share: any voxel in the zone).
 SENSITIVITY = (1e-9, 0.02, 0.05, 0.10, 0.20)

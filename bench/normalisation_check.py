@@ -8,8 +8,8 @@ Neuroinformatics 16:51-63, CC-BY; MSLesSeg P18 and P39, Guarnera et al., Scienti
 CC BY 4.0) it prints two candidate intensity references as multiples of the scan's true
 white-matter intensity (the median FLAIR where the MNI white-matter prior exceeds 0.9, expert
 lesions left out): the brain median (the normalisation of models up to 3.2.0) and the
-white-matter level of :func:`ms_core.preprocess.white_matter_level` on the prior registered as
-the segmentation pipeline registers it. A reference that holds at 1.0 on every scan makes the
+white-matter level of :func:`ms_core.imaging.preprocess.white_matter_level` on the prior registered
+as the segmentation pipeline registers it. A reference that holds at 1.0 on every scan makes the
 network see the same intensities at every centre. Grey matter and lesions are printed against
 the true white matter too. Scans missing from ``../shared`` are skipped with a note.
 """
@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import RESULTS, machine, now_utc, print_result  # noqa: E402
-from ms_core.anatomy import load_template  # noqa: E402
-from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
-from ms_core.preprocess import (  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask, load_volume  # noqa: E402
+from ms_core.imaging.anatomy import load_template  # noqa: E402
+from ms_core.imaging.preprocess import (  # noqa: E402
     Grid,
     template_to_subject,
     warp_from_template,

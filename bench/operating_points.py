@@ -5,8 +5,8 @@ Usage: ``python bench/operating_points.py [--models-dir models_onnx] [--tta 0,1]
 [--name operating_points] [--method network|baseline] [--overlap 0.5] [--zone-low 0.3,0.2]``.
 
 With ``--method baseline`` the classical baseline (FLAIR z-score above grey matter, inside white
-matter; ``ms_core.segment.baseline_probability``) runs instead of the network, without TTA. Its
-probability is sigmoid((z - BASELINE_Z) / 0.5), so a threshold t is the z cut
+matter; ``ms_core.segmentation.segment.baseline_probability``) runs instead of the network, without
+TTA. Its probability is sigmoid((z - BASELINE_Z) / 0.5), so a threshold t is the z cut
 BASELINE_Z + 0.5 logit(t); the summary prints it as ``baseline_z``.
 
 Does a different probability threshold or flip test-time augmentation (TTA) meet the real-data
@@ -36,7 +36,7 @@ shows how sharp and how bright the reference lesions are, and where the outline 
 
 With ``--zone-low``, each value t also gives **zone-specific thresholds**: the mask at the
 threshold (0.5) plus every lesion found at the lower t whose location class
-(``ms_core.location.classify_lesions``, template registered as ``segment`` does) is
+(``ms_core.lesions.location.classify_lesions``, template registered as ``segment`` does) is
 juxtacortical, infratentorial, or either. These are the zones where the network misses most
 (docs/segmentation.md, docs/longitudinal.md).
 
@@ -59,16 +59,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, repo_relative, save_result  # noqa: E402
-from ms_core.domain import LesionMask  # noqa: E402
-from ms_core.evaluate import evaluate_masks  # noqa: E402
-from ms_core.inference import load_onnx_model  # noqa: E402
-from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
-from ms_core.lesions import label_components, threshold_probability  # noqa: E402
-from ms_core.location import classify_lesions  # noqa: E402
-from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
-from ms_core.preprocess import template_to_subject  # noqa: E402
-from ms_core.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
-from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.foundation.domain import LesionMask  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask, load_volume  # noqa: E402
+from ms_core.imaging.preprocess import template_to_subject  # noqa: E402
+from ms_core.lesions.components import label_components, threshold_probability  # noqa: E402
+from ms_core.lesions.location import classify_lesions  # noqa: E402
+from ms_core.segmentation.evaluate import evaluate_masks  # noqa: E402
+from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segmentation.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
+from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
 from training.seg.report import available_real_scans  # noqa: E402
 from training.seg.selection import selection_patients, selection_visits  # noqa: E402
 

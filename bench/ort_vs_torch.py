@@ -4,13 +4,14 @@ Usage: ``python bench/ort_vs_torch.py [--case patient26] [--windows 12] [--repea
 [--threads 1,2]``.
 
 The input windows are real: the case's FLAIR + T1w go through the app's preprocessing (1 mm
-working grid, brain mask, crop to the brain, normalisation, padding; ``ms_core.preprocess``)
+working grid, brain mask, crop to the brain, normalisation, padding; ``ms_core.imaging.preprocess``)
 and ``--windows`` of the 64^3 sliding-window positions (50 % overlap) are taken evenly spaced
 over all positions, so some are mostly background, as in a real run.
 
 Three predictors get the identical (1, 2, 64, 64, 64) float32 arrays:
 
-* ``onnxruntime``: ``ms_core.inference.load_onnx_model(card, "cpu", threads=t)`` (what the app
+* ``onnxruntime``: ``ms_core.segmentation.inference.load_onnx_model(card, "cpu", threads=t)`` (what
+the app
   runs: ``ORT_ENABLE_ALL``, sha256-checked ``models_onnx/lesion_seg/model.onnx``);
 * ``torch``: ``training.seg.model.UNet3D`` with ``models_onnx/lesion_seg/weights.npz`` loaded as
   ``training.seg.export`` does, plus the sigmoid, ``torch.inference_mode``,
@@ -48,15 +49,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, save_result  # noqa: E402
-from ms_core.evaluate import dice  # noqa: E402
-from ms_core.inference import load_onnx_model, window_corners  # noqa: E402
-from ms_core.io import load_volume  # noqa: E402
-from ms_core.models import load_model_card  # noqa: E402
-from ms_core.preprocess import (  # noqa: E402
+from ms_core.foundation.io import load_volume  # noqa: E402
+from ms_core.imaging.preprocess import (  # noqa: E402
     crop_box,
     resample_to_grid,
 )
-from ms_core.segment import SegmentParams, flair_on_working_grid, network_input  # noqa: E402
+from ms_core.segmentation.evaluate import dice  # noqa: E402
+from ms_core.segmentation.inference import load_onnx_model, window_corners  # noqa: E402
+from ms_core.segmentation.model_store import load_model_card  # noqa: E402
+from ms_core.segmentation.segment import SegmentParams, flair_on_working_grid, network_input  # noqa: E402
 
 P26 = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI" / "patient26"
 P26_FLAIR = "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"

@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, save_result  # noqa: E402
-from ms_core.inference import load_onnx_model  # noqa: E402
-from ms_core.io import load_lesion_mask  # noqa: E402
-from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
-from ms_core.segment import SegmentParams  # noqa: E402
-from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask  # noqa: E402
+from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segmentation.segment import SegmentParams  # noqa: E402
+from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
 from training.seg.report import _run  # noqa: E402
 
 

@@ -8,10 +8,11 @@ skull-stripped, against the consensus mask) and **demo** sub-01 ses-01 (skull on
 stored ground truth). The network gets FLAIR alone, as the app and ``batch`` give it since
 model 3.2.0; ``--t1`` adds the T1w channel (the inputs of the runs before 3.2.0). For each
 case the preprocessing (working grid, brain mask) runs once; each variant then runs
-:func:`ms_core.segment.probability_on_grid` (crop to the brain, normalisation, sliding window)
-and the post-processing of :func:`ms_core.segment.segment_volumes` (back to the FLAIR grid,
-threshold 0.5, lesions >= 10 mm^3), and is scored with :func:`ms_core.evaluate.evaluate_masks`.
-``inference_s`` is the sliding-window stage alone (``StageTimer`` ``inference``), one run each.
+:func:`ms_core.segmentation.segment.probability_on_grid` (crop to the brain, normalisation, sliding
+window) and the post-processing of :func:`ms_core.segmentation.segment.segment_volumes` (back to the
+FLAIR grid, threshold 0.5, lesions >= 10 mm^3), and is scored with
+:func:`ms_core.segmentation.evaluate.evaluate_masks`. ``inference_s`` is the sliding-window stage
+alone (``StageTimer`` ``inference``), one run each.
 
 Variants (``--variants`` takes a comma-separated subset of the names):
 
@@ -49,24 +50,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import machine, now_utc, save_result  # noqa: E402
-from ms_core.domain import LesionMask  # noqa: E402
-from ms_core.evaluate import dice, evaluate_masks  # noqa: E402
-from ms_core.inference import (  # noqa: E402
-    OnnxModel,
-    load_onnx_model,
-    window_corners,
-    window_starts,
-)
-from ms_core.io import load_lesion_mask, load_volume  # noqa: E402
-from ms_core.lesions import threshold_probability  # noqa: E402
-from ms_core.models import ModelCard, load_model_card  # noqa: E402
-from ms_core.preprocess import (  # noqa: E402
+from ms_core.foundation.domain import LesionMask  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask, load_volume  # noqa: E402
+from ms_core.imaging.preprocess import (  # noqa: E402
     Grid,
     crop_box,
     pad_to_multiple,
     resample_to_grid,
 )
-from ms_core.segment import (  # noqa: E402
+from ms_core.lesions.components import threshold_probability  # noqa: E402
+from ms_core.segmentation.evaluate import dice, evaluate_masks  # noqa: E402
+from ms_core.segmentation.inference import (  # noqa: E402
+    OnnxModel,
+    load_onnx_model,
+    window_corners,
+    window_starts,
+)
+from ms_core.segmentation.model_store import ModelCard, load_model_card  # noqa: E402
+from ms_core.segmentation.segment import (  # noqa: E402
     SegmentParams,
     StageTimer,
     flair_on_working_grid,

@@ -11,7 +11,7 @@ Runs the network (FLAIR only, CPU) four ways: plain, +N4 (``bias_correction``), 
 - the **first visit of the first N demo patients** (``data/demo``: synthetic smooth bias field
   and Rician noise, skull on), against the stored ground-truth lesion labels.
 
-Metrics come from :func:`ms_core.evaluate.evaluate_masks` (voxel Dice, lesion F1 with a
+Metrics come from :func:`ms_core.segmentation.evaluate.evaluate_masks` (voxel Dice, lesion F1 with a
 one-voxel overlap rule and with the 10 % rule); seconds are the pipeline's own stage timings
 (``preprocess_n4``, ``preprocess_denoise``) and the wall time of the whole ``segment_volumes``
 call. Prints JSON and saves ``bench/results/preprocess_ablation.json``.
@@ -34,13 +34,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.domain import LesionMask, Volume  # noqa: E402
-from ms_core.evaluate import evaluate_masks  # noqa: E402
-from ms_core.inference import OnnxModel, load_onnx_model  # noqa: E402
-from ms_core.io import load_lesion_mask, load_volume, write_json  # noqa: E402
-from ms_core.models import load_model_card  # noqa: E402
-from ms_core.segment import SegmentParams, segment_volumes  # noqa: E402
-from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.foundation.domain import LesionMask, Volume  # noqa: E402
+from ms_core.foundation.io import load_lesion_mask, load_volume, write_json  # noqa: E402
+from ms_core.segmentation.evaluate import evaluate_masks  # noqa: E402
+from ms_core.segmentation.inference import OnnxModel, load_onnx_model  # noqa: E402
+from ms_core.segmentation.model_store import load_model_card  # noqa: E402
+from ms_core.segmentation.segment import SegmentParams, segment_volumes  # noqa: E402
+from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
 
 P26 = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI" / "patient26"
 P26_FLAIR = "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"

@@ -1,8 +1,8 @@
 """Benchmark: scoring one patient-visit with the prognosis model including SHAP (target <= 50 ms).
 
 Usage: ``python bench/prognosis_speed.py [--n 1000] [--models models_onnx]``. Scores ``n``
-synthetic patients (``ms_core.cohort.generate_cohort(n, seed=123)``) one at a time with the
-model loaded once, as the app does, and also times model loading (sha256 checks, onnxruntime
+synthetic patients (``ms_core.synthetic.cohort.generate_cohort(n, seed=123)``) one at a time with
+the model loaded once, as the app does, and also times model loading (sha256 checks, onnxruntime
 session, explainer) and the lesion-pattern (diagnosis) model's scoring. Prints JSON and saves
 ``bench/results/prognosis_speed.json``.
 """
@@ -22,11 +22,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.cohort import generate_cohort  # noqa: E402
-from ms_core.features import PROGNOSIS_FEATURES  # noqa: E402
-from ms_core.io import atomic_write_text  # noqa: E402
-from ms_core.models import MODELS_DIR  # noqa: E402
-from ms_core.prognosis import load_prognosis_model, score  # noqa: E402
+from ms_core.clinical.prognosis import load_prognosis_model, score  # noqa: E402
+from ms_core.foundation.io import atomic_write_text  # noqa: E402
+from ms_core.lesions.features import PROGNOSIS_FEATURES  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR  # noqa: E402
+from ms_core.synthetic.cohort import generate_cohort  # noqa: E402
 
 
 def _stats(ms: list[float]) -> dict[str, float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.io import atomic_write_text  # noqa: E402
+from ms_core.foundation.io import atomic_write_text  # noqa: E402
 
 
 def main() -> int:

@@ -96,16 +96,21 @@ def _child(case: str, study: Path | None, device: str) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from ms_core.diagnosis import load_diagnosis_model, score_lesion_table
-    from ms_core.domain import Participant, Visit
-    from ms_core.features import PROGNOSIS_FEATURES, age_years, lesion_features, visit_features
-    from ms_core.inference import load_onnx_model
-    from ms_core.io import load_volume
-    from ms_core.models import load_model_card
-    from ms_core.patient_features import patient_feature_table
-    from ms_core.prognosis import load_prognosis_model, score
-    from ms_core.segment import SegmentParams, segment_volumes, write_outputs
-    from ms_core.study import derivatives_dir, load_study
+    from ms_core.clinical.diagnosis import load_diagnosis_model, score_lesion_table
+    from ms_core.clinical.patient_features import patient_feature_table
+    from ms_core.clinical.prognosis import load_prognosis_model, score
+    from ms_core.foundation.domain import Participant, Visit
+    from ms_core.foundation.io import load_volume
+    from ms_core.lesions.features import (
+        PROGNOSIS_FEATURES,
+        age_years,
+        lesion_features,
+        visit_features,
+    )
+    from ms_core.segmentation.inference import load_onnx_model
+    from ms_core.segmentation.model_store import load_model_card
+    from ms_core.segmentation.segment import SegmentParams, segment_volumes, write_outputs
+    from ms_core.study.layout import derivatives_dir, load_study
 
     laps.lap("import")
     if study is not None:
@@ -187,8 +192,8 @@ def _demo_study(tmp: Path, demo: Path) -> Path:
 
 def _fill_cache(env: dict[str, str]) -> float:
     """Derive the cached template maps once in a child process; its wall seconds."""
-    code = ("from ms_core.anatomy import load_template\n"
-            "from ms_core.location import mni_zones\n"
+    code = ("from ms_core.imaging.anatomy import load_template\n"
+            "from ms_core.lesions.location import mni_zones\n"
             "load_template(); mni_zones()\n")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
@@ -264,7 +269,7 @@ def main() -> int:
             results[case] = _run_case(case, args.runs, study, args.device, env)
     sys.path.insert(0, str(REPO))
     from bench._common import machine, now_utc, repo_relative, save_result
-    from ms_core.segment import SegmentParams
+    from ms_core.segmentation.segment import SegmentParams
 
     result = {
         "benchmark": "stage_timings", "device": args.device, "cases": results,

@@ -8,7 +8,7 @@ Usage::
 
 A method is ``joint`` (the default settings), ``difference``, ``joint+intensity=off`` (the joint
 rule without intensity-led new lesions), ``joint+intensity=Z,RATIO,MM3`` (with them at those
-settings; see :class:`ms_core.longitudinal.TrackParams`), ``network`` (the change-detection
+settings; see :class:`ms_core.longitudinal.tracking.TrackParams`), ``network`` (the change-detection
 network, white-matter harmonisation), ``network+harmonisation=histogram`` or
 ``network+threshold=T``. ``--change-models-dir`` scores a candidate change network from another
 models folder (its ``lesion_change`` entry) instead of the shipped one.
@@ -31,10 +31,11 @@ models folder (its ``lesion_change`` entry) instead of the shipped one.
   re-acquired as a thick-slice 2D scan (Gaussian blur of 4 mm FWHM along z), another contrast
   (gamma 0.8) and bias field; scored like the demo pairs.
 
-``--maps-cache DIR`` keeps each pair's registered maps (:class:`ms_core.longitudinal.PairMaps`,
-about 150 MB a pair) in ``DIR``, keyed by the pair, the model's sha256 and the segmentation
-settings, so a change-rule experiment re-runs in minutes instead of an hour; the stage seconds
-reported for a cached pair are those of the run that filled the cache.
+``--maps-cache DIR`` keeps each pair's registered maps
+(:class:`ms_core.longitudinal.tracking.PairMaps`, about 150 MB a pair) in ``DIR``, keyed by the
+pair, the model's sha256 and the segmentation settings, so a change-rule experiment re-runs in
+minutes instead of an hour; the stage seconds reported for a cached pair are those of the run that
+filled the cache.
 """
 
 from __future__ import annotations
@@ -56,10 +57,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ms_core.domain import Volume  # noqa: E402
-from ms_core.evaluate import dice, lesion_detection  # noqa: E402
-from ms_core.inference import load_onnx_model  # noqa: E402
-from ms_core.io import (  # noqa: E402
+from ms_core.foundation.domain import Volume  # noqa: E402
+from ms_core.foundation.io import (  # noqa: E402
     atomic_write_text,
     from_sitk,
     load_volume,
@@ -67,7 +66,8 @@ from ms_core.io import (  # noqa: E402
     to_sitk,
     write_json,
 )
-from ms_core.longitudinal import (  # noqa: E402
+from ms_core.imaging.preprocess import Grid  # noqa: E402
+from ms_core.longitudinal.tracking import (  # noqa: E402
     CHANGE_MODEL,
     PairMaps,
     PairRegistration,
@@ -76,10 +76,11 @@ from ms_core.longitudinal import (  # noqa: E402
     detect_changes,
     prepare_pair,
 )
-from ms_core.models import MODELS_DIR, load_model_card  # noqa: E402
-from ms_core.preprocess import Grid  # noqa: E402
-from ms_core.segment import SegmentParams  # noqa: E402
-from ms_core.study import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.segmentation.evaluate import dice, lesion_detection  # noqa: E402
+from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segmentation.segment import SegmentParams  # noqa: E402
+from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
 
 P12 = REPO.parent / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw" / "patient12"
 
@@ -192,7 +193,7 @@ def patient12(methods: list[str], model: Any, cache: Path | None = None) -> dict
 
 def _score_demo(root: Path, pid: str, prev: str, cur: str, res: TrackResult,
                 seconds: float) -> dict[str, Any]:
-    from ms_core.io import load_lesion_mask
+    from ms_core.foundation.io import load_lesion_mask
 
     tdir = truth_dir(root, pid, cur)
     truth = read_json(tdir / "truth.json")

@@ -35,9 +35,9 @@ from browser_session import (  # noqa: E402
     wait_idle,
 )
 
-from ms_core.longitudinal import track_visits  # noqa: E402
-from ms_core.segment import segment_visit  # noqa: E402
-from ms_core.study import load_study  # noqa: E402
+from ms_core.longitudinal.tracking import track_visits  # noqa: E402
+from ms_core.segmentation.segment import segment_visit  # noqa: E402
+from ms_core.study.layout import load_study  # noqa: E402
 
 
 def _one_patient(study: Path, pid: str, dst: Path) -> Path:

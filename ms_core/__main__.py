@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ms_core.cli import main
+from ms_core.services.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

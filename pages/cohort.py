@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui_cohort
-import ui_helpers
-from ms_core import state_keys
-from ms_core.trial import SOURCES, arm_summary, filter_patients, km_by_arm
-from ms_core.workflow import research_notice
+from ms_core.clinical.trial import SOURCES, arm_summary, filter_patients, km_by_arm
+from ms_core.foundation import state_keys
+from ms_core.services.workflow import research_notice
+from ui import cohort as ui_cohort
+from ui import helpers as ui_helpers
 
 ui_helpers.ensure_routed()
 study = ui_helpers.current_selection().study

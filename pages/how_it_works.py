@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui_helpers
-from ms_core.workflow import (
+from ms_core.services.workflow import (
     NOT_MEASURED,
     RESEARCH_NOTICE,
     steps_by_doc,
@@ -14,6 +13,7 @@ from ms_core.workflow import (
     to_dot,
     workflow_graph,
 )
+from ui import helpers as ui_helpers
 
 ui_helpers.ensure_routed()
 

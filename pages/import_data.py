@@ -7,18 +7,18 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_helpers
-from ms_core import settings, state_keys
-from ms_core.dicom import SeriesInfo, list_series, match_series
-from ms_core.domain import MS_TYPES, Participant
-from ms_core.errors import InputError
-from ms_core.importer import (
+from ms_core.foundation import settings, state_keys
+from ms_core.foundation.domain import MS_TYPES, Participant
+from ms_core.foundation.errors import InputError
+from ms_core.imaging.dicom import SeriesInfo, list_series, match_series
+from ms_core.services.importer import (
     NIFTI_SUFFIXES,
     check_visit,
     next_session_id,
     staged_uploads,
     write_visit,
 )
+from ui import helpers as ui_helpers
 
 IMPORTED = state_keys.IMPORTED_VISIT
 UPLOADS = {"FLAIR": "FLAIR (required)", "T1w": "T1w (optional)"}

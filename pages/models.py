@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui_cohort
-import ui_helpers
-from ms_core import audit, state_keys
-from ms_core.errors import InputError
-from ms_core.trial import MIN_REGISTRATION_NCC, UNCERTAIN_PROB, UNCERTAIN_VOLUME_FRACTION
+from ms_core.clinical.trial import MIN_REGISTRATION_NCC, UNCERTAIN_PROB, UNCERTAIN_VOLUME_FRACTION
+from ms_core.foundation import state_keys
+from ms_core.foundation.errors import InputError
+from ms_core.study import audit
+from ui import cohort as ui_cohort
+from ui import helpers as ui_helpers
 
 ui_helpers.ensure_routed()
 study = ui_helpers.current_selection().study

@@ -6,24 +6,24 @@ import functools
 
 import streamlit as st
 
-import ui_helpers
-import ui_jobs
-import ui_prognosis
-import ui_viewer
-from ms_core import state_keys
-from ms_core.diagnosis import score_lesion_table
-from ms_core.differential import (
+from ms_core.clinical.diagnosis import score_lesion_table
+from ms_core.clinical.differential import (
     CLASS_LABELS,
     cached_differential_model,
     score_differential_table,
 )
-from ms_core.errors import InputError
-from ms_core.features import age_years
-from ms_core.longitudinal import intensity_led_count
-from ms_core.measurements import mcdonald_checklist, plausible_volume_ml
-from ms_core.models import volume_ratio_range
-from ms_core.visits import lesion_totals, summarize_visit
-from ms_core.workflow import research_notice
+from ms_core.foundation import state_keys
+from ms_core.foundation.errors import InputError
+from ms_core.lesions.features import age_years
+from ms_core.lesions.visits import lesion_totals, summarize_visit
+from ms_core.longitudinal.measurements import mcdonald_checklist, plausible_volume_ml
+from ms_core.longitudinal.tracking import intensity_led_count
+from ms_core.segmentation.model_store import volume_ratio_range
+from ms_core.services.workflow import research_notice
+from ui import helpers as ui_helpers
+from ui import jobs as ui_jobs
+from ui import prognosis as ui_prognosis
+from ui import viewer as ui_viewer
 
 ui_helpers.ensure_routed()
 selection = ui_helpers.current_selection()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui_helpers
-import ui_prognosis
-from ms_core import state_keys
-from ms_core.errors import InputError
-from ms_core.features import LOCATION_FEATURES
-from ms_core.prognosis import score
-from ms_core.workflow import research_notice
+from ms_core.clinical.prognosis import score
+from ms_core.foundation import state_keys
+from ms_core.foundation.errors import InputError
+from ms_core.lesions.features import LOCATION_FEATURES
+from ms_core.services.workflow import research_notice
+from ui import helpers as ui_helpers
+from ui import prognosis as ui_prognosis
 
 ui_helpers.ensure_routed()
 selection = ui_helpers.current_selection()
@@ -94,7 +94,7 @@ st.metric("Probability with these inputs", f"{changed.prob:.0%}",
 with st.expander("Inputs of this visit"):
     st.dataframe(result.table()[["label", "value", "imputed", "shap"]], hide_index=True)
 
-# CIS conversion and treatment response (ms_core.clinical_models), where they apply.
+# CIS conversion and treatment response (ms_core.clinical.clinical_models), where they apply.
 clinical = ui_prognosis.applicable_clinical_models(study.participants[pid], visit)
 if clinical:
     st.header("Other clinical models")

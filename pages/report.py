@@ -7,11 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_helpers
-import ui_prognosis
-from ms_core.errors import InputError
-from ms_core.prognosis import PrognosisModel
-from ms_core.report import (
+from ms_core.clinical.prognosis import PrognosisModel
+from ms_core.foundation.errors import InputError
+from ms_core.services.report import (
     NOTICE,
     SECTIONS,
     Report,
@@ -21,7 +19,9 @@ from ms_core.report import (
     report_inputs,
     write_report,
 )
-from ms_core.workflow import model_card_ref
+from ms_core.services.workflow import model_card_ref
+from ui import helpers as ui_helpers
+from ui import prognosis as ui_prognosis
 
 
 @st.cache_data(max_entries=8, show_spinner="Building the report…")

@@ -6,10 +6,10 @@ import functools
 
 import streamlit as st
 
-import ui_helpers
-import ui_jobs
-from ms_core.clinical_models import dmt_switch_activity
-from ms_core.timeline import dmt_periods, has_volumes, visit_table
+from ms_core.clinical.clinical_models import dmt_switch_activity
+from ms_core.longitudinal.timeline import dmt_periods, has_volumes, visit_table
+from ui import helpers as ui_helpers
+from ui import jobs as ui_jobs
 
 ui_helpers.ensure_routed()
 selection = ui_helpers.current_selection()

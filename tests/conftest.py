@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ms_core.demo import DemoConfig, build_demo
+from ms_core.synthetic.demo import DemoConfig, build_demo
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real MS data (Lesjak et al. 2018, Neuroinformatics 16:51-63; CC-BY), beside the checkout.
@@ -85,8 +85,8 @@ def segmented_study(pristine_small_study: Path, tmp_path_factory: pytest.TempPat
     settings), made once per test run and shared by the pytest-xdist workers: copy it before
     changing anything (:func:`copy_study`). Removing a visit's derivatives folder from a copy
     leaves that visit unprocessed."""
-    from ms_core.segment import segment_visit
-    from ms_core.study import load_study
+    from ms_core.segmentation.segment import segment_visit
+    from ms_core.study.layout import load_study
 
     def build(work: Path) -> None:
         shutil.copytree(pristine_small_study, work)
@@ -99,7 +99,7 @@ def segmented_study(pristine_small_study: Path, tmp_path_factory: pytest.TempPat
 def copy_study(source: Path, dest: Path, *, drop: tuple[tuple[str, str], ...] = ()) -> Path:
     """Copy a study to ``dest``; each (participant, session) of ``drop`` loses its stored
     segmentation (as if never processed)."""
-    from ms_core.study import derivatives_dir
+    from ms_core.study.layout import derivatives_dir
 
     shutil.copytree(source, dest)
     for pid, sid in drop:

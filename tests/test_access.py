@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ms_core.access import load_policy, principals
-from ms_core.errors import InputError
+from ms_core.foundation.errors import InputError
+from ms_core.study.access import load_policy, principals
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
@@ -57,7 +57,7 @@ def test_a_malformed_access_file_is_refused_naming_it(tmp_path: Path, studies: A
 
 def _app(study: Path, monkeypatch: pytest.MonkeyPatch, claims: dict[str, Any] | None
          ) -> AppTest:
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     monkeypatch.setenv("MS_DASH_STUDY", str(study))
     monkeypatch.setattr(ui_helpers, "user_claims", lambda: claims)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui_jobs
-from ms_core import jobs, state_keys
-from ms_core.errors import InputError
-from ms_core.study import image_path, load_study, truth_dir
+from ms_core.foundation import jobs, state_keys
+from ms_core.foundation.errors import InputError
+from ms_core.study.layout import image_path, load_study, truth_dir
 from tests.conftest import copy_study
+from ui import jobs as ui_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -100,7 +100,7 @@ def test_t1w_switch_and_other_patient(small_study: Path,
     at.radio(key=state_keys.VIEW_MODALITY).set_value("T1w").run()
     assert not at.exception
     assert _viewer_args(at)["filename"] == "sub-01_ses-01_T1w.nii.gz"  # type: ignore[index]
-    # Reruns go through the router too (ui_helpers.ensure_routed): the sidebar is still there.
+    # Reruns go through the router too (ui.helpers.ensure_routed): the sidebar is still there.
     assert len(at.sidebar.selectbox) == 2
 
     at.sidebar.selectbox(key=state_keys.patient_picker(str(small_study))).set_value(
@@ -161,7 +161,7 @@ def test_a_study_outside_the_study_roots_is_not_opened(small_study: Path, tmp_pa
 
 def test_opening_a_visit_is_audited_once_and_the_trail_is_on_the_models_page(
         small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core import audit
+    from ms_core.study import audit
 
     log = tmp_path / "audit.jsonl"
     monkeypatch.setenv("MS_DASH_AUDIT_LOG", str(log))
@@ -184,7 +184,7 @@ def test_opening_a_visit_is_audited_once_and_the_trail_is_on_the_models_page(
 
 def test_the_demo_is_analysed_in_the_background_first_patient_first(
         small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core import batch
+    from ms_core.services import batch
 
     done: list[str] = []
 
@@ -212,7 +212,7 @@ def test_the_demo_is_analysed_in_the_background_first_patient_first(
 
 def test_demo_analysis_reports_progress_per_patient_and_goes_past_a_failure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core import batch
+    from ms_core.services import batch
 
     def fake_analyse(root: Path, visits: Any, progress: Any) -> None:
         if visits[0] == "b":
@@ -325,8 +325,8 @@ def test_segment_button_runs_the_network_and_shows_its_result(
     assert any(m.label == "Lesions found" for m in at.metric)
     assert any("sha256" in c.value for c in at.caption)
     # The lesion load carries the range the real validation gives (model card).
-    from ms_core.measurements import plausible_volume_ml
-    from ms_core.models import volume_ratio_range
+    from ms_core.longitudinal.measurements import plausible_volume_ml
+    from ms_core.segmentation.model_store import volume_ratio_range
 
     shown = next(m for m in at.metric if m.label == "Lesion volume")
     span = plausible_volume_ml(float(str(shown.value).split()[0]), volume_ratio_range())
@@ -379,10 +379,10 @@ def test_timeline_shows_brain_atrophy_pending_then_measured(
         small_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    import ms_core.atrophy as atrophy
-    import ms_core.longitudinal as longitudinal
-    import ms_core.segment as segment
-    from ms_core.atrophy import PBVCResult, TissueVolumes
+    import ms_core.longitudinal.atrophy as atrophy
+    import ms_core.longitudinal.tracking as longitudinal
+    import ms_core.segmentation.segment as segment
+    from ms_core.longitudinal.atrophy import PBVCResult, TissueVolumes
 
     study = tmp_path / "study"
     shutil.copytree(small_study, study)
@@ -435,7 +435,7 @@ def test_timeline_shows_brain_atrophy_pending_then_measured(
 
 def test_segmenting_runs_in_the_background_and_other_pages_render_meanwhile(
         small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     reported, release = threading.Event(), threading.Event()
 
@@ -477,7 +477,7 @@ def test_segmenting_runs_in_the_background_and_other_pages_render_meanwhile(
 
 def test_failed_job_shows_its_error_once(small_study: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     flair = small_study / "sub-01" / "ses-01" / "anat" / "sub-01_ses-01_FLAIR.nii.gz"
 

@@ -14,8 +14,8 @@ import pytest
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
-from ms_core import state_keys
-from ms_core.models import MODELS_DIR
+from ms_core.foundation import state_keys
+from ms_core.segmentation.model_store import MODELS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -131,7 +131,7 @@ def test_models_page_verifies_models_and_shows_provider_and_qc(
     models = [h for h in headers if " v" in h]
     import json
 
-    from ms_core.models import MODELS_DIR
+    from ms_core.segmentation.model_store import MODELS_DIR
 
     shipped = sorted(json.loads((MODELS_DIR / "manifest.json").read_text())["models"])
     assert sorted(m.split(" v")[0] for m in models) == shipped  # every model of the manifest
@@ -140,8 +140,8 @@ def test_models_page_verifies_models_and_shows_provider_and_qc(
     assert len(verified) == len(shipped)
     provider = next(m for m in at.metric if m.label.startswith("Provider in use"))
     assert provider.value.endswith("ExecutionProvider")
-    from ms_core.inference import load_onnx_model
-    from ms_core.models import load_model_card
+    from ms_core.segmentation.inference import load_onnx_model
+    from ms_core.segmentation.model_store import load_model_card
 
     why_not = load_onnx_model(load_model_card("lesion_seg"), "auto", threads=1).cuda_unavailable
     shown = [c.value for c in at.caption if c.value.startswith("CUDA is not used")]

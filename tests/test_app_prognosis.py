@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ms_core import state_keys
-from ms_core.models import MODELS_DIR
+from ms_core.foundation import state_keys
+from ms_core.segmentation.model_store import MODELS_DIR
 from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +86,8 @@ def test_explanation_figures_are_built_once_per_explanation() -> None:
     """Reruns reuse the waterfall and calibration figures; another explanation builds anew."""
     import numpy as np
 
-    import ui_prognosis
-    from ms_core.prognosis import PrognosisResult
+    from ms_core.clinical.prognosis import PrognosisResult
+    from ui import prognosis as ui_prognosis
 
     def explained(edss_shap: float) -> PrognosisResult:
         return PrognosisResult(

@@ -1,4 +1,4 @@
-"""ms_core.appearance: lesion intensities relative to white matter."""
+"""ms_core.imaging.appearance: lesion intensities relative to white matter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from ms_core.appearance import appearance, white_matter_mode
+from ms_core.imaging.appearance import appearance, white_matter_mode
 
 
 def _phantom(lesion_level: float, halo: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,9 +1,10 @@
-"""Tests for ms_core.atrophy: PBVC, tissue volumes, lesion filling and annualisation, the
-whole-head N4 of ms_core.preprocess, and the study derivatives (stored, read back, cached).
+"""Tests for ms_core.longitudinal.atrophy: PBVC, tissue volumes, lesion filling and annualisation,
+the whole-head N4 of ms_core.imaging.preprocess, and the study derivatives (stored, read back,
+cached).
 
 The end-to-end tests use a T1w-like head synthesised from the MNI152 template on a 2 mm grid
-(:func:`ms_core.anatomy.tissue_signal`), with the parenchyma shrunk about the brain centroid by
-a known volume factor and the skull fixed, so the true PBVC is known exactly.
+(:func:`ms_core.imaging.anatomy.tissue_signal`), with the parenchyma shrunk about the brain centroid
+by a known volume factor and the skull fixed, so the true PBVC is known exactly.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from ms_core.anatomy import TYPICAL_CONTRAST, load_template, tissue_signal
-from ms_core.atrophy import (
+from ms_core.foundation.domain import Volume
+from ms_core.foundation.io import load_volume, read_json
+from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, tissue_signal
+from ms_core.longitudinal.atrophy import (
     PBVCResult,
     TissueVolumes,
     _rigid_half,
@@ -28,10 +31,8 @@ from ms_core.atrophy import (
     percent_brain_volume_change,
     tissue_volumes,
 )
-from ms_core.domain import Volume
-from ms_core.io import load_volume, read_json
-from ms_core.study import image_path, truth_dir
-from ms_core.synth import anisotropic_affine, sphere_labels
+from ms_core.study.layout import image_path, truth_dir
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 STEP = 2  # voxel size (mm) of the synthetic heads: keeps the end-to-end tests to seconds
@@ -226,7 +227,7 @@ def test_pbvc_on_the_demo_study() -> None:
 def test_n4_whole_head_mode_removes_a_bias_everywhere_whatever_the_thread_count() -> None:
     import SimpleITK as sitk
 
-    from ms_core.preprocess import n4_bias_correct
+    from ms_core.imaging.preprocess import n4_bias_correct
 
     head, _ = _head(1.0, (0.0, 0.0, 0.0), seed=1)
     ijk = np.indices(head.shape, dtype=np.float64)
@@ -265,7 +266,7 @@ def test_n4_whole_head_mode_removes_a_bias_everywhere_whatever_the_thread_count(
 def _visit(sid: str, date: str, images: dict[str, Path], scanner: str = "S1") -> Any:
     import datetime as dt
 
-    from ms_core.domain import Visit
+    from ms_core.foundation.domain import Visit
 
     return Visit("sub-01", sid, dt.date.fromisoformat(date), None, None, None, scanner, 3.0,
                  images)
@@ -274,8 +275,8 @@ def _visit(sid: str, date: str, images: dict[str, Path], scanner: str = "S1") ->
 def _tiny_study(root: Path) -> tuple[Any, Any]:
     """Two visits two years apart: synthetic T1w heads (2 mm; 2 % brain loss, head moved) and
     FLAIRs, written as study files under ``root``."""
-    from ms_core.anatomy import synthetic_head
-    from ms_core.io import save_volume
+    from ms_core.foundation.io import save_volume
+    from ms_core.imaging.anatomy import synthetic_head
 
     visits = []
     for sid, date, (factor, shift, seed) in (
@@ -311,12 +312,12 @@ def _no_call(*_: Any, **__: Any) -> Any:
 
 def test_study_atrophy_is_stored_read_back_cached_and_refreshed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ms_core.atrophy as atrophy
-    from ms_core.io import save_volume
-    from ms_core.longitudinal import TrackParams
-    from ms_core.measurements import ATROPHY_COLUMNS, atrophy_table, measured_table
-    from ms_core.models import sha256_file
-    from ms_core.segment import SegmentationResult, SegmentParams, write_outputs
+    import ms_core.longitudinal.atrophy as atrophy
+    from ms_core.foundation.io import save_volume
+    from ms_core.longitudinal.measurements import ATROPHY_COLUMNS, atrophy_table, measured_table
+    from ms_core.longitudinal.tracking import TrackParams
+    from ms_core.segmentation.model_store import sha256_file
+    from ms_core.segmentation.segment import SegmentationResult, SegmentParams, write_outputs
 
     base, follow = _tiny_study(tmp_path)
     seg = SegmentParams(method="baseline")
@@ -399,9 +400,9 @@ def test_study_atrophy_is_stored_read_back_cached_and_refreshed(
 
 
 def test_atrophy_frame_and_params_edge_cases() -> None:
-    from ms_core.atrophy import AtrophyParams
-    from ms_core.errors import InputError
-    from ms_core.measurements import ATROPHY_COLUMNS, atrophy_frame
+    from ms_core.foundation.errors import InputError
+    from ms_core.longitudinal.atrophy import AtrophyParams
+    from ms_core.longitudinal.measurements import ATROPHY_COLUMNS, atrophy_frame
 
     empty = atrophy_frame([], {}, {})
     assert list(empty.columns) == list(ATROPHY_COLUMNS) and empty.empty

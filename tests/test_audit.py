@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ms_core import audit
-from ms_core.errors import InputError
+from ms_core.foundation.errors import InputError
+from ms_core.study import audit
 
 
 def test_records_are_appended_read_back_and_filtered_by_study(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_the_default_log_follows_the_environment(tmp_path: Path,
 
 def test_the_cli_records_batch_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from ms_core import batch, cli
+    from ms_core.services import batch, cli
 
     log = tmp_path / "audit.jsonl"
     monkeypatch.setenv("MS_DASH_AUDIT_LOG", str(log))

@@ -1,4 +1,4 @@
-"""Tests for ms_core.batch: resumable, failure-tolerant study processing, local and Ray."""
+"""Tests for ms_core.services.batch: resumable, failure-tolerant study processing, local and Ray."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ms_core.batch import BatchConfig, cohort_dir, run_batch
-from ms_core.errors import InputError
-from ms_core.features import PROGNOSIS_FEATURES
-from ms_core.study import derivatives_dir, image_path
+from ms_core.foundation.errors import InputError
+from ms_core.lesions.features import PROGNOSIS_FEATURES
+from ms_core.services.batch import BatchConfig, cohort_dir, run_batch
+from ms_core.study.layout import derivatives_dir, image_path
 
 REPO = Path(__file__).resolve().parents[1]
 #: One patient, the classical segmentation (fast); tracking and atrophy resume the
@@ -144,11 +144,11 @@ def test_cohort_page_reads_the_merged_table(small_study: Path, tmp_path: Path,
 def test_analyse_patient_reports_progress_in_order_and_stops_at_an_error(
         small_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The app's "Analyse this patient" loop with every stage stubbed (they have own tests)."""
-    import ms_core.atrophy as atrophy
-    import ms_core.longitudinal as longitudinal
-    import ms_core.segment as segment
-    from ms_core.batch import analyse_patient
-    from ms_core.study import load_study
+    import ms_core.longitudinal.atrophy as atrophy
+    import ms_core.longitudinal.tracking as longitudinal
+    import ms_core.segmentation.segment as segment
+    from ms_core.services.batch import analyse_patient
+    from ms_core.study.layout import load_study
 
     calls: list[str] = []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ms_core.study import load_study
+from ms_core.study.layout import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_pages_render_without_errors_and_viewer_is_not_blank(
     with serve(small_study, free_port(), log_path=log) as url:
         # The server's very first run, straight to a page other than the default: Streamlit
         # still treats pages/ as an old-style multipage folder then (see
-        # ui_helpers.ensure_routed); the page must come with the router and its sidebar.
+        # ui.helpers.ensure_routed); the page must come with the router and its sidebar.
         heading, sidebar = first_look(f"{url}/timeline", chromium=chromium)
         patient, timeline, *others = capture(url, chromium=chromium, out_dir=out_dir)
         # Patients share session ids; the Visit picker must show the new patient's dates.

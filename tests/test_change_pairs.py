@@ -12,7 +12,7 @@ from training.seg.synth_data import LesionBank
 @pytest.fixture(scope="module")
 def bank() -> LesionBank:
     """Two blocky lesions near the template's centre (white matter), so patches hold lesions."""
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
 
     shape = load_template().shape
     mask = np.zeros(shape, np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for ms_core.clinical_models: synthetic cohorts, features from a lesion table, the
+"""Tests for ms_core.clinical.clinical_models: synthetic cohorts, features from a lesion table, the
 shipped CIS-conversion and treatment-response models (SHAP, discrimination against the
 oracle), DMT-switch activity, and the Prognosis / Timeline pages' sections."""
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.clinical_models import (
+from ms_core.clinical.clinical_models import (
     CIS_FEATURES,
     CIS_OUTCOME,
     RESPONSE_FEATURES,
@@ -30,9 +30,9 @@ from ms_core.clinical_models import (
     generate_response_cohort,
     response_features,
 )
-from ms_core.domain import Participant, Visit
-from ms_core.models import MODELS_DIR
-from ms_core.prognosis import load_prognosis_model, score
+from ms_core.clinical.prognosis import load_prognosis_model, score
+from ms_core.foundation.domain import Participant, Visit
+from ms_core.segmentation.model_store import MODELS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"

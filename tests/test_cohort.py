@@ -1,4 +1,4 @@
-"""Tests for ms_core.cohort: the synthetic prognosis cohort.
+"""Tests for ms_core.synthetic.cohort: the synthetic prognosis cohort.
 
 Reference ranges come from docs/prognosis_generative_model.md (which quotes the published figures
 they are rounded from); the event rate and oracle AUC ranges were measured over seeds 0-19.
@@ -14,7 +14,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ms_core.cohort import (
+from ms_core.lesions.features import LOCATION_FEATURES, PROGNOSIS_FEATURES
+from ms_core.longitudinal.outcomes import EDSS_STEPS, cdw_table, cdw_threshold, confirmed_worsening
+from ms_core.synthetic.cohort import (
     COHORT_VISIT_YEARS,
     RISK_LOG_ODDS,
     Cohort,
@@ -23,8 +25,6 @@ from ms_core.cohort import (
     risk_terms,
     true_log_odds,
 )
-from ms_core.features import LOCATION_FEATURES, PROGNOSIS_FEATURES
-from ms_core.outcomes import EDSS_STEPS, cdw_table, cdw_threshold, confirmed_worsening
 
 N = 3000
 SCAN_FEATURES = ["new_enlarging_per_year", "pbvc_pct_per_year"]

@@ -1,4 +1,5 @@
-"""Tests for ms_core.demo: a realistic, deterministic synthetic study with stored truth."""
+"""Tests for ms_core.synthetic.demo: a realistic, deterministic synthetic study with stored
+truth."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from ms_core import demo
-from ms_core.appearance import appearance
-from ms_core.io import load_lesion_mask, load_volume, read_json
-from ms_core.study import image_path, load_study, truth_dir
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json
+from ms_core.imaging.appearance import appearance
+from ms_core.study.layout import image_path, load_study, truth_dir
+from ms_core.synthetic import demo
 from tests.conftest import SMALL_CONFIG
 
 

@@ -1,4 +1,5 @@
-"""Tests for ms_core.diagnosis (pattern features, simulation, scoring) and its training script."""
+"""Tests for ms_core.clinical.diagnosis (pattern features, simulation, scoring) and its training
+script."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.diagnosis import (
+from ms_core.clinical.diagnosis import (
     DIAGNOSIS_FEATURES,
     LIMITS,
     MODEL_FEATURES,
@@ -26,9 +27,9 @@ from ms_core.diagnosis import (
     score_pattern,
     simulate_patterns,
 )
-from ms_core.inference import TabularModel
-from ms_core.location import LOCATIONS
-from ms_core.models import MODELS_DIR, ModelError, read_json, register_model
+from ms_core.lesions.location import LOCATIONS
+from ms_core.segmentation.inference import TabularModel
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, read_json, register_model
 
 _MANIFEST = MODELS_DIR / "manifest.json"
 SHIPPED = _MANIFEST.exists() and "diagnosis" in read_json(_MANIFEST).get("models", {})
@@ -276,10 +277,10 @@ def test_real_ms_masks_give_features(open_ms_data: Path, monkeypatch: pytest.Mon
     test_location.py) is replaced by one that calls every lesion periventricular.
     """
     pytest.importorskip("sklearn")
-    import ms_core.location
+    import ms_core.lesions.location
     from training.diagnosis import train as tr
 
-    monkeypatch.setattr(ms_core.location, "classify_lesions", lambda labels, affine, s2m: {
+    monkeypatch.setattr(ms_core.lesions.location, "classify_lesions", lambda labels, affine, s2m: {
         int(i): "periventricular" for i in np.unique(labels) if i > 0})
     table = tr.real_data_features(open_ms_data, patients=["patient26"])
     assert len(table) == 1

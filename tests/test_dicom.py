@@ -1,5 +1,5 @@
-"""Tests for ms_core.dicom: geometry (affine vs ImagePositionPatient), values, series choice,
-unsafe and broken sources, and that no identifying header value reaches a written file.
+"""Tests for ms_core.imaging.dicom: geometry (affine vs ImagePositionPatient), values, series
+choice, unsafe and broken sources, and that no identifying header value reaches a written file.
 
 The synthetic series are written with pydicom here (``SeriesSpec``, ``write_series``,
 ``enhanced_series``); ``tests/test_importer.py`` imports them. The expected world coordinates
@@ -21,9 +21,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from ms_core import dicom, io
-from ms_core.dicom import DicomLimits, SeriesChoiceError, read_dicom, slice_geometry
-from ms_core.errors import InputError
+from ms_core.foundation import io
+from ms_core.foundation.errors import InputError
+from ms_core.imaging import dicom
+from ms_core.imaging.dicom import DicomLimits, SeriesChoiceError, read_dicom, slice_geometry
 
 # ----------------------------------------------------------------------------- synthetic DICOM
 #: Identifying values written into every synthetic file; none may appear in our outputs.

@@ -1,4 +1,5 @@
-"""Tests for ms_core.differential (features, simulation, oracle, scoring, SHAP) and its training."""
+"""Tests for ms_core.clinical.differential (features, simulation, oracle, scoring, SHAP) and its
+training."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.differential import (
+from ms_core.clinical.differential import (
     CLASSES,
     DIFFERENTIAL_FEATURES,
     LIMITS,
@@ -27,9 +28,9 @@ from ms_core.differential import (
     score_differential_table,
     simulate_differential,
 )
-from ms_core.io import read_json
-from ms_core.location import LOCATIONS
-from ms_core.models import MODELS_DIR, ModelError
+from ms_core.foundation.io import read_json
+from ms_core.lesions.location import LOCATIONS
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError
 
 _MANIFEST = MODELS_DIR / "manifest.json"
 SHIPPED = _MANIFEST.exists() and "differential" in read_json(_MANIFEST).get("models", {})
@@ -182,7 +183,7 @@ def test_macro_auc_near_oracle_on_a_fresh_cohort(
         model: DifferentialModel, fresh: tuple[np.ndarray, pd.DataFrame]) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from ms_core.prognosis_fit import expected_calibration_error
+    from ms_core.clinical.prognosis_fit import expected_calibration_error
 
     x, patients = fresh
     y = patients.label.map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
@@ -244,7 +245,7 @@ def _copy_models(tmp_path: Path) -> Path:
     root = tmp_path / "models"
     shutil.copytree(MODELS_DIR / "differential", root / "differential")
     manifest = read_json(_MANIFEST)
-    from ms_core.io import write_json
+    from ms_core.foundation.io import write_json
 
     write_json(root / "manifest.json",
                {"models": {"differential": manifest["models"]["differential"]}})
@@ -263,7 +264,7 @@ def test_altered_model_or_explainer_is_refused(tmp_path: Path) -> None:
         load_differential_model(root)
     root2 = _copy_models(tmp_path / "b")
     exp = root2 / "differential" / "explainer.json"
-    from ms_core.io import write_json
+    from ms_core.foundation.io import write_json
 
     altered = read_json(exp)
     altered["temperature"] *= 2.0
@@ -279,7 +280,7 @@ def test_training_writes_a_loadable_model_and_refuses_bad_parity(
 
     root = tmp_path / "models"
     root.mkdir()
-    from ms_core.io import write_json
+    from ms_core.foundation.io import write_json
 
     write_json(root / "manifest.json", {"models": {"other": {"onnx": "o", "card": "c",
                                                              "sha256": "0"}}})

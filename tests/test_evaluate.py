@@ -1,13 +1,14 @@
-"""Tests for ms_core.evaluate: Dice, lesion-wise detection (both overlap rules), volumes."""
+"""Tests for ms_core.segmentation.evaluate: Dice, lesion-wise detection (both overlap rules),
+volumes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ms_core.domain import LesionMask
-from ms_core.errors import InputError
-from ms_core.evaluate import calibration_error, dice, evaluate_masks, lesion_detection
+from ms_core.foundation.domain import LesionMask
+from ms_core.foundation.errors import InputError
+from ms_core.segmentation.evaluate import calibration_error, dice, evaluate_masks, lesion_detection
 
 
 def _mask(*boxes: tuple[slice, slice, slice], shape: tuple[int, int, int] = (20, 20, 20)
@@ -99,7 +100,7 @@ def test_evaluate_cli_prints_json(tmp_path) -> None:
     import subprocess
     import sys
 
-    from ms_core.io import save_labels
+    from ms_core.foundation.io import save_labels
 
     aff = np.eye(4)
     save_labels(tmp_path / "t.nii.gz", _mask(np.s_[0:5, 0:5, 0:5]), aff)

@@ -1,4 +1,4 @@
-"""Tests for ms_core.features: shape, first-order and GLCM features per lesion.
+"""Tests for ms_core.lesions.features: shape, first-order and GLCM features per lesion.
 
 Reference values are analytic: ball volume 4/3 pi r^3 and area 4 pi r^2; a solid ellipsoid with
 semi-axes a >= b >= c has second moments a^2/5, b^2/5, c^2/5, so elongation = b/a and
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from ms_core.features import (
+from ms_core.lesions.features import (
     FIRST_ORDER,
     GLCM_FEATURES,
     feature_columns,
@@ -22,7 +22,7 @@ from ms_core.features import (
     principal_axes_mm,
     surface_area_mm2,
 )
-from ms_core.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
 
 FINE = anisotropic_affine((0.5, 0.5, 0.5), (-10.0, -10.0, -10.0))
 FLAIR_2D = anisotropic_affine((0.9, 1.1, 3.0), (-20.0, -20.0, -20.0))

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ms_core.errors import InputError
-from ms_core.study import load_study, truth_dir
+from ms_core.foundation.errors import InputError
+from ms_core.study.layout import load_study, truth_dir
 from tests.conftest import copy_study
 
 SHARED_MNI = Path(__file__).resolve().parents[2] / "shared/data/open_ms_data/cross_sectional/MNI"
@@ -91,7 +91,7 @@ def test_a_few_steps_lower_the_loss_and_export_a_model_that_segments(study: Path
     assert report["train_participants"] == ["sub-01"] and report["val_participants"] == ["sub-02"]
     assert report["train_visits"] == 2 and report["val_visits"] == 1
     assert report["held_loss_after"] < report["held_loss_before"]
-    from ms_core.models import load_model_card
+    from ms_core.segmentation.model_store import load_model_card
 
     card = load_model_card("lesion_seg", out)  # sha256 checked against manifest and card
     assert card.version.endswith("-ft.1")

@@ -42,8 +42,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ms_core import io
-from ms_core.errors import InputError
+from ms_core.foundation import io
+from ms_core.foundation.errors import InputError
 
 #: Requested examples, split evenly over the classes (``wrong_suffix`` has only 10 distinct
 #: inputs, so hypothesis stops it early): the CI default gives 250 examples, 1000 reader calls.
@@ -415,7 +415,7 @@ def _atheris_main() -> None:  # pragma: no cover - manual campaign
         exercise(path, "atheris")
 
     # Coverage feedback from the code under test only (instrument_all takes minutes).
-    wanted = ("nibabel.", "ms_core.io", "gzip")
+    wanted = ("nibabel.", "ms_core.foundation.io", "gzip")
     for obj in gc.get_objects():
         if (inspect.isfunction(obj) and (obj.__module__ or "").startswith(wanted)
                 and obj.__code__.co_filename.endswith(".py")):

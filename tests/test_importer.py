@@ -1,4 +1,5 @@
-"""Tests for ms_core.importer (import one visit into a study) and the Import page (AppTest).
+"""Tests for ms_core.services.importer (import one visit into a study) and the Import page
+(AppTest).
 
 Synthetic DICOM series come from ``tests/test_dicom.py``; NIfTI inputs are written here.
 """
@@ -19,11 +20,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_dicom import PHI, SeriesSpec, write_series, zip_folder
 
-from ms_core import importer, io, state_keys
-from ms_core.domain import Participant
-from ms_core.errors import InputError
-from ms_core.importer import check_visit, import_visit, next_session_id, staged_uploads
-from ms_core.study import derivatives_dir, image_path, load_study
+from ms_core.foundation import io, state_keys
+from ms_core.foundation.domain import Participant
+from ms_core.foundation.errors import InputError
+from ms_core.services import importer
+from ms_core.services.importer import check_visit, import_visit, next_session_id, staged_uploads
+from ms_core.study.layout import derivatives_dir, image_path, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.array([[0.0, 0.0, 3.0, -10.0], [-1.0, 0.0, 0.0, 6.0], [0.0, 1.2, 0.0, -4.0],

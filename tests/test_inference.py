@@ -1,4 +1,5 @@
-"""Tests for ms_core.inference: window placement, Gaussian blending, flips, ONNX sessions."""
+"""Tests for ms_core.segmentation.inference: window placement, Gaussian blending, flips, ONNX
+sessions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_core.inference import OnnxModel, gaussian_importance, sliding_window, window_starts
+from ms_core.segmentation.inference import (
+    OnnxModel,
+    gaussian_importance,
+    sliding_window,
+    window_starts,
+)
 
 
 def _pointwise(batch: np.ndarray) -> np.ndarray:
@@ -62,14 +68,14 @@ def test_gaussian_importance_peaks_in_the_centre() -> None:
 
 
 def _seg_model(device: str) -> OnnxModel:
-    from ms_core.inference import load_onnx_model
-    from ms_core.models import load_model_card
+    from ms_core.segmentation.inference import load_onnx_model
+    from ms_core.segmentation.model_store import load_model_card
 
     return load_onnx_model(load_model_card("lesion_seg"), device, threads=2)
 
 
 def test_io_binding_gives_the_same_probabilities_as_a_plain_run() -> None:
-    from ms_core.inference import run_bound
+    from ms_core.segmentation.inference import run_bound
 
     model = _seg_model("cpu")
     x = np.random.default_rng(0).gamma(2.0, 0.5, (2, 2, 32, 32, 32)).astype(np.float32)
@@ -84,10 +90,10 @@ def test_gpu_and_cpu_masks_agree_on_patient26(open_ms_data: Path) -> None:
 
     Runs only where onnxruntime can start the CUDA provider (skipped on CPU-only machines).
     """
-    from ms_core.errors import InputError
-    from ms_core.evaluate import dice
-    from ms_core.io import load_volume
-    from ms_core.segment import SegmentParams, segment_volumes
+    from ms_core.foundation.errors import InputError
+    from ms_core.foundation.io import load_volume
+    from ms_core.segmentation.evaluate import dice
+    from ms_core.segmentation.segment import SegmentParams, segment_volumes
 
     try:
         gpu = _seg_model("cuda")
@@ -107,8 +113,8 @@ def test_gpu_and_cpu_masks_agree_on_patient26(open_ms_data: Path) -> None:
 _PROBE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-from ms_core.inference import load_onnx_model
-from ms_core.models import load_model_card
+from ms_core.segmentation.inference import load_onnx_model
+from ms_core.segmentation.model_store import load_model_card
 model = load_onnx_model(load_model_card("lesion_seg"), "auto", threads=1)
 print("PROVIDER", model.provider)
 print("WHY", model.cuda_unavailable)
@@ -126,7 +132,7 @@ def test_a_machine_without_cuda_libraries_falls_back_quietly_and_says_why() -> N
 
     import onnxruntime as ort
 
-    from ms_core.inference import _cuda_libraries_error, available_providers
+    from ms_core.segmentation.inference import _cuda_libraries_error, available_providers
 
     if "CUDAExecutionProvider" not in available_providers():
         pytest.skip("this onnxruntime build has no CUDA provider")
@@ -148,7 +154,7 @@ def test_only_a_missing_library_stops_the_cuda_attempt(monkeypatch: pytest.Monke
 
     import onnxruntime as ort
 
-    from ms_core.inference import _cuda_libraries_error
+    from ms_core.segmentation.inference import _cuda_libraries_error
 
     def fails_with(message: str) -> object:
         def load(*args: object, **kwargs: object) -> None:

@@ -1,4 +1,5 @@
-"""Tests for ms_core.io: NIfTI reading with clear errors, atomic writes, PHI scrubbing."""
+"""Tests for ms_core.foundation.io: NIfTI reading with clear errors, atomic writes, PHI
+scrubbing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ms_core import io
-from ms_core.errors import InputError, NiftiError
-from ms_core.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
+from ms_core.foundation import io
+from ms_core.foundation.errors import InputError, NiftiError
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
 
 
 def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -370,7 +371,7 @@ def test_probability_viewer_bytes_are_compact_uint8_with_the_same_geometry(tmp_p
 
     import nibabel as nib
 
-    from ms_core.io import nifti_bytes, probability_viewer_bytes, save_volume
+    from ms_core.foundation.io import nifti_bytes, probability_viewer_bytes, save_volume
 
     rng = np.random.default_rng(0)
     prob = rng.random((40, 48, 36)).astype(np.float32)
@@ -484,7 +485,7 @@ def test_broken_pixdim_beside_a_valid_sform_is_read_from_the_sform_with_a_warnin
     warnings = io.header_warnings(path)
     assert len(warnings) == 1 and str(path) in warnings[0] and "pixdim[1:4]" in warnings[0]
     assert "from the sform (2, 2, 2 mm)" in warnings[0]
-    with caplog.at_level("WARNING", logger="ms_core.io"):
+    with caplog.at_level("WARNING", logger="ms_core.foundation.io"):
         vol = io.load_volume(path, "FLAIR")
     assert vol.spacing_mm == (2.0, 2.0, 2.0) and np.allclose(vol.affine[:3, 3], [-11, -12, -13])
     assert any("pixdim[1:4]" in r.getMessage() for r in caplog.records)

@@ -1,4 +1,5 @@
-"""Tests of ms_core.jobs with real threads; events and barriers order them, not sleeps."""
+"""Tests of ms_core.foundation.jobs with real threads; events and barriers order them, not
+sleeps."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ms_core import jobs
-from ms_core.errors import InputError
-from ms_core.jobs import JobRunner, Progress
+from ms_core.foundation import jobs
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.jobs import JobRunner, Progress
 
 WAIT_S = 10.0
 
@@ -89,7 +90,7 @@ def test_other_errors_name_their_type_and_log_the_traceback(
     def bug(progress: Progress) -> None:
         raise ZeroDivisionError("division by zero")
 
-    with caplog.at_level(logging.ERROR, logger="ms_core.jobs"):
+    with caplog.at_level(logging.ERROR, logger="ms_core.foundation.jobs"):
         runner.start("compare/a", bug, "comparing a")
         job = runner.wait("compare/a", WAIT_S)
     assert job.error == "ZeroDivisionError: division by zero"

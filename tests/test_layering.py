@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-APP_CODE = [REPO / "app.py", *sorted(REPO.glob("ui_*.py")),
+APP_CODE = [REPO / "app.py", *sorted((REPO / "ui").glob("*.py")),
             *sorted((REPO / "pages").glob("*.py"))]
 LIB_CODE = sorted((REPO / "ms_core").rglob("*.py"))
 
@@ -55,7 +55,8 @@ def test_runtime_requirements_have_no_torch() -> None:
 
 
 def test_importing_the_library_does_not_load_streamlit() -> None:
-    code = ("import sys, ms_core.study, ms_core.io, ms_core.demo, ms_core.cli; "
+    code = ("import sys, ms_core.study.layout, ms_core.foundation.io, ms_core.synthetic.demo, "
+            "ms_core.services.cli; "
             "bad = [m for m in ('streamlit', 'torch') if m in sys.modules]; "
             "sys.exit(str(bad) if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
@@ -95,30 +96,10 @@ def test_shared_constants_are_defined_once(literal: str, home: str) -> None:
     assert where == [home]
 
 
-def _ms_core_edges() -> dict[str, set[str]]:
-    """ms_core module -> the ms_core modules it imports anywhere in its code (also inside
-    functions, where an import cycle would otherwise hide)."""
-    edges: dict[str, set[str]] = {}
-    for path in LIB_CODE:
-        name = path.stem
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        targets: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                parts = node.module.split(".")
-                if parts[0] == "ms_core" and len(parts) > 1:
-                    targets.add(parts[1])
-                elif parts == ["ms_core"]:
-                    targets |= {a.name for a in node.names}
-            elif isinstance(node, ast.Import):
-                targets |= {a.name.split(".")[1] for a in node.names
-                            if a.name.startswith("ms_core.")}
-        edges[name] = targets - {name}
-    return edges
-
-
 def test_ms_core_has_no_import_cycle() -> None:
-    edges = _ms_core_edges()
+    from bench.architecture import import_edges
+
+    edges = import_edges()
     known = set(edges)
     cycles: list[list[str]] = []
 
@@ -142,14 +123,21 @@ def test_app_glue_never_imports_the_router_back() -> None:
     assert [p.name for p in glue if "app" in _imports(p)] == []
 
 
-def test_every_module_has_a_stage_and_stages_import_only_downwards() -> None:
-    from bench.architecture import STAGES, import_edges, layers
+def test_every_module_lives_in_a_stage_and_stages_import_only_downwards() -> None:
+    from bench.architecture import STAGES, import_edges, layers, stage_of, upward_imports
 
     edges = import_edges()
-    stage_of = {m: s for s, mods in STAGES.items() for m in mods}
-    assert sorted(set(edges) - set(stage_of)) == [], "add the new module to a stage"
-    order = list(STAGES)
-    upward = [(a, b) for a, bs in edges.items() for b in bs
-              if order.index(stage_of[b]) > order.index(stage_of[a])]
-    assert upward == []
+    loose = sorted(p.name for p in (REPO / "ms_core").glob("*.py")
+                   if p.stem not in ("__init__", "__main__"))
+    assert loose == [], "put the module in the subpackage of its stage"
+    assert sorted({stage_of(m) for m in edges} - set(STAGES)) == [], "add the stage to STAGES"
+    assert upward_imports(edges) == []
     assert min(layers(edges).values()) == 0
+
+
+def test_the_stage_check_sees_an_upward_import() -> None:
+    from bench.architecture import upward_imports
+
+    assert upward_imports({"imaging.anatomy": {"services.cli"}}) == [
+        "imaging.anatomy -> services.cli"]
+    assert upward_imports({"services.cli": {"imaging.anatomy"}}) == []

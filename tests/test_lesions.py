@@ -1,17 +1,17 @@
-"""Tests for ms_core.lesions: components, thresholds, per-lesion table."""
+"""Tests for ms_core.lesions.components: components, thresholds, per-lesion table."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ms_core.lesions import (
+from ms_core.lesions.components import (
     LESION_TABLE_COLUMNS,
     label_components,
     lesion_table,
     threshold_probability,
 )
-from ms_core.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
 
 AFF = anisotropic_affine((0.5, 0.5, 0.5), (-20.0, -20.0, -20.0))
 

@@ -1,4 +1,4 @@
-"""Tests for ms_core.location: MNI zones, the per-lesion rule and the demo-study accuracy.
+"""Tests for ms_core.lesions.location: MNI zones, the per-lesion rule and the demo-study accuracy.
 
 Reference points are MNI152 2009a (nilearn) millimetres read off the template: the roof of the
 left lateral ventricle body, the centrum semiovale, subcortical white matter of the precentral
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_core.location import (
+from ms_core.imaging.preprocess import Grid
+from ms_core.lesions.location import (
     LOCATIONS,
     MIN_ZONE_SHARE,
     ZONES,
@@ -23,8 +24,7 @@ from ms_core.location import (
     mni_zones,
     zone_shares,
 )
-from ms_core.preprocess import Grid
-from ms_core.synth import anisotropic_affine, sphere_labels
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -172,9 +172,9 @@ def test_location_counts() -> None:
 @pytest.mark.skipif(not (DEMO / "participants.tsv").exists(), reason="demo study not built")
 def test_demo_visit_locations_match_the_ground_truth() -> None:
     # One visit (1.5 T 2D FLAIR) with the app's own registration; about 10 s.
-    from ms_core.io import load_lesion_mask, load_volume, read_json
-    from ms_core.preprocess import template_to_subject
-    from ms_core.study import image_path, truth_dir
+    from ms_core.foundation.io import load_lesion_mask, load_volume, read_json
+    from ms_core.imaging.preprocess import template_to_subject
+    from ms_core.study.layout import image_path, truth_dir
 
     flair = load_volume(image_path(DEMO, "sub-01", "ses-01", "FLAIR"), "FLAIR")
     labels = load_lesion_mask(truth_dir(DEMO, "sub-01", "ses-01") / "lesion_labels.nii.gz")
@@ -189,8 +189,8 @@ def test_demo_visit_locations_match_the_ground_truth() -> None:
 
 def test_zone_masks_read_from_the_cache_equal_a_fresh_derivation(derived_map_cache: Path
                                                                   ) -> None:
-    from ms_core.anatomy import load_template
-    from ms_core.location import _derive_zones
+    from ms_core.imaging.anatomy import load_template
+    from ms_core.lesions.location import _derive_zones
 
     zones = mni_zones()
     assert any(derived_map_cache.glob("mni_zones-*.npz"))  # the run's cache holds them

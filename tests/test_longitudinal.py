@@ -12,15 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core import preprocess
-from ms_core.anatomy import load_template, synthetic_head
-from ms_core.cli import main
-from ms_core.domain import Volume
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel
-from ms_core.io import load_lesion_mask, save_volume
-from ms_core.lesions import label_components
-from ms_core.longitudinal import (
+from ms_core.foundation.domain import Volume
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import load_lesion_mask, save_volume
+from ms_core.imaging import preprocess
+from ms_core.imaging.anatomy import load_template, synthetic_head
+from ms_core.imaging.preprocess import Grid, resample_to_grid
+from ms_core.lesions.components import label_components
+from ms_core.longitudinal.tracking import (
     CHANGE_COLUMNS,
     TrackParams,
     change_zscore,
@@ -30,10 +29,11 @@ from ms_core.longitudinal import (
     register_visits,
     track_volumes,
 )
-from ms_core.models import load_model_card
-from ms_core.preprocess import Grid, resample_to_grid
-from ms_core.segment import SegmentParams
-from ms_core.synth import anisotropic_affine, sphere_labels
+from ms_core.segmentation.inference import OnnxModel
+from ms_core.segmentation.model_store import load_model_card
+from ms_core.segmentation.segment import SegmentParams
+from ms_core.services.cli import main
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 
 
 # ------------------------------------------------------------------ lesion matching (pure numpy)
@@ -197,7 +197,7 @@ def test_register_visits_recovers_the_head_motion() -> None:
 
 def test_visit_registration_is_remembered_and_shared_with_atrophy(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core import atrophy
+    from ms_core.longitudinal import atrophy
 
     calls: list[float] = []
 
@@ -304,7 +304,7 @@ def test_intensity_led_new_lesion_is_reported_only_when_asked_and_only_if_new() 
 
 def test_track_cli_writes_contract_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    import ms_core.longitudinal as lon
+    import ms_core.longitudinal.tracking as lon
 
     base, follow, _ = _pair()
     save_volume(tmp_path / "a.nii.gz", base.data, base.affine)
@@ -331,9 +331,9 @@ def test_track_cli_writes_contract_files(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_track_files_adds_an_atrophy_block_with_the_tracked_lesions_filled(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ms_core.atrophy as atrophy
-    import ms_core.longitudinal as lon
-    from ms_core.atrophy import PBVCResult, TissueVolumes
+    import ms_core.longitudinal.atrophy as atrophy
+    import ms_core.longitudinal.tracking as lon
+    from ms_core.longitudinal.atrophy import PBVCResult, TissueVolumes
 
     base, follow, move = _pair()
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
@@ -405,9 +405,9 @@ def test_track_params_validate() -> None:
 
 # ------------------------------------------------------------------------ study visits (cache)
 def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study: Path) -> None:
-    from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
-    from ms_core.segment import segment_visit
-    from ms_core.study import load_study
+    from ms_core.longitudinal.tracking import track_visits, tracking_dir, tracking_status
+    from ms_core.segmentation.segment import segment_visit
+    from ms_core.study.layout import load_study
 
     study = load_study(small_study)
     base, follow = study.visits["sub-02"][0], study.visits["sub-02"][1]
@@ -428,7 +428,7 @@ def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study
     assert tracking_status(small_study, base, follow, params) is not None
 
     # Persistent ids: ses-01 keeps its own ids; most ses-02 lesions inherit one of them.
-    from ms_core.measurements import lesion_history
+    from ms_core.longitudinal.measurements import lesion_history
 
     history = lesion_history(small_study, [base, follow], params)
     first = history[history.session_id == base.session_id]
@@ -444,8 +444,8 @@ def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study
 def test_protocol_qc_flags_contrast_and_scanner_changes() -> None:
     import datetime as dt
 
-    from ms_core.domain import Visit
-    from ms_core.longitudinal import intensity_profile_warnings, visit_metadata_warnings
+    from ms_core.foundation.domain import Visit
+    from ms_core.longitudinal.tracking import intensity_profile_warnings, visit_metadata_warnings
 
     rng = np.random.default_rng(1)
     brain = np.ones((20, 20, 20), bool)

@@ -1,4 +1,4 @@
-"""Tests for ms_core.mcdonald: McDonald 2017 DIS / DIT on brain MRI and the checklist rows.
+"""Tests for ms_core.lesions.mcdonald: McDonald 2017 DIS / DIT on brain MRI and the checklist rows.
 
 Reference: Thompson et al., Lancet Neurol 2018;17:162-173 (DIS: >= 1 T2 lesion in >= 2 of
 periventricular, cortical/juxtacortical, infratentorial, spinal cord; DIT: a new T2 lesion on
@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ms_core.mcdonald import (
+from ms_core.lesions.mcdonald import (
     CHECKLIST_COLUMNS,
     DIS_AREAS,
     checklist_rows,

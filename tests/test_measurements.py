@@ -1,5 +1,5 @@
-"""Tests for ms_core.measurements: the provenance columns of measured_table, read from the
-derivative files the pipeline writes, and the Timeline figures' hovers that show them.
+"""Tests for ms_core.longitudinal.measurements: the provenance columns of measured_table, read from
+the derivative files the pipeline writes, and the Timeline figures' hovers that show them.
 
 The study is tiny (8 mm^3 random images): the files are written by the real writers
 (``write_outputs``, ``write_track_outputs``, ``measure_visit_volumes``,
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.domain import Visit
-from ms_core.provenance_text import NOT_MEASURED
+from ms_core.foundation.domain import Visit
+from ms_core.study.provenance_text import NOT_MEASURED
 
 SHA = "1a2b3c4d5e6f" + "0" * 52
 MODEL = {"name": "lesion_seg", "version": "2.0.0", "sha256": SHA}
@@ -28,8 +28,8 @@ AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
 def _study(root: Path) -> list[Visit]:
     """Three visits of sub-01 with a FLAIR and a T1w each."""
-    from ms_core.io import save_volume
-    from ms_core.study import image_path
+    from ms_core.foundation.io import save_volume
+    from ms_core.study.layout import image_path
 
     rng = np.random.default_rng(0)
     visits = []
@@ -46,8 +46,8 @@ def _study(root: Path) -> list[Visit]:
 
 def _segment(root: Path, visit: Visit, volumes_ml: list[float]) -> None:
     """Store a network segmentation of ``visit`` made by :data:`MODEL` (default settings)."""
-    from ms_core.segment import SegmentationResult, SegmentParams, write_outputs
-    from ms_core.study import derivatives_dir
+    from ms_core.segmentation.segment import SegmentationResult, SegmentParams, write_outputs
+    from ms_core.study.layout import derivatives_dir
 
     labels = np.zeros((8, 8, 8), np.int32)
     labels[2:4, 2:4, 2:4] = 1
@@ -61,7 +61,7 @@ def _segment(root: Path, visit: Visit, volumes_ml: list[float]) -> None:
 
 def _track(root: Path, baseline: Visit, followup: Visit) -> None:
     """Store a comparison (default settings): 1 new, 1 enlarging, 1 stable lesion."""
-    from ms_core.longitudinal import (
+    from ms_core.longitudinal.tracking import (
         PairRegistration,
         TrackParams,
         TrackResult,
@@ -81,8 +81,8 @@ def _track(root: Path, baseline: Visit, followup: Visit) -> None:
 
 def _atrophy(root: Path, visits: list[Visit], monkeypatch: pytest.MonkeyPatch) -> None:
     """Store the brain volumes of the first two visits and the PBVC between them."""
-    import ms_core.atrophy as atrophy
-    from ms_core.atrophy import PBVCResult, TissueVolumes
+    import ms_core.longitudinal.atrophy as atrophy
+    from ms_core.longitudinal.atrophy import PBVCResult, TissueVolumes
 
     def fake_tissue(volume: Any, **_: Any) -> TissueVolumes:
         return TissueVolumes(1150.0, 650.0, 500.0, 350.0, 1500.0, 1150 / 1500, 0.0)
@@ -117,7 +117,7 @@ def measured_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Visi
 
 def test_lesion_volume_carries_the_plausible_range_of_the_real_validation(
         measured_study: list[Visit], tmp_path: Path) -> None:
-    from ms_core.measurements import measured_table, volume_with_range
+    from ms_core.longitudinal.measurements import measured_table, volume_with_range
 
     plain = measured_table(tmp_path, measured_study)
     assert plain.lesion_volume_low_ml.isna().all() and plain.lesion_volume_high_ml.isna().all()
@@ -137,7 +137,7 @@ def test_lesion_volume_carries_the_plausible_range_of_the_real_validation(
 
 def test_measured_table_says_where_each_number_comes_from(measured_study: list[Visit],
                                                           tmp_path: Path) -> None:
-    from ms_core.measurements import MEASURED_COLUMNS, measured_table
+    from ms_core.longitudinal.measurements import MEASURED_COLUMNS, measured_table
 
     table = measured_table(tmp_path, measured_study)
     assert list(table.columns) == list(MEASURED_COLUMNS)
@@ -174,7 +174,7 @@ def test_measured_table_says_where_each_number_comes_from(measured_study: list[V
 
 def test_provenance_text_follows_the_stored_file(measured_study: list[Visit],
                                                  tmp_path: Path) -> None:
-    from ms_core.measurements import measured_table
+    from ms_core.longitudinal.measurements import measured_table
 
     # The model entry is not part of what makes a result current: edit it, and the text
     # must show the edited file, not a value the code assumes.
@@ -188,8 +188,8 @@ def test_provenance_text_follows_the_stored_file(measured_study: list[Visit],
 
 
 def test_stale_results_are_not_measured(measured_study: list[Visit], tmp_path: Path) -> None:
-    from ms_core.io import save_volume
-    from ms_core.measurements import measured_table
+    from ms_core.foundation.io import save_volume
+    from ms_core.longitudinal.measurements import measured_table
 
     # A replaced FLAIR makes that visit's segmentation and the comparison out of date.
     save_volume(measured_study[1].images["FLAIR"], np.ones((8, 8, 8), np.float32), AFFINE)
@@ -200,7 +200,7 @@ def test_stale_results_are_not_measured(measured_study: list[Visit], tmp_path: P
 
 
 def test_no_visits_gives_the_empty_table_with_provenance_columns(tmp_path: Path) -> None:
-    from ms_core.measurements import MEASURED_COLUMNS, atrophy_frame, measured_table
+    from ms_core.longitudinal.measurements import MEASURED_COLUMNS, atrophy_frame, measured_table
 
     assert list(measured_table(tmp_path, []).columns) == list(MEASURED_COLUMNS)
     assert atrophy_frame([], {}, {})["pbvc_provenance"].tolist() == []
@@ -214,8 +214,8 @@ def _hovers(trace: Any) -> list[str]:
 
 def test_measured_figure_hovers_carry_model_and_comparison(measured_study: list[Visit],
                                                            tmp_path: Path) -> None:
-    import ui_helpers
-    from ms_core.measurements import measured_table
+    from ms_core.longitudinal.measurements import measured_table
+    from ui import helpers as ui_helpers
 
     fig = ui_helpers.measured_figure(measured_table(tmp_path, measured_study))
     lesions, new, enlarging = fig.data
@@ -233,8 +233,8 @@ def test_measured_figure_hovers_carry_model_and_comparison(measured_study: list[
 
 def test_atrophy_figure_hovers_carry_method_and_file(measured_study: list[Visit],
                                                      tmp_path: Path) -> None:
-    import ui_helpers
-    from ms_core.measurements import measured_table
+    from ms_core.longitudinal.measurements import measured_table
+    from ui import helpers as ui_helpers
 
     fig = ui_helpers.atrophy_figure(measured_table(tmp_path, measured_study))
     brain, bpf, rate = fig.data
@@ -248,7 +248,7 @@ def test_atrophy_figure_hovers_carry_method_and_file(measured_study: list[Visit]
 
 
 def test_hover_text_wraps_long_provenance_and_tolerates_old_tables() -> None:
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     table = pd.DataFrame({"acq_date": pd.to_datetime(["2020-01-01"]), "lesion_count": [3.0],
                           "lesion_volume_ml": [1.0], "session_id": ["ses-01"],
@@ -262,7 +262,7 @@ def test_hover_text_wraps_long_provenance_and_tolerates_old_tables() -> None:
 
 def test_results_of_another_segmentation_model_are_not_measured(
         measured_study: list[Visit], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core.measurements import measured_table
+    from ms_core.longitudinal.measurements import measured_table
 
     monkeypatch.delenv("MS_DASH_MODELS")  # the shipped model is active: MODEL made neither
     table = measured_table(tmp_path, measured_study)

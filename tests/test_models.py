@@ -1,4 +1,5 @@
-"""Tests for ms_core.models and the shipped model: integrity checks and provider reporting."""
+"""Tests for ms_core.segmentation.model_store and the shipped model: integrity checks and provider
+reporting."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_core.errors import InputError
-from ms_core.inference import load_onnx_model
-from ms_core.models import MODELS_DIR, ModelError, load_model_card, sha256_file
+from ms_core.foundation.errors import InputError
+from ms_core.segmentation.inference import load_onnx_model
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, load_model_card, sha256_file
 
 SHIPPED = MODELS_DIR / "manifest.json"
 
@@ -79,7 +80,7 @@ def test_card_names_its_intensity_reference_and_t1w_use(tmp_path: Path) -> None:
 
 
 def test_volume_ratio_range_comes_from_a_verified_card(tmp_path: Path) -> None:
-    from ms_core.models import volume_ratio_range
+    from ms_core.segmentation.model_store import volume_ratio_range
 
     root = _fake_models(tmp_path)
     assert volume_ratio_range("m", root) is None  # no evaluation on the card
@@ -145,7 +146,7 @@ def test_file_hashes_are_remembered_but_follow_every_change(
     import os
     import time
 
-    import ms_core.models as models
+    import ms_core.segmentation.model_store as models
 
     def digest(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()

@@ -1,4 +1,4 @@
-"""Tests for ms_core.outcomes: confirmed disability worsening (CDW) from EDSS series.
+"""Tests for ms_core.longitudinal.outcomes: confirmed disability worsening (CDW) from EDSS series.
 
 Expected values are worked out by hand from the definition (thresholds +1.5 from 0, +1.0 from
 1.0-5.5, +0.5 above 5.5; confirmation at least ``confirm_years`` later, sustained in between).
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.outcomes import (
+from ms_core.longitudinal.outcomes import (
     CDW_COLUMNS,
     EDSS_STEPS,
     CdwResult,

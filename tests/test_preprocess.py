@@ -1,4 +1,5 @@
-"""Tests for ms_core.preprocess: grids, resampling, normalisation, cropping, brain extraction."""
+"""Tests for ms_core.imaging.preprocess: grids, resampling, normalisation, cropping, brain
+extraction."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_core import preprocess
-from ms_core.domain import Volume
-from ms_core.evaluate import dice
-from ms_core.io import load_lesion_mask, load_volume
-from ms_core.preprocess import (
+from ms_core.foundation.domain import Volume
+from ms_core.foundation.io import load_lesion_mask, load_volume
+from ms_core.imaging import preprocess
+from ms_core.imaging.preprocess import (
     Grid,
     brain_mask_from_template,
     crop_box,
@@ -25,8 +25,9 @@ from ms_core.preprocess import (
     white_matter_level,
     working_grid,
 )
-from ms_core.study import image_path, truth_dir
-from ms_core.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
+from ms_core.segmentation.evaluate import dice
+from ms_core.study.layout import image_path, truth_dir
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
 
 
 def test_working_grid_covers_an_oblique_lps_volume() -> None:

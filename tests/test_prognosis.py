@@ -1,5 +1,6 @@
-"""Tests for ms_core.prognosis_fit (training protocol, export) and ms_core.prognosis (scoring,
-SHAP), on small synthetic cohorts from ms_core.cohort, and for the shipped model."""
+"""Tests for ms_core.clinical.prognosis_fit (training protocol, export) and
+ms_core.clinical.prognosis (scoring,
+SHAP), on small synthetic cohorts from ms_core.synthetic.cohort, and for the shipped model."""
 
 from __future__ import annotations
 
@@ -13,12 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.cohort import cohort_table, generate_cohort
-from ms_core.errors import InputError
-from ms_core.features import PROGNOSIS_FEATURES
-from ms_core.models import MODELS_DIR, ModelError
-from ms_core.prognosis import feature_vector, load_prognosis_model, score
-from ms_core.prognosis_fit import (
+from ms_core.clinical.prognosis import feature_vector, load_prognosis_model, score
+from ms_core.clinical.prognosis_fit import (
     PARITY_TOL,
     FitConfig,
     FitResult,
@@ -30,6 +27,10 @@ from ms_core.prognosis_fit import (
     sensitivity_specificity,
     write_model,
 )
+from ms_core.foundation.errors import InputError
+from ms_core.lesions.features import PROGNOSIS_FEATURES
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError
+from ms_core.synthetic.cohort import cohort_table, generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = FitConfig(seed=3, fast=True, n_bootstrap=50, outer_folds=3, inner_folds=2,
@@ -173,7 +174,7 @@ def test_metric_helpers() -> None:
 
 
 def test_patients_never_span_train_and_test(table: pd.DataFrame) -> None:
-    from ms_core.prognosis_fit import _split
+    from ms_core.clinical.prognosis_fit import _split
 
     twice = pd.concat([table, table.assign(age_years=table.age_years + 1)], ignore_index=True)
     train, test = _split(twice, FAST)

@@ -1,4 +1,4 @@
-"""Tests for ms_core.provenance_text: one-line provenance of stored results.
+"""Tests for ms_core.study.provenance_text: one-line provenance of stored results.
 
 The records below copy the fields that ``ms_core segment``, ``ms_core track`` and
 ``ms_core atrophy`` write (a real run on the demo study, derivatives/ms_dash/sub-02/ses-03).
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ms_core.provenance_text import (
+from ms_core.study.provenance_text import (
     NOT_MEASURED,
     change_provenance,
     model_text,

@@ -20,10 +20,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, from_network_layout, to_network_layout
-from ms_core.models import MODELS_DIR, ModelError, active_sha256, load_model_card, models_dir_for
-from ms_core.register import register_segmentation_model, smoke_phantom
+from ms_core.foundation.errors import InputError
+from ms_core.segmentation.inference import OnnxModel, from_network_layout, to_network_layout
+from ms_core.segmentation.model_store import (
+    MODELS_DIR,
+    ModelError,
+    active_sha256,
+    load_model_card,
+    models_dir_for,
+)
+from ms_core.services.register import register_segmentation_model, smoke_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 #: z-score above which the stand-in network calls lesion (the phantom's lesions lie near 3.3).
@@ -159,7 +165,7 @@ def test_segment_runs_the_registered_model_through_ms_dash_models(
     assert models_dir_for("prognosis") == MODELS_DIR
     assert active_sha256("lesion_seg") == card["sha256"] != active_sha256("lesion_seg",
                                                                             MODELS_DIR)
-    from ms_core.workflow import model_card_ref
+    from ms_core.services.workflow import model_card_ref
 
     assert model_card_ref("lesion_seg") == (f"`{models / 'lesion_seg' / 'MODEL_CARD.md'}` "
                                             f"(version 2.0.0-site, sha256 {card['sha256'][:12]}…)")
@@ -169,8 +175,8 @@ def test_segment_runs_the_registered_model_through_ms_dash_models(
 def test_results_of_another_segmentation_model_are_stale(
         segmented_study: Path, registered: tuple[Path, dict[str, Any]],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core.segment import segmentation_status
-    from ms_core.study import load_study
+    from ms_core.segmentation.segment import segmentation_status
+    from ms_core.study.layout import load_study
 
     visit = load_study(segmented_study).visits["sub-01"][0]
     monkeypatch.delenv("MS_DASH_MODELS", raising=False)
@@ -233,7 +239,7 @@ def test_the_app_names_the_active_model_and_the_stale_segmentation(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from ms_core.study import load_study
+    from ms_core.study.layout import load_study
 
     models, card = registered
     first = load_study(segmented_study).visits["sub-01"][0]

@@ -1,12 +1,12 @@
-"""Tests for ms_core.registration: recovers a known rigid motion, deterministically."""
+"""Tests for ms_core.imaging.registration: recovers a known rigid motion, deterministically."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ms_core.anatomy import load_template, synthetic_head
-from ms_core.preprocess import Grid, resample_to_grid
-from ms_core.registration import register_affine
+from ms_core.imaging.anatomy import load_template, synthetic_head
+from ms_core.imaging.preprocess import Grid, resample_to_grid
+from ms_core.imaging.registration import register_affine
 
 
 def _rot_z(deg: float) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 The write-side guarantees (docs/reliability.md):
 
-- every file is written to a temporary name and renamed (:func:`ms_core.io.atomic_open`);
-- a visit's results are written under its folder lock (:mod:`ms_core.locks`), with the old
+- every file is written to a temporary name and renamed (:func:`ms_core.foundation.io.atomic_open`);
+- a visit's results are written under its folder lock (:mod:`ms_core.study.locks`), with the old
   ``provenance.json`` removed first and the new one (input, model and output sha256) last;
-- :func:`ms_core.segment.segmentation_status` counts a result as current only when its
+- :func:`ms_core.segmentation.segment.segmentation_status` counts a result as current only when its
   provenance is complete and every output matches the sha256 it records.
 
 Determinism of the segmentation itself (bit-identical mask on re-run) is tested in
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core import io, segment, settings
-from ms_core.domain import Visit
-from ms_core.errors import InputError
-from ms_core.locks import LOCK_NAME, LockTimeout, folder_lock, is_locked
-from ms_core.segment import (
+from ms_core.foundation import io, settings
+from ms_core.foundation.domain import Visit
+from ms_core.foundation.errors import InputError
+from ms_core.segmentation import segment
+from ms_core.segmentation.segment import (
     OUTPUT_FILES,
     PROVENANCE,
     SegmentationResult,
@@ -42,7 +42,8 @@ from ms_core.segment import (
     segmentation_status,
     write_outputs,
 )
-from ms_core.study import derivatives_dir, image_path
+from ms_core.study.layout import derivatives_dir, image_path
+from ms_core.study.locks import LOCK_NAME, LockTimeout, folder_lock, is_locked
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -103,7 +104,7 @@ def _reference_files(tmp_path: Path, visit: Visit, params: SegmentParams,
 # ----------------------------------------------------------------------------- kill mid-write
 _WRITER = """
 import sys, time
-from ms_core import io
+from ms_core.foundation import io
 target, size = sys.argv[1], int(sys.argv[2])
 with io.atomic_open(target) as fh:
     for i in range(size // 65536):
@@ -267,7 +268,7 @@ def test_status_refuses_partial_provenance_and_altered_outputs(
 # ----------------------------------------------------------------------------- locks
 _HOLDER = """
 import sys, time
-from ms_core.locks import folder_lock
+from ms_core.study.locks import folder_lock
 with folder_lock(sys.argv[1], timeout_s=0):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -384,7 +385,7 @@ def study_root(request: pytest.FixtureRequest) -> Path:
 
 
 def test_segmentation_never_modifies_its_inputs(tmp_path: Path, study_root: Path) -> None:
-    from ms_core.study import load_study
+    from ms_core.study.layout import load_study
 
     visit = load_study(study_root).visits["sub-01"][0]
     inputs = sorted(visit.images.values())

@@ -1,4 +1,4 @@
-"""Tests of :mod:`ms_core.report` and the Report page: the one-patient HTML/PDF report."""
+"""Tests of :mod:`ms_core.services.report` and the Report page: the one-patient HTML/PDF report."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ms_core.errors import InputError
-from ms_core.io import save_labels, save_volume
-from ms_core.lesions import lesion_table
-from ms_core.models import MODELS_DIR, load_model_card, sha256_file
-from ms_core.preprocess import Grid
-from ms_core.report import (
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import save_labels, save_volume
+from ms_core.imaging.preprocess import Grid
+from ms_core.lesions.components import lesion_table
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card, sha256_file
+from ms_core.services.report import (
     axial_plane,
     build_report,
     lesion_images,
@@ -25,7 +25,7 @@ from ms_core.report import (
     report_inputs,
     write_report,
 )
-from ms_core.synth import anisotropic_affine, sphere_labels
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]

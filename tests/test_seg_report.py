@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ms_core.io import read_json
-from ms_core.models import MODELS_DIR
+from ms_core.foundation.io import read_json
+from ms_core.segmentation.model_store import MODELS_DIR
 from training.seg.report import model_card_markdown, real_summary, t1_makes_it_worse
 
 

@@ -1,4 +1,5 @@
-"""Tests for ms_core.segment and the segment CLI: outputs on the FLAIR grid, both methods."""
+"""Tests for ms_core.segmentation.segment and the segment CLI: outputs on the FLAIR grid, both
+methods."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.domain import Volume
-from ms_core.errors import InputError
-from ms_core.evaluate import dice
-from ms_core.io import load_lesion_mask, load_volume
-from ms_core.models import MODELS_DIR, load_model_card
-from ms_core.segment import SegmentParams, baseline_probability, segment_volumes
-from ms_core.study import derivatives_dir, image_path, truth_dir
-from ms_core.synth import sphere_labels
+from ms_core.foundation.domain import Volume
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import load_lesion_mask, load_volume
+from ms_core.segmentation.evaluate import dice
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
+from ms_core.segmentation.segment import SegmentParams, baseline_probability, segment_volumes
+from ms_core.study.layout import derivatives_dir, image_path, truth_dir
+from ms_core.synthetic.synth import sphere_labels
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_MODEL = (MODELS_DIR / "manifest.json").exists()
@@ -57,8 +58,8 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     # positive unless N4 removes it. Checks the wiring and the stage timings, not the model.
     from types import SimpleNamespace
 
-    from ms_core.preprocess import Grid
-    from ms_core.segment import StageTimer, probability_on_grid
+    from ms_core.imaging.preprocess import Grid
+    from ms_core.segmentation.segment import StageTimer, probability_on_grid
 
     assert not SegmentParams().bias_correction and not SegmentParams().denoise
     grid = Grid((40, 40, 40), np.eye(4))
@@ -90,7 +91,7 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
 
 
 def test_segment_cli_defaults_are_the_library_defaults() -> None:
-    from ms_core.cli import build_parser
+    from ms_core.services.cli import build_parser
 
     base = ["segment", "--flair", "f.nii.gz", "--out", "o"]
     args = build_parser().parse_args(base)
@@ -104,7 +105,7 @@ def test_segment_cli_defaults_are_the_library_defaults() -> None:
 
 def _both_flags_on(argv: list[str]) -> bool:
     """Whether the segment CLI turns on both N4 and denoising for ``argv``."""
-    from ms_core.cli import build_parser
+    from ms_core.services.cli import build_parser
 
     args = build_parser().parse_args(argv)
     return bool(args.n4 and args.denoise)
@@ -167,7 +168,8 @@ def test_network_segmentation_is_deterministic_and_finds_lesions(segmented_study
 
 
 class _ChannelSpy:
-    """A stand-in for :class:`ms_core.inference.OnnxModel` that records what it is given."""
+    """A stand-in for :class:`ms_core.segmentation.inference.OnnxModel` that records what it is
+    given."""
 
     provider = "CPUExecutionProvider"
     def __init__(self, *, uses_t1: bool = True, reference: str = "brain_median",
@@ -214,7 +216,7 @@ def test_a_model_that_ignores_t1w_never_sees_it_and_provenance_says_so() -> None
 
 
 def test_white_matter_normalisation_puts_white_matter_at_one() -> None:
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
 
     tpl = load_template()
     # The template as a FLAIR whose grey matter is twice as bright as its white matter (as
@@ -237,8 +239,8 @@ def test_visit_segmentation_is_cached_by_input_hash_and_parameters(small_study: 
                                                                    tmp_path: Path) -> None:
     import shutil
 
-    from ms_core.segment import segment_visit, segmentation_status
-    from ms_core.study import lesion_overlay_path, load_study
+    from ms_core.segmentation.segment import segment_visit, segmentation_status
+    from ms_core.study.layout import lesion_overlay_path, load_study
 
     root = tmp_path / "study"
     shutil.copytree(small_study, root)
@@ -263,8 +265,8 @@ def test_network_on_real_patient26_beats_the_baseline(open_ms_data: Path) -> Non
     # Real data: open_ms_data patient26 (Lesjak et al. 2018, CC-BY), never used in training.
     # The floor is far below the reported numbers (docs/segmentation.md): this guards against
     # a broken pipeline (wrong orientation, normalisation or model), not a precise score.
-    from ms_core.inference import load_onnx_model
-    from ms_core.models import load_model_card
+    from ms_core.segmentation.inference import load_onnx_model
+    from ms_core.segmentation.model_store import load_model_card
 
     mni = open_ms_data / "cross_sectional" / "MNI" / "patient26"
     flair = load_volume(mni / "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",

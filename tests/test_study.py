@@ -1,4 +1,5 @@
-"""Tests for ms_core.study: layout, validation messages, partial loading of broken studies."""
+"""Tests for ms_core.study.layout: layout, validation messages, partial loading of broken
+studies."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core import io
-from ms_core.errors import StudyError
-from ms_core.study import (
+from ms_core.foundation import io
+from ms_core.foundation.errors import StudyError
+from ms_core.study.layout import (
     derivatives_dir,
     image_path,
     lesion_overlay_path,
@@ -175,7 +176,7 @@ def test_parse_edss_invalid(text: str) -> None:
 
 # ------------------------------------------------------------------ study roots (issue 34)
 def test_confine_study_refuses_every_way_out_of_the_roots(tmp_path: Path) -> None:
-    from ms_core.study import confine_study
+    from ms_core.study.layout import confine_study
 
     root = tmp_path / "studies"
     (root / "trial-a" / "sub-01").mkdir(parents=True)
@@ -203,7 +204,7 @@ def test_study_roots_come_from_the_environment_or_the_default(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from ms_core.settings import study_roots
+    from ms_core.foundation.settings import study_roots
 
     monkeypatch.delenv("MS_DASH_STUDY_ROOTS", raising=False)
     assert study_roots() is None
@@ -216,7 +217,7 @@ def test_study_roots_come_from_the_environment_or_the_default(
 
 def test_cli_refuses_a_study_outside_the_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from ms_core.cli import main
+    from ms_core.services.cli import main
 
     monkeypatch.setenv("MS_DASH_STUDY_ROOTS", str(tmp_path / "allowed"))
     assert main(["validate", str(tmp_path / "allowed" / ".." / "other")]) == 2

@@ -36,7 +36,7 @@ def test_correlated_noise_correlates_neighbours_more_with_wider_kernels() -> Non
 
 @pytest.fixture(scope="module")
 def bank() -> LesionBank:
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
 
     shape = load_template().shape
     mask = np.zeros(shape, np.uint8)
@@ -178,8 +178,8 @@ def test_contrast_power_makes_faint_lesions_common_and_keeps_bright_ones(bank: L
 
 
 def test_focus_fraction_centres_lesion_patches_on_the_hard_zones() -> None:
-    from ms_core.anatomy import load_template
-    from ms_core.location import mni_zones
+    from ms_core.imaging.anatomy import load_template
+    from ms_core.lesions.location import mni_zones
 
     tpl = load_template()
     to_vox = np.linalg.inv(tpl.affine)
@@ -209,7 +209,7 @@ def test_focus_fraction_centres_lesion_patches_on_the_hard_zones() -> None:
 
 
 def test_lesionwise_fraction_centres_small_lesions_as_often_as_large_ones() -> None:
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
     from training.seg.synth_data import _group_by_lesion
 
     tpl = load_template()
@@ -242,7 +242,7 @@ def test_lesionwise_fraction_centres_small_lesions_as_often_as_large_ones() -> N
 
 
 def test_horn_caps_lie_only_at_the_front_and_back_of_the_ventricles() -> None:
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
 
     tpl = load_template()
     c = [s // 2 for s in tpl.shape]
@@ -270,7 +270,7 @@ def test_horn_caps_lie_only_at_the_front_and_back_of_the_ventricles() -> None:
 
 def _pair_of_patients() -> LesionBank:
     """Two patients' masks: a block near the centre and one beside it."""
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
 
     shape = load_template().shape
     c = [s // 2 for s in shape]
@@ -299,7 +299,7 @@ def test_confluent_patches_unite_two_masks_and_grow_them() -> None:
 
 
 def test_small_lesions_add_components_of_3_to_30_mm3(bank: LesionBank) -> None:
-    from ms_core.lesions import label_components
+    from ms_core.lesions.components import label_components
 
     sampler = PatchSampler(bank, 48, seed=4, lesion_fraction=0.0, small_fraction=1.0)
     sizes: list[int] = []

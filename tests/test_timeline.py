@@ -1,4 +1,4 @@
-"""Tests for ms_core.timeline: per-visit table, DMT periods and relapse rows."""
+"""Tests for ms_core.longitudinal.timeline: per-visit table, DMT periods and relapse rows."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.domain import Visit
-from ms_core.timeline import (
+from ms_core.foundation.domain import Visit
+from ms_core.longitudinal.timeline import (
     NO_DMT,
     NO_TRUTH,
     PERIOD_COLUMNS,
@@ -142,8 +142,8 @@ def test_visit_table_dtypes_match_empty_table(column: str) -> None:
 # ----------------------------------------------------------------------------- sources
 def _clinical_study(root: Path) -> list[Visit]:
     """A study with a sessions table and, for ses-01 only, a demo ``truth.json``."""
-    from ms_core.io import write_json
-    from ms_core.study import load_study, truth_dir
+    from ms_core.foundation.io import write_json
+    from ms_core.study.layout import load_study, truth_dir
 
     root.mkdir(exist_ok=True)
     (root / "participants.tsv").write_text(
@@ -159,7 +159,7 @@ def _clinical_study(root: Path) -> list[Visit]:
 
 
 def test_sources_name_the_files_the_numbers_were_read_from(tmp_path: Path) -> None:
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     visits = _clinical_study(tmp_path)
     truths, problems = ui_helpers.truths_for(tmp_path, visits)
@@ -178,7 +178,7 @@ def test_sources_name_the_files_the_numbers_were_read_from(tmp_path: Path) -> No
 
 
 def test_edss_and_volume_hovers_show_their_source(tmp_path: Path) -> None:
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     visits = _clinical_study(tmp_path)
     table = visit_table(visits, ui_helpers.truths_for(tmp_path, visits)[0])
@@ -200,7 +200,7 @@ def test_edss_and_volume_hovers_show_their_source(tmp_path: Path) -> None:
 
 def test_a_shared_figure_is_built_once_per_distinct_data(tmp_path: Path) -> None:
     """Reruns reuse the built figure; a change in the table (a new EDSS) builds a new one."""
-    import ui_helpers
+    from ui import helpers as ui_helpers
 
     visits = _clinical_study(tmp_path)
     table = visit_table(visits, ui_helpers.truths_for(tmp_path, visits)[0])
@@ -226,8 +226,8 @@ def test_study_is_reloaded_when_its_files_change_but_not_for_new_results(
     derivatives/ (which load_study never reads) are not walked and cause no reload."""
     import os
 
-    import ui_helpers
-    from ms_core.study import derivatives_dir
+    from ms_core.study.layout import derivatives_dir
+    from ui import helpers as ui_helpers
 
     _clinical_study(tmp_path)
     monkeypatch.setenv("MS_DASH_STUDY", str(tmp_path))  # inside the app's study roots

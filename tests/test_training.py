@@ -142,7 +142,7 @@ def test_tversky_loss_is_dice_at_half_and_weighs_misses_above() -> None:
 
 
 def test_export_records_the_whole_fine_tuning_chain(tmp_path: Path) -> None:
-    from ms_core.io import write_json
+    from ms_core.foundation.io import write_json
     from training.seg.export import _initialised_from
 
     first, second = tmp_path / "a", tmp_path / "b"
@@ -160,7 +160,7 @@ def test_export_records_the_whole_fine_tuning_chain(tmp_path: Path) -> None:
 
 
 def test_export_follows_the_chain_through_a_shipped_model_card(tmp_path: Path) -> None:
-    from ms_core.io import write_json
+    from ms_core.foundation.io import write_json
     from training.seg.export import _initialised_from
 
     shipped = tmp_path / "lesion_seg"
@@ -227,7 +227,7 @@ def test_soup_averages_float_weights_and_rejects_another_network(tmp_path: Path)
 
 
 def test_recipe_sampler_rebuilds_a_runs_patches_from_its_config() -> None:
-    from ms_core.anatomy import load_template
+    from ms_core.imaging.anatomy import load_template
     from training.seg.synth_data import LesionBank, PatchSampler
     from training.seg.train import recipe_sampler
 
@@ -258,14 +258,15 @@ def test_recipe_sampler_rebuilds_a_runs_patches_from_its_config() -> None:
 
 
 class _WindowSpy:
-    """A stand-in for :class:`ms_core.inference.OnnxModel` that keeps every window it is fed."""
+    """A stand-in for :class:`ms_core.segmentation.inference.OnnxModel` that keeps every window it
+    is fed."""
 
     provider = "CPUExecutionProvider"
 
     def __init__(self, patch: int) -> None:
         import dataclasses
 
-        from ms_core.models import load_model_card
+        from ms_core.segmentation.model_store import load_model_card
 
         self.card = dataclasses.replace(load_model_card("lesion_seg"), patch_size=(patch,) * 3,
                                         multiple_of=8, name="spy", version="0",
@@ -281,8 +282,8 @@ class _WindowSpy:
 def test_adaptation_sees_exactly_the_windows_inference_feeds_the_network(tmp_path: Path) -> None:
     import nibabel as nib
 
-    from ms_core.io import load_volume
-    from ms_core.segment import SegmentParams, segment_volumes
+    from ms_core.foundation.io import load_volume
+    from ms_core.segmentation.segment import SegmentParams, segment_volumes
     from training.seg.adapt_bn import inference_windows, scan_network_input
 
     rng = np.random.default_rng(0)
@@ -368,7 +369,7 @@ def test_adapt_bn_refuses_the_held_out_patient26(tmp_path: Path,
 def test_a_runs_recipe_is_read_back_from_its_training_command() -> None:
     import json
 
-    from ms_core.models import MODELS_DIR
+    from ms_core.segmentation.model_store import MODELS_DIR
     from training.seg.train import recipe_from_card, recipe_from_command
 
     r = recipe_from_command("python -m training.seg.train --out training/runs/x --steps 1200 "
@@ -459,8 +460,8 @@ def test_platt_scaling_finds_the_scale_and_shift_that_made_the_labels() -> None:
 def test_change_network_trains_exports_and_runs_in_the_track_pipeline(tmp_path: Path) -> None:
     """A few steps of training.change on real lesion masks, the ONNX export (parity-checked,
     card, manifest, sha256) and the exported model's probabilities through ms_core."""
-    from ms_core.inference import load_onnx_model
-    from ms_core.models import load_model_card, verify_model
+    from ms_core.segmentation.inference import load_onnx_model
+    from ms_core.segmentation.model_store import load_model_card, verify_model
     from training.change import export, train
     from training.seg.train import DEFAULT_MNI
 

@@ -1,4 +1,5 @@
-"""Tests of ms_core.trial: intervals, Kaplan-Meier, NEDA-3, per-patient and per-arm end points."""
+"""Tests of ms_core.clinical.trial: intervals, Kaplan-Meier, NEDA-3, per-patient and per-arm end
+points."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.domain import Participant, Visit
-from ms_core.study import load_study, truth_dir
-from ms_core.trial import (
+from ms_core.clinical.trial import (
     ARM_COLUMNS,
     GROUND_TRUTH,
     MEASURED,
@@ -35,6 +34,8 @@ from ms_core.trial import (
     visit_qc_table,
     wilson_ci,
 )
+from ms_core.foundation.domain import Participant, Visit
+from ms_core.study.layout import load_study, truth_dir
 
 # ----------------------------------------------------------------------------- Kaplan-Meier
 #: Remission times (weeks) of the 6-MP arm of Freireich et al., Blood 21:699-716 (1963), as

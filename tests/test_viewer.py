@@ -1,5 +1,5 @@
 """The viewer's data: live lesion preview, status colours, click lookup, linked crosshairs and
-compact display copies (ms_core/viewer.py, ui_viewer.viewer_spec)."""
+compact display copies (ms_core/services/viewer.py, ui_viewer.viewer_spec)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.io import nifti_bytes
-from ms_core.lesions import lesion_table, threshold_probability
-from ms_core.preprocess import Grid
-from ms_core.viewer import (
+from ms_core.foundation.io import nifti_bytes
+from ms_core.imaging.preprocess import Grid
+from ms_core.lesions.components import lesion_table, threshold_probability
+from ms_core.services.viewer import (
     STATUS_STYLES,
     UNCLASSIFIED,
     image_viewer_bytes,

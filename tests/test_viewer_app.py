@@ -20,12 +20,12 @@ import pytest
 from scipy import ndimage as ndi
 from streamlit.testing.v1 import AppTest
 
-from ms_core import state_keys
-from ms_core.io import load_lesion_mask, load_volume
-from ms_core.lesions import label_components
-from ms_core.longitudinal import track_visits, tracking_dir
-from ms_core.study import derivatives_dir, load_study
-from ms_core.viewer import STATUS_STYLES
+from ms_core.foundation import state_keys
+from ms_core.foundation.io import load_lesion_mask, load_volume
+from ms_core.lesions.components import label_components
+from ms_core.longitudinal.tracking import track_visits, tracking_dir
+from ms_core.services.viewer import STATUS_STYLES
+from ms_core.study.layout import derivatives_dir, load_study
 from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_status_overlay_and_side_by_side(page: AppTest, processed: Path) -> None
 
 def test_side_by_side_sends_the_previous_visit_coarser_over_the_budget(
         page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ui_viewer
+    from ui import viewer as ui_viewer
 
     at = page
     at.toggle(key=state_keys.VIEW_SIDE_BY_SIDE).set_value(True).run()

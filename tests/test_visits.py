@@ -1,4 +1,4 @@
-"""Tests for ms_core.visits: visit summary, image geometry, lesion overlay, truth table."""
+"""Tests for ms_core.lesions.visits: visit summary, image geometry, lesion overlay, truth table."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ms_core.domain import LesionMask, Visit
-from ms_core.errors import NiftiError
-from ms_core.io import save_volume
-from ms_core.synth import anisotropic_affine, sphere_labels
-from ms_core.visits import (
+from ms_core.foundation.domain import LesionMask, Visit
+from ms_core.foundation.errors import NiftiError
+from ms_core.foundation.io import save_volume
+from ms_core.lesions.visits import (
     LESION_COLUMNS,
     LesionTotals,
     binary_overlay_bytes,
@@ -27,6 +26,7 @@ from ms_core.visits import (
     summarize_visit,
     truth_lesion_table,
 )
+from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 
 
 def _visit(**changes: object) -> Visit:

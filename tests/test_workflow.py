@@ -1,4 +1,5 @@
-"""Tests of ms_core/workflow.py (the two workflow graphs, their DOT text, the research notice)
+"""Tests of ms_core/services/workflow.py (the two workflow graphs, their DOT text, the research
+notice)
 and of the How it works page and the notice on the Prognosis page."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ms_core.workflow import (
+from ms_core.services.workflow import (
     NOT_MEASURED,
     PLANNED,
     RESEARCH_NOTICE,

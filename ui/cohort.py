@@ -1,11 +1,11 @@
 """Streamlit helpers of the Cohort / trial and Models & QC pages: cached end points, figures,
 exports and the model overview.
 
-All computing is in :mod:`ms_core.trial` (end points, Kaplan-Meier, intervals, QC rules) and
-:mod:`ms_core.models` / :mod:`ms_core.inference` (model checks, sessions). The caches are keyed
-on the (mtime, size) of every file the results depend on: the clinical tables, the ground truth,
-the pipeline's stored results and the images (a stored result only counts while its input
-images are unchanged).
+All computing is in :mod:`ms_core.clinical.trial` (end points, Kaplan-Meier, intervals, QC rules)
+and :mod:`ms_core.segmentation.model_store` / :mod:`ms_core.segmentation.inference` (model checks,
+sessions). The caches are keyed on the (mtime, size) of every file the results depend on: the
+clinical tables, the ground truth, the pipeline's stored results and the images (a stored result
+only counts while its input images are unchanged).
 """
 
 from __future__ import annotations
@@ -26,21 +26,8 @@ import pyarrow.parquet as pq
 import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
-from ms_core import __version__, state_keys
-from ms_core.atrophy import read_atrophy
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, available_providers, load_onnx_model
-from ms_core.io import read_json
-from ms_core.models import (
-    MODELS_DIR,
-    MODELS_ENV,
-    load_model_card,
-    models_dir_for,
-    sha256_file,
-    verify_model,
-)
-from ms_core.study import Study
-from ms_core.trial import (
+from ms_core import __version__
+from ms_core.clinical.trial import (
     GROUND_TRUTH,
     MEASURED,
     NO_SOURCE,
@@ -49,7 +36,21 @@ from ms_core.trial import (
     study_endpoints,
     study_qc_table,
 )
-from ui_helpers import cached_study, file_stamp
+from ms_core.foundation import state_keys
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_json
+from ms_core.longitudinal.atrophy import read_atrophy
+from ms_core.segmentation.inference import OnnxModel, available_providers, load_onnx_model
+from ms_core.segmentation.model_store import (
+    MODELS_DIR,
+    MODELS_ENV,
+    load_model_card,
+    models_dir_for,
+    sha256_file,
+    verify_model,
+)
+from ms_core.study.layout import Study
+from ui.helpers import cached_study, file_stamp
 
 __all__ = [
     "KEY_METRICS",
@@ -74,7 +75,7 @@ __all__ = [
     "valid_choices",
 ]
 
-#: Labels of the source choices of :func:`ms_core.trial.study_endpoints`.
+#: Labels of the source choices of :func:`ms_core.clinical.trial.study_endpoints`.
 SOURCE_LABELS: dict[str, str] = {
     "auto": "Measured where every interval is, else ground truth",
     MEASURED: "Measured by the pipeline only",
@@ -111,9 +112,9 @@ def _endpoints(root: str, source: str, stamps: tuple[tuple[str, int, int], ...]
 
 
 def trial_endpoints(study: Study, source: str = "auto") -> TrialEndpoints:
-    """:func:`ms_core.trial.study_endpoints`, cached until a file it reads changes.
+    """:func:`ms_core.clinical.trial.study_endpoints`, cached until a file it reads changes.
 
-    ``source`` is one of :data:`ms_core.trial.SOURCES` (others raise ``ValueError``)."""
+    ``source`` is one of :data:`ms_core.clinical.trial.SOURCES` (others raise ``ValueError``)."""
     return _endpoints(str(study.root), source, _stamps(study))
 
 
@@ -124,7 +125,7 @@ def _qc(root: str, stamps: tuple[tuple[str, int, int], ...]
 
 
 def qc_table(study: Study) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """:func:`ms_core.trial.study_qc_table`, cached like :func:`trial_endpoints`."""
+    """:func:`ms_core.clinical.trial.study_qc_table`, cached like :func:`trial_endpoints`."""
     return _qc(str(study.root), _stamps(study))
 
 
@@ -370,7 +371,7 @@ KEY_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("Calibration error (top-label ECE)", "metrics.test.recorded_labels.ece_top_label"),
     ),
 }
-#: Binary clinical models written by ms_core.prognosis_fit share the prognosis card layout.
+#: Binary clinical models written by ms_core.clinical.prognosis_fit share the prognosis card layout.
 _BINARY_CARD_METRICS = KEY_METRICS["prognosis"]
 
 
@@ -463,7 +464,8 @@ def _model_infos(served: tuple[tuple[str, str], ...],
 
 def model_infos(root: Path = MODELS_DIR) -> list[ModelInfo]:
     """Every model of ``root/manifest.json`` and of ``$MS_DASH_MODELS``'s, each from the
-    folder that serves it (:func:`ms_core.models.models_dir_for`), with its sha256 check
+    folder that serves it (:func:`ms_core.segmentation.model_store.models_dir_for`), with its sha256
+    check
     (cached on the files)."""
     override = os.environ.get(MODELS_ENV, "").strip()
     names = set(_manifest_names(root)) | (set(_manifest_names(Path(override))) if override
@@ -495,7 +497,7 @@ def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:
 
     Raises
     ------
-    ms_core.models.ModelError
+    ms_core.segmentation.model_store.ModelError
         when the model is missing or altered.
     """
     folder = models_dir_for("lesion_seg", root)
@@ -507,7 +509,7 @@ def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:
 
 def batch_table(root: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     """The merged table and report of the last ``batch`` run, or ``None`` when there is none."""
-    from ms_core.batch import cohort_dir
+    from ms_core.services.batch import cohort_dir
 
     csv = cohort_dir(root) / "cohort_table.csv"
     report = cohort_dir(root) / "batch_report.json"

@@ -2,7 +2,7 @@
 
 Cached loaders are keyed on the file path plus its modification time and size (``_stamp``), so
 an edited or replaced file is read again and an unchanged one is read once. A loader that
-raises (:class:`~ms_core.errors.InputError` naming the file) caches nothing: the error is
+raises (:class:`~ms_core.foundation.errors.InputError` naming the file) caches nothing: the error is
 raised again on the next run and the page shows it.
 
 The study itself is cached on a signature of every file under the study folder that
@@ -29,24 +29,42 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ms_core import access, audit, batch, state_keys
-from ms_core.atrophy import pending_atrophy
-from ms_core.domain import Visit
-from ms_core.errors import InputError, StudyError
-from ms_core.io import load_lesion_mask, load_volume, probability_viewer_bytes, read_json
-from ms_core.jobs import Progress
-from ms_core.longitudinal import track_visits, tracking_dir, tracking_status
-from ms_core.measurements import (
+from ms_core.foundation import state_keys
+from ms_core.foundation.domain import Visit
+from ms_core.foundation.errors import InputError, StudyError
+from ms_core.foundation.io import load_lesion_mask, load_volume, probability_viewer_bytes, read_json
+from ms_core.foundation.jobs import Progress
+from ms_core.foundation.settings import read_only, study_roots
+from ms_core.lesions.visits import (
+    ImageGeometry,
+    binary_overlay_bytes,
+    image_geometry,
+    truth_lesion_table,
+)
+from ms_core.longitudinal.atrophy import pending_atrophy
+from ms_core.longitudinal.measurements import (
     history_by_lesion,
     lesion_history,
     measured_table,
     pending_analysis,
     volume_text,
 )
-from ms_core.models import MODELS_DIR, load_model_card, models_dir_for, volume_ratio_range
-from ms_core.segment import other_model_segmentation, segment_visit, segmentation_status
-from ms_core.settings import read_only, study_roots
-from ms_core.study import (
+from ms_core.longitudinal.timeline import NO_DMT, relapse_visits
+from ms_core.longitudinal.tracking import track_visits, tracking_dir, tracking_status
+from ms_core.segmentation.model_store import (
+    MODELS_DIR,
+    load_model_card,
+    models_dir_for,
+    volume_ratio_range,
+)
+from ms_core.segmentation.segment import (
+    other_model_segmentation,
+    segment_visit,
+    segmentation_status,
+)
+from ms_core.services import batch
+from ms_core.study import access, audit
+from ms_core.study.layout import (
     Study,
     confine_study,
     derivatives_dir,
@@ -54,13 +72,6 @@ from ms_core.study import (
     lesion_overlay_path,
     load_study,
     truth_dir,
-)
-from ms_core.timeline import NO_DMT, relapse_visits
-from ms_core.visits import (
-    ImageGeometry,
-    binary_overlay_bytes,
-    image_geometry,
-    truth_lesion_table,
 )
 
 __all__ = [
@@ -104,7 +115,7 @@ __all__ = [
     "volume_figure",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Environment variable naming the study folder the sidebar starts with.
 STUDY_ENV = "MS_DASH_STUDY"
 #: Images the patient page can show, in the order of its switch.
@@ -113,7 +124,7 @@ _BAND_PALETTE = qualitative.Set2
 #: Per script-thread flag: True while app.run() is running this thread's script run.
 _ROUTER = threading.local()
 #: The router script (its ``run`` is called when it runs as ``__main__``).
-APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
+APP_SCRIPT = REPO_ROOT / "app.py"
 
 
 def default_study_root() -> str:
@@ -136,7 +147,8 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _tree_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """(relative path, mtime_ns, size) of every file :func:`ms_core.study.load_study` may read.
+    """(relative path, mtime_ns, size) of every file :func:`ms_core.study.layout.load_study` may
+    read.
 
     That is every file under ``root`` except the top-level ``derivatives/`` folder: results and
     ground truth, which ``load_study`` never reads and which hold most of a processed study's
@@ -202,7 +214,7 @@ def _load_study(root: str, signature: int) -> Study:
 
 
 def cached_study(root: str | Path) -> Study:
-    """:func:`ms_core.study.load_study`, cached until a file it may read changes (any file
+    """:func:`ms_core.study.layout.load_study`, cached until a file it may read changes (any file
     under ``root`` outside ``derivatives/``, see :func:`_tree_signature`).
 
     Raises
@@ -360,7 +372,7 @@ def visit_truth(root: Path, visit: Visit) -> dict[str, Any] | None:
 
 
 def visit_lesions(root: Path, visit: Visit) -> pd.DataFrame | None:
-    """The visit's ground-truth lesion table (:func:`ms_core.visits.truth_lesion_table`), or
+    """The visit's ground-truth lesion table (:func:`ms_core.lesions.visits.truth_lesion_table`), or
     ``None`` when the visit has no ``truth.json``.
 
     Raises
@@ -394,7 +406,7 @@ def truths_for(root: Path, visits: Sequence[Visit]
 
 # ----------------------------------------------------------------------------- tables and figures
 def visit_table_config() -> dict[str, Any]:
-    """``st.dataframe`` column settings for :func:`ms_core.timeline.visit_table`."""
+    """``st.dataframe`` column settings for :func:`ms_core.longitudinal.timeline.visit_table`."""
     cc = st.column_config
     return {
         "session_id": cc.TextColumn("visit"),
@@ -491,9 +503,9 @@ def edss_figure(table: pd.DataFrame, periods: pd.DataFrame,
                 dmts: Sequence[str] = ()) -> go.Figure:
     """EDSS step plot with relapse markers over DMT background bands.
 
-    ``table`` comes from :func:`ms_core.timeline.visit_table` and ``periods`` from
-    :func:`ms_core.timeline.dmt_periods`; ``dmts`` (see :func:`study_dmts`) keeps each DMT's
-    colour the same for every patient of a study. Hovers name the file the EDSS and relapses
+    ``table`` comes from :func:`ms_core.longitudinal.timeline.visit_table` and ``periods`` from
+    :func:`ms_core.longitudinal.timeline.dmt_periods`; ``dmts`` (see :func:`study_dmts`) keeps each
+    DMT's colour the same for every patient of a study. Hovers name the file the EDSS and relapses
     come from (``clinical_source``).
     """
     fig = go.Figure()
@@ -589,7 +601,7 @@ def segmentation_result(root: Path, visit: Visit) -> tuple[dict[str, Any], pd.Da
     """Provenance and lesion table of the visit's current network segmentation, or ``None``.
 
     Cached on the files' modification times; a segmentation made from other inputs or
-    parameters does not count (see :func:`ms_core.segment.segmentation_status`).
+    parameters does not count (see :func:`ms_core.segmentation.segment.segmentation_status`).
     """
     prov = _segmentation_status(str(root), visit.participant_id, visit.session_id,
                                 _segmentation_stamps(root, visit))
@@ -613,7 +625,7 @@ def user_claims() -> dict[str, Any] | None:
 def study_access(root: Path | str) -> str:
     """What this session may do with the study: ``write`` without an access file
     (``MS_DASH_ACCESS_FILE``), else the file's level for the signed-in person (``none`` when
-    nobody is signed in); see :mod:`ms_core.access`."""
+    nobody is signed in); see :mod:`ms_core.study.access`."""
     path = access.access_file()
     if path is None:
         return "write"
@@ -640,7 +652,7 @@ def audit_user() -> str:
 def audit_event(action: str, root: Path, participant_id: str | None = None,
                 session_id: str | None = None, detail: str = "",
                 user: str | None = None) -> None:
-    """Append to the audit trail as this session's user (:func:`ms_core.audit.record_or_log`:
+    """Append to the audit trail as this session's user (:func:`ms_core.study.audit.record_or_log`:
     a log that cannot be written is logged as an error and the action goes on)."""
     audit.record_or_log(action, user=user or audit_user(), study=root,
                         participant_id=participant_id, session_id=session_id, detail=detail)
@@ -658,7 +670,7 @@ def audit_opened(root: Path, participant_id: str, session_id: str) -> None:
 def run_segmentation(root: Path, visit: Visit, progress: Progress,
                      user: str | None = None) -> None:
     """Segment the visit with the network unless its segmentation is current (a background
-    job's work: no Streamlit here; see :mod:`ui_jobs`); recorded in the audit trail as
+    job's work: no Streamlit here; see :mod:`ui.jobs`); recorded in the audit trail as
     ``user`` (from :func:`audit_user`, taken in the page's run)."""
     if segmentation_status(root, visit) is None:  # a queued job may find it done meanwhile
         progress(0.0, "Reading the images and loading the model…")
@@ -713,7 +725,7 @@ def tracking_result(root: Path, baseline: Visit, followup: Visit
 def run_tracking(root: Path, baseline: Visit, followup: Visit, progress: Progress,
                  user: str | None = None) -> None:
     """Compare two visits (reusing stored segmentations) unless the comparison is current
-    (a background job's work: no Streamlit here; see :mod:`ui_jobs`); audited as
+    (a background job's work: no Streamlit here; see :mod:`ui.jobs`); audited as
     :func:`run_segmentation`."""
     if tracking_status(root, baseline, followup) is None:
         progress(0.0, "Reading the images…")
@@ -731,7 +743,8 @@ def change_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None
 
 
 def measured(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
-    """:func:`ms_core.measurements.measured_table`, cached on the derivatives' files."""
+    """:func:`ms_core.longitudinal.measurements.measured_table`, cached on the derivatives'
+    files."""
     stamps = tuple(_stamp(p) for v in visits for p in (
         derivatives_dir(root, v.participant_id, v.session_id) / "provenance.json",
         *v.images.values()))
@@ -743,7 +756,7 @@ def measured(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
 
 
 def lesion_histories(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
-    """:func:`ms_core.measurements.history_by_lesion` for a patient, cached like
+    """:func:`ms_core.longitudinal.measurements.history_by_lesion` for a patient, cached like
     :func:`measured`."""
     stamps = tuple(_stamp(p) for v in visits for p in (
         derivatives_dir(root, v.participant_id, v.session_id) / "provenance.json",
@@ -800,7 +813,8 @@ class Pending:
 
 
 def pending(root: Path, visits: Sequence[Visit]) -> Pending:
-    """:func:`ms_core.measurements.pending_analysis` and :func:`ms_core.atrophy.pending_atrophy`
+    """:func:`ms_core.longitudinal.measurements.pending_analysis` and
+    :func:`ms_core.longitudinal.atrophy.pending_atrophy`
     (not cached: they are cheap and must be fresh)."""
     to_segment, to_compare = pending_analysis(root, visits)
     volumes, pbvc = pending_atrophy(root, visits)
@@ -809,8 +823,9 @@ def pending(root: Path, visits: Sequence[Visit]) -> Pending:
 
 def analyse_patient(root: Path, visits: Sequence[Visit], progress: Progress,
                     user: str | None = None) -> None:
-    """:func:`ms_core.batch.analyse_patient`: segment, compare and measure the brain volumes of
-    every visit still pending (a background job's work; see :mod:`ui_jobs`); audited as one
+    """:func:`ms_core.services.batch.analyse_patient`: segment, compare and measure the brain
+    volumes of every visit still pending (a background job's work; see :mod:`ui.jobs`); audited as
+    one
     ``segmented`` record of the patient."""
     batch.analyse_patient(root, visits, progress)
     if visits:
@@ -820,7 +835,8 @@ def analyse_patient(root: Path, visits: Sequence[Visit], progress: Progress,
 
 
 def has_atrophy(table: pd.DataFrame) -> bool:
-    """True when a :func:`ms_core.measurements.measured_table` has any brain volume or PBVC."""
+    """True when a :func:`ms_core.longitudinal.measurements.measured_table` has any brain volume or
+    PBVC."""
     if table.empty:
         return False
     return bool(table[["brain_volume_ml", "pbvc_pct"]].notna().to_numpy().any())
@@ -829,8 +845,8 @@ def has_atrophy(table: pd.DataFrame) -> bool:
 def atrophy_figure(table: pd.DataFrame) -> go.Figure:
     """Measured brain volume and BPF per visit, and annualised PBVC per interval.
 
-    ``table`` is a :func:`ms_core.measurements.measured_table`; each PBVC bar sits at the
-    follow-up visit of its interval. Hovers name the method, settings and file of each number
+    ``table`` is a :func:`ms_core.longitudinal.measurements.measured_table`; each PBVC bar sits at
+    the follow-up visit of its interval. Hovers name the method, settings and file of each number
     (``volume_provenance``, ``pbvc_provenance``).
     """
     fig = make_subplots(rows=1, cols=2, specs=[[{"secondary_y": True}, {}]], subplot_titles=(
@@ -865,8 +881,8 @@ def atrophy_figure(table: pd.DataFrame) -> go.Figure:
 
 
 def _volume_texts(table: pd.DataFrame) -> list[str]:
-    """Each visit's lesion volume as text (:func:`ms_core.measurements.volume_text`), with its
-    plausible range where the table has one.
+    """Each visit's lesion volume as text (:func:`ms_core.longitudinal.measurements.volume_text`),
+    with its plausible range where the table has one.
 
     >>> _volume_texts(pd.DataFrame({"lesion_volume_ml": [8.2, float("nan")],
     ...                             "lesion_volume_low_ml": [6.6, float("nan")],

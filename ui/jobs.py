@@ -1,11 +1,12 @@
-"""Streamlit glue for :mod:`ms_core.jobs`: buttons that start background jobs, and their progress.
+"""Streamlit glue for :mod:`ms_core.foundation.jobs`: buttons that start background jobs, and their
+progress.
 
 A long action (segment a visit, compare two visits, analyse a patient) runs in the process-wide
 job runner, not on the session's script thread: the page stays usable, other pages open
 meanwhile, and leaving the page does not stop the work. While a job is queued or running its
 progress bar replaces the button that started it, in a fragment that refreshes about every
 ``REFRESH_S`` seconds without rerunning the page; when the job ends the whole page reruns once,
-so the new results appear (the loaders in :mod:`ui_helpers` are cached on file stamps). The
+so the new results appear (the loaders in :mod:`ui.helpers` are cached on file stamps). The
 sidebar lists every queued and running job on every page (:func:`sidebar_jobs`).
 
 The work functions get only plain values (paths, visits) and a progress function, never a
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_helpers
-from ms_core import batch, jobs, settings, state_keys
-from ms_core.jobs import Job, Work
-from ms_core.study import Study, is_demo_study
+from ms_core.foundation import jobs, settings, state_keys
+from ms_core.foundation.jobs import Job, Work
+from ms_core.services import batch
+from ms_core.study.layout import Study, is_demo_study
+from ui import helpers as ui_helpers
 
 __all__ = ["REFRESH_S", "job_button", "job_key", "job_progress", "sidebar_jobs",
            "start_demo_analysis", "start_job"]
@@ -37,7 +39,7 @@ def start_demo_analysis(study: Study) -> bool:
     first), when the app starts on it: ``MS_DASH_DEMO_AUTORUN`` on (the default), not
     read-only, ``root`` the study the app starts with and a study ``ms_core demo`` built.
 
-    The work is :func:`ms_core.batch.analyse_study` as the background job ``demo`` of the
+    The work is :func:`ms_core.services.batch.analyse_study` as the background job ``demo`` of the
     study; the sidebar shows its progress ("analysing the demo: 3 of 12 patients ...") and
     each page shows the measured results as they are stored. Current results are kept, so a
     restarted server goes on where it stopped. Returns whether the job was started now.

@@ -1,7 +1,8 @@
 """Streamlit helpers of the Prognosis page: cached model, feature table and figures.
 
-Kept apart from :mod:`ui_helpers` (images, segmentation, tracking) so each page's helpers stay
-small. All computing is in :mod:`ms_core.prognosis` and :mod:`ms_core.patient_features`.
+Kept apart from :mod:`ui.helpers` (images, segmentation, tracking) so each page's helpers stay
+small. All computing is in :mod:`ms_core.clinical.prognosis` and
+:mod:`ms_core.clinical.patient_features`.
 """
 
 from __future__ import annotations
@@ -15,30 +16,30 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from ms_core.clinical_models import (
+from ms_core.clinical.clinical_models import (
     CIS_FEATURES,
     RESPONSE_FEATURES,
     cis_features,
     response_features,
 )
-from ms_core.clinical_models import FEATURE_LABELS as CLINICAL_LABELS
-from ms_core.diagnosis import load_diagnosis_model
-from ms_core.domain import Participant, Visit
-from ms_core.errors import InputError
-from ms_core.inference import TabularModel
-from ms_core.measurements import visit_lesion_table
-from ms_core.models import MODELS_DIR, sha256_file
-from ms_core.patient_features import patient_feature_table
-from ms_core.prognosis import (
+from ms_core.clinical.clinical_models import FEATURE_LABELS as CLINICAL_LABELS
+from ms_core.clinical.diagnosis import load_diagnosis_model
+from ms_core.clinical.patient_features import patient_feature_table
+from ms_core.clinical.prognosis import (
     FEATURE_LABELS,
     PrognosisModel,
     PrognosisResult,
     load_prognosis_model,
     reliability_curve,
 )
-from ms_core.prognosis import score as score_model
-from ms_core.workflow import research_notice
-from ui_helpers import measured, shared_figure
+from ms_core.clinical.prognosis import score as score_model
+from ms_core.foundation.domain import Participant, Visit
+from ms_core.foundation.errors import InputError
+from ms_core.longitudinal.measurements import visit_lesion_table
+from ms_core.segmentation.inference import TabularModel
+from ms_core.segmentation.model_store import MODELS_DIR, sha256_file
+from ms_core.services.workflow import research_notice
+from ui.helpers import measured, shared_figure
 
 __all__ = [
     "CLINICAL_MODELS",
@@ -90,7 +91,7 @@ def prognosis_model() -> PrognosisModel:
 
     Raises
     ------
-    ms_core.models.ModelError
+    ms_core.segmentation.model_store.ModelError
         when the model is missing, altered or inconsistent.
     """
     root = models_dir()
@@ -98,7 +99,8 @@ def prognosis_model() -> PrognosisModel:
     return _model(str(root), sha256_file(path) if path.is_file() else "")
 
 
-#: Clinical models beside the prognosis one (``ms_core.clinical_models``): name -> features.
+#: Clinical models beside the prognosis one (``ms_core.clinical.clinical_models``): name ->
+#: features.
 CLINICAL_MODELS = {"cis_conversion": CIS_FEATURES, "treatment_response": RESPONSE_FEATURES}
 
 
@@ -113,7 +115,7 @@ def clinical_model(name: str) -> PrognosisModel:
 
     Raises
     ------
-    ms_core.models.ModelError
+    ms_core.segmentation.model_store.ModelError
         when the model is missing, altered or inconsistent.
     """
     if name not in CLINICAL_MODELS:
@@ -127,7 +129,7 @@ def clinical_model(name: str) -> PrognosisModel:
 
 def cis_feature_row(root: Path, participant: Participant, visits: Sequence[Visit]
                     ) -> dict[str, float]:
-    """:func:`ms_core.clinical_models.cis_features` of the first visit (the CIS
+    """:func:`ms_core.clinical.clinical_models.cis_features` of the first visit (the CIS
     presentation), from its stored segmentation; cached like :func:`feature_table`."""
     stamp = measured(root, visits).to_json(date_format="iso")
     return _cis_feature_row(str(root), participant, tuple(visits), stamp)
@@ -209,7 +211,7 @@ def show_clinical_model(name: str, root: Path, participant: Participant,
 
 def feature_table(root: Path, participant: Participant, visits: Sequence[Visit]) -> pd.DataFrame:
     """The patient's feature table, cached on the same derivative files as
-    :func:`ui_helpers.measured` (it is recomputed when a measurement changes)."""
+    :func:`ui.helpers.measured` (it is recomputed when a measurement changes)."""
     stamp = measured(root, visits).to_json(date_format="iso")
     return _feature_table(str(root), participant, tuple(visits), stamp)
 
@@ -226,7 +228,7 @@ def waterfall_figure(result: PrognosisResult, top: int = 8, *,
 
     ``outcome`` names the modelled event on the axis (e.g. "conversion" for the CIS model).
     The figure is built once per explanation and shared by reruns and sessions
-    (:func:`ui_helpers.shared_figure`): read only.
+    (:func:`ui.helpers.shared_figure`): read only.
     """
     return shared_figure(_waterfall, result.table(), result.base_value, top, outcome)
 

@@ -29,15 +29,14 @@ import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 
-import ui_helpers
-from ms_core import state_keys
-from ms_core.domain import Visit
-from ms_core.errors import InputError
-from ms_core.io import load_lesion_mask, load_volume, read_json, read_nifti_header
-from ms_core.longitudinal import tracking_dir
-from ms_core.preprocess import Grid
-from ms_core.study import derivatives_dir
-from ms_core.viewer import (
+from ms_core.foundation import state_keys
+from ms_core.foundation.domain import Visit
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, read_nifti_header
+from ms_core.imaging.preprocess import Grid
+from ms_core.lesions.visits import overlay_caption
+from ms_core.longitudinal.tracking import tracking_dir
+from ms_core.services.viewer import (
     LESION_COLOUR,
     STATUS_STYLES,
     LabelStyle,
@@ -51,11 +50,12 @@ from ms_core.viewer import (
     status_labels,
     status_labels_at_baseline,
 )
-from ms_core.visits import overlay_caption
-from ui_helpers import file_stamp
+from ms_core.study.layout import derivatives_dir
+from ui import helpers as ui_helpers
+from ui.helpers import file_stamp
 
 NIIVUE_VERSION = "0.69.0"
-FRONTEND = Path(__file__).resolve().parent / "components" / "ms_viewer"
+FRONTEND = Path(__file__).resolve().parents[1] / "components" / "ms_viewer"
 # "niivue" in the name: tests and the benchmark find the viewer by it.
 _component = components.declare_component("niivue_ms_viewer", path=str(FRONTEND))
 
@@ -295,7 +295,7 @@ _STATUS_FILES = ("lesion_ids.nii.gz", "lesion_changes.csv", "provenance.json")
 
 def status_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
     """The stored comparison's lesions coloured by status (codes of
-    :data:`ms_core.viewer.STATUS_STYLES`), or ``None`` without a comparison."""
+    :data:`ms_core.services.viewer.STATUS_STYLES`), or ``None`` without a comparison."""
     folder = tracking_dir(root, baseline, followup)
     if not all((folder / f).exists() for f in _STATUS_FILES):
         return None
@@ -319,7 +319,7 @@ def _baseline_status_overlay(folder: str, stamps: tuple[tuple[int, int], ...], f
 
 def baseline_status_overlay(root: Path, baseline: Visit, followup: Visit) -> bytes | None:
     """The stored comparison's status colours on the baseline visit's FLAIR grid, as its lesions
-    were then (:func:`ms_core.viewer.status_labels_at_baseline`), or ``None`` without a
+    were then (:func:`ms_core.services.viewer.status_labels_at_baseline`), or ``None`` without a
     comparison or a baseline FLAIR."""
     folder = tracking_dir(root, baseline, followup)
     files = (*_STATUS_FILES, "change_mask.nii.gz")

@@ -1,9 +1,10 @@
 """Two more binary clinical models: CIS -> clinically definite MS, and response to a DMT.
 
-Both reuse the prognosis machinery unchanged: :func:`ms_core.prognosis_fit.fit_prognosis` and
-:func:`~ms_core.prognosis_fit.write_model` (training, Platt calibration, ONNX export, JSON
-explainer) and :func:`ms_core.prognosis.load_prognosis_model` / :func:`~ms_core.prognosis.score`
-(verification, scoring, SHAP), with their own feature tuples and outcome columns.
+Both reuse the prognosis machinery unchanged: :func:`ms_core.clinical.prognosis_fit.fit_prognosis`
+and :func:`~ms_core.clinical.prognosis_fit.write_model` (training, Platt calibration, ONNX export,
+JSON explainer) and :func:`ms_core.clinical.prognosis.load_prognosis_model` /
+:func:`~ms_core.clinical.prognosis.score` (verification, scoring, SHAP), with their own feature
+tuples and outcome columns.
 
 CIS conversion (``models_onnx/cis_conversion``)
     For a patient whose first visit is a clinically isolated syndrome (CIS): the probability of
@@ -39,11 +40,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ms_core.cohort import DMT_LESION_RATIO
-from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
-from ms_core.features import LOCATION_FEATURES, PROGNOSIS_FEATURES, visit_features
-from ms_core.mcdonald import dissemination_in_space
-from ms_core.timeline import NO_DMT, dmt_periods
+from ms_core.foundation.domain import DAYS_PER_YEAR, Participant, Visit
+from ms_core.lesions.features import LOCATION_FEATURES, PROGNOSIS_FEATURES, visit_features
+from ms_core.lesions.mcdonald import dissemination_in_space
+from ms_core.longitudinal.timeline import NO_DMT, dmt_periods
+from ms_core.synthetic.cohort import DMT_LESION_RATIO
 
 __all__ = [
     "CIS_FEATURES",
@@ -94,7 +95,8 @@ RESPONSE_FEATURES = (
 )
 #: Outcome of the response model: evidence of disease activity within 1 year, 0/1.
 RESPONSE_OUTCOME = "eda_1y"
-#: Plain-language names of the features that :data:`ms_core.prognosis.FEATURE_LABELS` lacks.
+#: Plain-language names of the features that :data:`ms_core.clinical.prognosis.FEATURE_LABELS`
+#: lacks.
 FEATURE_LABELS = {
     "dis_met": "McDonald DIS met (brain MRI)", "infratentorial_any": "Any infratentorial lesion",
     "presentation_optic_neuritis": "Presentation: optic neuritis",
@@ -532,8 +534,8 @@ def response_features(prognosis_row: Mapping[str, Any], visits: Sequence[Visit],
     Parameters
     ----------
     prognosis_row
-        The visit's :data:`~ms_core.features.PROGNOSIS_FEATURES` (e.g. its row of
-        :func:`ms_core.patient_features.patient_feature_table`); NaN/None = unknown.
+        The visit's :data:`~ms_core.lesions.features.PROGNOSIS_FEATURES` (e.g. its row of
+        :func:`ms_core.clinical.patient_features.patient_feature_table`); NaN/None = unknown.
     visits, visit
         The patient's visits and the scored one: ``years_on_dmt`` counts from the first visit
         of the current uninterrupted run of ``visit.dmt``, ``relapses_1y`` sums the relapses
@@ -588,7 +590,8 @@ def _interval_counts(ordered: Sequence[Visit], measured: pd.DataFrame | None,
     if measured is not None and len(measured):
         if "session_id" not in measured.columns or "new_or_enlarging" not in measured.columns:
             raise ValueError("measured must have session_id and new_or_enlarging columns "
-                             f"(ms_core.measurements.measured_table), got {list(measured)}")
+                             "(ms_core.longitudinal.measurements.measured_table), got "
+                             f"{list(measured)}")
         for sid, value in zip(measured["session_id"], measured["new_or_enlarging"],
                               strict=True):
             if value == value and value is not None:
@@ -622,15 +625,15 @@ def dmt_switch_activity(visits: Sequence[Visit], measured: pd.DataFrame | None =
     """Observed activity before vs after each DMT switch (one row per switch).
 
     A switch is a boundary between two therapy periods of
-    :func:`ms_core.timeline.dmt_periods` (a start from "none recorded" counts too). *Before*
-    is the previous period, from its first visit to the switch visit; *after* is the next
+    :func:`ms_core.longitudinal.timeline.dmt_periods` (a start from "none recorded" counts too).
+    *Before* is the previous period, from its first visit to the switch visit; *after* is the next
     period, from the switch visit to its end (the next switch or the last visit).
 
     Relapses come from the clinical visits table (``relapses_since_last`` of the visits in the
     window; those reported at the switch visit happened before it): annualised relapse rate
     ``relapses / years``. New or enlarging T2 lesions come per interval between consecutive
-    visits from ``measured`` (:func:`ms_core.measurements.measured_table`, preferred) or else
-    from ``truths`` (session id -> parsed ``truth.json``, demo ground truth); only intervals
+    visits from ``measured`` (:func:`ms_core.longitudinal.measurements.measured_table`, preferred)
+    or else from ``truths`` (session id -> parsed ``truth.json``, demo ground truth); only intervals
     with a count and lying inside the window count, and their length is ``*_mri_years``.
     ``lesion_source`` names where the counts came from ("" when none).
 

@@ -2,7 +2,7 @@
 
 A logistic regression on per-patient lesion-pattern features scores how typical a lesion pattern
 is of MS rather than of small-vessel disease or migraine. Trained only on synthetic patients; no
-diagnosis (the McDonald 2017 checklist, :mod:`ms_core.mcdonald`, stays the standard).
+diagnosis (the McDonald 2017 checklist, :mod:`ms_core.lesions.mcdonald`, stays the standard).
 
 Main entry points: :func:`pattern_features`, :func:`score_lesion_table`,
 :func:`simulate_patterns`, :func:`load_diagnosis_model`. Features, generative model, numbers
@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from ms_core.location import LOCATIONS
-from ms_core.mcdonald import DIS_AREAS
-from ms_core.models import MODELS_DIR, ModelError, verify_model
+from ms_core.lesions.location import LOCATIONS
+from ms_core.lesions.mcdonald import DIS_AREAS
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, verify_model
 
 if TYPE_CHECKING:
-    from ms_core.inference import TabularModel
+    from ms_core.segmentation.inference import TabularModel
 
 __all__ = [
     "DIAGNOSIS_FEATURES",
@@ -129,7 +129,7 @@ def _location_features(lesions: pd.DataFrame) -> dict[str, float]:
     unknown = sorted(set(loc.astype(str)) - set(LOCATIONS))
     if unknown:
         raise ValueError(f"unknown lesion locations {unknown}; use {LOCATIONS} "
-                         "(ms_core.location.classify_lesions)")
+                         "(ms_core.lesions.location.classify_lesions)")
     n = float(len(loc))
     counts = loc.astype(str).value_counts()
     out = {f"{c}_fraction": float(counts.get(c, 0)) / n for c in LOCATIONS}
@@ -144,8 +144,8 @@ def pattern_features(lesions: pd.DataFrame, *, age_years: float | None) -> dict[
     ----------
     lesions
         One row per lesion. Needs ``volume_ml`` (ml, >= 0); uses ``location`` (one of
-        :data:`ms_core.location.LOCATIONS`) and the shape columns ``elongation`` and
-        ``sphericity`` of :mod:`ms_core.features` when present (their features are NaN when
+        :data:`ms_core.lesions.location.LOCATIONS`) and the shape columns ``elongation`` and
+        ``sphericity`` of :mod:`ms_core.lesions.features` when present (their features are NaN when
         absent). An empty table is a patient without lesions.
     age_years
         Age at the scan in years, or ``None`` when unknown (then NaN).
@@ -454,7 +454,7 @@ def load_diagnosis_model(models_dir: Path | str = MODELS_DIR) -> TabularModel:
         when the model is missing, altered (sha256 mismatch), or its card lacks fields or lists
         unknown features.
     """
-    from ms_core.inference import load_tabular_model
+    from ms_core.segmentation.inference import load_tabular_model
 
     verified = verify_model(MODEL_NAME, models_dir,
                             ("name", "version", "sha256", "training", "features", "output"))
@@ -479,7 +479,7 @@ def score_pattern(model: TabularModel, features: Mapping[str, float]) -> Diagnos
     bad = [f for f in names if f not in features or not math.isfinite(float(features[f]))]
     if bad:
         raise ValueError(f"features missing or not finite: {bad}; compute them with "
-                         "ms_core.diagnosis.pattern_features from a lesion table with "
+                         "ms_core.clinical.diagnosis.pattern_features from a lesion table with "
                          "volume_ml and location columns and a known age")
     x = np.asarray([[float(features[f]) for f in names]], dtype=np.float32)
     proba = model.predict_proba(x)

@@ -1,8 +1,8 @@
 """Differential support: MS vs healthy ageing vs NMOSD-like brain lesion pattern (research only).
 
 A three-class, temperature-calibrated multinomial logistic regression on lesion-pattern
-features (those of :mod:`ms_core.diagnosis` plus McDonald 2017 dissemination in space). Trained
-only on synthetic patients; no diagnosis.
+features (those of :mod:`ms_core.clinical.diagnosis` plus McDonald 2017 dissemination in space).
+Trained only on synthetic patients; no diagnosis.
 
 Main entry points: :func:`differential_features`, :func:`score_differential_table`,
 :func:`simulate_differential`, :func:`oracle_posterior`, :func:`load_differential_model`.
@@ -23,19 +23,19 @@ import pandas as pd
 from scipy.special import gammaln, logsumexp, ndtr, ndtri
 from scipy.stats import nbinom
 
-from ms_core.diagnosis import (
+from ms_core.clinical.diagnosis import (
     DIAGNOSIS_FEATURES,
     FEATURE_DESCRIPTIONS,
     features_by_patient,
     pattern_features,
 )
-from ms_core.io import read_json
-from ms_core.location import LOCATIONS
-from ms_core.mcdonald import dissemination_in_space
-from ms_core.models import MODELS_DIR, ModelError, sha256_file, verify_model
+from ms_core.foundation.io import read_json
+from ms_core.lesions.location import LOCATIONS
+from ms_core.lesions.mcdonald import dissemination_in_space
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, sha256_file, verify_model
 
 if TYPE_CHECKING:
-    from ms_core.inference import TabularModel
+    from ms_core.segmentation.inference import TabularModel
 
 __all__ = [
     "CLASSES",
@@ -106,7 +106,7 @@ def differential_features(lesions: pd.DataFrame, *, age_years: float | None
     ----------
     lesions
         One row per lesion with ``volume_ml`` (ml, >= 0) and, for the location features and
-        DIS, ``location`` (one of :data:`ms_core.location.LOCATIONS`). Empty: no lesions.
+        DIS, ``location`` (one of :data:`ms_core.lesions.location.LOCATIONS`). Empty: no lesions.
     age_years
         Age at the scan in years, or ``None`` when unknown (then NaN).
 
@@ -118,7 +118,7 @@ def differential_features(lesions: pd.DataFrame, *, age_years: float | None
     Raises
     ------
     TypeError, ValueError
-        as :func:`ms_core.diagnosis.pattern_features`.
+        as :func:`ms_core.clinical.diagnosis.pattern_features`.
 
     >>> t = pd.DataFrame({"volume_ml": [0.1, 0.01], "location": ["periventricular",
     ...                                                       "infratentorial"]})
@@ -223,8 +223,8 @@ def oracle_posterior(age_years: float, volume_ml: np.ndarray, location: np.ndarr
                      label_noise: float = _LABEL_NOISE) -> np.ndarray:
     """True posterior of the *recorded* class under the generative model, (3,) in CLASSES order.
 
-    ``location`` holds indices into :data:`ms_core.location.LOCATIONS`. The likelihood is the
-    product of the truncated-normal age density, the count probability, the Dirichlet-
+    ``location`` holds indices into :data:`ms_core.lesions.location.LOCATIONS`. The likelihood is
+    the product of the truncated-normal age density, the count probability, the Dirichlet-
     multinomial probability of the location sequence and the truncated log-normal volume
     densities; label noise mixes the posterior with the other classes.
     """
@@ -422,7 +422,7 @@ def load_differential_model(models_dir: Path | str = MODELS_DIR) -> Differential
         when the model or its explainer is missing, altered (sha256 mismatch) or inconsistent
         with the card or with each other.
     """
-    from ms_core.inference import load_tabular_model
+    from ms_core.segmentation.inference import load_tabular_model
 
     verified = verify_model(MODEL_NAME, models_dir, ("name", "version", "sha256", "training",
                                                      "features", "output", "explainer",

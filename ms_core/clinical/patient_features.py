@@ -2,8 +2,8 @@
 pipeline's stored measurements (segmentation, tracking, atrophy).
 
 Only *current* measurements are used (same input files and settings, see
-:mod:`ms_core.measurements`); anything not measured yet stays NaN and is imputed by the model,
-and :func:`patient_feature_table` says which columns were measured.
+:mod:`ms_core.longitudinal.measurements`); anything not measured yet stays NaN and is imputed by the
+model, and :func:`patient_feature_table` says which columns were measured.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ms_core.atrophy import read_atrophy
-from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
-from ms_core.features import PROGNOSIS_FEATURES, visit_features
-from ms_core.longitudinal import TrackParams
-from ms_core.measurements import interval_changes, visit_lesion_table
+from ms_core.foundation.domain import DAYS_PER_YEAR, Participant, Visit
+from ms_core.lesions.features import PROGNOSIS_FEATURES, visit_features
+from ms_core.longitudinal.atrophy import read_atrophy
+from ms_core.longitudinal.measurements import interval_changes, visit_lesion_table
+from ms_core.longitudinal.tracking import TrackParams
 
 __all__ = ["MRI_FEATURES", "AtrophyReader", "patient_feature_table"]
 
@@ -38,7 +38,8 @@ def patient_feature_table(root: Path, participant: Participant, visits: Sequence
     ``mri_measured`` (how many of :data:`MRI_FEATURES` are not NaN).
 
     ``atrophy`` reads the stored brain-volume measurements of a visit (default
-    :func:`ms_core.atrophy.read_atrophy`); with ``None`` the tissue and PBVC columns stay NaN.
+    :func:`ms_core.longitudinal.atrophy.read_atrophy`); with ``None`` the tissue and PBVC columns
+    stay NaN.
     """
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     rows = []

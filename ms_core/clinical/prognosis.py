@@ -1,9 +1,10 @@
 """Scoring one patient-visit with the prognosis model, and explaining the score with SHAP.
 
 The model (``models_onnx/prognosis``, or a folder written by ``train-prognosis``) is verified by
-sha256 before use (:func:`ms_core.models.verify_model`), runs in onnxruntime and returns the
-Platt-calibrated probability of confirmed disability worsening within 2 years. The explanation
-uses the JSON explainer written beside it (never a pickle), whose sha256 the card records:
+sha256 before use (:func:`ms_core.segmentation.model_store.verify_model`), runs in onnxruntime and
+returns the Platt-calibrated probability of confirmed disability worsening within 2 years. The
+explanation uses the JSON explainer written beside it (never a pickle), whose sha256 the card
+records:
 
 * gradient boosting: the trees are rebuilt as a ``shap.TreeExplainer`` model dictionary
   (path-dependent TreeSHAP, exact for the trees' raw log-odds);
@@ -32,11 +33,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ms_core.errors import InputError
-from ms_core.features import PROGNOSIS_FEATURES
-from ms_core.inference import TabularModel, load_tabular_model
-from ms_core.io import read_json
-from ms_core.models import MODELS_DIR, ModelError, VerifiedModel, sha256_file, verify_model
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_json
+from ms_core.lesions.features import PROGNOSIS_FEATURES
+from ms_core.segmentation.inference import TabularModel, load_tabular_model
+from ms_core.segmentation.model_store import (
+    MODELS_DIR,
+    ModelError,
+    VerifiedModel,
+    sha256_file,
+    verify_model,
+)
 
 __all__ = [
     "FEATURE_LABELS",
@@ -176,8 +183,8 @@ def load_prognosis_model(models_dir: Path | str = MODELS_DIR, name: str = "progn
                          ) -> PrognosisModel:
     """Verify and load the prognosis model ``name`` from ``models_dir``.
 
-    Any binary clinical model written by :func:`ms_core.prognosis_fit.write_model` loads here;
-    ``features`` is the input list this code expects (``None``: whatever the card says).
+    Any binary clinical model written by :func:`ms_core.clinical.prognosis_fit.write_model` loads
+    here; ``features`` is the input list this code expects (``None``: whatever the card says).
 
     Raises
     ------
@@ -259,7 +266,7 @@ def score(model: PrognosisModel, features: Mapping[str, float | None]) -> Progno
     Parameters
     ----------
     features
-        Feature name -> value (units in the names, see ``ms_core.features``); missing or
+        Feature name -> value (units in the names, see ``ms_core.lesions.features``); missing or
         ``None``/NaN values are imputed with the training medians and flagged.
     """
     raw = feature_vector(features, model.features)

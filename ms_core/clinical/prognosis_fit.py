@@ -2,7 +2,8 @@
 
 Used by ``python -m ms_core train-prognosis --cohort table.csv --out DIR`` (bring your own cohort)
 and by ``python -m training.prognosis.train`` (the shipped model, trained on the synthetic cohort
-of :mod:`ms_core.cohort`). Design, in the order it runs (details in ``docs/prognosis.md``):
+of :mod:`ms_core.synthetic.cohort`). Design, in the order it runs (details in
+``docs/prognosis.md``):
 
 1. **Split.** Patients (not rows) are split into a training and a held-out test part
    (``test_fraction``), stratified by outcome, so no patient is on both sides.
@@ -44,11 +45,11 @@ import numpy as np
 import pandas as pd
 
 from ms_core import __version__
-from ms_core.errors import InputError
-from ms_core.features import PROGNOSIS_FEATURES
-from ms_core.inference import predict_onnx_bytes
-from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
-from ms_core.models import code_commit, register_model, sha256_file
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.lesions.features import PROGNOSIS_FEATURES
+from ms_core.segmentation.inference import predict_onnx_bytes
+from ms_core.segmentation.model_store import code_commit, register_model, sha256_file
 
 __all__ = [
     "EXPLAINABLE",
@@ -131,7 +132,7 @@ class FitResult:
 def read_cohort_table(path: Path | str, *, features: tuple[str, ...] = PROGNOSIS_FEATURES,
                       outcome_column: str = OUTCOME_COLUMN) -> pd.DataFrame:
     """Read and check a cohort CSV: ``patient_id``, every feature of
-    :data:`~ms_core.features.PROGNOSIS_FEATURES`, and :data:`OUTCOME_COLUMN` (0/1).
+    :data:`~ms_core.lesions.features.PROGNOSIS_FEATURES`, and :data:`OUTCOME_COLUMN` (0/1).
 
     Feature cells may be empty (missing); ``true_risk`` (0-1) is optional. Several rows per
     patient (landmark visits) are allowed: they are kept together in every split.
@@ -373,12 +374,12 @@ def fit_prognosis(table: pd.DataFrame, config: FitConfig = FitConfig(), *,
     Parameters
     ----------
     table
-        As returned by :func:`read_cohort_table` (or :func:`ms_core.cohort.cohort_table`).
+        As returned by :func:`read_cohort_table` (or :func:`ms_core.synthetic.cohort.cohort_table`).
     config
         Split, folds, bootstrap and grid settings.
     features, outcome_column
         The model's inputs (in order) and its 0/1 outcome: the EDSS-worsening model by default;
-        the other binary clinical models (``ms_core.clinical_models``) pass their own.
+        the other binary clinical models (``ms_core.clinical.clinical_models``) pass their own.
     """
     from sklearn.base import clone
     from sklearn.metrics import brier_score_loss
@@ -495,7 +496,8 @@ def _onnx_bytes(result: FitResult) -> bytes:
 
 
 def _explainer(result: FitResult) -> dict[str, Any]:
-    """JSON-safe description of the shipped model for SHAP (see :mod:`ms_core.prognosis`)."""
+    """JSON-safe description of the shipped model for SHAP (see
+    :mod:`ms_core.clinical.prognosis`)."""
     clf = result.pipeline.named_steps["clf"]
     base = {"features": list(result.features), "medians": result.medians.tolist(),
             "calibration": {"a": result.calibration[0], "b": result.calibration[1]}}

@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ms_core.domain import DAYS_PER_YEAR, Participant, Visit
-from ms_core.errors import InputError
-from ms_core.io import read_json
-from ms_core.longitudinal import TrackParams, tracking_status
-from ms_core.measurements import measured_table, visit_lesion_table
-from ms_core.outcomes import confirmed_worsening
-from ms_core.patient_features import AtrophyReader
-from ms_core.study import Study, truth_dir
-from ms_core.visits import visit_metadata_warnings
+from ms_core.clinical.patient_features import AtrophyReader
+from ms_core.foundation.domain import DAYS_PER_YEAR, Participant, Visit
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_json
+from ms_core.lesions.visits import visit_metadata_warnings
+from ms_core.longitudinal.measurements import measured_table, visit_lesion_table
+from ms_core.longitudinal.outcomes import confirmed_worsening
+from ms_core.longitudinal.tracking import TrackParams, tracking_status
+from ms_core.study.layout import Study, truth_dir
 
 __all__ = [
     "ARM_COLUMNS",
@@ -105,7 +105,7 @@ UNCERTAIN_PROB = 0.7
 #: A visit is flagged when uncertain lesions hold more than this fraction of its lesion volume.
 UNCERTAIN_VOLUME_FRACTION = 0.25
 #: Registration QC: the stored comparison is flagged below this normalised cross-correlation
-#: (the threshold of :mod:`ms_core.longitudinal`).
+#: (the threshold of :mod:`ms_core.longitudinal.tracking`).
 MIN_REGISTRATION_NCC = 0.8
 
 
@@ -585,8 +585,9 @@ def study_endpoints(study: Study, *, source: SourceChoice = "auto",
     """Per-patient end points of every participant of ``study`` (one row each, study order).
 
     Reads each visit's ``truth.json`` (when present), the pipeline's current measurements
-    (:func:`ms_core.measurements.measured_table`) and, through ``atrophy``, the stored atrophy
-    results. An unreadable file becomes a problem message (naming it) and that value unknown.
+    (:func:`ms_core.longitudinal.measurements.measured_table`) and, through ``atrophy``, the stored
+    atrophy results. An unreadable file becomes a problem message (naming it) and that value
+    unknown.
 
     Parameters
     ----------
@@ -595,7 +596,7 @@ def study_endpoints(study: Study, *, source: SourceChoice = "auto",
     source, confirm_years
         As in :func:`patient_endpoints`.
     atrophy
-        Reader of stored atrophy results (:data:`~ms_core.patient_features.AtrophyReader`);
+        Reader of stored atrophy results (:data:`~ms_core.clinical.patient_features.AtrophyReader`);
         ``None``: PBVC comes from the ground truth only.
     params
         Settings whose stored segmentations and comparisons count as current.
@@ -744,7 +745,7 @@ def visit_qc_table(root: Path, visits: Sequence[Visit], params: TrackParams = Tr
     """QC of one patient's visits (date order), one row each (:data:`QC_COLUMNS`).
 
     * ``protocol_change``: scanner or field-strength change since the previous visit, from the
-      session table (:func:`ms_core.visits.visit_metadata_warnings`); always available.
+      session table (:func:`ms_core.lesions.visits.visit_metadata_warnings`); always available.
     * ``registration_ncc``, ``image_qc``: from the current stored comparison with the previous
       visit (NaN / empty when not compared): its registration NCC and its image-based warnings
       (voxel size, orientation, intensity profile, poor registration).

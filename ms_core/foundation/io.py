@@ -13,8 +13,8 @@ and then renamed over the target, so a crash leaves either the old file or the n
 Reads are validated before allocation: size caps, data type, dimensions, affine, voxel size and
 the length of the data the header promises are checked from the header and the file size;
 voxel values (NaN/Inf, constant scans, labels) and the gzip checksum when the data is read. Every
-failure is a :class:`~ms_core.errors.NiftiError` naming the file (docs/reliability.md lists the
-checks and the fuzzing behind them).
+failure is a :class:`~ms_core.foundation.errors.NiftiError` naming the file (docs/reliability.md
+lists the checks and the fuzzing behind them).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import pandas as pd
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from ms_core.domain import MODALITIES, LesionMask, Volume, affine_spacing, check_affine
-from ms_core.errors import NiftiError
-from ms_core.settings import DEFAULT_MAX_VOXELS, cache_dir, max_file_bytes, max_voxels
+from ms_core.foundation.domain import MODALITIES, LesionMask, Volume, affine_spacing, check_affine
+from ms_core.foundation.errors import NiftiError
+from ms_core.foundation.settings import DEFAULT_MAX_VOXELS, cache_dir, max_file_bytes, max_voxels
 
 __all__ = [
     "MAX_VOXELS",
@@ -69,7 +69,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Default largest image, in voxels per 3D volume (512^3, 512 MiB as float32); the limit in force
-#: is :func:`ms_core.settings.max_voxels` (env ``MS_DASH_MAX_VOXELS``).
+#: is :func:`ms_core.foundation.settings.max_voxels` (env ``MS_DASH_MAX_VOXELS``).
 MAX_VOXELS = DEFAULT_MAX_VOXELS
 #: Plausible voxel sizes in mm for human brain MRI (7 T: 0.2 mm; thick 2D slices: up to ~7 mm).
 SPACING_RANGE_MM = (0.1, 10.0)
@@ -125,7 +125,7 @@ def remove_stale_temp_files(folder: Path | str, names: tuple[str, ...]) -> list[
     """Delete temporary files that :func:`atomic_open` left for ``names`` in ``folder``.
 
     Only call this while no other writer can be writing those names (hold the folder's
-    :func:`ms_core.locks.folder_lock`). Returns the files removed.
+    :func:`ms_core.study.locks.folder_lock`). Returns the files removed.
     """
     removed = []
     for name in names:
@@ -223,11 +223,11 @@ def read_nifti_header(path: Path | str, *, volume: int | None = None) -> nib.Nif
     """Open ``path`` as NIfTI and check its header, without reading the voxel data.
 
     Checks, before any voxel is allocated: the file exists, is not empty and is at most
-    :func:`ms_core.settings.max_file_bytes` (``MS_DASH_MAX_FILE_MB``); it is NIfTI-1/2 with a
-    supported data type (integers or floats up to 64 bits; not complex or RGB); it is 3D, or 4D
-    with ``volume`` chosen (trailing axes of length 1 are ignored); one volume has at most
-    :func:`ms_core.settings.max_voxels` voxels (``MS_DASH_MAX_VOXELS``, default 512^3); the
-    affine is finite and non-singular with voxel sizes within :data:`SPACING_RANGE_MM`; and the
+    :func:`ms_core.foundation.settings.max_file_bytes` (``MS_DASH_MAX_FILE_MB``); it is NIfTI-1/2
+    with a supported data type (integers or floats up to 64 bits; not complex or RGB); it is 3D, or
+    4D with ``volume`` chosen (trailing axes of length 1 are ignored); one volume has at most
+    :func:`ms_core.foundation.settings.max_voxels` voxels (``MS_DASH_MAX_VOXELS``, default 512^3);
+    the affine is finite and non-singular with voxel sizes within :data:`SPACING_RANGE_MM`; and the
     file can hold the voxel data its header promises (``.nii``: its size; ``.nii.gz``: 1032
     times its size, deflate's largest expansion). Other truncated or corrupt ``.nii.gz`` files
     are found when the data is read (:func:`load_volume`, :func:`load_lesion_mask`).
@@ -620,9 +620,9 @@ def cached_arrays(name: str, key: str | None, names: tuple[str, ...],
     build
         Derives the arrays (the slow path).
 
-    The folder is :func:`ms_core.settings.cache_dir` (``MS_DASH_CACHE_DIR``; ``off`` skips the
-    cache). The cache only saves time, it is never a source of truth: an unreadable file is
-    rebuilt and a folder that cannot be written is logged, and ``build``'s arrays are returned.
+    The folder is :func:`ms_core.foundation.settings.cache_dir` (``MS_DASH_CACHE_DIR``; ``off``
+    skips the cache). The cache only saves time, it is never a source of truth: an unreadable file
+    is rebuilt and a folder that cannot be written is logged, and ``build``'s arrays are returned.
     Files are written atomically; entries of ``name`` with another key are deleted. Bool arrays
     are stored bit-packed; the npz is read without pickles.
     """

@@ -12,14 +12,15 @@ goes, and any page can read the job's state by its key.
   runs it again.
 * A fixed number of daemon worker threads (1 by default, so two heavy jobs do not fight for the
   CPU cores) take jobs in the order they were started; the others wait as ``"queued"``.
-* A failure is stored as text: an :class:`~ms_core.errors.InputError` message verbatim (it names
+* A failure is stored as text: an :class:`~ms_core.foundation.errors.InputError` message verbatim
+(it names
   the file), anything else as ``"TypeName: message"`` with its traceback logged.
 * Finished jobs are kept (the most recent ``keep_finished``) so a page can show the outcome.
 
 Job functions must not hold UI objects (a Streamlit element dies with its script run). The
 results they write are safe without the registry: study writes are atomic and take the visit's
-folder lock (:mod:`ms_core.locks`). Worker threads are daemons, so stopping the server does not
-wait for a running job; its partial files are never visible (atomic writes) and the next run
+folder lock (:mod:`ms_core.study.locks`). Worker threads are daemons, so stopping the server does
+not wait for a running job; its partial files are never visible (atomic writes) and the next run
 does the work again.
 
 >>> runner = JobRunner()
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ms_core.errors import InputError
+from ms_core.foundation.errors import InputError
 
 __all__ = [
     "Job",

@@ -20,7 +20,7 @@ variable                    default    meaning
                                        study the app opens or imports into must lie in, after
                                        ``..`` and symbolic links are resolved
 ``MS_DASH_ACCESS_FILE``     unset      with sign-in: which people may read or change which study
-                                       (:mod:`ms_core.access`)
+                                       (:mod:`ms_core.study.access`)
 ``MS_DASH_CACHE_DIR``       see below  folder for maps derived from the MNI152 template (about
                                        220 MB, rebuilt when the code or library versions change);
                                        ``off`` derives them in memory in every process
@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ms_core.errors import InputError
+from ms_core.foundation.errors import InputError
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -139,12 +139,14 @@ def _positive(name: str, default: float) -> float:
 
 
 def max_voxels() -> int:
-    """Largest 3D image accepted by :mod:`ms_core.io`, in voxels (``MS_DASH_MAX_VOXELS``)."""
+    """Largest 3D image accepted by :mod:`ms_core.foundation.io`, in voxels
+    (``MS_DASH_MAX_VOXELS``)."""
     return int(_positive(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
 
 
 def max_file_bytes() -> int:
-    """Largest NIfTI file accepted by :mod:`ms_core.io`, in bytes (``MS_DASH_MAX_FILE_MB``)."""
+    """Largest NIfTI file accepted by :mod:`ms_core.foundation.io`, in bytes
+    (``MS_DASH_MAX_FILE_MB``)."""
     return int(_positive(MAX_FILE_MB_ENV, DEFAULT_MAX_FILE_MB) * 1024 * 1024)
 
 

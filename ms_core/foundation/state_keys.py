@@ -71,7 +71,8 @@ COHORT_ARMS = "cohort_arms"
 COHORT_MS_TYPES = "cohort_ms_types"
 #: Cohort page filter: sexes shown (list of str).
 COHORT_SEXES = "cohort_sexes"
-#: Cohort page: source of the lesion and brain-volume end points (one of ms_core.trial.SOURCES).
+#: Cohort page: source of the lesion and brain-volume end points (one of
+#: ms_core.clinical.trial.SOURCES).
 COHORT_SOURCE = "cohort_source"
 #: Cohort page: the per-patient table (its row selection opens a patient).
 COHORT_TABLE = "cohort_table"

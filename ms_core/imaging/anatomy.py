@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.domain import affine_spacing
-from ms_core.io import cached_arrays
+from ms_core.foundation.domain import affine_spacing
+from ms_core.foundation.io import cached_arrays
 
 __all__ = [
     "TYPICAL_CONTRAST",
@@ -113,8 +113,8 @@ def load_template() -> Template:
     """The nilearn MNI152 maps with derived ventricles and distance maps.
 
     Deriving them takes about 10 s (nilearn's import and five distance transforms); they are
-    kept in the cache folder (:func:`ms_core.io.cached_arrays`, ``MS_DASH_CACHE_DIR``), so
-    later processes read them in well under a second.
+    kept in the cache folder (:func:`ms_core.foundation.io.cached_arrays`, ``MS_DASH_CACHE_DIR``),
+    so later processes read them in well under a second.
     """
     arrays = cached_arrays("mni152_template", derivation_key(__name__), _TEMPLATE_ARRAYS,
                            _derive_template)

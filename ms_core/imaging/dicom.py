@@ -1,4 +1,5 @@
-"""DICOM series in, :class:`~ms_core.domain.Volume` out (RAS+ affine), with safe zip handling.
+"""DICOM series in, :class:`~ms_core.foundation.domain.Volume` out (RAS+ affine), with safe zip
+handling.
 
 A source is a folder, a ``.zip`` file or a single (multi-frame) DICOM file. The source is read
 in three steps:
@@ -28,8 +29,8 @@ the scanner's manufacturer and model and the field strength leave this module
 pydicom in memory and dropped; dcm2niix is run without its JSON sidecar, its NIfTI is read and
 deleted with the temporary folder.
 
-Every problem raises :class:`~ms_core.errors.InputError` naming the source (and the member or
-series) and the reason.
+Every problem raises :class:`~ms_core.foundation.errors.InputError` naming the source (and the
+member or series) and the reason.
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from ms_core.domain import Volume
-from ms_core.errors import InputError
-from ms_core.io import read_nifti_header
-from ms_core.settings import max_voxels
+from ms_core.foundation.domain import Volume
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_nifti_header
+from ms_core.foundation.settings import max_voxels
 
 __all__ = [
     "CONVERTERS",

@@ -17,10 +17,10 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
-from ms_core.domain import Volume, check_affine
-from ms_core.io import from_sitk, to_sitk
-from ms_core.registration import register_affine
+from ms_core.foundation.domain import Volume, check_affine
+from ms_core.foundation.io import from_sitk, to_sitk
+from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
+from ms_core.imaging.registration import register_affine
 
 __all__ = [
     "Grid",
@@ -283,7 +283,8 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray | No
       drive the fit (N4 works on log intensities), the image is cropped to the mask first, the
       field is divided out inside the mask only, and the result is rescaled so that the median
       over the fitted voxels is unchanged (intensities keep their original range).
-    - ``brain=None`` (raw images with skull, as brain volumetry in :mod:`ms_core.atrophy` uses
+    - ``brain=None`` (raw images with skull, as brain volumetry in
+    :mod:`ms_core.longitudinal.atrophy` uses
       it): negative intensities are set to 0, the head (an Otsu threshold, 200 bins, of the
       subsampled image) drives the fit, and the field is divided out of the whole image without
       rescaling.
@@ -589,8 +590,8 @@ def register_visit_pair(baseline: Volume, followup: Volume, *, resolution_mm: fl
     orientation may differ between visits; Mattes mutual information on a seeded 25 % sample
     (deterministic for a given ``seed``). Like :func:`template_to_subject`, the result is
     remembered for the life of the process, keyed by both images' :func:`volume_digest`, the
-    resolution and the seed: the lesion comparison (:mod:`ms_core.longitudinal`) and the
-    atrophy of the same interval (:mod:`ms_core.atrophy`) register a pair once. Raises
+    resolution and the seed: the lesion comparison (:mod:`ms_core.longitudinal.tracking`) and the
+    atrophy of the same interval (:mod:`ms_core.longitudinal.atrophy`) register a pair once. Raises
     ValueError when an image is blank. A copy is returned.
     """
     key = (volume_digest(baseline), volume_digest(followup), float(resolution_mm), int(seed))

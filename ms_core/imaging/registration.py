@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ms_core.io import to_sitk
+from ms_core.foundation.io import to_sitk
 
 __all__ = ["ncc", "register_affine"]
 

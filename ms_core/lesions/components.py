@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ms_core.domain import voxel_volume_ml
+from ms_core.foundation.domain import voxel_volume_ml
 
 __all__ = ["LESION_TABLE_COLUMNS", "check_labels", "label_components", "lesion_table",
            "select_lesions", "threshold_probability"]
@@ -35,7 +35,8 @@ def check_labels(labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must be a 3D (X, Y, Z) array, got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise TypeError(f"labels must be integer lesion ids, got dtype {arr.dtype}; "
-                        "label a binary mask with ms_core.lesions.label_components first")
+                        "label a binary mask with ms_core.lesions.components.label_components "
+                        "first")
     if arr.size and int(arr.min()) < 0:
         raise ValueError(f"labels must be >= 0, got minimum {int(arr.min())}")
     return arr

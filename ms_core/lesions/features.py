@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import SphericalVoronoi
 
-from ms_core.domain import (
+from ms_core.foundation.domain import (
     DAYS_PER_YEAR,
     LESION_LOCATIONS,
     Participant,
@@ -29,7 +29,7 @@ from ms_core.domain import (
     check_affine,
     voxel_volume_ml,
 )
-from ms_core.lesions import check_labels
+from ms_core.lesions.components import check_labels
 
 __all__ = [
     "DMT_EFFICACY",
@@ -69,7 +69,7 @@ ENTROPY_BINS = 32
 #: Grey levels of the GLCM quantisation.
 GLCM_LEVELS = 16
 # --- Patient-visit feature table (prognosis models) ------------------------------------------
-#: Lesion locations (``ms_core.location``) that get a volume and a count column each.
+#: Lesion locations (``ms_core.lesions.location``) that get a volume and a count column each.
 LOCATION_FEATURES = LESION_LOCATIONS
 #: Columns of the patient-visit feature table, in the order the prognosis models take them.
 #: Units are in the names; NaN marks a value that was not measured (the models impute it, see

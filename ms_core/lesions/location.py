@@ -20,11 +20,11 @@ from types import MappingProxyType
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.anatomy import derivation_key, load_template, world_grid
-from ms_core.domain import LESION_LOCATIONS, affine_spacing, check_affine
-from ms_core.io import cached_arrays
-from ms_core.lesions import check_labels
-from ms_core.preprocess import Grid, warp_from_template
+from ms_core.foundation.domain import LESION_LOCATIONS, affine_spacing, check_affine
+from ms_core.foundation.io import cached_arrays
+from ms_core.imaging.anatomy import derivation_key, load_template, world_grid
+from ms_core.imaging.preprocess import Grid, warp_from_template
+from ms_core.lesions.components import check_labels
 
 __all__ = [
     "DEEP_GREY_BOX_MM",
@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Location classes, as in :data:`ms_core.demo.LOCATIONS`.
+#: Location classes, as in :data:`ms_core.synthetic.demo.LOCATIONS`.
 LOCATIONS = LESION_LOCATIONS
 #: Names shown to people.
 DISPLAY_NAMES = {
@@ -107,9 +107,9 @@ def _infratentorial(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def mni_zones() -> MniZones:
     """The zone masks on the MNI grid (derived in about 3 s, then read from the cache folder
-    of :func:`ms_core.io.cached_arrays`)."""
+    of :func:`ms_core.foundation.io.cached_arrays`)."""
     names = (*ZONES, "deep_grey", "cortex")
-    key = derivation_key(__name__, "ms_core.anatomy")
+    key = derivation_key(__name__, "ms_core.imaging.anatomy")
     zones = cached_arrays("mni_zones", key, names, _derive_zones)
     return MniZones(affine=load_template().affine.copy(),
                     masks=MappingProxyType({z: _readonly(zones[z]) for z in ZONES}),
@@ -153,7 +153,7 @@ def location_zones(grid: Grid, subject_to_mni: np.ndarray) -> dict[str, np.ndarr
         Target grid, e.g. ``Grid(flair.shape, flair.affine)``.
     subject_to_mni
         (4, 4) RAS+ matrix mapping subject world mm to MNI mm
-        (:func:`ms_core.preprocess.template_to_subject`).
+        (:func:`ms_core.imaging.preprocess.template_to_subject`).
 
     Returns
     -------
@@ -242,7 +242,7 @@ def classify_lesions(labels: np.ndarray, affine: np.ndarray,
     affine
         (4, 4) voxel -> subject RAS+ mm of ``labels``.
     subject_to_mni
-        (4, 4) subject mm -> MNI mm, from :func:`ms_core.preprocess.template_to_subject`.
+        (4, 4) subject mm -> MNI mm, from :func:`ms_core.imaging.preprocess.template_to_subject`.
 
     Returns
     -------

@@ -17,7 +17,7 @@ Dissemination in time
 
 These are MRI findings that *support* a diagnosis; McDonald criteria apply only to patients with a
 typical clinically isolated syndrome and when no better explanation exists. Lesion locations come
-from :mod:`ms_core.location`; the deep white matter class counts towards no area.
+from :mod:`ms_core.lesions.location`; the deep white matter class counts towards no area.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ms_core.location import DISPLAY_NAMES, LOCATIONS
+from ms_core.lesions.location import DISPLAY_NAMES, LOCATIONS
 
 __all__ = [
     "CHECKLIST_COLUMNS",
@@ -39,7 +39,7 @@ __all__ = [
     "dissemination_in_time",
 ]
 
-#: DIS areas visible on brain MRI, as location classes of :mod:`ms_core.location`.
+#: DIS areas visible on brain MRI, as location classes of :mod:`ms_core.lesions.location`.
 DIS_AREAS = ("periventricular", "juxtacortical", "infratentorial")
 #: Keys of each row of :func:`checklist_rows`, in display order.
 CHECKLIST_COLUMNS = ("item", "satisfied", "lesions", "note")
@@ -123,8 +123,8 @@ def dissemination_in_space(locations: Mapping[int, str]) -> DISResult:
     Parameters
     ----------
     locations
-        ``lesion_id -> location`` with locations in :data:`ms_core.location.LOCATIONS`
-        (e.g. from :func:`ms_core.location.classify_lesions`).
+        ``lesion_id -> location`` with locations in :data:`ms_core.lesions.location.LOCATIONS`
+        (e.g. from :func:`ms_core.lesions.location.classify_lesions`).
 
     Returns
     -------

@@ -1,11 +1,11 @@
 """What the app shows for one visit: summary, image geometry, lesion overlay and truth table.
 
 Everything here is pure (dataclasses, NumPy and pandas in and out) except :func:`read_geometry`,
-which reads a NIfTI header through :func:`ms_core.io.read_nifti_header`.
+which reads a NIfTI header through :func:`ms_core.foundation.io.read_nifti_header`.
 
-Geometry follows :mod:`ms_core.io`: arrays are (x, y, z) in file voxel order and the affine maps
-voxel indices to RAS+ mm; the orientation code names the world direction each array axis points
-to (nibabel's ``aff2axcodes``, e.g. ``"LAS"``: x to the Left, y Anterior, z Superior).
+Geometry follows :mod:`ms_core.foundation.io`: arrays are (x, y, z) in file voxel order and the
+affine maps voxel indices to RAS+ mm; the orientation code names the world direction each array axis
+points to (nibabel's ``aff2axcodes``, e.g. ``"LAS"``: x to the Left, y Anterior, z Superior).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ms_core.domain import LesionMask, Visit, affine_spacing, check_affine
-from ms_core.io import nifti_bytes, read_nifti_header
+from ms_core.foundation.domain import LesionMask, Visit, affine_spacing, check_affine
+from ms_core.foundation.io import nifti_bytes, read_nifti_header
 
 __all__ = [
     "LESION_COLUMNS",
@@ -173,7 +173,7 @@ def binary_overlay_bytes(mask: LesionMask) -> bytes:
 def overlay_caption(source: str, path: Path | str) -> str:
     """Tell the user where the red overlay comes from.
 
-    ``source`` is the second item of :func:`ms_core.study.lesion_overlay_path`.
+    ``source`` is the second item of :func:`ms_core.study.layout.lesion_overlay_path`.
 
     >>> overlay_caption("ground truth", "x/lesion_labels.nii.gz").startswith("Red: synthetic")
     True

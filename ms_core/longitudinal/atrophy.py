@@ -26,12 +26,18 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
-from ms_core.domain import DAYS_PER_YEAR, MODALITIES, Visit, Volume, affine_spacing, voxel_volume_ml
-from ms_core.errors import InputError
-from ms_core.io import load_lesion_mask, load_volume, read_json, to_sitk, write_json
-from ms_core.models import sha256_file
-from ms_core.preprocess import (
+from ms_core.foundation.domain import (
+    DAYS_PER_YEAR,
+    MODALITIES,
+    Visit,
+    Volume,
+    affine_spacing,
+    voxel_volume_ml,
+)
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, to_sitk, write_json
+from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
+from ms_core.imaging.preprocess import (
     Grid,
     n4_bias_correct,
     register_visit_pair,
@@ -39,10 +45,11 @@ from ms_core.preprocess import (
     template_to_subject,
     warp_from_template,
 )
-from ms_core.registration import ncc
-from ms_core.segment import LEGACY_PARAM_DEFAULTS, SegmentParams, segmentation_status
-from ms_core.study import derivatives_dir
-from ms_core.visits import visit_metadata_warnings
+from ms_core.imaging.registration import ncc
+from ms_core.lesions.visits import visit_metadata_warnings
+from ms_core.segmentation.model_store import sha256_file
+from ms_core.segmentation.segment import LEGACY_PARAM_DEFAULTS, SegmentParams, segmentation_status
+from ms_core.study.layout import derivatives_dir
 
 __all__ = [
     "ATROPHY_FOLDER",
@@ -262,7 +269,7 @@ def _corrected(volume: Volume) -> Volume:
 def register_to_mni(volume: Volume, *, skull_stripped: bool = False) -> np.ndarray:
     """Subject world mm -> MNI mm (4, 4) affine for :func:`tissue_volumes`.
 
-    N4 bias correction, :func:`ms_core.preprocess.template_to_subject`, then
+    N4 bias correction, :func:`ms_core.imaging.preprocess.template_to_subject`, then
     :func:`refine_subject_to_mni`. The affine sets the ICV, and registering each visit anew
     lets the ICV follow the shrinking brain a little (the brain drives the fit); for a series,
     register the baseline once and pass ``baseline_matrix @ followup_to_baseline`` (the rigid
@@ -523,8 +530,8 @@ def tissue_volumes(t1_or_flair: Volume, *, subject_to_mni: np.ndarray | None = N
         ``skull_stripped``.
     subject_to_mni
         (4, 4) subject world mm -> MNI mm, e.g. from :func:`register_to_mni` (pass
-        ``refine=False`` then) or :func:`ms_core.preprocess.template_to_subject`; computed when
-        ``None``. For follow-up visits pass the baseline's matrix composed with the visit
+        ``refine=False`` then) or :func:`ms_core.imaging.preprocess.template_to_subject`; computed
+        when ``None``. For follow-up visits pass the baseline's matrix composed with the visit
         registration (see :func:`register_to_mni`) so that the ICV is the same at every visit.
     lesion_mask
         (X, Y, Z) lesion labels or booleans on ``t1_or_flair``'s grid; those voxels are filled
@@ -840,9 +847,9 @@ def percent_brain_volume_change(baseline: Volume, followup: Volume, *,
         classification) is used.
     followup_to_baseline
         Optional (4, 4) rigid matrix mapping follow-up world mm to baseline world mm (as
-        :func:`ms_core.longitudinal.register_visits` returns), computed on *these* images.
+        :func:`ms_core.longitudinal.tracking.register_visits` returns), computed on *these* images.
         Registered here when ``None`` (rigid, whole head, about 3 s; remembered per process
-        with the comparison's, :func:`ms_core.preprocess.register_visit_pair`).
+        with the comparison's, :func:`ms_core.imaging.preprocess.register_visit_pair`).
     method
         ``"bsi"`` boundary shift integral (default, the more accurate on the demo study) or
         ``"jacobian"`` Jacobian integration of a demons registration.
@@ -1294,7 +1301,7 @@ def read_atrophy(root: Path, previous: Visit | None, visit: Visit,
     ``{"pbvc_pct_per_year", "bpf", "gm_fraction", "wm_fraction"}``: the PBVC from ``previous``
     (``None`` without one or when that interval is not measured) and the visit's tissue
     fractions (``None`` when its volumes are not measured). Matches
-    ``ms_core.patient_features.AtrophyReader``.
+    ``ms_core.clinical.patient_features.AtrophyReader``.
     """
     volumes = volumes_status(root, visit, params)
     pbvc = pbvc_status(root, previous, visit, params) if previous is not None else None

@@ -1,13 +1,15 @@
 """What the pipeline has measured for a patient, read back from the study's derivatives.
 
 The app shows these next to (not instead of) the demo's ground truth: per visit the network's
-lesion count and volume (``segment``) and the brain volumes (:mod:`ms_core.atrophy`), and per
-interval the lesion changes (``track``) and the percentage brain volume change (PBVC) against
-the previous visit. Only *current* results count: made from the same image files (sha256) with
-the same settings (see :func:`ms_core.segment.segmentation_status`,
-:func:`ms_core.longitudinal.tracking_status`, :func:`ms_core.atrophy.volumes_status` and
-:func:`ms_core.atrophy.pbvc_status`). Each number comes with one line saying where it comes
-from (model, settings, file; :mod:`ms_core.provenance_text`) in a ``*_provenance`` column.
+lesion count and volume (``segment``) and the brain volumes (:mod:`ms_core.longitudinal.atrophy`),
+and per interval the lesion changes (``track``) and the percentage brain volume change (PBVC)
+against the previous visit. Only *current* results count: made from the same image files (sha256)
+with the same settings (see :func:`ms_core.segmentation.segment.segmentation_status`,
+:func:`ms_core.longitudinal.tracking.tracking_status`,
+:func:`ms_core.longitudinal.atrophy.volumes_status` and
+:func:`ms_core.longitudinal.atrophy.pbvc_status`). Each number comes with one line saying where it
+comes from (model, settings, file; :mod:`ms_core.study.provenance_text`) in a ``*_provenance``
+column.
 """
 
 from __future__ import annotations
@@ -20,31 +22,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ms_core.atrophy import (
-    VOLUME_FIELDS,
-    AtrophyParams,
-    atrophy_dir,
-    pbvc_status,
-    volumes_status,
-)
-from ms_core.domain import Visit
-from ms_core.errors import InputError
-from ms_core.longitudinal import TrackParams, tracking_dir, tracking_status
-from ms_core.mcdonald import (
+from ms_core.foundation.domain import Visit
+from ms_core.foundation.errors import InputError
+from ms_core.lesions.mcdonald import (
     DISResult,
     DITResult,
     checklist_rows,
     dissemination_in_space,
     dissemination_in_time,
 )
-from ms_core.provenance_text import (
+from ms_core.longitudinal.atrophy import (
+    VOLUME_FIELDS,
+    AtrophyParams,
+    atrophy_dir,
+    pbvc_status,
+    volumes_status,
+)
+from ms_core.longitudinal.tracking import TrackParams, tracking_dir, tracking_status
+from ms_core.segmentation.segment import SegmentParams, segmentation_status
+from ms_core.study.layout import derivatives_dir
+from ms_core.study.provenance_text import (
     change_provenance,
     pbvc_provenance,
     segmentation_provenance,
     volume_provenance,
 )
-from ms_core.segment import SegmentParams, segmentation_status
-from ms_core.study import derivatives_dir
 
 __all__ = [
     "ATROPHY_COLUMNS",
@@ -72,8 +74,9 @@ MEASURED_COLUMNS = ("session_id", "acq_date", "segmented", "lesion_count", "lesi
                     "brain_volume_ml", "bpf", "gm_fraction", "wm_fraction", "pbvc_from",
                     "pbvc_pct", "pbvc_pct_per_year", "segmentation_provenance",
                     "change_provenance", "volume_provenance", "pbvc_provenance")
-#: Columns of :func:`atrophy_table`: the stored volumes (:data:`ms_core.atrophy.VOLUME_FIELDS`)
-#: and the PBVC from the previous measured visit (``pbvc_from``), each with its provenance.
+#: Columns of :func:`atrophy_table`: the stored volumes
+#: (:data:`ms_core.longitudinal.atrophy.VOLUME_FIELDS`) and the PBVC from the previous measured
+#: visit (``pbvc_from``), each with its provenance.
 ATROPHY_COLUMNS = ("session_id", "acq_date", *VOLUME_FIELDS, "pbvc_from", "interval_years",
                    "pbvc_pct", "pbvc_pct_per_year", "pbvc_method", "pbvc_qc_ncc",
                    "atrophy_warnings", "volume_provenance", "pbvc_provenance")
@@ -90,8 +93,8 @@ def plausible_volume_ml(volume_ml: float, ratios: tuple[float, float] | None
                         ) -> tuple[float, float] | None:
     """The true lesion volumes (ml) that fit a measured ``volume_ml``, given the lowest and
     highest predicted / true volume ratio of the model on the real validation set
-    (:func:`ms_core.models.volume_ratio_range`): ``volume / highest`` to ``volume / lowest``.
-    ``None`` without ratios or for a missing volume.
+    (:func:`ms_core.segmentation.model_store.volume_ratio_range`): ``volume / highest`` to ``volume
+    / lowest``. ``None`` without ratios or for a missing volume.
 
     >>> plausible_volume_ml(8.0, (0.8, 1.25))
     (6.4, 10.0)
@@ -184,11 +187,11 @@ def atrophy_frame(visits: Sequence[Visit], volumes: Mapping[str, Mapping[str, ob
     """One row per visit (date order) from stored atrophy records, NaN where there is none.
 
     Pure: ``volumes`` maps a session id to its tissue-volume record
-    (:func:`ms_core.atrophy.measure_visit_volumes`) and ``pbvc`` a follow-up's session id to its
-    PBVC record (:func:`ms_core.atrophy.measure_interval_pbvc`); missing or ``None`` entries
-    give empty cells. Columns :data:`ATROPHY_COLUMNS`; ``volume_provenance`` and
+    (:func:`ms_core.longitudinal.atrophy.measure_visit_volumes`) and ``pbvc`` a follow-up's session
+    id to its PBVC record (:func:`ms_core.longitudinal.atrophy.measure_interval_pbvc`); missing or
+    ``None`` entries give empty cells. Columns :data:`ATROPHY_COLUMNS`; ``volume_provenance`` and
     ``pbvc_provenance`` name each record's method, settings and file
-    (:func:`ms_core.provenance_text.volume_provenance`, ``"not measured"`` without a record).
+    (:func:`ms_core.study.provenance_text.volume_provenance`, ``"not measured"`` without a record).
 
     >>> import datetime as dt
     >>> v = [Visit("sub-01", f"ses-0{i}", dt.date(2019 + i, 1, 1), None, None, None, None, None)
@@ -237,10 +240,10 @@ def atrophy_table(root: Path, visits: Sequence[Visit],
                   params: AtrophyParams = _ATROPHY_DEFAULTS) -> pd.DataFrame:
     """A patient's current stored atrophy measurements, one row per visit (date order).
 
-    Per visit the tissue volumes (:data:`ms_core.atrophy.VOLUME_FIELDS`), per interval the PBVC
-    from the previous visit with a ``params.modality`` image (``pbvc_from``), in % and %/year,
-    with the method, registration QC and protocol warnings; NaN (or "") where nothing current
-    is stored. See :func:`atrophy_frame`.
+    Per visit the tissue volumes (:data:`ms_core.longitudinal.atrophy.VOLUME_FIELDS`), per interval
+    the PBVC from the previous visit with a ``params.modality`` image (``pbvc_from``), in % and
+    %/year, with the method, registration QC and protocol warnings; NaN (or "") where nothing
+    current is stored. See :func:`atrophy_frame`.
     """
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     usable = [v for v in ordered if params.modality in v.images]
@@ -268,7 +271,7 @@ def measured_table(root: Path, visits: Sequence[Visit],
     ``lesion_volume_high_ml`` are the plausible range of the lesion volume given the model's
     ``volume_ratios`` on the real validation set (:func:`plausible_volume_ml`; NaN without
     them). The ``*_provenance`` columns say where each group of numbers comes from
-    (:mod:`ms_core.provenance_text`): the segmentation (model, method, threshold, minimum
+    (:mod:`ms_core.study.provenance_text`): the segmentation (model, method, threshold, minimum
     lesion size, provider, date, ``lesions.csv``), the comparison (visit, tracking method,
     enlarging ratio, change z, registration NCC, ``lesion_changes.csv``), the tissue volumes
     and the PBVC; ``"not measured"`` where no current result is stored.
@@ -314,7 +317,7 @@ def measured_table(root: Path, visits: Sequence[Visit],
 class McDonaldChecklist:
     """McDonald 2017 MRI items for one visit: DIS from its lesions, DIT against an earlier scan.
 
-    ``rows`` come from :func:`ms_core.mcdonald.checklist_rows`; ``notes`` are the caveats.
+    ``rows`` come from :func:`ms_core.lesions.mcdonald.checklist_rows`; ``notes`` are the caveats.
     """
 
     dis: DISResult
@@ -397,9 +400,9 @@ def lesion_history(root: Path, visits: Sequence[Visit],
     ``session_id``, ``lesion_id`` (the visit's own id), ``persistent_id``, ``volume_ml``,
     ``location``.
     """
-    from ms_core.io import load_lesion_mask, read_json
-    from ms_core.lesions import label_components
-    from ms_core.preprocess import Grid, resample_to_grid
+    from ms_core.foundation.io import load_lesion_mask, read_json
+    from ms_core.imaging.preprocess import Grid, resample_to_grid
+    from ms_core.lesions.components import label_components
 
     ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
     columns = ["session_id", "lesion_id", "persistent_id", "volume_ml", "location"]

@@ -1,8 +1,8 @@
 """One patient's course over all visits, as tables ready to plot.
 
-Pure functions: they take the patient's :class:`~ms_core.domain.Visit` objects (sorted by date,
-as :func:`ms_core.study.load_study` returns them) and, optionally, each visit's ``truth.json``
-already read, and return pandas DataFrames. Nothing here reads files or plots.
+Pure functions: they take the patient's :class:`~ms_core.foundation.domain.Visit` objects (sorted by
+date, as :func:`ms_core.study.layout.load_study` returns them) and, optionally, each visit's
+``truth.json`` already read, and return pandas DataFrames. Nothing here reads files or plots.
 
 Conventions
 -----------
@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from ms_core.domain import DAYS_PER_YEAR, Visit
-from ms_core.study import truth_dir
+from ms_core.foundation.domain import DAYS_PER_YEAR, Visit
+from ms_core.study.layout import truth_dir
 
 __all__ = [
     "NO_DMT",
@@ -83,7 +83,7 @@ def clinical_source(visit: Visit) -> str:
 def truth_source(visit: Visit, truth: Mapping[str, Any] | None) -> str:
     """Where a visit's ground-truth volumes come from: its ``truth.json``, or :data:`NO_TRUTH`.
 
-    Only synthetic studies have one: the demo generator (:mod:`ms_core.demo`) writes the
+    Only synthetic studies have one: the demo generator (:mod:`ms_core.synthetic.demo`) writes the
     volumes it drew, so they are known, not measured.
 
     >>> import datetime as dt

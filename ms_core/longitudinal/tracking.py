@@ -25,11 +25,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.atrophy import lesions_on_grid, pair_atrophy
-from ms_core.domain import Visit, Volume, affine_spacing, voxel_volume_ml
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.io import (
+from ms_core.foundation.domain import Visit, Volume, affine_spacing, voxel_volume_ml
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import (
     atomic_write_text,
     header_warnings,
     load_volume,
@@ -37,10 +35,7 @@ from ms_core.io import (
     save_labels,
     write_json,
 )
-from ms_core.lesions import label_components
-from ms_core.locks import folder_lock
-from ms_core.models import load_model_card, sha256_file
-from ms_core.preprocess import (
+from ms_core.imaging.preprocess import (
     Grid,
     crop_box,
     match_histogram,
@@ -51,8 +46,13 @@ from ms_core.preprocess import (
     resample_to_grid,
     template_to_subject,
 )
-from ms_core.registration import ncc
-from ms_core.segment import (
+from ms_core.imaging.registration import ncc
+from ms_core.lesions.components import label_components
+from ms_core.lesions.visits import visit_metadata_warnings
+from ms_core.longitudinal.atrophy import lesions_on_grid, pair_atrophy
+from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
+from ms_core.segmentation.model_store import load_model_card, sha256_file
+from ms_core.segmentation.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
     StageTimer,
@@ -61,8 +61,8 @@ from ms_core.segment import (
     probability_on_grid,
     white_matter_prior,
 )
-from ms_core.study import derivatives_dir
-from ms_core.visits import visit_metadata_warnings
+from ms_core.study.layout import derivatives_dir
+from ms_core.study.locks import folder_lock
 
 __all__ = [
     "CHANGE_COLUMNS",
@@ -217,8 +217,8 @@ def register_visits(baseline: Volume, followup: Volume, *, resolution_mm: float 
 
     Both FLAIRs are resampled to ``resolution_mm`` RAS grids first, so voxel size and
     orientation may differ between visits. Deterministic for a given ``seed``, and remembered
-    per process (:func:`ms_core.preprocess.register_visit_pair`); a failure names the baseline
-    file.
+    per process (:func:`ms_core.imaging.preprocess.register_visit_pair`); a failure names the
+    baseline file.
     """
     try:
         return register_visit_pair(baseline, followup, resolution_mm=resolution_mm, seed=seed)
@@ -528,9 +528,9 @@ def harmonise_pair(followup: np.ndarray, baseline: np.ndarray, brain: np.ndarray
     """Both visits (one grid) made comparable before subtraction; zero outside ``brain``.
 
     The follow-up is divided by its white-matter level
-    (:func:`ms_core.preprocess.normalize_to_white_matter`); the baseline likewise
+    (:func:`ms_core.imaging.preprocess.normalize_to_white_matter`); the baseline likewise
     (``white_matter``) or histogram-matched to that follow-up inside the brain
-    (``histogram``, :func:`ms_core.preprocess.match_histogram`).
+    (``histogram``, :func:`ms_core.imaging.preprocess.match_histogram`).
     """
     if method not in HARMONISATIONS:
         raise ValueError(f"harmonisation must be one of {HARMONISATIONS}, not {method!r}")
@@ -797,8 +797,8 @@ def track_files(baseline_path: Path, followup_path: Path, out_dir: Path,
     """Load, compare and write (the ``track`` CLI). Raises :class:`InputError` on bad input.
 
     With ``atrophy``, ``provenance.json`` also gets an ``atrophy`` block
-    (:func:`ms_core.atrophy.pair_atrophy`: PBVC and both visits' tissue volumes, about 1 min
-    more on 2 cores); the other files are the same.
+    (:func:`ms_core.longitudinal.atrophy.pair_atrophy`: PBVC and both visits' tissue volumes, about
+    1 min more on 2 cores); the other files are the same.
     """
     baseline = load_volume(baseline_path, "FLAIR")
     followup = load_volume(followup_path, "FLAIR")
@@ -866,7 +866,7 @@ def track_visits(root: Path, baseline: Visit, followup: Visit,
     Current stored segmentations of both visits (same settings) are reused, so a comparison
     then costs registration and matching only; otherwise the model runs on both.
     """
-    from ms_core.segment import segmentation_status
+    from ms_core.segmentation.segment import segmentation_status
 
     b_path, f_path = _visit_flair(baseline), _visit_flair(followup)
     seg = params.segmentation

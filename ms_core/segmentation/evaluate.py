@@ -19,9 +19,9 @@ from typing import TypedDict
 
 import numpy as np
 
-from ms_core.domain import LesionMask, voxel_volume_ml
-from ms_core.errors import InputError
-from ms_core.lesions import label_components
+from ms_core.foundation.domain import LesionMask, voxel_volume_ml
+from ms_core.foundation.errors import InputError
+from ms_core.lesions.components import label_components
 
 __all__ = ["SIZE_BANDS_MM3", "LesionDetection", "MaskMetrics", "SizeBand", "calibration_error",
            "detection_by_size", "dice", "evaluate_masks", "lesion_detection"]

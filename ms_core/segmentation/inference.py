@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ms_core.errors import InputError
-from ms_core.models import ModelCard, VerifiedModel
+from ms_core.foundation.errors import InputError
+from ms_core.segmentation.model_store import ModelCard, VerifiedModel
 
 __all__ = [
     "OnnxModel",

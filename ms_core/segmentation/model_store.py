@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ms_core.errors import InputError
-from ms_core.io import read_json, write_json
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_json, write_json
 
 __all__ = [
     "AXIS_ORDERS",
@@ -43,7 +43,7 @@ __all__ = [
     "volume_ratio_range",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO / "models_onnx"
 #: Card fields every model needs.
 _COMMON = ("name", "version", "sha256", "training")
@@ -123,7 +123,7 @@ class ModelCard:
     threshold: float
     raw: dict[str, Any]
     #: Intensity reference of the input normalisation: "brain_median" (models up to 3.2.0)
-    #: or "white_matter" (:func:`ms_core.preprocess.white_matter_level`); card field
+    #: or "white_matter" (:func:`ms_core.imaging.preprocess.white_matter_level`); card field
     #: ``preprocessing.intensity_reference``.
     intensity_reference: str = "brain_median"
     #: Whether the network reads its T1w channel; a card with ``input.t1w: "ignored"`` gets
@@ -262,8 +262,9 @@ def card_problem(card: ModelCard) -> str:
     """What makes a parsed segmentation card unusable ("" when nothing): unknown channels,
     layout, activation or class index, a patch that is not three positive sizes, a spacing
     or overlap out of range."""
-    # The segmentation slot's channels are built by name (ms_core.segment.network_input);
-    # other image models (the change network) describe theirs in words.
+    # The segmentation slot's channels are built by name
+    # (ms_core.segmentation.segment.network_input); other image models (the change network) describe
+    # theirs in words.
     unknown = ([c for c in card.channels if c not in ("FLAIR", "T1w")]
                if card.name == "lesion_seg" else [])
     checks = [

@@ -9,7 +9,7 @@ Two methods share one interface:
   every report can show what the network adds.
 
 Both return a probability map on the *input FLAIR's own grid and affine*, and a lesion table
-whose ``location`` column is the McDonald/MAGNIMS topography (:mod:`ms_core.location`).
+whose ``location`` column is the McDonald/MAGNIMS topography (:mod:`ms_core.lesions.location`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.anatomy import load_template
-from ms_core.domain import Visit, Volume
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.io import (
+from ms_core.foundation.domain import Visit, Volume
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import (
     atomic_write_text,
     header_warnings,
     load_volume,
@@ -41,11 +39,8 @@ from ms_core.io import (
     save_volume,
     write_json,
 )
-from ms_core.lesions import lesion_table, threshold_probability
-from ms_core.location import classify_lesions
-from ms_core.locks import folder_lock
-from ms_core.models import active_sha256, load_model_card, sha256_file
-from ms_core.preprocess import (
+from ms_core.imaging.anatomy import load_template
+from ms_core.imaging.preprocess import (
     Grid,
     brain_mask_from_transform,
     crop_box,
@@ -61,7 +56,12 @@ from ms_core.preprocess import (
     warp_from_template,
     working_grid,
 )
-from ms_core.study import derivatives_dir
+from ms_core.lesions.components import lesion_table, threshold_probability
+from ms_core.lesions.location import classify_lesions
+from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
+from ms_core.segmentation.model_store import active_sha256, load_model_card, sha256_file
+from ms_core.study.layout import derivatives_dir
+from ms_core.study.locks import folder_lock
 
 __all__ = [
     "LEGACY_PARAM_DEFAULTS",
@@ -114,10 +114,11 @@ class SegmentParams:
     overlap: float = 0.25
     tta: bool = True
     #: N4 bias-field correction of the images inside the brain before normalisation
-    #: (:func:`ms_core.preprocess.n4_bias_correct`); off by default, see docs/preprocessing.md.
+    #: (:func:`ms_core.imaging.preprocess.n4_bias_correct`); off by default, see
+    #: docs/preprocessing.md.
     bias_correction: bool = False
     #: Curvature-flow denoising inside the brain before normalisation, after N4 when both are on
-    #: (:func:`ms_core.preprocess.denoise`); off by default, see docs/preprocessing.md.
+    #: (:func:`ms_core.imaging.preprocess.denoise`); off by default, see docs/preprocessing.md.
     denoise: bool = False
 
     def __post_init__(self) -> None:
@@ -261,12 +262,12 @@ def network_input(flair: np.ndarray, t1: np.ndarray | None, brain: np.ndarray,
     """The network's (C, X, Y, Z) float32 input from (X, Y, Z) images cropped to the brain,
     in the card's ``channels`` order (FLAIR, then T1w for our models; a T1w channel is zeros
     without a T1w), each normalised inside ``brain`` by the card's intensity ``reference``
-    (:data:`ms_core.models.INTENSITY_REFERENCES`: divided by the median; by the white-matter
-    level (:func:`ms_core.preprocess.white_matter_level`), which needs ``wm_prior``, the
-    registered white-matter prior on the same box, and is used whenever one is given;
-    z-scored; or scaled by percentiles); zero-padded to a multiple of ``multiple_of`` and at
+    (:data:`ms_core.segmentation.model_store.INTENSITY_REFERENCES`: divided by the median; by the
+    white-matter level (:func:`ms_core.imaging.preprocess.white_matter_level`), which needs
+    ``wm_prior``, the registered white-matter prior on the same box, and is used whenever one is
+    given; z-scored; or scaled by percentiles); zero-padded to a multiple of ``multiple_of`` and at
     least ``patch``; and the slices that cut the unpadded box back out
-    (:func:`ms_core.preprocess.pad_to_multiple`)."""
+    (:func:`ms_core.imaging.preprocess.pad_to_multiple`)."""
     def norm(image: np.ndarray) -> np.ndarray:
         if wm_prior is not None or reference == "white_matter":
             if wm_prior is None:
@@ -419,8 +420,8 @@ def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentPara
                   inputs: dict[str, Path]) -> None:
     """Write the segment CLI's files into ``out_dir`` atomically; provenance last.
 
-    Under the folder's lock (:func:`ms_core.locks.folder_lock`), the old ``provenance.json`` is
-    removed first, so from then on the folder holds no result that counts as current; each file
+    Under the folder's lock (:func:`ms_core.study.locks.folder_lock`), the old ``provenance.json``
+    is removed first, so from then on the folder holds no result that counts as current; each file
     is written to a temporary name and renamed; ``provenance.json`` is written last and records
     the sha256 of every output. A run killed at any point therefore leaves either the previous
     complete result or one without provenance, which :func:`segmentation_status` reports as not
@@ -516,8 +517,8 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
 
     Current means: ``provenance.json`` exists in ``derivatives/ms_dash`` and is complete, was
     made with ``params`` (and, for the network method, with the model ``model_sha256``,
-    default the active ``lesion_seg``: :func:`ms_core.models.active_sha256`) from inputs
-    whose sha256 still match the visit's files, and every output file it lists is present
+    default the active ``lesion_seg``: :func:`ms_core.segmentation.model_store.active_sha256`) from
+    inputs whose sha256 still match the visit's files, and every output file it lists is present
     with the sha256 it records. A missing, malformed or partial provenance, or a missing or
     altered output file, is not current. This is the cache of the on-demand segmentation,
     keyed by input hash.
@@ -564,7 +565,7 @@ def segment_visit(root: Path, visit: Visit, params: SegmentParams = SegmentParam
     The whole run holds the visit folder's lock, so two runs on the same visit (two browser
     sessions, the app and a batch job) run one after the other and never interleave their
     files; a second run waits up to ``MS_DASH_LOCK_TIMEOUT_S`` and then raises
-    :class:`ms_core.locks.LockTimeout` naming the folder.
+    :class:`ms_core.study.locks.LockTimeout` naming the folder.
     """
     inputs = _visit_inputs(visit)
     out = derivatives_dir(root, visit.participant_id, visit.session_id)

@@ -7,17 +7,18 @@ workers stay busy), then one task per patient tracks its consecutive visits, mea
 builds its feature rows (these need the patient's visits in order). Every task skips each result
 that is already current, i.e. whose stored
 provenance names the same input and model sha256 and settings
-(:func:`ms_core.segment.segmentation_status`, :func:`ms_core.longitudinal.tracking_status`,
-:func:`ms_core.atrophy.volumes_status` / :func:`~ms_core.atrophy.pbvc_status`); results are
-written atomically under per-visit locks, so a killed batch is resumed by running it again.
-A failing visit (or pair) is recorded with its error and does not stop the rest. At the end the
-patients' feature rows (``ms_core.patient_features``), measurements and prognosis score are
-merged into ``derivatives/ms_dash/cohort/cohort_table.{csv,parquet}`` with
-``batch_report.json``.
+(:func:`ms_core.segmentation.segment.segmentation_status`,
+:func:`ms_core.longitudinal.tracking.tracking_status`,
+:func:`ms_core.longitudinal.atrophy.volumes_status` /
+:func:`~ms_core.longitudinal.atrophy.pbvc_status`); results are written atomically under per-visit
+locks, so a killed batch is resumed by running it again. A failing visit (or pair) is recorded with
+its error and does not stop the rest. At the end the patients' feature rows
+(``ms_core.clinical.patient_features``), measurements and prognosis score are merged into
+``derivatives/ms_dash/cohort/cohort_table.{csv,parquet}`` with ``batch_report.json``.
 
 :func:`analyse_patient` does the same work for one patient in this process, stopping at the
 first error and reporting ``progress(fraction, text)``: the app's "Analyse this patient", run as
-a background job (:mod:`ms_core.jobs`).
+a background job (:mod:`ms_core.foundation.jobs`).
 
 Backends: ``local`` runs the tasks in a process pool (``spawn``; each worker limited to
 ``threads`` CPU threads in onnxruntime, SimpleITK and BLAS); ``ray`` submits the same task as a
@@ -44,11 +45,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from ms_core import __version__
-from ms_core.errors import InputError
-from ms_core.io import atomic_open, atomic_write_text, write_json
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import atomic_open, atomic_write_text, write_json
 
 if TYPE_CHECKING:
-    from ms_core.domain import Visit
+    from ms_core.foundation.domain import Visit
 
 __all__ = [
     "STAGES",
@@ -165,7 +166,7 @@ def _worker_name() -> str:
 
 def _segment_one(root: Path, visit: Any, seg: Any, outcome: PatientOutcome) -> None:
     """Segment one visit unless its stored segmentation is current; record what happened."""
-    from ms_core.segment import segment_visit, segmentation_status
+    from ms_core.segmentation.segment import segment_visit, segmentation_status
 
     try:
         current = segmentation_status(root, visit, seg) is not None
@@ -179,8 +180,8 @@ def _segment_one(root: Path, visit: Any, seg: Any, outcome: PatientOutcome) -> N
 def segment_visit_task(root: str, participant_id: str, session_id: str, config: BatchConfig
                        ) -> PatientOutcome:
     """The segmentation of one visit as a task of its own (the first, per-visit phase)."""
-    from ms_core.segment import SegmentParams
-    from ms_core.study import load_study
+    from ms_core.segmentation.segment import SegmentParams
+    from ms_core.study.layout import load_study
 
     start = time.perf_counter()
     outcome = PatientOutcome(participant_id, worker=_worker_name())
@@ -201,7 +202,8 @@ def process_patient(root: str, participant_id: str, config: BatchConfig) -> Pati
     Errors of one visit or pair are recorded in the outcome; the other visits go on. Never
     raises for pipeline errors (a study that cannot be read at all is recorded too).
     """
-    from ms_core.atrophy import (
+    from ms_core.clinical.patient_features import patient_feature_table
+    from ms_core.longitudinal.atrophy import (
         measure_interval_pbvc,
         measure_visit_volumes,
         pbvc_status,
@@ -209,11 +211,10 @@ def process_patient(root: str, participant_id: str, config: BatchConfig) -> Pati
         read_atrophy,
         volumes_status,
     )
-    from ms_core.longitudinal import TrackParams, track_visits, tracking_status
-    from ms_core.measurements import measured_table
-    from ms_core.patient_features import patient_feature_table
-    from ms_core.segment import SegmentParams
-    from ms_core.study import load_study
+    from ms_core.longitudinal.measurements import measured_table
+    from ms_core.longitudinal.tracking import TrackParams, track_visits, tracking_status
+    from ms_core.segmentation.segment import SegmentParams
+    from ms_core.study.layout import load_study
 
     start = time.perf_counter()
     outcome = PatientOutcome(participant_id, worker=_worker_name())
@@ -295,22 +296,27 @@ def analyse_patient(root: Path, visits: Sequence[Visit],
     Segments every visit not yet segmented, compares each visit with the previous one, then
     measures the brain volumes (lesions filled) and the PBVC of each interval (about 20-30 s
     each on 2 cores). Results that are still current are not made again
-    (:func:`ms_core.measurements.pending_analysis`, :func:`ms_core.atrophy.pending_atrophy`).
-    Unlike :func:`process_patient` it stops at the first error, which it raises.
+    (:func:`ms_core.longitudinal.measurements.pending_analysis`,
+    :func:`ms_core.longitudinal.atrophy.pending_atrophy`). Unlike :func:`process_patient` it stops
+    at the first error, which it raises.
 
     Parameters
     ----------
     root
         The study folder.
     visits
-        The patient's :class:`~ms_core.domain.Visit` objects, in any order.
+        The patient's :class:`~ms_core.foundation.domain.Visit` objects, in any order.
     progress
         ``progress(fraction, text)`` with the fraction of the steps done, in [0, 1].
     """
-    from ms_core.atrophy import measure_interval_pbvc, measure_visit_volumes, pending_atrophy
-    from ms_core.longitudinal import track_visits
-    from ms_core.measurements import pending_analysis
-    from ms_core.segment import segment_visit
+    from ms_core.longitudinal.atrophy import (
+        measure_interval_pbvc,
+        measure_visit_volumes,
+        pending_atrophy,
+    )
+    from ms_core.longitudinal.measurements import pending_analysis
+    from ms_core.longitudinal.tracking import track_visits
+    from ms_core.segmentation.segment import segment_visit
 
     def report(fraction: float, text: str) -> None:
         if progress is not None:
@@ -488,8 +494,8 @@ def _write_table(root: Path, table: pd.DataFrame) -> tuple[Path, ...]:
 
 def _add_prognosis(table: pd.DataFrame) -> pd.DataFrame:
     """The shipped prognosis model's risk per row (NaN when the model cannot be used)."""
-    from ms_core.features import PROGNOSIS_FEATURES
-    from ms_core.prognosis import load_prognosis_model, score
+    from ms_core.clinical.prognosis import load_prognosis_model, score
+    from ms_core.lesions.features import PROGNOSIS_FEATURES
 
     if table.empty:
         return table.assign(worsening_risk_2y=pd.Series(dtype="float64"))
@@ -513,7 +519,7 @@ def run_batch(root: Path | str, config: BatchConfig = BatchConfig(),
     InputError
         when the study cannot be loaded or a requested participant does not exist.
     """
-    from ms_core.study import load_study
+    from ms_core.study.layout import load_study
 
     start = time.perf_counter()
     study_root = Path(root).resolve()

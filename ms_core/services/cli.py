@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ms_core import __version__
-from ms_core.errors import InputError
+from ms_core.foundation.errors import InputError
 
 __all__ = ["build_parser", "main"]
 
@@ -22,7 +22,7 @@ log = logging.getLogger("ms_core")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ms_core.demo import DemoConfig, build_demo
+    from ms_core.synthetic.demo import DemoConfig, build_demo
 
     config = DemoConfig(seed=args.seed, n_patients=args.patients, workers=args.workers)
     out = build_demo(Path(args.out), config)
@@ -31,8 +31,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ms_core.io import load_volume
-    from ms_core.study import load_study
+    from ms_core.foundation.io import load_volume
+    from ms_core.study.layout import load_study
 
     study = load_study(Path(args.study))
     problems = [str(i) for i in study.issues if i.severity == "error"]
@@ -52,8 +52,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ms_core.evaluate import evaluate_masks
-    from ms_core.io import load_lesion_mask
+    from ms_core.foundation.io import load_lesion_mask
+    from ms_core.segmentation.evaluate import evaluate_masks
 
     if args.min_lesion_mm3 < 0:
         raise InputError(None, f"--min-lesion-mm3 must be >= 0, got {args.min_lesion_mm3}")
@@ -64,7 +64,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from ms_core.segment import SegmentParams, segment_files
+    from ms_core.segmentation.segment import SegmentParams, segment_files
 
     params = SegmentParams(method=args.method, threshold=args.threshold,
                            min_lesion_mm3=args.min_lesion_mm3, skull_stripped=args.skull_stripped,
@@ -86,8 +86,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_track(args: argparse.Namespace) -> int:
-    from ms_core.longitudinal import TrackParams, track_files
-    from ms_core.segment import SegmentParams
+    from ms_core.longitudinal.tracking import TrackParams, track_files
+    from ms_core.segmentation.segment import SegmentParams
 
     seg = SegmentParams(method=args.seg_method, threshold=args.threshold,
                         min_lesion_mm3=args.min_lesion_mm3, skull_stripped=args.skull_stripped,
@@ -104,7 +104,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         raise InputError(None, "--baseline-t1 and --followup-t1 go together, with --atrophy")
     atrophy = None
     if args.atrophy:
-        from ms_core.longitudinal import AtrophyRequest
+        from ms_core.longitudinal.tracking import AtrophyRequest
 
         atrophy = (AtrophyRequest(Path(args.baseline_t1), Path(args.followup_t1))
                    if args.baseline_t1 else AtrophyRequest(Path(args.baseline_flair),
@@ -121,7 +121,12 @@ def _cmd_track(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_prognosis(args: argparse.Namespace) -> int:
-    from ms_core.prognosis_fit import FitConfig, fit_prognosis, read_cohort_table, write_model
+    from ms_core.clinical.prognosis_fit import (
+        FitConfig,
+        fit_prognosis,
+        read_cohort_table,
+        write_model,
+    )
 
     table = read_cohort_table(Path(args.cohort))
     config = FitConfig(seed=args.seed, test_fraction=args.test_fraction, fast=args.fast)
@@ -144,8 +149,8 @@ def _cmd_train_prognosis(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     import os
 
-    from ms_core.models import MODELS_DIR
-    from ms_core.report import build_report, write_report
+    from ms_core.segmentation.model_store import MODELS_DIR
+    from ms_core.services.report import build_report, write_report
 
     report = build_report(Path(args.study), args.participant, session_id=args.session,
                           models_dir=args.models or os.environ.get("MS_DASH_MODELS", MODELS_DIR))
@@ -158,7 +163,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_register_model(args: argparse.Namespace) -> int:
-    from ms_core.register import register_segmentation_model
+    from ms_core.services.register import register_segmentation_model
 
     command = " ".join(["python -m ms_core register-model", *sys.argv[2:]])
     card = register_segmentation_model(Path(args.onnx), Path(args.contract), Path(args.out),
@@ -175,9 +180,9 @@ def _cmd_register_model(args: argparse.Namespace) -> int:
 
 def _audit(action: str, study: str, participant_id: str | None, session_id: str | None,
            detail: str) -> None:
-    """An audit-trail record as the OS user (:func:`ms_core.audit.record_or_log`: a log that
+    """An audit-trail record as the OS user (:func:`ms_core.study.audit.record_or_log`: a log that
     cannot be written is reported on stderr and the command goes on)."""
-    from ms_core import audit
+    from ms_core.study import audit
 
     audit.record_or_log(action, user=audit.local_user(), study=study,
                         participant_id=participant_id, session_id=session_id,
@@ -185,8 +190,8 @@ def _audit(action: str, study: str, participant_id: str | None, session_id: str 
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from ms_core.dicom import SeriesChoiceError
-    from ms_core.importer import import_visit
+    from ms_core.imaging.dicom import SeriesChoiceError
+    from ms_core.services.importer import import_visit
 
     files = {"FLAIR": Path(args.flair)}
     if args.t1:
@@ -220,7 +225,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from ms_core.batch import BatchConfig, run_batch
+    from ms_core.services.batch import BatchConfig, run_batch
 
     config = BatchConfig(workers=args.workers, threads=args.threads, backend=args.backend,
                          ray_address=args.ray_address, gpus_per_task=args.gpus_per_task,
@@ -297,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop lesions smaller than this (mm^3)")
     seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     seg.add_argument("--method", choices=("network", "baseline"), default="network")
-    # Defaults as ms_core.segment.SegmentParams (not imported here: the CLI starts fast).
+    # Defaults as ms_core.segmentation.segment.SegmentParams (not imported here: the CLI starts
+    # fast).
     seg.add_argument("--overlap", type=float, default=0.25,
                      help="sliding-window overlap [0, 1) (default 0.25)")
     seg.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
@@ -416,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if getattr(args, "study", None) is not None:  # MS_DASH_STUDY_ROOTS, when set
-            from ms_core.settings import study_roots
-            from ms_core.study import confine_study
+            from ms_core.foundation.settings import study_roots
+            from ms_core.study.layout import confine_study
 
             confine_study(args.study, study_roots())
         return int(args.func(args))

@@ -2,12 +2,13 @@
 
 Two steps, so that a caller can show every problem before anything is written:
 
-* :func:`check_visit` reads and validates the inputs (NIfTI through :func:`ms_core.io.load_volume`,
-  DICOM folders or zips through :func:`ms_core.dicom.read_dicom`) and the visit's fields, and
-  returns the images in memory with the list of problems. It writes nothing.
+* :func:`check_visit` reads and validates the inputs (NIfTI through
+:func:`ms_core.foundation.io.load_volume`,
+  DICOM folders or zips through :func:`ms_core.imaging.dicom.read_dicom`) and the visit's fields,
+  and returns the images in memory with the list of problems. It writes nothing.
 * :func:`write_visit` raises the check's problems as :class:`InputError`, or writes the visit:
   images into ``sub-X/ses-Y/anat/`` and rows into ``participants.tsv`` and
-  ``sub-X/sub-X_sessions.tsv`` (the formats of :mod:`ms_core.study`). :func:`import_visit` is
+  ``sub-X/sub-X_sessions.tsv`` (the formats of :mod:`ms_core.study.layout`). :func:`import_visit` is
   the two in one call.
 
 Writes are all-or-nothing: the images are written into a hidden staging folder inside the study
@@ -17,10 +18,11 @@ replaced with ``replace=True``; the visit's old derivatives (segmentation, track
 are then removed with its old images, since they describe images that are gone. A folder that
 does not exist yet (or is empty) becomes a new study with a ``participants.tsv``.
 
-Every image is re-written through :func:`ms_core.io.save_volume`, which clears the NIfTI header's
-text fields; DICOM header values other than those of :class:`ms_core.dicom.SeriesInfo` never
-reach the study. ``derivatives/import/sub-X/ses-Y/provenance.json`` records how each image was
-made (converter and version, series description, grid, sha256 of the written file).
+Every image is re-written through :func:`ms_core.foundation.io.save_volume`, which clears the NIfTI
+header's text fields; DICOM header values other than those of
+:class:`ms_core.imaging.dicom.SeriesInfo` never reach the study.
+``derivatives/import/sub-X/ses-Y/provenance.json`` records how each image was made (converter and
+version, series description, grid, sha256 of the written file).
 """
 
 from __future__ import annotations
@@ -43,17 +45,9 @@ import numpy as np
 import pandas as pd
 
 from ms_core import __version__
-from ms_core.dicom import (
-    DEFAULT_LIMITS,
-    Converter,
-    DicomLimits,
-    SeriesInfo,
-    is_dicom_source,
-    read_dicom,
-)
-from ms_core.domain import MODALITIES, MS_TYPES, Participant, Visit, Volume
-from ms_core.errors import InputError
-from ms_core.io import (
+from ms_core.foundation.domain import MODALITIES, MS_TYPES, Participant, Visit, Volume
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import (
     SPACING_RANGE_MM,
     atomic_write_bytes,
     load_volume,
@@ -62,8 +56,16 @@ from ms_core.io import (
     write_json,
     write_tsv,
 )
-from ms_core.models import sha256_file
-from ms_core.study import (
+from ms_core.imaging.dicom import (
+    DEFAULT_LIMITS,
+    Converter,
+    DicomLimits,
+    SeriesInfo,
+    is_dicom_source,
+    read_dicom,
+)
+from ms_core.segmentation.model_store import sha256_file
+from ms_core.study.layout import (
     PARTICIPANT_COLUMNS,
     SESSION_COLUMNS,
     Study,
@@ -176,8 +178,8 @@ def read_image(path: Path | str, modality: str, *, series_uid: str | None = None
     Raises
     ------
     InputError
-        naming the file and the problem (:class:`ms_core.dicom.SeriesChoiceError` when a DICOM
-        source holds several series and the one for ``modality`` must be chosen).
+        naming the file and the problem (:class:`ms_core.imaging.dicom.SeriesChoiceError` when a
+        DICOM source holds several series and the one for ``modality`` must be chosen).
     """
     p = Path(path)
     if p.name.lower().endswith(NIFTI_SUFFIXES):
@@ -190,7 +192,8 @@ def read_image(path: Path | str, modality: str, *, series_uid: str | None = None
                          limits=limits)
         lo, hi = SPACING_RANGE_MM
         spacing = dcm.volume.spacing_mm
-        if min(spacing) < lo or max(spacing) > hi:  # the check ms_core.io applies to NIfTI
+        # the check ms_core.foundation.io applies to NIfTI
+        if min(spacing) < lo or max(spacing) > hi:
             raise InputError(p, f"{dcm.series.label}: voxel size "
                                 f"{[round(s, 3) for s in spacing]} mm is outside {lo}-{hi} mm")
         return ImportedImage(modality, dcm.volume, _storage_dtype(dcm.volume.data), "dicom",
@@ -565,14 +568,14 @@ def import_visit(study_root: Path | str, participant_id: str, session_id: str,
     series
         Modality -> DICOM ``SeriesInstanceUID`` when a zip holds several series.
     converter, limits
-        DICOM conversion (:func:`ms_core.dicom.read_dicom`).
+        DICOM conversion (:func:`ms_core.imaging.dicom.read_dicom`).
     progress
         Called with (fraction 0..1, what is being done).
 
     Returns
     -------
     Visit
-        The imported visit as :func:`ms_core.study.load_study` now reads it.
+        The imported visit as :func:`ms_core.study.layout.load_study` now reads it.
 
     Raises
     ------

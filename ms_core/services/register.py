@@ -6,7 +6,8 @@ opset), runs it once on one window and once through the whole segmentation pipel
 synthetic skull-stripped FLAIR made from the MNI152 template with known lesions, and writes
 ``DIR/lesion_seg/model.onnx``, its card ``model.json`` (the contract plus sha256 and the
 checks' results), ``MODEL_CARD.md`` and ``DIR/manifest.json``. ``MS_DASH_MODELS=DIR`` then
-makes ``segment``, ``batch`` and the app use it (:func:`ms_core.models.models_dir_for`).
+makes ``segment``, ``batch`` and the app use it
+(:func:`ms_core.segmentation.model_store.models_dir_for`).
 
 The contract is the card's segmentation part (docs/models.md)::
 
@@ -32,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from ms_core.anatomy import load_template, synthetic_head
-from ms_core.domain import Volume
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, load_onnx_model
-from ms_core.io import read_json, write_json
-from ms_core.models import (
+from ms_core.foundation.domain import Volume
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_json, write_json
+from ms_core.imaging.anatomy import load_template, synthetic_head
+from ms_core.segmentation.inference import OnnxModel, load_onnx_model
+from ms_core.segmentation.model_store import (
     INTENSITY_REFERENCES,
     MODELS_DIR,
     ModelError,
@@ -45,8 +46,8 @@ from ms_core.models import (
     register_model,
     sha256_file,
 )
-from ms_core.segment import SegmentParams, segment_volumes
-from ms_core.synth import sphere_labels
+from ms_core.segmentation.segment import SegmentParams, segment_volumes
+from ms_core.synthetic.synth import sphere_labels
 
 __all__ = [
     "MIN_OPSET",
@@ -325,7 +326,7 @@ def register_segmentation_model(onnx_path: Path, contract_path: Path, out_dir: P
         parsed = load_model_card(SEGMENTATION_NAME, staging)
         smoke = smoke_test(load_onnx_model(parsed, "cpu"))
         card["registration"] = {
-            "command": command or "ms_core.register.register_segmentation_model",
+            "command": command or "ms_core.services.register.register_segmentation_model",
             "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "onnx_file": str(onnx_path), "contract_file": str(contract_path),
             "contract_sha256": sha256_file(contract_path), "opset": opset, "smoke": smoke}

@@ -4,7 +4,7 @@ provenance of every number, rendered as self-contained HTML and as PDF.
 Layers, as elsewhere in ``ms_core``:
 
 1. :func:`build_report` reads the study and the *current* stored results (segmentation,
-   tracking: see :mod:`ms_core.measurements`), scores the prognosis model and draws the
+   tracking: see :mod:`ms_core.longitudinal.measurements`), scores the prognosis model and draws the
    figures as PNG bytes. It runs no segmentation or registration: a missing result is a
    section that says "not measured" and why (:attr:`Report.missing`).
 2. :func:`render_html` and :func:`render_pdf` lay a :class:`Report` out; they read nothing.
@@ -15,7 +15,7 @@ Images
 ------
 Each lesion image is an axial plane of the world (RAS+) frame at the lesion's centroid height,
 resampled from the visit's FLAIR (linear) and the stored lesion mask (nearest neighbour) at
-1 mm pixels with :func:`ms_core.preprocess.resample_to_grid`, so every visit's voxel size,
+1 mm pixels with :func:`ms_core.imaging.preprocess.resample_to_grid`, so every visit's voxel size,
 orientation and field of view gives the same picture. Planes are shown in the *radiological*
 convention: **left of image = patient right**, anterior at the top (letters R/L/A/P on each
 image). The outline is the lesion mask's boundary; the chosen lesion is circled and numbered
@@ -41,18 +41,20 @@ import numpy as np
 import pandas as pd
 
 from ms_core import __version__
-from ms_core.domain import Participant, Visit
-from ms_core.errors import InputError
-from ms_core.features import age_years
-from ms_core.io import (
+from ms_core.clinical.patient_features import MRI_FEATURES, patient_feature_table
+from ms_core.clinical.prognosis import PrognosisModel, load_prognosis_model, score
+from ms_core.foundation.domain import Participant, Visit
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import (
     atomic_write_bytes,
     atomic_write_text,
     load_lesion_mask,
     load_volume,
     write_json,
 )
-from ms_core.longitudinal import TrackParams, tracking_dir, tracking_status
-from ms_core.measurements import (
+from ms_core.imaging.preprocess import Grid, resample_to_grid, working_grid
+from ms_core.lesions.features import age_years
+from ms_core.longitudinal.measurements import (
     McDonaldChecklist,
     interval_changes,
     mcdonald_checklist,
@@ -60,13 +62,11 @@ from ms_core.measurements import (
     visit_lesion_table,
     volume_with_range,
 )
-from ms_core.models import MODELS_DIR, sha256_file, volume_ratio_range
-from ms_core.patient_features import MRI_FEATURES, patient_feature_table
-from ms_core.preprocess import Grid, resample_to_grid, working_grid
-from ms_core.prognosis import PrognosisModel, load_prognosis_model, score
-from ms_core.segment import segmentation_status
-from ms_core.study import PIPELINE, derivatives_dir, load_study
-from ms_core.timeline import dmt_periods
+from ms_core.longitudinal.timeline import dmt_periods
+from ms_core.longitudinal.tracking import TrackParams, tracking_dir, tracking_status
+from ms_core.segmentation.model_store import MODELS_DIR, sha256_file, volume_ratio_range
+from ms_core.segmentation.segment import segmentation_status
+from ms_core.study.layout import PIPELINE, derivatives_dir, load_study
 
 __all__ = [
     "NOTICE",
@@ -203,8 +203,8 @@ class Report:
     app_version: str = __version__
     parameters: Mapping[str, Any] = field(default_factory=dict)
     #: Lowest and highest predicted / true lesion volume of the segmentation model on the real
-    #: validation set (:func:`ms_core.models.volume_ratio_range`): lesion loads carry the
-    #: plausible range they give.
+    #: validation set (:func:`ms_core.segmentation.model_store.volume_ratio_range`): lesion loads
+    #: carry the plausible range they give.
     volume_ratios: tuple[float, float] | None = None
 
     @property
@@ -546,11 +546,11 @@ def axial_plane(data: np.ndarray, affine: np.ndarray, grid: Grid, z_mm: float, *
                 ) -> np.ndarray:
     """An axial (RAS+) plane at world height ``z_mm`` on ``grid``'s x-y pixels, for display.
 
-    ``grid`` is an axis-aligned RAS+ grid (:func:`ms_core.preprocess.working_grid`). Returns
+    ``grid`` is an axis-aligned RAS+ grid (:func:`ms_core.imaging.preprocess.working_grid`). Returns
     (rows, cols) in the radiological convention: row 0 is the most anterior, column 0 the
     patient's right (left of image = patient right).
 
-    >>> from ms_core.preprocess import Grid
+    >>> from ms_core.imaging.preprocess import Grid
     >>> vol = np.zeros((4, 3, 2)); vol[3, 0, :] = 1  # voxel at the right, posterior corner
     >>> plane = axial_plane(vol, np.eye(4), Grid((4, 3, 2), np.eye(4)), 0.0, order=0)
     >>> plane.shape, int(plane[-1, 0])  # bottom row (posterior), first column (right)

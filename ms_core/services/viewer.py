@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from ms_core.io import load_volume, nifti_bytes
-from ms_core.lesions import label_components, lesion_table, threshold_probability
-from ms_core.preprocess import Grid, resample_to_grid
+from ms_core.foundation.io import load_volume, nifti_bytes
+from ms_core.imaging.preprocess import Grid, resample_to_grid
+from ms_core.lesions.components import label_components, lesion_table, threshold_probability
 
 __all__ = ["LESION_COLOUR", "STATUS_STYLES", "LabelStyle", "Preview", "image_viewer_bytes",
            "label_lut", "labels_viewer_bytes", "lesion_at", "link_transforms", "preview_lesions",
@@ -174,7 +174,7 @@ class Preview:
     ``labels`` (int32) cover only the box around the lesions (and the stored mask), on the
     probability map's grid; ``affine`` maps that box to world mm (the map's affine shifted by
     ``offset`` voxels), so world coordinates, centroids and overlays are those of the full
-    grid. ``table``: :func:`ms_core.lesions.lesion_table` columns plus ``location``.
+    grid. ``table``: :func:`ms_core.lesions.components.lesion_table` columns plus ``location``.
     """
 
     labels: np.ndarray

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ms_core.models import MODELS_DIR, models_dir_for
+from ms_core.segmentation.model_store import MODELS_DIR, models_dir_for
 
 __all__ = [
     "NOT_MEASURED",
@@ -346,47 +346,51 @@ def _pipeline_nodes(root: Path) -> dict[str, Node]:
     seg_model = _model_label(root, "lesion_seg", "3D U-Net, ONNX")
     nodes = [
         _step(root, "acquisition", "Study layout and import (NIfTI, DICOM)",
-              ("ms_core/study.py", "ms_core/io.py", "ms_core/importer.py", "ms_core/dicom.py"),
+              ("ms_core/study/layout.py", "ms_core/foundation/io.py",
+               "ms_core/services/importer.py", "ms_core/imaging/dicom.py"),
               "no model (validating loader, dcm2niix)", [(f"{_BENCH}/fuzz*.json", _fuzz)], _ACQ,
               "docs/import.md"),
         _step(root, "preprocessing",
               "Denoising, intensity normalisation, skull stripping (1 mm RAS grid)",
-              ("ms_core/preprocess.py",), "MNI152 template registration (brain mask)",
+              ("ms_core/imaging/preprocess.py",), "MNI152 template registration (brain mask)",
               [(f"{_BENCH}/preprocess_ablation*.json", _ablation)], _PRE,
               "docs/preprocessing.md"),
         _step(root, "coregistration", "Co-registration of visits (rigid, QC)",
-              ("ms_core/registration.py", "ms_core/longitudinal.py"),
+              ("ms_core/imaging/registration.py", "ms_core/longitudinal/tracking.py"),
               "SimpleITK rigid / affine (no trained model)",
               [(f"{_BENCH}/track_eval*.json", _registration)], _PRE, "docs/longitudinal.md"),
         _step(root, "segmentation", "Lesion segmentation (sliding window, optional TTA)",
-              ("ms_core/segment.py", "ms_core/inference.py", "models_onnx/lesion_seg"),
+              ("ms_core/segmentation/segment.py", "ms_core/segmentation/inference.py",
+               "models_onnx/lesion_seg"),
               seg_model, _segmentation_probes(root), _SEG, "docs/segmentation.md"),
         _step(root, "tracking", "Lesion changes: new, enlarging, shrinking (persistent ids)",
-              ("ms_core/longitudinal.py", "ms_core/measurements.py"),
+              ("ms_core/longitudinal/tracking.py", "ms_core/longitudinal/measurements.py"),
               f"{seg_model} + joint change rule", [(f"{_BENCH}/track_eval*.json", _tracking)],
               _FEAT, "docs/longitudinal.md"),
         _step(root, "location", "Lesion location (periventricular, juxtacortical, ...)",
-              ("ms_core/location.py",), "MNI152 zones warped to the subject (rule)",
+              ("ms_core/lesions/location.py",), "MNI152 zones warped to the subject (rule)",
               [(f"{_BENCH}/location_eval*.json", _location)], _FEAT, "docs/lesion_location.md"),
         _step(root, "atrophy", "Brain atrophy: volumes, BPF, PBVC",
-              ("ms_core/atrophy.py",), "partial-volume classification, MNI priors (no training)",
+              ("ms_core/longitudinal/atrophy.py",),
+              "partial-volume classification, MNI priors (no training)",
               [(f"{_BENCH}/atrophy_eval_bsi.json", _atrophy),
                (f"{_BENCH}/atrophy_eval*.json", _atrophy)], _FEAT, "docs/atrophy.md"),
         _step(root, "radiomics", "Per-lesion radiomics (shape, first order, GLCM)",
-              ("ms_core/features.py",), "documented pyradiomics-like subset (no model)",
+              ("ms_core/lesions/features.py",), "documented pyradiomics-like subset (no model)",
               [], _FEAT, "docs/lesion_location.md"),
         _step(root, "diagnosis", "Diagnosis support: lesion pattern MS-typical vs other",
-              ("ms_core/diagnosis.py", "training/diagnosis"),
+              ("ms_core/clinical/diagnosis.py", "training/diagnosis"),
               _model_label(root, "diagnosis", "logistic, ONNX"),
               [("models_onnx/diagnosis/model.json", _diagnosis)], _MOD, "docs/diagnosis.md"),
         _step(root, "prognosis", "Prognosis: confirmed EDSS worsening within 2 years",
-              ("ms_core/prognosis.py", "ms_core/patient_features.py", "training/prognosis"),
+              ("ms_core/clinical/prognosis.py", "ms_core/clinical/patient_features.py",
+               "training/prognosis"),
               _prognosis_model_label(root),
               [("models_onnx/prognosis/model.json", _prognosis)], _MOD, "docs/prognosis.md"),
     ]
     figure, source = _evaluation(root)
     nodes.append(Node("evaluation", "Metrics, benchmarks and reports",
-                      ("ms_core/evaluate.py", "bench", "docs"),
+                      ("ms_core/segmentation/evaluate.py", "bench", "docs"),
                       "none (metrics: Dice, lesion F1, AUC, ECE, MAE)",
                       figure, source, _EVAL, doc="README.md"))
     return {n.id: n for n in nodes}
@@ -479,15 +483,15 @@ def _binary(d: Any) -> str:
 _EXTRAS = {
     "differential": _Extra(
         "Differential support: MS vs healthy ageing vs NMOSD-like pattern",
-        ("ms_core/differential.py", "training/differential"), _differential, _TASK_DX,
+        ("ms_core/clinical/differential.py", "training/differential"), _differential, _TASK_DX,
         ("location", "mcdonald"), ("location",), doc="docs/differential.md"),
     "cis_conversion": _Extra(
-        "CIS conversion to clinically definite MS", ("ms_core/clinical_models.py",
+        "CIS conversion to clinically definite MS", ("ms_core/clinical/clinical_models.py",
                                                      "training/clinical"),
         _binary, _TASK_PX, ("location", "tracking", "mcdonald"), ("location",),
         planned_page="page_prognosis", doc="docs/clinical_models.md"),
     "treatment_response": _Extra(
-        "Treatment response (disease activity on a DMT)", ("ms_core/clinical_models.py",
+        "Treatment response (disease activity on a DMT)", ("ms_core/clinical/clinical_models.py",
                                                            "training/clinical"),
         _binary, _TASK_PX, ("tracking", "atrophy"), ("tracking", "atrophy"),
         planned_page="page_prognosis", doc="docs/clinical_models.md"),
@@ -559,7 +563,7 @@ def task_graph(repo_root: Path | str = REPO_ROOT) -> Graph:
         moved("tracking", _TASK_FEAT, label="New and enlarging lesions (DIT, activity)"),
         moved("atrophy", _TASK_FEAT),
         Node("mcdonald", "McDonald 2017 MRI criteria: DIS and DIT",
-             ("ms_core/mcdonald.py",), "rules (Thompson et al. 2018)", NOT_MEASURED, "",
+             ("ms_core/lesions/mcdonald.py",), "rules (Thompson et al. 2018)", NOT_MEASURED, "",
              _TASK_DX, doc="docs/lesion_location.md"),
         moved("diagnosis", _TASK_DX),
         moved("prognosis", _TASK_PX, label="Confirmed EDSS worsening within 2 years"),
@@ -701,7 +705,7 @@ def _display_path(path: Path) -> str:
 def model_card_ref(model_name: str, *, models_dir: Path | str | None = None) -> str:
     """Markdown pointing at a model's card: path, version and sha256 (first 12 hex digits),
     in ``models_dir`` (default: the folder that serves the model,
-    :func:`ms_core.models.models_dir_for`).
+    :func:`ms_core.segmentation.model_store.models_dir_for`).
 
     ``MODEL_CARD.md`` is named when it exists, else ``model.json``. Raises ``ValueError`` for a
     name that is empty or contains a path separator.

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ms_core.errors import InputError
-from ms_core.io import read_json
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import read_json
 
 __all__ = ["ACCESS_FILE_ENV", "AccessPolicy", "Level", "access_file", "load_policy",
            "principals"]

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from ms_core.errors import InputError
+from ms_core.foundation.errors import InputError
 
 log = logging.getLogger(__name__)
 

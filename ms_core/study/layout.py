@@ -29,9 +29,9 @@ from typing import Literal
 
 import pandas as pd
 
-from ms_core.domain import DAYS_PER_YEAR, MODALITIES, MS_TYPES, Participant, Visit
-from ms_core.errors import InputError, StudyError
-from ms_core.io import read_json, read_nifti_header
+from ms_core.foundation.domain import DAYS_PER_YEAR, MODALITIES, MS_TYPES, Participant, Visit
+from ms_core.foundation.errors import InputError, StudyError
+from ms_core.foundation.io import read_json, read_nifti_header
 
 __all__ = [
     "DEMO_GENERATOR",

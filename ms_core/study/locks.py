@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ms_core.errors import InputError
-from ms_core.settings import lock_timeout_s
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.settings import lock_timeout_s
 
 __all__ = ["LOCK_NAME", "LockTimeout", "folder_lock", "folder_locks", "is_locked"]
 
@@ -67,8 +67,9 @@ def folder_lock(folder: Path | str, *, timeout_s: float | None = None,
     folder
         The folder whose writes are serialised.
     timeout_s
-        Seconds to wait for another holder; ``None`` uses :func:`ms_core.settings.lock_timeout_s`
-        (``MS_DASH_LOCK_TIMEOUT_S``, default 900 s), ``0`` fails at once when the lock is taken.
+        Seconds to wait for another holder; ``None`` uses
+        :func:`ms_core.foundation.settings.lock_timeout_s` (``MS_DASH_LOCK_TIMEOUT_S``, default 900
+        s), ``0`` fails at once when the lock is taken.
     poll_s
         Seconds between attempts while waiting.
 

@@ -2,9 +2,9 @@
 
 Pure functions: each takes a record already read back from the study's derivatives (the
 ``provenance.json`` of a segmentation or a comparison, the ``tissue_volumes.json`` or
-``pbvc_from_ses-Z.json`` of :mod:`ms_core.atrophy`) and the file's path relative to the study
-folder, and returns one line naming the model, the settings and the file the number comes from.
-A missing record gives :data:`NOT_MEASURED`; a field missing from a record is left out, never
+``pbvc_from_ses-Z.json`` of :mod:`ms_core.longitudinal.atrophy`) and the file's path relative to the
+study folder, and returns one line naming the model, the settings and the file the number comes
+from. A missing record gives :data:`NOT_MEASURED`; a field missing from a record is left out, never
 guessed. Nothing here reads files.
 """
 
@@ -128,7 +128,7 @@ def change_provenance(prov: Mapping[str, object] | None, compared_with: str,
     """Where an interval's new/enlarging counts come from: the comparison's ``provenance.json``.
 
     ``prov`` is the parsed ``derivatives/ms_dash/sub-X/ses-Y/change_from_ses-Z/provenance.json``
-    (``parameters`` of :class:`ms_core.longitudinal.TrackParams`, ``registration.ncc``,
+    (``parameters`` of :class:`ms_core.longitudinal.tracking.TrackParams`, ``registration.ncc``,
     ``model``, ``created_utc``) or ``None``; ``compared_with`` is the earlier visit (``ses-Z``).
 
     >>> change_provenance({"parameters": {"method": "joint", "enlarging_ratio": 0.3,
@@ -168,9 +168,10 @@ def _tool(record: Mapping[str, object]) -> str | None:
 def volume_provenance(record: Mapping[str, object] | None, path: str = "") -> str:
     """Where a visit's brain volume and BPF come from: its ``atrophy/tissue_volumes.json``.
 
-    The method is :func:`ms_core.atrophy.tissue_volumes` (partial-volume tissue classification
-    with MNI priors); the record says which sequence was measured and whether the lesions of
-    the visit's stored segmentation were filled (its ``inputs`` then list the ``lesion_mask``).
+    The method is :func:`ms_core.longitudinal.atrophy.tissue_volumes` (partial-volume tissue
+    classification with MNI priors); the record says which sequence was measured and whether the
+    lesions of the visit's stored segmentation were filled (its ``inputs`` then list the
+    ``lesion_mask``).
 
     >>> volume_provenance({"parameters": {"modality": "T1w", "lesion_filling": True,
     ...     "segmentation": {"method": "network", "threshold": 0.5}},

@@ -1,11 +1,12 @@
 """Synthetic prognosis cohort: baseline features, 3-year EDSS visits and 2-year CDW labels.
 
 :func:`generate_cohort` draws one landmark visit per patient with every column of
-:data:`ms_core.features.PROGNOSIS_FEATURES`, the generative probability of confirmed disability
-worsening (CDW) within 2 years (``true_risk``), an EDSS trajectory consistent with a
-Bernoulli(``true_risk``) draw, and the label obtained by running :mod:`ms_core.outcomes` on that
-trajectory. The model, with every number and its source, is in
-``docs/prognosis_generative_model.md``; it is plausible in direction and size, not fitted to data.
+:data:`ms_core.lesions.features.PROGNOSIS_FEATURES`, the generative probability of confirmed
+disability worsening (CDW) within 2 years (``true_risk``), an EDSS trajectory consistent with a
+Bernoulli(``true_risk``) draw, and the label obtained by running
+:mod:`ms_core.longitudinal.outcomes` on that trajectory. The model, with every number and its
+source, is in ``docs/prognosis_generative_model.md``; it is plausible in direction and size, not
+fitted to data.
 
 Steps (all from one ``np.random.default_rng(seed)``, so a seed gives identical frames):
 
@@ -27,9 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ms_core.demo import DMT_EFFECT
-from ms_core.features import LOCATION_FEATURES, PROGNOSIS_FEATURES
-from ms_core.outcomes import EDSS_STEPS, cdw_table
+from ms_core.lesions.features import LOCATION_FEATURES, PROGNOSIS_FEATURES
+from ms_core.longitudinal.outcomes import EDSS_STEPS, cdw_table
+from ms_core.synthetic.demo import DMT_EFFECT
 
 __all__ = [
     "COHORT_VISIT_YEARS",
@@ -48,8 +49,8 @@ log = logging.getLogger(__name__)
 #: Scheduled EDSS visits, years after the landmark visit.
 COHORT_VISIT_YEARS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 #: Rate ratio of new/enlarging T2 lesions per DMT efficacy class, from the demo's trial-based
-#: :data:`ms_core.demo.DMT_EFFECT`: moderate = interferon beta-1a, high = geometric mean of
-#: anti-CD20 and natalizumab.
+#: :data:`ms_core.synthetic.demo.DMT_EFFECT`: moderate = interferon beta-1a, high = geometric mean
+#: of anti-CD20 and natalizumab.
 DMT_LESION_RATIO = (
     1.0,
     DMT_EFFECT["interferon beta-1a"]["lesions"],
@@ -89,11 +90,11 @@ class Cohort:
     Attributes
     ----------
     features
-        (N, 1 + F) ``patient_id`` and :data:`~ms_core.features.PROGNOSIS_FEATURES` in order,
+        (N, 1 + F) ``patient_id`` and :data:`~ms_core.lesions.features.PROGNOSIS_FEATURES` in order,
         float64, NaN where not measured.
     outcome
-        (N,) int64 0/1: CDW within 2 years, 24-week confirmed (:func:`ms_core.outcomes.cdw_table`
-        on ``edss_visits``).
+        (N,) int64 0/1: CDW within 2 years, 24-week confirmed
+        (:func:`ms_core.longitudinal.outcomes.cdw_table` on ``edss_visits``).
     true_risk
         (N,) float64: the generative probability of the outcome (depends on the complete
         values, never on missingness).
@@ -135,7 +136,7 @@ def risk_terms(features: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     features
-        Complete (no NaN) :data:`~ms_core.features.PROGNOSIS_FEATURES` columns.
+        Complete (no NaN) :data:`~ms_core.lesions.features.PROGNOSIS_FEATURES` columns.
 
     Returns
     -------
@@ -275,8 +276,8 @@ def _edss_visits(patient_ids: np.ndarray, baseline: np.ndarray, event: np.ndarra
                  rng: np.random.Generator) -> pd.DataFrame:
     """EDSS every 6 months for 3 years; CDW within 2 years exactly where ``event`` is True.
 
-    Works on indices into :data:`~ms_core.outcomes.EDSS_STEPS` (one index = 0.5 EDSS, 1.0
-    between 0 and 1.0). ``L`` is baseline + threshold, ``kL`` its index.
+    Works on indices into :data:`~ms_core.longitudinal.outcomes.EDSS_STEPS` (one index = 0.5 EDSS,
+    1.0 between 0 and 1.0). ``L`` is baseline + threshold, ``kL`` its index.
 
     * measurement noise: -1/0/+1 index with p 0.15/0.70/0.15, kept below ``L``;
     * event: from a visit at 0.5-2.0 years (uniform) the EDSS is ``L`` (or one step more,
@@ -374,7 +375,7 @@ def cohort_table(cohort: Cohort) -> pd.DataFrame:
     """The cohort as one table: ``patient_id``, the features, ``cdw_2y`` and ``true_risk``.
 
     This is the format of a bring-your-own cohort CSV: ``patient_id`` + the
-    :data:`~ms_core.features.PROGNOSIS_FEATURES` columns (NaN/empty where not measured) +
+    :data:`~ms_core.lesions.features.PROGNOSIS_FEATURES` columns (NaN/empty where not measured) +
     ``cdw_2y`` (0/1); ``true_risk`` is optional and only exists for synthetic data.
 
     >>> list(cohort_table(generate_cohort(5)).columns[-2:])

@@ -1,9 +1,9 @@
 """Deterministic synthetic MS trial study built from the MNI152 template shipped with nilearn.
 
-``python -m ms_core demo --out data/demo`` writes a complete study (see :mod:`ms_core.study`):
-about 12 patients in two trial arms, 3-5 visits each over 2-6 years, a FLAIR and a T1w per
-visit, and the ground truth (lesion labels with persistent ids, brain masks, volumes, atrophy)
-under ``derivatives/ground_truth``. The generative model is documented in
+``python -m ms_core demo --out data/demo`` writes a complete study (see
+:mod:`ms_core.study.layout`): about 12 patients in two trial arms, 3-5 visits each over 2-6 years, a
+FLAIR and a T1w per visit, and the ground truth (lesion labels with persistent ids, brain masks,
+volumes, atrophy) under ``derivatives/ground_truth``. The generative model is documented in
 ``docs/demo_generative_model.md``; its parameters are saved in ``generator.json``.
 
 Two phases keep it fast and reproducible:
@@ -43,10 +43,10 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from ms_core import __version__
-from ms_core.anatomy import Template, load_template, tissue_signal, world_grid
-from ms_core.domain import DAYS_PER_YEAR, LESION_LOCATIONS
-from ms_core.io import save_labels, save_volume, write_json, write_tsv
-from ms_core.study import DEMO_GENERATOR, image_path, truth_dir
+from ms_core.foundation.domain import DAYS_PER_YEAR, LESION_LOCATIONS
+from ms_core.foundation.io import save_labels, save_volume, write_json, write_tsv
+from ms_core.imaging.anatomy import Template, load_template, tissue_signal, world_grid
+from ms_core.study.layout import DEMO_GENERATOR, image_path, truth_dir
 
 __all__ = [
     "DemoConfig",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ms_core.io import atomic_write_text, read_json
+from ms_core.foundation.io import atomic_write_text, read_json
 from training.change.train import pair_sampler
 from training.seg.export import (
     _WithSigmoid,
@@ -31,7 +31,7 @@ from training.seg.report import _fmt
 from training.seg.train import load_weights
 
 NAME = "lesion_change"
-#: The network's input channels, in order (:func:`ms_core.longitudinal.change_channels`).
+#: The network's input channels, in order (:func:`ms_core.longitudinal.tracking.change_channels`).
 CHANNELS = ("FLAIR follow-up", "FLAIR baseline registered to the follow-up",
             "difference (follow-up - baseline)")
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "preprocessing": {"spacing_mm": 1.0, "orientation": "the follow-up's RAS+ 1 mm "
                                                             "working grid",
                           "registration": "baseline rigidly registered to the follow-up "
-                                          "(ms_core.longitudinal.register_visits), linear",
+                                          "(ms_core.longitudinal.tracking.register_visits), linear",
                           "intensity_reference": "white_matter",
                           "normalisation": "each visit divided by its white-matter level (peak "
                                            "of its histogram inside the registered MNI "

@@ -19,7 +19,7 @@ Both visits are rendered from that anatomy on the follow-up's patch grid (FLAIR 
   thick slices against 3D, another noise), its own grey matter, CSF and lesion contrasts;
 - the baseline is then resampled once with a small rigid error (up to 1° and 0.7 voxel), as
   after registration, and both are divided by their white-matter level (times a 3 % estimation
-  error), as :func:`ms_core.preprocess.white_matter_level` harmonises them at inference, and
+  error), as :func:`ms_core.imaging.preprocess.white_matter_level` harmonises them at inference, and
   masked by the follow-up's brain mask.
 
 Labels on the follow-up grid: channel 0 is lesion tissue at follow-up that was not lesion at
@@ -35,7 +35,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.longitudinal import change_channels
+from ms_core.longitudinal.tracking import change_channels
 from training.seg.synth_data import (
     LesionBank,
     PatchSampler,

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ms_core.anatomy import load_template
-from ms_core.io import atomic_write_text, write_json
-from ms_core.models import code_commit
+from ms_core.foundation.io import atomic_write_text, write_json
+from ms_core.imaging.anatomy import load_template
+from ms_core.segmentation.model_store import code_commit
 from training.change.synth_pairs import FATE_ODDS, PairSampler
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import load_lesion_bank

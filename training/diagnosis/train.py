@@ -8,7 +8,7 @@ Usage::
 
 Steps
 
-1. Simulate a training and a test cohort with :func:`ms_core.diagnosis.simulate_patterns`
+1. Simulate a training and a test cohort with :func:`ms_core.clinical.diagnosis.simulate_patterns`
    (seeds ``1000 * seed + 1`` and ``1000 * seed + 2``) and compute their pattern features.
 2. Fit ``StandardScaler`` + ``LogisticRegression`` (L2, C = 1) on :data:`MODEL_FEATURES`
    against the *recorded* (noisy) labels.
@@ -23,8 +23,9 @@ Steps
    sha256 under ``"diagnosis"`` in ``OUT/../manifest.json`` (other entries kept), and write the
    evaluation JSON.
 6. Optionally, a light real-data check: the open_ms_data consensus lesion masks in MNI space
-   (all patients have MS or CIS), lesions located with :func:`ms_core.location.classify_lesions`
-   (identity MNI transform); the fraction scored MS-typical is a sensitivity on real MS.
+   (all patients have MS or CIS), lesions located with
+   :func:`ms_core.lesions.location.classify_lesions` (identity MNI transform); the fraction scored
+   MS-typical is a sensitivity on real MS.
 
 Nothing is pickled: the model exists only as ONNX.
 """
@@ -47,7 +48,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ms_core.diagnosis import (
+from ms_core.clinical.diagnosis import (
     FEATURE_DESCRIPTIONS,
     LIMITS,
     MODEL_FEATURES,
@@ -57,8 +58,8 @@ from ms_core.diagnosis import (
     pattern_features,
     simulate_patterns,
 )
-from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
-from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
+from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.segmentation.model_store import MODELS_DIR, code_commit, register_model, sha256_file
 from training.onnx_checks import ParityError, check_parity, onnx_probabilities
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ INTENDED_USE = (
     "teaching; not a medical device, not for diagnosis or treatment decisions."
 )
 MODEL_LIMITS = [
-    "Trained and tested on synthetic patients only (ms_core.diagnosis.simulate_patterns); the "
+    "Trained and tested on synthetic patients only "
+    "(ms_core.clinical.diagnosis.simulate_patterns); the "
     "generative model's numbers are rounded from qualitative published descriptions, not fitted "
     "to data, so synthetic metrics say how well the model learned the simulation, not how it "
     "performs on patients.",
@@ -191,14 +193,14 @@ def real_data_features(data_dir: Path, patients: Sequence[str] | None = None) ->
     """Pattern features of the open_ms_data consensus masks in MNI space (all MS/CIS).
 
     One row per patient folder (``patient01``, ...; ``patients`` limits the list) with
-    ``patient``, ``ms_type`` and :data:`ms_core.diagnosis.DIAGNOSIS_FEATURES`. Lesions are
+    ``patient``, ``ms_type`` and :data:`ms_core.clinical.diagnosis.DIAGNOSIS_FEATURES`. Lesions are
     26-connected components of at least :data:`REAL_MIN_LESION_MM3`; locations come from
-    :func:`ms_core.location.classify_lesions` with an identity subject-to-MNI matrix (the masks
-    are in FSL's MNI152 space; our zones are on the ICBM 2009a template, a few mm apart).
+    :func:`ms_core.lesions.location.classify_lesions` with an identity subject-to-MNI matrix (the
+    masks are in FSL's MNI152 space; our zones are on the ICBM 2009a template, a few mm apart).
     """
-    from ms_core.io import load_lesion_mask
-    from ms_core.lesions import label_components, lesion_table
-    from ms_core.location import classify_lesions
+    from ms_core.foundation.io import load_lesion_mask
+    from ms_core.lesions.components import label_components, lesion_table
+    from ms_core.lesions.location import classify_lesions
 
     root = Path(data_dir) / "cross_sectional"
     info = pd.read_csv(root / "patient_info.csv").set_index("patient_id")
@@ -254,7 +256,7 @@ def real_data_check(table: pd.DataFrame, predict: Callable[[np.ndarray], np.ndar
         "data": "open_ms_data cross_sectional/MNI consensus masks (Lesjak et al. 2018, CC-BY); "
                 "all patients MS or CIS (one with ms_type N/A)",
         "lesions": f"26-connected components >= {REAL_MIN_LESION_MM3:g} mm^3, locations by "
-                   "ms_core.location.classify_lesions with an identity MNI transform",
+                   "ms_core.lesions.location.classify_lesions with an identity MNI transform",
         "n_patients": len(table), "threshold": THRESHOLD,
         **_sensitivity(probs),
         "by_age": {"age_le_50": _sensitivity(probs[age <= 50]),
@@ -398,7 +400,7 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 4000, n_test: int = 20
         "features": list(MODEL_FEATURES),
         "feature_descriptions": {f: FEATURE_DESCRIPTIONS[f] for f in MODEL_FEATURES},
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "(N, F), F in 'features' "
-                  "order; compute with ms_core.diagnosis.pattern_features"},
+                  "order; compute with ms_core.clinical.diagnosis.pattern_features"},
         "output": {"name": OUTPUT_NAME, "layout": "(N, 2)",
                    "meaning": "[P(other pattern), P(MS-typical pattern)]"},
         "classes": {"0": "other (SVD / migraine-like)", "1": "MS-typical"},
@@ -412,9 +414,9 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 4000, n_test: int = 20
                                    f"--seed {seed}"),
             "seed": seed, "train_seed": train_seed, "test_seed": test_seed,
             "bootstrap_seed": boot_seed, "n_train": n_train, "n_test": n_test,
-            **code_commit(("ms_core/diagnosis.py", "training/diagnosis")),
+            **code_commit(("ms_core/clinical/diagnosis.py", "training/diagnosis")),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "data": "synthetic patients of ms_core.diagnosis.simulate_patterns (MS 50 %, "
+            "data": "synthetic patients of ms_core.clinical.diagnosis.simulate_patterns (MS 50 %, "
                     "small-vessel disease 35 %, migraine 15 %; 5 % of labels flipped)",
             "labels": "recorded (noisy) label: 1 = MS, 0 = SVD or migraine",
             "sklearn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,

@@ -8,8 +8,8 @@ Usage::
 Steps
 
 1. Simulate a training and a test cohort with
-   :func:`ms_core.differential.simulate_differential` (seeds ``1000 * seed + 11`` and
-   ``1000 * seed + 12``) and compute :data:`~ms_core.differential.MODEL_FEATURES`.
+   :func:`ms_core.clinical.differential.simulate_differential` (seeds ``1000 * seed + 11`` and
+   ``1000 * seed + 12``) and compute :data:`~ms_core.clinical.differential.MODEL_FEATURES`.
 2. Fit ``StandardScaler`` + multinomial ``LogisticRegression`` (L2, C = 1) on the *recorded*
    (noisy) labels.
 3. Temperature scaling: one scalar ``T`` minimising the log loss of ``softmax(z / T)`` on
@@ -51,7 +51,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ms_core.differential import (
+from ms_core.clinical.differential import (
     CLASSES,
     DIFFERENTIAL_FEATURE_DESCRIPTIONS,
     LIMITS,
@@ -60,9 +60,9 @@ from ms_core.differential import (
     cohort_differential_features,
     simulate_differential,
 )
-from ms_core.io import atomic_write_bytes, atomic_write_text, write_json
-from ms_core.models import MODELS_DIR, code_commit, register_model, sha256_file
-from ms_core.prognosis_fit import PARITY_TOL, bootstrap_auc, expected_calibration_error
+from ms_core.clinical.prognosis_fit import PARITY_TOL, bootstrap_auc, expected_calibration_error
+from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.segmentation.model_store import MODELS_DIR, code_commit, register_model, sha256_file
 from training.onnx_checks import ParityError, check_parity
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ INTENDED_USE = (
     "teaching; not a medical device, not for diagnosis or treatment decisions."
 )
 MODEL_LIMITS = [
-    "Trained and tested on synthetic patients only (ms_core.differential.simulate_differential);"
+    "Trained and tested on synthetic patients only "
+    "(ms_core.clinical.differential.simulate_differential);"
     " the generative model's numbers are rounded from qualitative published descriptions, not "
     "fitted to data: the metrics say how well the model learned the simulation, not how it "
     "performs on patients. Not validated on real patients.",
@@ -319,7 +320,7 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 6000, n_test: int = 30
                                  for f in MODEL_FEATURES},
         "classes": list(CLASSES),
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "(N, F), F in 'features' "
-                  "order; compute with ms_core.differential.differential_features"},
+                  "order; compute with ms_core.clinical.differential.differential_features"},
         "output": {"name": OUTPUT_NAME, "layout": "(N, 3), columns in 'classes' order",
                    "calibration": "softmax(z / T) inside the ONNX graph"},
         "calibration": {"method": "temperature scaling on 5-fold out-of-fold logits",
@@ -333,14 +334,15 @@ def train(out_dir: Path, *, seed: int = 0, n_train: int = 6000, n_test: int = 30
             "seed": seed, "train_seed": train_seed, "test_seed": test_seed,
             "bootstrap_seed": boot_seed, "n_train": n_train, "n_test": n_test,
             "n_bootstrap": n_boot,
-            **code_commit(("ms_core/differential.py", "training/differential")),
+            **code_commit(("ms_core/clinical/differential.py", "training/differential")),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - start, 1),
             "machine": f"{platform.machine()}, {platform.system()}, Python "
                        f"{platform.python_version()}",
-            "data": "synthetic patients of ms_core.differential.simulate_differential (MS 50 %, "
-                    "healthy ageing 30 %, NMOSD-like 20 %; 3 % of labels moved to another "
-                    "class)",
+            "data": ("synthetic patients of "
+                     "ms_core.clinical.differential.simulate_differential "
+                     "(MS 50 %, healthy ageing 30 %, NMOSD-like 20 %; 3 % of labels moved to "
+                     "another class)"),
             "labels": "recorded (noisy) class",
             "sklearn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
         },

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ms_core.features import LOCATION_FEATURES
-from ms_core.io import load_lesion_mask
-from ms_core.lesions import label_components, lesion_table
-from ms_core.location import classify_lesions
-from ms_core.prognosis_fit import bootstrap_auc
+from ms_core.clinical.prognosis_fit import bootstrap_auc
+from ms_core.foundation.io import load_lesion_mask
+from ms_core.lesions.components import label_components, lesion_table
+from ms_core.lesions.features import LOCATION_FEATURES
+from ms_core.lesions.location import classify_lesions
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "open_ms_data"
 

@@ -13,8 +13,8 @@ layers see on real scans is a cheap form of domain adaptation (Li et al. 2018, "
 normalization for practical domain adaptation", Pattern Recognition 80:109-117). No label is
 used and no weight changes; only the normalisation moves.
 
-The real scans go through the inference pipeline (``ms_core.segment``): 1 mm grid, brain
-extraction (template registration, or ``--skull-stripped``), crop to the brain, intensity
+The real scans go through the inference pipeline (``ms_core.segmentation.segment``): 1 mm grid,
+brain extraction (template registration, or ``--skull-stripped``), crop to the brain, intensity
 normalisation, padding, and the sliding windows of the default settings (64³, 25 % overlap,
 each window also flipped in x, y and z), FLAIR alone (the T1w channel zero) as the app
 segments a visit. So the statistics are those of the very windows the network sees at
@@ -41,12 +41,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ms_core.anatomy import load_template
-from ms_core.inference import window_corners
-from ms_core.io import load_volume, read_json
-from ms_core.models import sha256_file
-from ms_core.preprocess import crop_box
-from ms_core.segment import TTA_FLIPS, SegmentParams, flair_on_working_grid, network_input
+from ms_core.foundation.io import load_volume, read_json
+from ms_core.imaging.anatomy import load_template
+from ms_core.imaging.preprocess import crop_box
+from ms_core.segmentation.inference import window_corners
+from ms_core.segmentation.model_store import sha256_file
+from ms_core.segmentation.segment import (
+    TTA_FLIPS,
+    SegmentParams,
+    flair_on_working_grid,
+    network_input,
+)
 from training.seg.model import UNet3D
 from training.seg.synth_data import PatchSampler, load_lesion_bank
 from training.seg.train import (
@@ -63,7 +68,8 @@ from training.seg.train import (
 def scan_network_input(flair_path: Path, *, skull_stripped: bool, multiple_of: int, patch: int
                        ) -> np.ndarray:
     """(2, X, Y, Z) float32 network input of a FLAIR scan, as ``segment`` builds it without a
-    T1w (:func:`ms_core.segment.network_input` on the brain's box of the working grid)."""
+    T1w (:func:`ms_core.segmentation.segment.network_input` on the brain's box of the working
+    grid)."""
     flair = load_volume(flair_path, "FLAIR")
     _, f_work, brain, _ = flair_on_working_grid(
         flair, SegmentParams(method="network", skull_stripped=skull_stripped))

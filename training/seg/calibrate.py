@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ms_core.anatomy import load_template
-from ms_core.evaluate import calibration_error
-from ms_core.io import read_json, write_json
+from ms_core.foundation.io import read_json, write_json
+from ms_core.imaging.anatomy import load_template
+from ms_core.segmentation.evaluate import calibration_error
 from training.seg.model import UNet3D
 from training.seg.synth_data import load_lesion_bank
 from training.seg.train import DEFAULT_MNI, load_weights, recipe_sampler

@@ -45,15 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ms_core.anatomy import load_template
-from ms_core.domain import LesionMask
-from ms_core.errors import InputError
-from ms_core.inference import OnnxModel, load_onnx_model
-from ms_core.io import load_lesion_mask, load_volume, read_json, write_json
-from ms_core.models import MODELS_DIR, load_model_card, sha256_file
-from ms_core.preprocess import crop_box, pad_to_multiple, resample_to_grid
-from ms_core.segment import SegmentParams, flair_on_working_grid, model_input
-from ms_core.study import load_study
+from ms_core.foundation.domain import LesionMask
+from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, write_json
+from ms_core.imaging.anatomy import load_template
+from ms_core.imaging.preprocess import crop_box, pad_to_multiple, resample_to_grid
+from ms_core.segmentation.inference import OnnxModel, load_onnx_model
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card, sha256_file
+from ms_core.segmentation.segment import SegmentParams, flair_on_working_grid, model_input
+from ms_core.study.layout import load_study
 from training.seg.model import UNet3D, architecture_of
 from training.seg.report import _run
 from training.seg.synth_data import PatchSampler, load_lesion_bank
@@ -163,8 +163,8 @@ class Prepared:
 
 
 def prepare(visit: LabelledVisit, model: OnnxModel, params: SegmentParams) -> Prepared:
-    """The visit's network input, made as :func:`ms_core.segment.probability_on_grid` makes
-    it (working grid, brain, crop, the card's normalisation and channels; no T1w), and its
+    """The visit's network input, made as :func:`ms_core.segmentation.segment.probability_on_grid`
+    makes it (working grid, brain, crop, the card's normalisation and channels; no T1w), and its
     expert mask on the same voxels."""
     card = model.card
     flair = load_volume(visit.flair, "FLAIR")

@@ -1,7 +1,7 @@
 """A compact 3D U-Net for FLAIR (+ optional T1) lesion segmentation.
 
 Input (N, 2, X, Y, Z) float32: channel 0 FLAIR, channel 1 T1 (zeros when absent), both
-normalised by :func:`ms_core.preprocess.normalize_intensity`. Output (N, 1, X, Y, Z) logits.
+normalised by :func:`ms_core.imaging.preprocess.normalize_intensity`. Output (N, 1, X, Y, Z) logits.
 Spatial sizes must be multiples of 2 ** (levels - 1) (8 for the default 4 levels).
 """
 

@@ -35,13 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from ms_core.domain import LesionMask
-from ms_core.evaluate import calibration_error, evaluate_masks
-from ms_core.inference import OnnxModel, load_onnx_model
-from ms_core.io import atomic_write_text, load_lesion_mask, load_volume, read_json, write_json
-from ms_core.models import MODELS_DIR, ModelCard, load_model_card
-from ms_core.segment import SegmentParams, segment_volumes
-from ms_core.study import image_path, load_study, truth_dir
+from ms_core.foundation.domain import LesionMask
+from ms_core.foundation.io import (
+    atomic_write_text,
+    load_lesion_mask,
+    load_volume,
+    read_json,
+    write_json,
+)
+from ms_core.segmentation.evaluate import calibration_error, evaluate_masks
+from ms_core.segmentation.inference import OnnxModel, load_onnx_model
+from ms_core.segmentation.model_store import MODELS_DIR, ModelCard, load_model_card
+from ms_core.segmentation.segment import SegmentParams, segment_volumes
+from ms_core.study.layout import image_path, load_study, truth_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"

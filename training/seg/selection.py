@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.errors import StudyError
-from ms_core.inference import load_onnx_model
-from ms_core.io import load_lesion_mask, load_volume, read_json
-from ms_core.lesions import label_components
-from ms_core.models import load_model_card
-from ms_core.segment import SegmentParams
-from ms_core.study import Study, image_path, load_study, truth_dir
+from ms_core.foundation.errors import StudyError
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json
+from ms_core.lesions.components import label_components
+from ms_core.segmentation.inference import load_onnx_model
+from ms_core.segmentation.model_store import load_model_card
+from ms_core.segmentation.segment import SegmentParams
+from ms_core.study.layout import Study, image_path, load_study, truth_dir
 from training.seg.report import P26, P26_FLAIR, P26_MASK, REPO, _run
 
 

@@ -44,8 +44,8 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   80 ml); ``small_fraction``, patches with 1-15 extra small lesions of 3-30 mm³ in white
   matter; ``ghosting``, a faint shifted copy of the image along one axis;
   ``normalisation="wm"``: each channel divided by its white-matter intensity (times a 3 %
-  estimation error), as :func:`ms_core.preprocess.white_matter_level` normalises at inference,
-  instead of the brain median, which moves with lesion load and grey matter contrast;
+  estimation error), as :func:`ms_core.imaging.preprocess.white_matter_level` normalises at
+  inference, instead of the brain median, which moves with lesion load and grey matter contrast;
 - skull-stripped input (outside the brain mask = 0), as the inference pipeline provides;
 - with ``hard_negatives``: lesion-like structures that are *not* lesions (label 0), seen as false
   positives on real scans: a patchy bright rim at the brain-mask edge (left by brain extraction),
@@ -53,8 +53,8 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   periventricular caps.
 
 With ``normalisation="median"`` images are normalised like
-:func:`ms_core.preprocess.normalize_intensity` (divided by the median inside the brain), using the
-same tissue intensities on a coarse whole-brain rendering.
+:func:`ms_core.imaging.preprocess.normalize_intensity` (divided by the median inside the brain),
+using the same tissue intensities on a coarse whole-brain rendering.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ms_core.anatomy import Template, load_template, world_grid
+from ms_core.imaging.anatomy import Template, load_template, world_grid
 
 __all__ = ["CAP_MODELS", "DEFAULT_GM_CONTRAST", "DEFAULT_LESION_CONTRAST", "LESION_MODELS",
            "NOISE_MODELS", "NORMALISATIONS",
@@ -89,8 +89,8 @@ NORMALISATIONS = ("median", "wm")
 NOISE_MODELS = ("white", "mixed")
 #: FLAIR lesion appearance models of :class:`PatchSampler` (see the module docstring).
 LESION_MODELS = ("uniform", "varied", "mixed")
-#: Location zones (ms_core.location) whose lesions ``focus_fraction`` over-samples: where the
-#: network misses most (v3.2.0 on the selection set: 12/21 juxtacortical, 3/6 infratentorial).
+#: Location zones (ms_core.lesions.location) whose lesions ``focus_fraction`` over-samples: where
+#: the network misses most (v3.2.0 on the selection set: 12/21 juxtacortical, 3/6 infratentorial).
 FOCUS_ZONES = ("juxtacortical", "infratentorial")
 #: Periventricular cap hard negatives of :class:`PatchSampler`: "ring" (a lining around the
 #: whole lateral ventricles, models up to 3.2.0) or "horns" (only at their front and back).
@@ -283,10 +283,10 @@ class PatchSampler:
             self.lesionwise = [_group_by_lesion(m, v)
                                for m, v in zip(bank.masks, bank.lesion_voxels, strict=True)]
         # Lesion voxels of each mask in the zones the network finds hardest (MNI zones of
-        # ms_core.location, on the template grid like the bank); empty unless asked for.
+        # ms_core.lesions.location, on the template grid like the bank); empty unless asked for.
         self.focus_voxels: list[np.ndarray] = []
         if focus_fraction > 0:
-            from ms_core.location import mni_zones
+            from ms_core.lesions.location import mni_zones
 
             zones = mni_zones().masks
             hard = np.zeros(bank.masks.shape[1:], bool)

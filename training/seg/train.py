@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ms_core.anatomy import load_template
-from ms_core.io import atomic_write_text, write_json
-from ms_core.lesions import label_components
-from ms_core.models import code_commit, sha256_file
+from ms_core.foundation.io import atomic_write_text, write_json
+from ms_core.imaging.anatomy import load_template
+from ms_core.lesions.components import label_components
+from ms_core.segmentation.model_store import code_commit, sha256_file
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import (
     CAP_MODELS,
@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of images with a faint shifted copy (0 up to model 3.2.0)")
     ap.add_argument("--normalisation", choices=NORMALISATIONS, default="median",
                     help="intensity normalisation: median (brain median, models up to 3.2.0) "
-                         "or wm (white-matter level, ms_core.preprocess.white_matter_level)")
+                         "or wm (white-matter level, "
+                         "ms_core.imaging.preprocess.white_matter_level)")
     ap.add_argument("--t1-dropout", type=float, default=0.5,
                     help="share of patches whose T1w channel is zeros; 1 trains a FLAIR-only "
                          "network (0.5 up to model 3.2.0)")

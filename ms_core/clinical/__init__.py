@@ -1,0 +1,3 @@
+"""Clinical models: patient features, EDSS-worsening prognosis and its fitting, diagnosis support,
+differential diagnosis, trial statistics.
+"""
