@@ -60,7 +60,8 @@ from ms_core.foundation.io import (  # noqa: E402
 )
 from ms_core.lesions.visits import binary_overlay_bytes  # noqa: E402
 from ms_core.services.viewer import image_viewer_bytes  # noqa: E402
-from ms_core.study.layout import derivatives_dir, lesion_overlay_path, load_study  # noqa: E402
+from ms_core.study.derivatives import derivatives_dir  # noqa: E402
+from ms_core.study.layout import lesion_overlay_path, load_study  # noqa: E402
 from ui.viewer import MESSAGE_BUDGET as BUDGET  # noqa: E402
 
 APP = REPO / "app.py"

@@ -45,7 +45,8 @@ from ms_core.longitudinal.atrophy import (  # noqa: E402
     register_to_mni,
     tissue_volumes,
 )
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 
 log = logging.getLogger("atrophy_eval")
 

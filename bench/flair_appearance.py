@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine, now_utc, print_result  # noqa: E402
 from ms_core.foundation.io import load_lesion_mask, load_volume  # noqa: E402
 from ms_core.imaging.appearance import appearance  # noqa: E402
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 from training.seg.report import P26, P26_FLAIR, P26_MASK  # noqa: E402
 
 

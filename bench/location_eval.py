@@ -28,7 +28,8 @@ from bench._common import print_result, repo_relative  # noqa: E402
 from ms_core.foundation.io import load_lesion_mask, load_volume, read_json  # noqa: E402
 from ms_core.imaging.preprocess import template_to_subject  # noqa: E402
 from ms_core.lesions.location import LOCATIONS, MIN_ZONE_SHARE, classify_shares, zone_shares  # noqa: E402
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 
 #: Rule thresholds reported besides the default (0 < share: any voxel in the zone).
 SENSITIVITY = (1e-9, 0.02, 0.05, 0.10, 0.20)

@@ -68,7 +68,8 @@ from ms_core.segmentation.evaluate import evaluate_masks  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
 from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.segmentation.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 from training.seg.report import available_real_scans  # noqa: E402
 from training.seg.selection import selection_patients, selection_visits  # noqa: E402
 

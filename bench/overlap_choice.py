@@ -30,7 +30,8 @@ from ms_core.foundation.io import load_lesion_mask  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
 from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams  # noqa: E402
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 from training.seg.report import _run  # noqa: E402
 
 

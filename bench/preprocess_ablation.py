@@ -40,7 +40,8 @@ from ms_core.segmentation.evaluate import evaluate_masks  # noqa: E402
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model  # noqa: E402
 from ms_core.segmentation.model_store import load_model_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams, segment_volumes  # noqa: E402
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 
 P26 = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI" / "patient26"
 P26_FLAIR = "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"

@@ -110,7 +110,8 @@ def _child(case: str, study: Path | None, device: str) -> dict[str, Any]:
     from ms_core.segmentation.inference import load_onnx_model
     from ms_core.segmentation.model_store import load_model_card
     from ms_core.segmentation.segment import SegmentParams, segment_volumes, write_outputs
-    from ms_core.study.layout import derivatives_dir, load_study
+    from ms_core.study.derivatives import derivatives_dir
+    from ms_core.study.layout import load_study
 
     laps.lap("import")
     if study is not None:

@@ -80,7 +80,8 @@ from ms_core.segmentation.evaluate import dice, lesion_detection  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
 from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams  # noqa: E402
-from ms_core.study.layout import image_path, load_study, truth_dir  # noqa: E402
+from ms_core.study.derivatives import truth_dir  # noqa: E402
+from ms_core.study.layout import image_path, load_study  # noqa: E402
 
 P12 = REPO.parent / "shared" / "data" / "open_ms_data" / "longitudinal" / "raw" / "patient12"
 

@@ -99,7 +99,7 @@ def segmented_study(pristine_small_study: Path, tmp_path_factory: pytest.TempPat
 def copy_study(source: Path, dest: Path, *, drop: tuple[tuple[str, str], ...] = ()) -> Path:
     """Copy a study to ``dest``; each (participant, session) of ``drop`` loses its stored
     segmentation (as if never processed)."""
-    from ms_core.study.layout import derivatives_dir
+    from ms_core.study.derivatives import derivatives_dir
 
     shutil.copytree(source, dest)
     for pid, sid in drop:

@@ -19,7 +19,8 @@ from streamlit.testing.v1 import AppTest
 
 from ms_core.foundation import jobs, state_keys
 from ms_core.foundation.errors import InputError
-from ms_core.study.layout import image_path, load_study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import image_path, load_study
 from tests.conftest import copy_study
 from ui import jobs as ui_jobs
 

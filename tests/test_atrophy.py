@@ -31,7 +31,8 @@ from ms_core.longitudinal.atrophy import (
     percent_brain_volume_change,
     tissue_volumes,
 )
-from ms_core.study.layout import image_path, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import image_path
 from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -313,10 +314,9 @@ def _no_call(*_: Any, **__: Any) -> Any:
 def test_study_atrophy_is_stored_read_back_cached_and_refreshed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ms_core.longitudinal.atrophy as atrophy
-    from ms_core.foundation.io import save_volume
+    from ms_core.foundation.io import save_volume, sha256_file
     from ms_core.longitudinal.measurements import ATROPHY_COLUMNS, atrophy_table, measured_table
     from ms_core.longitudinal.tracking import TrackParams
-    from ms_core.segmentation.model_store import sha256_file
     from ms_core.segmentation.segment import SegmentationResult, SegmentParams, write_outputs
 
     base, follow = _tiny_study(tmp_path)

@@ -17,7 +17,8 @@ import pytest
 from ms_core.foundation.errors import InputError
 from ms_core.lesions.features import PROGNOSIS_FEATURES
 from ms_core.services.batch import BatchConfig, cohort_dir, run_batch
-from ms_core.study.layout import derivatives_dir, image_path
+from ms_core.study.derivatives import derivatives_dir
+from ms_core.study.layout import image_path
 
 REPO = Path(__file__).resolve().parents[1]
 #: One patient, the classical segmentation (fast); tracking and atrophy resume the

@@ -14,7 +14,8 @@ from scipy import ndimage as ndi
 
 from ms_core.foundation.io import load_lesion_mask, load_volume, read_json
 from ms_core.imaging.appearance import appearance
-from ms_core.study.layout import image_path, load_study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import image_path, load_study
 from ms_core.synthetic import demo
 from tests.conftest import SMALL_CONFIG
 

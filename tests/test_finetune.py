@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ms_core.foundation.errors import InputError
-from ms_core.study.layout import load_study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import load_study
 from tests.conftest import copy_study
 
 SHARED_MNI = Path(__file__).resolve().parents[2] / "shared/data/open_ms_data/cross_sectional/MNI"

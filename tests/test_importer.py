@@ -25,7 +25,8 @@ from ms_core.foundation.domain import Participant
 from ms_core.foundation.errors import InputError
 from ms_core.services import importer
 from ms_core.services.importer import check_visit, import_visit, next_session_id, staged_uploads
-from ms_core.study.layout import derivatives_dir, image_path, load_study
+from ms_core.study.derivatives import derivatives_dir
+from ms_core.study.layout import image_path, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.array([[0.0, 0.0, 3.0, -10.0], [-1.0, 0.0, 0.0, 6.0], [0.0, 1.2, 0.0, -4.0],

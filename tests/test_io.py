@@ -507,3 +507,42 @@ def test_wrong_sizeof_hdr_and_disagreeing_qform_are_reported(tmp_path: Path) -> 
     (warning,) = io.header_warnings(apart)
     assert "qform and sform disagree by up to 5.0 mm" in warning and "sform is used" in warning
     assert np.allclose(io.load_volume(apart, "FLAIR").affine[:3, 3], [-11, -12, -13])
+
+
+def test_file_hashes_are_remembered_but_follow_every_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest memo never answers with old bytes: an in-place rewrite of the same size with
+    the modification time set back, a replacement and a fresh (racy) file are all re-read."""
+    import hashlib
+    import os
+    import time
+
+    import ms_core.foundation.io as fio
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"A" * 1000)
+    monkeypatch.setattr(fio, "RACY_NS", 0)
+    assert fio.sha256_file(path) == digest(b"A" * 1000)
+    real_sha256, expected = hashlib.sha256, digest(b"A" * 1000)
+    with monkeypatch.context() as m:  # remembered: the file is not read again
+        m.setattr(fio.hashlib, "sha256", lambda: pytest.fail("re-read an unchanged file"))
+        assert fio.sha256_file(path) == expected
+    assert fio.hashlib.sha256 is real_sha256
+    before = path.stat()
+    time.sleep(0.05)  # past one tick of the file-system clock
+    with open(path, "r+b") as fh:  # same size, in place, modification time restored
+        fh.write(b"B")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+    assert fio.sha256_file(path) == digest(b"B" + b"A" * 999)
+    replacement = tmp_path / "new.bin"
+    replacement.write_bytes(b"C" * 1000)
+    os.replace(replacement, path)
+    assert fio.sha256_file(path) == digest(b"C" * 1000)
+    monkeypatch.setattr(fio, "RACY_NS", 10**12)  # every file is "just written"
+    fio._HASHES.clear()
+    assert fio.sha256_file(path) == digest(b"C" * 1000)
+    assert not fio._HASHES

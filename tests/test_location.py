@@ -174,7 +174,8 @@ def test_demo_visit_locations_match_the_ground_truth() -> None:
     # One visit (1.5 T 2D FLAIR) with the app's own registration; about 10 s.
     from ms_core.foundation.io import load_lesion_mask, load_volume, read_json
     from ms_core.imaging.preprocess import template_to_subject
-    from ms_core.study.layout import image_path, truth_dir
+    from ms_core.study.derivatives import truth_dir
+    from ms_core.study.layout import image_path
 
     flair = load_volume(image_path(DEMO, "sub-01", "ses-01", "FLAIR"), "FLAIR")
     labels = load_lesion_mask(truth_dir(DEMO, "sub-01", "ses-01") / "lesion_labels.nii.gz")

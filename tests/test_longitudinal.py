@@ -405,8 +405,9 @@ def test_track_params_validate() -> None:
 
 # ------------------------------------------------------------------------ study visits (cache)
 def test_track_visits_stores_results_and_reuses_stored_segmentations(small_study: Path) -> None:
-    from ms_core.longitudinal.tracking import track_visits, tracking_dir, tracking_status
+    from ms_core.longitudinal.tracking import track_visits, tracking_status
     from ms_core.segmentation.segment import segment_visit
+    from ms_core.study.derivatives import tracking_dir
     from ms_core.study.layout import load_study
 
     study = load_study(small_study)

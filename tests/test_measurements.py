@@ -47,7 +47,7 @@ def _study(root: Path) -> list[Visit]:
 def _segment(root: Path, visit: Visit, volumes_ml: list[float]) -> None:
     """Store a network segmentation of ``visit`` made by :data:`MODEL` (default settings)."""
     from ms_core.segmentation.segment import SegmentationResult, SegmentParams, write_outputs
-    from ms_core.study.layout import derivatives_dir
+    from ms_core.study.derivatives import derivatives_dir
 
     labels = np.zeros((8, 8, 8), np.int32)
     labels[2:4, 2:4, 2:4] = 1
@@ -65,9 +65,9 @@ def _track(root: Path, baseline: Visit, followup: Visit) -> None:
         PairRegistration,
         TrackParams,
         TrackResult,
-        tracking_dir,
         write_track_outputs,
     )
+    from ms_core.study.derivatives import tracking_dir
 
     zeros = np.zeros((8, 8, 8), np.uint8)
     table = pd.DataFrame({"lesion_id": [1, 2, 3], "status": ["new", "enlarging", "stable"]})

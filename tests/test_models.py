@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import sha256_file
 from ms_core.segmentation.inference import load_onnx_model
-from ms_core.segmentation.model_store import MODELS_DIR, ModelError, load_model_card, sha256_file
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, load_model_card
 
 SHIPPED = MODELS_DIR / "manifest.json"
 
@@ -136,45 +137,6 @@ def test_shipped_segmentation_model_runs_on_cpu(tmp_path: Path) -> None:
     (copy / "lesion_seg" / "model.onnx").write_bytes(bytes(raw))
     with pytest.raises(ModelError, match="altered"):
         load_model_card("lesion_seg", copy)
-
-
-def test_file_hashes_are_remembered_but_follow_every_change(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The digest memo never answers with old bytes: an in-place rewrite of the same size with
-    the modification time set back, a replacement and a fresh (racy) file are all re-read."""
-    import hashlib
-    import os
-    import time
-
-    import ms_core.segmentation.model_store as models
-
-    def digest(data: bytes) -> str:
-        return hashlib.sha256(data).hexdigest()
-
-    path = tmp_path / "out.bin"
-    path.write_bytes(b"A" * 1000)
-    monkeypatch.setattr(models, "RACY_NS", 0)
-    assert sha256_file(path) == digest(b"A" * 1000)
-    real_sha256, expected = hashlib.sha256, digest(b"A" * 1000)
-    with monkeypatch.context() as m:  # remembered: the file is not read again
-        m.setattr(models.hashlib, "sha256", lambda: pytest.fail("re-read an unchanged file"))
-        assert sha256_file(path) == expected
-    assert models.hashlib.sha256 is real_sha256
-    before = path.stat()
-    time.sleep(0.05)  # past one tick of the file-system clock
-    with open(path, "r+b") as fh:  # same size, in place, modification time restored
-        fh.write(b"B")
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert path.stat().st_mtime_ns == before.st_mtime_ns
-    assert sha256_file(path) == digest(b"B" + b"A" * 999)
-    replacement = tmp_path / "new.bin"
-    replacement.write_bytes(b"C" * 1000)
-    os.replace(replacement, path)
-    assert sha256_file(path) == digest(b"C" * 1000)
-    monkeypatch.setattr(models, "RACY_NS", 10**12)  # every file is "just written"
-    models._HASHES.clear()
-    assert sha256_file(path) == digest(b"C" * 1000)
-    assert not models._HASHES
 
 
 @pytest.mark.parametrize("name", ["lesion_seg", "lesion_change"])

@@ -26,7 +26,8 @@ from ms_core.imaging.preprocess import (
     working_grid,
 )
 from ms_core.segmentation.evaluate import dice
-from ms_core.study.layout import image_path, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import image_path
 from ms_core.synthetic.synth import anisotropic_affine, sphere_labels, sphere_volume_ml
 
 

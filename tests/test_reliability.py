@@ -42,7 +42,8 @@ from ms_core.segmentation.segment import (
     segmentation_status,
     write_outputs,
 )
-from ms_core.study.layout import derivatives_dir, image_path
+from ms_core.study.derivatives import derivatives_dir
+from ms_core.study.layout import image_path
 from ms_core.study.locks import LOCK_NAME, LockTimeout, folder_lock, is_locked
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import save_labels, save_volume
+from ms_core.foundation.io import save_labels, save_volume, sha256_file
 from ms_core.imaging.preprocess import Grid
 from ms_core.lesions.components import lesion_table
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card, sha256_file
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
 from ms_core.services.report import (
     axial_plane,
     build_report,

@@ -20,7 +20,8 @@ from ms_core.foundation.io import load_lesion_mask, load_volume
 from ms_core.segmentation.evaluate import dice
 from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
 from ms_core.segmentation.segment import SegmentParams, baseline_probability, segment_volumes
-from ms_core.study.layout import derivatives_dir, image_path, truth_dir
+from ms_core.study.derivatives import derivatives_dir, truth_dir
+from ms_core.study.layout import image_path
 from ms_core.synthetic.synth import sphere_labels
 
 REPO = Path(__file__).resolve().parents[1]

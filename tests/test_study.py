@@ -12,14 +12,8 @@ import pytest
 
 from ms_core.foundation import io
 from ms_core.foundation.errors import StudyError
-from ms_core.study.layout import (
-    derivatives_dir,
-    image_path,
-    lesion_overlay_path,
-    load_study,
-    parse_edss,
-    truth_dir,
-)
+from ms_core.study.derivatives import derivatives_dir, truth_dir
+from ms_core.study.layout import image_path, lesion_overlay_path, load_study, parse_edss
 
 PARTICIPANTS = pd.DataFrame({
     "participant_id": ["sub-01", "sub-02"], "sex": ["F", "M"], "birth_year": [1980, 1975],

@@ -143,7 +143,8 @@ def test_visit_table_dtypes_match_empty_table(column: str) -> None:
 def _clinical_study(root: Path) -> list[Visit]:
     """A study with a sessions table and, for ses-01 only, a demo ``truth.json``."""
     from ms_core.foundation.io import write_json
-    from ms_core.study.layout import load_study, truth_dir
+    from ms_core.study.derivatives import truth_dir
+    from ms_core.study.layout import load_study
 
     root.mkdir(exist_ok=True)
     (root / "participants.tsv").write_text(
@@ -226,7 +227,7 @@ def test_study_is_reloaded_when_its_files_change_but_not_for_new_results(
     derivatives/ (which load_study never reads) are not walked and cause no reload."""
     import os
 
-    from ms_core.study.layout import derivatives_dir
+    from ms_core.study.derivatives import derivatives_dir
     from ui import helpers as ui_helpers
 
     _clinical_study(tmp_path)

@@ -35,7 +35,8 @@ from ms_core.clinical.trial import (
     wilson_ci,
 )
 from ms_core.foundation.domain import Participant, Visit
-from ms_core.study.layout import load_study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import load_study
 
 # ----------------------------------------------------------------------------- Kaplan-Meier
 #: Remission times (weeks) of the 6-MP arm of Freireich et al., Blood 21:699-716 (1963), as

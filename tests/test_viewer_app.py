@@ -23,9 +23,10 @@ from streamlit.testing.v1 import AppTest
 from ms_core.foundation import state_keys
 from ms_core.foundation.io import load_lesion_mask, load_volume
 from ms_core.lesions.components import label_components
-from ms_core.longitudinal.tracking import track_visits, tracking_dir
+from ms_core.longitudinal.tracking import track_visits
 from ms_core.services.viewer import STATUS_STYLES
-from ms_core.study.layout import derivatives_dir, load_study
+from ms_core.study.derivatives import derivatives_dir, tracking_dir
+from ms_core.study.layout import load_study
 from tests.conftest import copy_study
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,7 +38,7 @@ from ms_core.clinical.trial import (
 )
 from ms_core.foundation import state_keys
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import read_json
+from ms_core.foundation.io import read_json, sha256_file
 from ms_core.longitudinal.atrophy import read_atrophy
 from ms_core.segmentation.inference import OnnxModel, available_providers, load_onnx_model
 from ms_core.segmentation.model_store import (
@@ -46,7 +46,6 @@ from ms_core.segmentation.model_store import (
     MODELS_ENV,
     load_model_card,
     models_dir_for,
-    sha256_file,
     verify_model,
 )
 from ms_core.study.layout import Study

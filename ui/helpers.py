@@ -50,7 +50,7 @@ from ms_core.longitudinal.measurements import (
     volume_text,
 )
 from ms_core.longitudinal.timeline import NO_DMT, relapse_visits
-from ms_core.longitudinal.tracking import track_visits, tracking_dir, tracking_status
+from ms_core.longitudinal.tracking import track_visits, tracking_status
 from ms_core.segmentation.model_store import (
     MODELS_DIR,
     load_model_card,
@@ -64,15 +64,15 @@ from ms_core.segmentation.segment import (
 )
 from ms_core.services import batch
 from ms_core.study import access, audit
-from ms_core.study.layout import (
-    Study,
-    confine_study,
+from ms_core.study.derivatives import (
+    ATROPHY_FOLDER,
+    PROVENANCE,
     derivatives_dir,
-    image_path,
-    lesion_overlay_path,
-    load_study,
+    patient_dir,
+    tracking_dir,
     truth_dir,
 )
+from ms_core.study.layout import Study, confine_study, image_path, lesion_overlay_path, load_study
 
 __all__ = [
     "REPO_ROOT",
@@ -575,7 +575,7 @@ def _segmentation_status(root: str, pid: str, sid: str,
 
 def _segmentation_stamps(root: Path, visit: Visit) -> tuple[tuple[int, int], ...]:
     out = derivatives_dir(root, visit.participant_id, visit.session_id)
-    files = [out / "provenance.json", *visit.images.values()]
+    files = [out / PROVENANCE, *visit.images.values()]
     return tuple(_stamp(p) for p in files)
 
 
@@ -700,7 +700,7 @@ def previous_visit(visits: Sequence[Visit], visit: Visit) -> Visit | None:
 
 
 def _tracking_stamps(root: Path, baseline: Visit, followup: Visit) -> tuple[tuple[int, int], ...]:
-    files = [tracking_dir(root, baseline, followup) / "provenance.json",
+    files = [tracking_dir(root, baseline, followup) / PROVENANCE,
              *baseline.images.values(), *followup.images.values()]
     return tuple(_stamp(p) for p in files)
 
@@ -746,12 +746,12 @@ def measured(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
     """:func:`ms_core.longitudinal.measurements.measured_table`, cached on the derivatives'
     files."""
     stamps = tuple(_stamp(p) for v in visits for p in (
-        derivatives_dir(root, v.participant_id, v.session_id) / "provenance.json",
+        derivatives_dir(root, v.participant_id, v.session_id) / PROVENANCE,
         *v.images.values()))
-    pipeline = root / "derivatives" / "ms_dash"
+    patient = patient_dir(root, visits[0].participant_id) if visits else None
     changes = tuple((str(p), *_stamp(p)) for p in sorted(
-        [*pipeline.glob(f"{visits[0].participant_id}/*/change_from_*/provenance.json"),
-         *pipeline.glob(f"{visits[0].participant_id}/*/atrophy/*.json")])) if visits else ()
+        [*patient.glob(f"*/change_from_*/{PROVENANCE}"),
+         *patient.glob(f"*/{ATROPHY_FOLDER}/*.json")])) if patient else ()
     return _measured(str(root), visits[0].participant_id if visits else "", stamps, changes)
 
 
@@ -759,7 +759,7 @@ def lesion_histories(root: Path, visits: Sequence[Visit]) -> pd.DataFrame:
     """:func:`ms_core.longitudinal.measurements.history_by_lesion` for a patient, cached like
     :func:`measured`."""
     stamps = tuple(_stamp(p) for v in visits for p in (
-        derivatives_dir(root, v.participant_id, v.session_id) / "provenance.json",
+        derivatives_dir(root, v.participant_id, v.session_id) / PROVENANCE,
         *v.images.values()))
     return _lesion_history(str(root), visits[0].participant_id if visits else "", stamps)
 

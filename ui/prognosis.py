@@ -35,9 +35,10 @@ from ms_core.clinical.prognosis import (
 from ms_core.clinical.prognosis import score as score_model
 from ms_core.foundation.domain import Participant, Visit
 from ms_core.foundation.errors import InputError
+from ms_core.foundation.io import sha256_file
 from ms_core.longitudinal.measurements import visit_lesion_table
 from ms_core.segmentation.inference import TabularModel
-from ms_core.segmentation.model_store import MODELS_DIR, sha256_file
+from ms_core.segmentation.model_store import MODELS_DIR
 from ms_core.services.workflow import research_notice
 from ui.helpers import measured, shared_figure
 

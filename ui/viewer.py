@@ -35,7 +35,6 @@ from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, read_nifti_header
 from ms_core.imaging.preprocess import Grid
 from ms_core.lesions.visits import overlay_caption
-from ms_core.longitudinal.tracking import tracking_dir
 from ms_core.services.viewer import (
     LESION_COLOUR,
     STATUS_STYLES,
@@ -50,7 +49,7 @@ from ms_core.services.viewer import (
     status_labels,
     status_labels_at_baseline,
 )
-from ms_core.study.layout import derivatives_dir
+from ms_core.study.derivatives import derivatives_dir, tracking_dir
 from ui import helpers as ui_helpers
 from ui.helpers import file_stamp
 

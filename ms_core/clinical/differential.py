@@ -29,10 +29,10 @@ from ms_core.clinical.diagnosis import (
     features_by_patient,
     pattern_features,
 )
-from ms_core.foundation.io import read_json
+from ms_core.foundation.io import read_json, sha256_file
 from ms_core.lesions.location import LOCATIONS
 from ms_core.lesions.mcdonald import dissemination_in_space
-from ms_core.segmentation.model_store import MODELS_DIR, ModelError, sha256_file, verify_model
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, verify_model
 
 if TYPE_CHECKING:
     from ms_core.segmentation.inference import TabularModel

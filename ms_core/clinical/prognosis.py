@@ -34,16 +34,10 @@ import numpy as np
 import pandas as pd
 
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import read_json
+from ms_core.foundation.io import read_json, sha256_file
 from ms_core.lesions.features import PROGNOSIS_FEATURES
 from ms_core.segmentation.inference import TabularModel, load_tabular_model
-from ms_core.segmentation.model_store import (
-    MODELS_DIR,
-    ModelError,
-    VerifiedModel,
-    sha256_file,
-    verify_model,
-)
+from ms_core.segmentation.model_store import MODELS_DIR, ModelError, VerifiedModel, verify_model
 
 __all__ = [
     "FEATURE_LABELS",

@@ -46,10 +46,10 @@ import pandas as pd
 
 from ms_core import __version__
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, write_json
+from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, sha256_file, write_json
 from ms_core.lesions.features import PROGNOSIS_FEATURES
 from ms_core.segmentation.inference import predict_onnx_bytes
-from ms_core.segmentation.model_store import code_commit, register_model, sha256_file
+from ms_core.segmentation.model_store import code_commit, register_model
 
 __all__ = [
     "EXPLAINABLE",

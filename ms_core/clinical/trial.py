@@ -30,7 +30,8 @@ from ms_core.lesions.visits import visit_metadata_warnings
 from ms_core.longitudinal.measurements import measured_table, visit_lesion_table
 from ms_core.longitudinal.outcomes import confirmed_worsening
 from ms_core.longitudinal.tracking import TrackParams, tracking_status
-from ms_core.study.layout import Study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import Study
 
 __all__ = [
     "ARM_COLUMNS",

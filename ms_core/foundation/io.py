@@ -22,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import hashlib
 import json
 import logging
 import math
 import os
 import struct
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -61,6 +63,7 @@ __all__ = [
     "remove_stale_temp_files",
     "save_labels",
     "save_volume",
+    "sha256_file",
     "to_sitk",
     "write_json",
     "write_tsv",
@@ -83,6 +86,41 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 #: NIfTI header text fields that may carry identifying information; cleared on every write.
 PHI_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
+
+
+# ----------------------------------------------------------------------------- file hashes
+#: Hashes of files already read, by (device, inode, size, mtime_ns, ctime_ns).
+_HASHES: dict[tuple[int, int, int, int, int], str] = {}
+_MAX_HASHES = 4096
+#: A file changed less than this long ago is hashed again on every call: a rewrite within one
+#: tick of the file-system clock could keep both timestamps (the "racy clean" case of git).
+RACY_NS = 2_000_000_000
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes.
+
+    The status checks of the app and of batch runs hash the same inputs and outputs on every
+    call, so a digest is remembered for the life of the process, keyed by the file's device,
+    inode, size, modification and status-change times. Any write, replacement or ``touch``
+    changes the key (the status-change time cannot be set back), so the answer stays the
+    file's current bytes; files changed within the last :data:`RACY_NS` are always re-read.
+    """
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _HASHES.get(key)
+        if known is not None:
+            return known
+        h = hashlib.sha256()
+        while block := fh.read(chunk):
+            h.update(block)
+    digest = h.hexdigest()
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+        if len(_HASHES) >= _MAX_HASHES:
+            _HASHES.clear()
+        _HASHES[key] = digest
+    return digest
 
 
 # ----------------------------------------------------------------------------- atomic writes

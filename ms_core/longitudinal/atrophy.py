@@ -35,7 +35,12 @@ from ms_core.foundation.domain import (
     voxel_volume_ml,
 )
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, to_sitk, write_json
+from ms_core.foundation.io import (
+    load_lesion_mask,
+    load_volume,
+    to_sitk,
+    write_json,
+)
 from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
 from ms_core.imaging.preprocess import (
     Grid,
@@ -47,19 +52,22 @@ from ms_core.imaging.preprocess import (
 )
 from ms_core.imaging.registration import ncc
 from ms_core.lesions.visits import visit_metadata_warnings
-from ms_core.segmentation.model_store import sha256_file
 from ms_core.segmentation.segment import LEGACY_PARAM_DEFAULTS, SegmentParams, segmentation_status
-from ms_core.study.layout import derivatives_dir
+from ms_core.study.derivatives import (
+    atrophy_dir,
+    derivatives_dir,
+    input_record,
+    inputs_current,
+    read_record,
+)
 
 __all__ = [
-    "ATROPHY_FOLDER",
     "PBVC_METHODS",
     "VOLUME_FIELDS",
     "AtrophyParams",
     "PBVCResult",
     "TissueVolumes",
     "annualised_pct_per_year",
-    "atrophy_dir",
     "atrophy_visits",
     "fill_lesions",
     "interval_years",
@@ -945,8 +953,6 @@ def pbvc_by_method(baseline: Volume, followup: Volume, *,
 #: Keys of a stored per-visit volume record (:func:`volume_record`), in table order.
 VOLUME_FIELDS = ("brain_volume_ml", "gm_volume_ml", "wm_volume_ml", "csf_ml", "icv_ml", "bpf",
                  "gm_fraction", "wm_fraction", "lesion_filled_ml")
-#: Sub-folder of a visit's derivatives (``derivatives/ms_dash/sub-X/ses-Y``) with its results.
-ATROPHY_FOLDER = "atrophy"
 
 
 @dataclass(frozen=True)
@@ -1017,15 +1023,6 @@ def interval_years(baseline: Visit, followup: Visit) -> float:
     return (followup.acq_date - baseline.acq_date).days / DAYS_PER_YEAR
 
 
-def atrophy_dir(root: Path, visit: Visit) -> Path:
-    """Where a visit's atrophy results are stored: ``derivatives/ms_dash/sub-X/ses-Y/atrophy``.
-
-    ``tissue_volumes.json`` holds the visit's volumes, ``pbvc_from_<ses>.json`` the brain
-    volume change since the earlier visit ``<ses>``; each carries its own provenance.
-    """
-    return derivatives_dir(root, visit.participant_id, visit.session_id) / ATROPHY_FOLDER
-
-
 def _volumes_path(root: Path, visit: Visit) -> Path:
     return atrophy_dir(root, visit) / "tissue_volumes.json"
 
@@ -1051,23 +1048,16 @@ def _filling_mask(root: Path, visit: Visit, params: AtrophyParams) -> Path | Non
     return path if path.exists() else None
 
 
-def _expected_inputs(files: dict[str, Path | None]) -> dict[str, str]:
-    return {k: sha256_file(p) for k, p in files.items() if p is not None}
-
-
 def _current(path: Path, inputs: dict[str, Path | None],
              params: dict[str, Any]) -> dict[str, Any] | None:
     """The stored record at ``path`` when it was made from ``inputs`` with ``params``."""
-    if not path.exists():
-        return None
+    record = read_record(path)
     try:
-        record = read_json(path)
-        same_inputs = {k: v["sha256"] for k, v in record["inputs"].items()} == (
-            _expected_inputs(inputs))
-        same = same_inputs and _same_params(record["parameters"], params)
-    except (InputError, KeyError, TypeError, AttributeError, ValueError):
+        same = (record is not None and inputs_current(record, inputs)
+                and _same_params(record["parameters"], params))
+    except (KeyError, TypeError, AttributeError, ValueError):
         return None
-    return dict(record) if same else None
+    return dict(record) if same and record is not None else None
 
 
 def volumes_status(root: Path, visit: Visit, params: AtrophyParams = AtrophyParams()
@@ -1096,13 +1086,11 @@ def pbvc_status(root: Path, baseline: Visit, followup: Visit,
                     _pbvc_params(params))
 
 
-def _provenance(kind: str, params: dict[str, Any], inputs: dict[str, Path | None],
-                shas: dict[str, str]) -> dict[str, Any]:
+def _provenance(kind: str, params: dict[str, Any],
+                inputs: dict[str, dict[str, str]]) -> dict[str, Any]:
     return {"tool": f"ms_core atrophy {kind}", "version": __version__,
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "parameters": params,
-            "inputs": {k: {"path": str(p), "sha256": shas[k]} for k, p in inputs.items()
-                       if p is not None}}
+            "parameters": params, "inputs": inputs}
 
 
 def lesions_on_grid(labels: np.ndarray, affine: np.ndarray, volume: Volume) -> np.ndarray:
@@ -1138,8 +1126,7 @@ def measure_visit_volumes(root: Path, visit: Visit, params: AtrophyParams = Atro
     t0 = time.perf_counter()
     image = _visit_image(visit, params.modality)
     mask_path = _filling_mask(root, visit, params)
-    inputs = {"image": image, "lesion_mask": mask_path}
-    shas = _expected_inputs(inputs)
+    recorded = input_record({"image": image, "lesion_mask": mask_path})
     volume = load_volume(image, params.modality)
     lesions = None
     if mask_path is not None:
@@ -1153,7 +1140,7 @@ def measure_visit_volumes(root: Path, visit: Visit, params: AtrophyParams = Atro
         if isinstance(e, InputError):
             raise
         raise InputError(image, f"brain volumetry failed: {e}") from e
-    record = {**_provenance("volumes", _volume_params(params), inputs, shas),
+    record = {**_provenance("volumes", _volume_params(params), recorded),
               "participant_id": visit.participant_id, "session_id": visit.session_id,
               "volumes": volume_record(volumes),
               "seconds": {"load": round(t_load - t0, 3),
@@ -1186,8 +1173,7 @@ def measure_interval_pbvc(root: Path, baseline: Visit, followup: Visit,
     t0 = time.perf_counter()
     b_path = _visit_image(baseline, params.modality)
     f_path = _visit_image(followup, params.modality)
-    inputs: dict[str, Path | None] = {"baseline_image": b_path, "followup_image": f_path}
-    shas = _expected_inputs(inputs)
+    recorded = input_record({"baseline_image": b_path, "followup_image": f_path})
     b_vol, f_vol = load_volume(b_path, params.modality), load_volume(f_path, params.modality)
     t_load = time.perf_counter()
     try:
@@ -1199,7 +1185,7 @@ def measure_interval_pbvc(root: Path, baseline: Visit, followup: Visit,
         raise InputError(f_path, f"brain volume change failed: {e}") from e
     years = interval_years(baseline, followup)
     rate = annualised_pct_per_year(res.pbvc_pct, years) if years > 0 else None
-    record = {**_provenance("pbvc", _pbvc_params(params), inputs, shas),
+    record = {**_provenance("pbvc", _pbvc_params(params), recorded),
               "participant_id": followup.participant_id,
               "baseline_session": baseline.session_id, "followup_session": followup.session_id,
               "interval_years": years, "pbvc_pct": res.pbvc_pct, "pbvc_pct_per_year": rate,

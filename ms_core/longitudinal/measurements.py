@@ -31,16 +31,10 @@ from ms_core.lesions.mcdonald import (
     dissemination_in_space,
     dissemination_in_time,
 )
-from ms_core.longitudinal.atrophy import (
-    VOLUME_FIELDS,
-    AtrophyParams,
-    atrophy_dir,
-    pbvc_status,
-    volumes_status,
-)
-from ms_core.longitudinal.tracking import TrackParams, tracking_dir, tracking_status
+from ms_core.longitudinal.atrophy import VOLUME_FIELDS, AtrophyParams, pbvc_status, volumes_status
+from ms_core.longitudinal.tracking import TrackParams, tracking_status
 from ms_core.segmentation.segment import SegmentParams, segmentation_status
-from ms_core.study.layout import derivatives_dir
+from ms_core.study.derivatives import PROVENANCE, atrophy_dir, derivatives_dir, tracking_dir
 from ms_core.study.provenance_text import (
     change_provenance,
     pbvc_provenance,
@@ -426,7 +420,7 @@ def lesion_history(root: Path, visits: Sequence[Visit],
             if tracking_status(root, prev, visit, params) is None:
                 break
             track = tracking_dir(root, prev, visit)
-            f_to_b = np.asarray(read_json(track / "provenance.json")["registration"][
+            f_to_b = np.asarray(read_json(track / PROVENANCE)["registration"][
                 "followup_to_baseline_ras_mm"], dtype=np.float64)
             grid = Grid(labels.shape, mask.affine)
             carried = resample_to_grid(prev_ids.astype(np.float32),

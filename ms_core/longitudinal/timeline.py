@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ms_core.foundation.domain import DAYS_PER_YEAR, Visit
-from ms_core.study.layout import truth_dir
+from ms_core.study.derivatives import truth_dir
 
 __all__ = [
     "NO_DMT",

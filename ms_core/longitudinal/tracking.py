@@ -51,7 +51,7 @@ from ms_core.lesions.components import label_components
 from ms_core.lesions.visits import visit_metadata_warnings
 from ms_core.longitudinal.atrophy import lesions_on_grid, pair_atrophy
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.segmentation.model_store import load_model_card, sha256_file
+from ms_core.segmentation.model_store import load_model_card
 from ms_core.segmentation.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
@@ -61,7 +61,14 @@ from ms_core.segmentation.segment import (
     probability_on_grid,
     white_matter_prior,
 )
-from ms_core.study.layout import derivatives_dir
+from ms_core.study.derivatives import (
+    PROVENANCE,
+    derivatives_dir,
+    input_record,
+    inputs_current,
+    read_record,
+    tracking_dir,
+)
 from ms_core.study.locks import folder_lock
 
 __all__ = [
@@ -92,7 +99,6 @@ __all__ = [
     "track_files",
     "track_visits",
     "track_volumes",
-    "tracking_dir",
     "tracking_status",
     "visit_metadata_warnings",
     "write_track_outputs",
@@ -718,18 +724,18 @@ def write_track_outputs(out_dir: Path, result: TrackResult, params: TrackParams,
     ``extra``: more top-level provenance entries (the optional ``atrophy`` block).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "provenance.json").unlink(missing_ok=True)  # never current while half-written
+    (out_dir / PROVENANCE).unlink(missing_ok=True)  # never current while half-written
     save_labels(out_dir / "change_mask.nii.gz", result.change_mask, result.affine)
     save_labels(out_dir / "lesion_ids.nii.gz", result.lesion_ids, result.affine)
     atomic_write_text(out_dir / "lesion_changes.csv",
                       result.table.to_csv(index=False, float_format="%.6g"))
     counts = result.table.status.value_counts().to_dict() if len(result.table) else {}
-    write_json(out_dir / "provenance.json", {
+    write_json(out_dir / PROVENANCE, {
         "tool": "ms_core track", "version": __version__,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "parameters": asdict(params), "provider": result.provider, "model": result.model,
         **({"change_model": result.change_model} if result.change_model else {}),
-        "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
+        "inputs": input_record(inputs),
         "registration": {"followup_to_baseline_ras_mm": result.registration.followup_to_baseline,
                          "ncc": result.registration.ncc},
         "qc": {**result.qc,
@@ -784,9 +790,8 @@ def _atrophy_block(maps: PairMaps, params: TrackParams, request: AtrophyRequest
         if isinstance(e, InputError):
             raise
         raise InputError(request.followup, f"atrophy measurement failed: {e}") from e
-    block["inputs"] = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in
-                       (("baseline_image", request.baseline),
-                        ("followup_image", request.followup))}
+    block["inputs"] = input_record({"baseline_image": request.baseline,
+                                    "followup_image": request.followup})
     return block
 
 
@@ -824,12 +829,6 @@ def track_files(baseline_path: Path, followup_path: Path, out_dir: Path,
 
 
 # ----------------------------------------------------------------------------- study visits
-def tracking_dir(root: Path, baseline: Visit, followup: Visit) -> Path:
-    """Where the comparison of two visits is stored: under the follow-up's derivatives."""
-    return (derivatives_dir(root, followup.participant_id, followup.session_id)
-            / f"change_from_{baseline.session_id}")
-
-
 def _visit_flair(visit: Visit) -> Path:
     if "FLAIR" not in visit.images:
         raise InputError(None, f"{visit.participant_id} {visit.session_id} has no usable FLAIR")
@@ -839,14 +838,12 @@ def _visit_flair(visit: Visit) -> Path:
 def tracking_status(root: Path, baseline: Visit, followup: Visit,
                     params: TrackParams = TrackParams()) -> dict[str, object] | None:
     """The stored comparison's provenance when it is current (same inputs and settings)."""
-    prov_path = tracking_dir(root, baseline, followup) / "provenance.json"
-    if not prov_path.exists():
+    prov = read_record(tracking_dir(root, baseline, followup) / PROVENANCE)
+    if prov is None:
         return None
     try:
-        prov = read_json(prov_path)
-        same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
-            "baseline_flair": sha256_file(_visit_flair(baseline)),
-            "followup_flair": sha256_file(_visit_flair(followup))}
+        same_inputs = inputs_current(prov, {"baseline_flair": _visit_flair(baseline),
+                                            "followup_flair": _visit_flair(followup)})
         stored = {**_TRACK_LEGACY_DEFAULTS, **prov["parameters"]}
         stored["segmentation"] = {**LEGACY_PARAM_DEFAULTS, **stored["segmentation"]}
         same_params = stored == json.loads(json.dumps(asdict(params)))
@@ -897,6 +894,6 @@ def track_visits(root: Path, baseline: Visit, followup: Visit,
 
 def _stored_model(root: Path, visit: Visit) -> tuple[str, dict[str, str] | None]:
     prov = read_json(derivatives_dir(root, visit.participant_id, visit.session_id)
-                     / "provenance.json")
+                     / PROVENANCE)
     model = prov.get("model")
     return str(prov.get("provider")), (dict(model) if isinstance(model, dict) else None)

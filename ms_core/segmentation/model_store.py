@@ -11,16 +11,14 @@ its card has every field the code needs. Anything else is refused with :class:`M
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import read_json, write_json
+from ms_core.foundation.io import read_json, sha256_file, write_json
 
 __all__ = [
     "AXIS_ORDERS",
@@ -38,7 +36,6 @@ __all__ = [
     "load_model_card",
     "models_dir_for",
     "register_model",
-    "sha256_file",
     "verify_model",
     "volume_ratio_range",
 ]
@@ -69,40 +66,6 @@ _REQUIRED = (*_COMMON, "input", "output", "preprocessing")
 
 class ModelError(InputError):
     """A model that is missing, altered or described inconsistently."""
-
-
-#: Hashes of files already read, by (device, inode, size, mtime_ns, ctime_ns).
-_HASHES: dict[tuple[int, int, int, int, int], str] = {}
-_MAX_HASHES = 4096
-#: A file changed less than this long ago is hashed again on every call: a rewrite within one
-#: tick of the file-system clock could keep both timestamps (the "racy clean" case of git).
-RACY_NS = 2_000_000_000
-
-
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes.
-
-    The status checks of the app and of batch runs hash the same inputs and outputs on every
-    call, so a digest is remembered for the life of the process, keyed by the file's device,
-    inode, size, modification and status-change times. Any write, replacement or ``touch``
-    changes the key (the status-change time cannot be set back), so the answer stays the
-    file's current bytes; files changed within the last :data:`RACY_NS` are always re-read.
-    """
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        known = _HASHES.get(key)
-        if known is not None:
-            return known
-        h = hashlib.sha256()
-        while block := fh.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
-        if len(_HASHES) >= _MAX_HASHES:
-            _HASHES.clear()
-        _HASHES[key] = digest
-    return digest
 
 
 @dataclass(frozen=True)

@@ -59,14 +59,21 @@ from ms_core.imaging.preprocess import (
 from ms_core.lesions.components import lesion_table, threshold_probability
 from ms_core.lesions.location import classify_lesions
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.segmentation.model_store import active_sha256, load_model_card, sha256_file
-from ms_core.study.layout import derivatives_dir
+from ms_core.segmentation.model_store import active_sha256, load_model_card
+from ms_core.study.derivatives import (
+    PROVENANCE,
+    derivatives_dir,
+    input_record,
+    inputs_current,
+    output_record,
+    outputs_intact,
+    read_record,
+)
 from ms_core.study.locks import folder_lock
 
 __all__ = [
     "LEGACY_PARAM_DEFAULTS",
     "OUTPUT_FILES",
-    "PROVENANCE",
     "TTA_FLIPS",
     "SegmentParams",
     "SegmentationResult",
@@ -413,7 +420,6 @@ def segment_volumes(flair: Volume, t1: Volume | None, params: SegmentParams,
 
 #: The result files of a segmentation, in the order written; ``provenance.json`` comes last.
 OUTPUT_FILES = ("lesion_prob.nii.gz", "lesion_mask.nii.gz", "lesions.csv")
-PROVENANCE = "provenance.json"
 
 
 def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentParams,
@@ -441,10 +447,7 @@ def write_outputs(out_dir: Path, result: SegmentationResult, params: SegmentPara
             "tool": "ms_core segment", "version": __version__,
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "parameters": asdict(params), "provider": result.provider, "model": result.model,
-            "inputs": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()},
-            "outputs": {name: {"sha256": sha256_file(out_dir / name),
-                               "bytes": (out_dir / name).stat().st_size}
-                        for name in OUTPUT_FILES},
+            "inputs": input_record(inputs), "outputs": output_record(out_dir, OUTPUT_FILES),
             "n_lesions": len(result.table),
             "lesion_volume_ml": float(result.table.volume_ml.sum()),
             "seconds": seconds,
@@ -491,26 +494,6 @@ def _visit_inputs(visit: Visit) -> dict[str, Path]:
 LEGACY_PARAM_DEFAULTS = {"bias_correction": False, "denoise": False}
 
 
-def _outputs_intact(folder: Path, prov: dict[str, object]) -> bool:
-    """Whether every output file recorded in ``prov`` is present with its recorded sha256.
-
-    Provenance written before outputs were recorded (no ``outputs`` key) only needs the files
-    to exist.
-    """
-    recorded = prov.get("outputs")
-    if recorded is None:
-        return all((folder / name).is_file() for name in OUTPUT_FILES)
-    if not isinstance(recorded, dict) or set(recorded) != set(OUTPUT_FILES):
-        return False
-    for name, entry in recorded.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            return False
-        if sha256_file(path) != entry["sha256"]:
-            return False
-    return True
-
-
 def segmentation_status(root: Path, visit: Visit, params: SegmentParams = SegmentParams(),
                         model_sha256: str | None = None) -> dict[str, object] | None:
     """The stored segmentation's provenance if it is current, else ``None``.
@@ -524,21 +507,19 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
     keyed by input hash.
     """
     folder = derivatives_dir(root, visit.participant_id, visit.session_id)
-    prov_path = folder / PROVENANCE
-    if not prov_path.exists():
+    prov = read_record(folder / PROVENANCE)
+    if prov is None:
         return None
     try:
-        prov = read_json(prov_path)
-        inputs = _visit_inputs(visit)
-        same_inputs = {k: v["sha256"] for k, v in prov["inputs"].items()} == {
-            k: sha256_file(p) for k, p in inputs.items()}
+        same_inputs = inputs_current(prov, _visit_inputs(visit))
         # Runs stored before the N4/denoise options existed were made without them.
         same_params = {**LEGACY_PARAM_DEFAULTS, **prov["parameters"]} == asdict(params)
         if model_sha256 is None and params.method == "network":
             model_sha256 = active_sha256("lesion_seg")
         same_model = model_sha256 is None or (prov.get("model") or {}).get(
             "sha256") == model_sha256
-        current = same_inputs and same_params and same_model and _outputs_intact(folder, prov)
+        current = (same_inputs and same_params and same_model
+                   and outputs_intact(folder, prov, OUTPUT_FILES))
     except (InputError, KeyError, TypeError, AttributeError, OSError):
         return None
     return dict(prov) if current else None

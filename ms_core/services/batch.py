@@ -47,6 +47,7 @@ import pandas as pd
 from ms_core import __version__
 from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import atomic_open, atomic_write_text, write_json
+from ms_core.study.derivatives import pipeline_dir
 
 if TYPE_CHECKING:
     from ms_core.foundation.domain import Visit
@@ -130,7 +131,7 @@ class BatchResult:
 
 def cohort_dir(root: Path) -> Path:
     """Where the merged cohort table and the batch report go."""
-    return Path(root) / "derivatives" / "ms_dash" / "cohort"
+    return pipeline_dir(root) / "cohort"
 
 
 def limit_threads(threads: int) -> None:

@@ -53,6 +53,7 @@ from ms_core.foundation.io import (
     load_volume,
     read_nifti_header,
     save_volume,
+    sha256_file,
     write_json,
     write_tsv,
 )
@@ -64,12 +65,11 @@ from ms_core.imaging.dicom import (
     is_dicom_source,
     read_dicom,
 )
-from ms_core.segmentation.model_store import sha256_file
+from ms_core.study.derivatives import PROVENANCE, derivatives_dir
 from ms_core.study.layout import (
     PARTICIPANT_COLUMNS,
     SESSION_COLUMNS,
     Study,
-    derivatives_dir,
     image_path,
     load_study,
     parse_edss,
@@ -490,7 +490,7 @@ def _write_visit(root: Path, participant_id: str, session_id: str, check: VisitC
             if exists and old.is_dir():
                 moves.move(old, staging / "old" / "derivatives" / pipeline_dir.name)
         moves.move(staging / "anat", anat)
-        write_json(provenance_dir / "provenance.json",
+        write_json(provenance_dir / PROVENANCE,
                    _provenance(check.images, written, exists))
         write_tsv(sessions_path, _with_row(sessions, "session_id", session_row))
         if participant_id not in set(participants["participant_id"].str.strip()):

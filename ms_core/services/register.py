@@ -35,7 +35,7 @@ import numpy as np
 
 from ms_core.foundation.domain import Volume
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import read_json, write_json
+from ms_core.foundation.io import read_json, sha256_file, write_json
 from ms_core.imaging.anatomy import load_template, synthetic_head
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model
 from ms_core.segmentation.model_store import (
@@ -44,7 +44,6 @@ from ms_core.segmentation.model_store import (
     ModelError,
     load_model_card,
     register_model,
-    sha256_file,
 )
 from ms_core.segmentation.segment import SegmentParams, segment_volumes
 from ms_core.synthetic.synth import sphere_labels

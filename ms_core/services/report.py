@@ -50,6 +50,7 @@ from ms_core.foundation.io import (
     atomic_write_text,
     load_lesion_mask,
     load_volume,
+    sha256_file,
     write_json,
 )
 from ms_core.imaging.preprocess import Grid, resample_to_grid, working_grid
@@ -63,10 +64,11 @@ from ms_core.longitudinal.measurements import (
     volume_with_range,
 )
 from ms_core.longitudinal.timeline import dmt_periods
-from ms_core.longitudinal.tracking import TrackParams, tracking_dir, tracking_status
-from ms_core.segmentation.model_store import MODELS_DIR, sha256_file, volume_ratio_range
+from ms_core.longitudinal.tracking import TrackParams, tracking_status
+from ms_core.segmentation.model_store import MODELS_DIR, volume_ratio_range
 from ms_core.segmentation.segment import segmentation_status
-from ms_core.study.layout import PIPELINE, derivatives_dir, load_study
+from ms_core.study.derivatives import derivatives_dir, patient_dir, tracking_dir
+from ms_core.study.layout import load_study
 
 __all__ = [
     "NOTICE",
@@ -288,7 +290,7 @@ class _Sources:
 # ----------------------------------------------------------------------------- paths
 def report_dir(root: Path, participant_id: str) -> Path:
     """Where a patient's reports are written: ``derivatives/ms_dash/sub-X/report``."""
-    return Path(root) / "derivatives" / PIPELINE / participant_id / REPORT_DIRNAME
+    return patient_dir(root, participant_id) / REPORT_DIRNAME
 
 
 def report_inputs(root: Path, participant_id: str, models_dir: Path | str = MODELS_DIR
@@ -301,7 +303,7 @@ def report_inputs(root: Path, participant_id: str, models_dir: Path | str = MODE
     root = Path(root)
     files = [root / "participants.tsv", root / participant_id / f"{participant_id}_sessions.tsv"]
     files += sorted((root / participant_id).glob("ses-*/anat/*.nii*"))
-    deriv = root / "derivatives" / PIPELINE / participant_id
+    deriv = patient_dir(root, participant_id)
     files += sorted(p for p in deriv.rglob("*") if p.is_file()
                     and not p.name.startswith(".")  # lock and temporary files
                     and REPORT_DIRNAME not in p.relative_to(deriv).parts[:1])

@@ -32,6 +32,7 @@ import pandas as pd
 from ms_core.foundation.domain import DAYS_PER_YEAR, MODALITIES, MS_TYPES, Participant, Visit
 from ms_core.foundation.errors import InputError, StudyError
 from ms_core.foundation.io import read_json, read_nifti_header
+from ms_core.study.derivatives import derivatives_dir, truth_dir
 
 __all__ = [
     "DEMO_GENERATOR",
@@ -40,12 +41,10 @@ __all__ = [
     "Study",
     "StudyIssue",
     "confine_study",
-    "derivatives_dir",
     "image_path",
     "is_demo_study",
     "lesion_overlay_path",
     "load_study",
-    "truth_dir",
     "visit_dir",
 ]
 
@@ -53,8 +52,6 @@ PARTICIPANT_COLUMNS = ("participant_id", "sex", "birth_year", "ms_type", "onset_
 SESSION_COLUMNS = (
     "session_id", "acq_date", "edss", "relapses_since_last", "dmt", "scanner", "field_strength_t",
 )
-PIPELINE = "ms_dash"
-TRUTH = "ground_truth"
 _SUB_RE = re.compile(r"^sub-[A-Za-z0-9]+$")
 _SES_RE = re.compile(r"^ses-[A-Za-z0-9]+$")
 _MISSING = {"", "n/a", "na", "nan", "none"}
@@ -121,15 +118,6 @@ def visit_dir(root: Path, participant_id: str, session_id: str) -> Path:
 def image_path(root: Path, participant_id: str, session_id: str, modality: str) -> Path:
     name = f"{participant_id}_{session_id}_{modality}.nii.gz"
     return visit_dir(root, participant_id, session_id) / name
-
-
-def derivatives_dir(root: Path, participant_id: str, session_id: str,
-                    pipeline: str = PIPELINE) -> Path:
-    return Path(root) / "derivatives" / pipeline / participant_id / session_id
-
-
-def truth_dir(root: Path, participant_id: str, session_id: str) -> Path:
-    return derivatives_dir(root, participant_id, session_id, TRUTH)
 
 
 def lesion_overlay_path(root: Path, participant_id: str, session_id: str

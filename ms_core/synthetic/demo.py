@@ -46,7 +46,8 @@ from ms_core import __version__
 from ms_core.foundation.domain import DAYS_PER_YEAR, LESION_LOCATIONS
 from ms_core.foundation.io import save_labels, save_volume, write_json, write_tsv
 from ms_core.imaging.anatomy import Template, load_template, tissue_signal, world_grid
-from ms_core.study.layout import DEMO_GENERATOR, image_path, truth_dir
+from ms_core.study.derivatives import TRUTH, pipeline_dir, truth_dir
+from ms_core.study.layout import DEMO_GENERATOR, image_path
 
 __all__ = [
     "DemoConfig",
@@ -737,7 +738,7 @@ def build_demo(out: Path | str, config: DemoConfig = DemoConfig()) -> Path:
                 timings = list(pool.map(_render_job, jobs))
         else:
             timings = [_render_job(j) for j in jobs]
-        write_json(tmp / "derivatives" / "ground_truth" / "generator.json", {
+        write_json(pipeline_dir(tmp, TRUTH) / "generator.json", {
             "config": asdict(config), "version": __version__,
             "patients": [_plan_record(p) for p in plans],
             "dmt_effect": DMT_EFFECT, "scanners": {

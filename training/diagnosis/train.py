@@ -58,8 +58,8 @@ from ms_core.clinical.diagnosis import (
     pattern_features,
     simulate_patterns,
 )
-from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, write_json
-from ms_core.segmentation.model_store import MODELS_DIR, code_commit, register_model, sha256_file
+from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, sha256_file, write_json
+from ms_core.segmentation.model_store import MODELS_DIR, code_commit, register_model
 from training.onnx_checks import ParityError, check_parity, onnx_probabilities
 
 log = logging.getLogger(__name__)

@@ -61,8 +61,8 @@ from ms_core.clinical.differential import (
     simulate_differential,
 )
 from ms_core.clinical.prognosis_fit import PARITY_TOL, bootstrap_auc, expected_calibration_error
-from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, write_json
-from ms_core.segmentation.model_store import MODELS_DIR, code_commit, register_model, sha256_file
+from ms_core.foundation.io import atomic_write_bytes, atomic_write_text, sha256_file, write_json
+from ms_core.segmentation.model_store import MODELS_DIR, code_commit, register_model
 from training.onnx_checks import ParityError, check_parity
 
 log = logging.getLogger(__name__)

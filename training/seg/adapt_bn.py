@@ -41,11 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ms_core.foundation.io import load_volume, read_json
+from ms_core.foundation.io import load_volume, read_json, sha256_file
 from ms_core.imaging.anatomy import load_template
 from ms_core.imaging.preprocess import crop_box
 from ms_core.segmentation.inference import window_corners
-from ms_core.segmentation.model_store import sha256_file
 from ms_core.segmentation.segment import (
     TTA_FLIPS,
     SegmentParams,

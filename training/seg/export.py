@@ -22,10 +22,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ms_core.foundation.io import read_json, write_json
+from ms_core.foundation.io import read_json, sha256_file, write_json
 from ms_core.imaging.anatomy import load_template
 from ms_core.segmentation.evaluate import dice
-from ms_core.segmentation.model_store import MODELS_DIR, register_model, sha256_file
+from ms_core.segmentation.model_store import MODELS_DIR, register_model
 from training.seg.calibrate import CALIBRATION_FILE
 from training.seg.model import UNet3D, describe, use_stable_instance_norm
 from training.seg.synth_data import PatchSampler, load_lesion_bank

@@ -47,11 +47,11 @@ import torch
 
 from ms_core.foundation.domain import LesionMask
 from ms_core.foundation.errors import InputError
-from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, write_json
+from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, sha256_file, write_json
 from ms_core.imaging.anatomy import load_template
 from ms_core.imaging.preprocess import crop_box, pad_to_multiple, resample_to_grid
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card, sha256_file
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
 from ms_core.segmentation.segment import SegmentParams, flair_on_working_grid, model_input
 from ms_core.study.layout import load_study
 from training.seg.model import UNet3D, architecture_of

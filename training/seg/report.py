@@ -47,7 +47,8 @@ from ms_core.segmentation.evaluate import calibration_error, evaluate_masks
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model
 from ms_core.segmentation.model_store import MODELS_DIR, ModelCard, load_model_card
 from ms_core.segmentation.segment import SegmentParams, segment_volumes
-from ms_core.study.layout import image_path, load_study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import image_path, load_study
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"

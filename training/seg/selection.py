@@ -35,7 +35,8 @@ from ms_core.lesions.components import label_components
 from ms_core.segmentation.inference import load_onnx_model
 from ms_core.segmentation.model_store import load_model_card
 from ms_core.segmentation.segment import SegmentParams
-from ms_core.study.layout import Study, image_path, load_study, truth_dir
+from ms_core.study.derivatives import truth_dir
+from ms_core.study.layout import Study, image_path, load_study
 from training.seg.report import P26, P26_FLAIR, P26_MASK, REPO, _run
 
 

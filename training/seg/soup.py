@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ms_core.foundation.io import read_json
+from ms_core.foundation.io import read_json, sha256_file
 from ms_core.imaging.anatomy import load_template
-from ms_core.segmentation.model_store import sha256_file
 from training.seg.model import UNet3D
 from training.seg.synth_data import load_lesion_bank
 from training.seg.train import (

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ms_core.foundation.io import atomic_write_text, write_json
+from ms_core.foundation.io import atomic_write_text, sha256_file, write_json
 from ms_core.imaging.anatomy import load_template
 from ms_core.lesions.components import label_components
-from ms_core.segmentation.model_store import code_commit, sha256_file
+from ms_core.segmentation.model_store import code_commit
 from training.seg.model import NORMS, UNet3D
 from training.seg.synth_data import (
     CAP_MODELS,
