@@ -49,7 +49,7 @@ from ms_core.imaging.anatomy import load_template  # noqa: E402
 from ms_core.imaging.preprocess import template_to_subject, warp_from_template  # noqa: E402
 from ms_core.longitudinal.tracking import HARMONISATIONS, PairMaps, harmonise_pair  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
-from ms_core.segmentation.model_store import load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import load_segmentation_card  # noqa: E402
 
 
 def pair_figures(maps: PairMaps, follow: Any) -> dict[str, dict[str, float]]:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maps-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    model = load_onnx_model(load_model_card("lesion_seg"), "cpu")
+    model = load_onnx_model(load_segmentation_card(), "cpu")
     pairs: dict[str, Any] = {}
     if P12.exists():
         base = load_volume(P12 / "study1_FLAIR.nii.gz", "FLAIR")

@@ -66,7 +66,7 @@ from ms_core.lesions.components import label_components, threshold_probability  
 from ms_core.lesions.location import classify_lesions  # noqa: E402
 from ms_core.segmentation.evaluate import evaluate_masks  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card  # noqa: E402
 from ms_core.segmentation.segment import BASELINE_Z, SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study.derivatives import truth_dir  # noqa: E402
 from ms_core.study.layout import image_path, load_study  # noqa: E402
@@ -198,7 +198,7 @@ def main() -> int:
     zone_lows = [float(v) for v in args.zone_low.split(",") if v]
     if zone_lows and args.method == "baseline":
         ap.error("--zone-low is for the network")
-    card = load_model_card("lesion_seg", args.models_dir) if args.method == "network" else None
+    card = load_segmentation_card(args.models_dir) if args.method == "network" else None
     model = load_onnx_model(card, "cpu") if card is not None else None
     base = SegmentParams(method=args.method)
     if args.overlap is not None:

@@ -56,7 +56,7 @@ from ms_core.imaging.preprocess import (  # noqa: E402
 )
 from ms_core.segmentation.evaluate import dice  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model, window_corners  # noqa: E402
-from ms_core.segmentation.model_store import load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import load_segmentation_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams, flair_on_working_grid, network_input  # noqa: E402
 
 P26 = REPO.parent / "shared" / "data" / "open_ms_data" / "cross_sectional" / "MNI" / "patient26"
@@ -160,7 +160,7 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 def compare(windows: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
     """onnxruntime vs both torch variants at ``threads`` intra-op threads."""
-    ort_model = load_onnx_model(load_model_card("lesion_seg"), "cpu", threads=threads)
+    ort_model = load_onnx_model(load_segmentation_card(), "cpu", threads=threads)
     predictors: dict[str, Predictor] = {"onnxruntime": ort_model.predict,
                                         **torch_predictors(threads)}
     ms, outs = time_predictors(predictors, windows, repeats)
@@ -180,7 +180,7 @@ def ort_settings(windows: np.ndarray, threads: int, repeats: int) -> dict[str, A
     """onnxruntime session options on the same windows: optimisation level and spinning."""
     import onnxruntime as ort
 
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     levels = {"disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -244,7 +244,7 @@ def main() -> int:
     if case == "patient26" and not (P26 / P26_FLAIR).exists():
         print(f"patient26 not found at {P26}; using the demo visit", file=sys.stderr)
         case = "demo"
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     patch = int(card.patch_size[0])
     x = case_network_input(case, card.multiple_of, patch)
     windows = pick_windows(x, patch, args.windows)

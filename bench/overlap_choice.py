@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from bench._common import machine, now_utc, save_result  # noqa: E402
 from ms_core.foundation.io import load_lesion_mask  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams  # noqa: E402
 from ms_core.study.derivatives import truth_dir  # noqa: E402
 from ms_core.study.layout import image_path, load_study  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> int:
                     help="also give the network the visit's T1w (default: FLAIR alone)")
     args = ap.parse_args()
     overlaps = [float(v) for v in args.overlaps.split(",")]
-    card = load_model_card("lesion_seg", MODELS_DIR)
+    card = load_segmentation_card(MODELS_DIR)
     model = load_onnx_model(card, "cpu")
     study = load_study(args.demo)
     rows: list[dict[str, Any]] = []

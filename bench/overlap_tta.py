@@ -66,7 +66,7 @@ from ms_core.segmentation.inference import (  # noqa: E402
     window_corners,
     window_starts,
 )
-from ms_core.segmentation.model_store import ModelCard, load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import ModelCard, load_segmentation_card  # noqa: E402
 from ms_core.segmentation.segment import (  # noqa: E402
     SegmentParams,
     StageTimer,
@@ -283,7 +283,7 @@ def main() -> int:
     if "patient26" in cases and not (P26 / P26_FLAIR).exists():
         print(f"patient26 not found at {P26}: case skipped", file=sys.stderr)
         cases.remove("patient26")
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     base = load_onnx_model(card, args.device, threads=args.threads)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_s:

@@ -38,7 +38,7 @@ from ms_core.foundation.domain import LesionMask, Volume  # noqa: E402
 from ms_core.foundation.io import load_lesion_mask, load_volume, write_json  # noqa: E402
 from ms_core.segmentation.evaluate import evaluate_masks  # noqa: E402
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model  # noqa: E402
-from ms_core.segmentation.model_store import load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import load_segmentation_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams, segment_volumes  # noqa: E402
 from ms_core.study.derivatives import truth_dir  # noqa: E402
 from ms_core.study.layout import image_path, load_study  # noqa: E402
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path,
                     default=REPO / "bench" / "results" / "preprocess_ablation.json")
     args = ap.parse_args(argv)
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     model = load_onnx_model(card, "cpu")
     t_start = time.perf_counter()
     per_case: dict[str, dict[str, dict[str, Any]]] = {}

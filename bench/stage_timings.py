@@ -108,7 +108,7 @@ def _child(case: str, study: Path | None, device: str) -> dict[str, Any]:
         visit_features,
     )
     from ms_core.segmentation.inference import load_onnx_model
-    from ms_core.segmentation.model_store import load_model_card
+    from ms_core.segmentation.model_store import load_segmentation_card
     from ms_core.segmentation.segment import SegmentParams, segment_volumes, write_outputs
     from ms_core.study.derivatives import derivatives_dir
     from ms_core.study.layout import load_study
@@ -130,7 +130,7 @@ def _child(case: str, study: Path | None, device: str) -> dict[str, Any]:
         params = SegmentParams(skull_stripped=True)
     flair = load_volume(inputs["flair"], "FLAIR")
     laps.lap("load")
-    model = load_onnx_model(load_model_card("lesion_seg"), device)
+    model = load_onnx_model(load_segmentation_card(), device)
     laps.lap("model_load")
     result = segment_volumes(flair, None, params, model)
     laps.restart()

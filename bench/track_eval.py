@@ -78,7 +78,7 @@ from ms_core.longitudinal.tracking import (  # noqa: E402
 )
 from ms_core.segmentation.evaluate import dice, lesion_detection  # noqa: E402
 from ms_core.segmentation.inference import load_onnx_model  # noqa: E402
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card  # noqa: E402
+from ms_core.segmentation.model_store import MODELS_DIR, load_model_card, load_segmentation_card  # noqa: E402
 from ms_core.segmentation.segment import SegmentParams  # noqa: E402
 from ms_core.study.derivatives import truth_dir  # noqa: E402
 from ms_core.study.layout import image_path, load_study  # noqa: E402
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     # The code that runs: recorded at the start (a long run may outlive later commits).
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     model = load_onnx_model(card, "cpu")
     results: dict[str, Any] = {"model": {"version": card.version, "sha256": card.sha256},
                                "provider": model.provider, "methods": args.methods}

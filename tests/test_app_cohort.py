@@ -15,7 +15,7 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from ms_core.foundation import state_keys
-from ms_core.segmentation.model_store import MODELS_DIR
+from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -141,9 +141,8 @@ def test_models_page_verifies_models_and_shows_provider_and_qc(
     provider = next(m for m in at.metric if m.label.startswith("Provider in use"))
     assert provider.value.endswith("ExecutionProvider")
     from ms_core.segmentation.inference import load_onnx_model
-    from ms_core.segmentation.model_store import load_model_card
 
-    why_not = load_onnx_model(load_model_card("lesion_seg"), "auto", threads=1).cuda_unavailable
+    why_not = load_onnx_model(load_segmentation_card(), "auto", threads=1).cuda_unavailable
     shown = [c.value for c in at.caption if c.value.startswith("CUDA is not used")]
     assert shown == ([f"CUDA is not used: {why_not}."] if why_not else [])
     assert len(at.expander) >= len(shipped)  # the model cards

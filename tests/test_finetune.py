@@ -92,9 +92,9 @@ def test_a_few_steps_lower_the_loss_and_export_a_model_that_segments(study: Path
     assert report["train_participants"] == ["sub-01"] and report["val_participants"] == ["sub-02"]
     assert report["train_visits"] == 2 and report["val_visits"] == 1
     assert report["held_loss_after"] < report["held_loss_before"]
-    from ms_core.segmentation.model_store import load_model_card
+    from ms_core.segmentation.model_store import load_segmentation_card
 
-    card = load_model_card("lesion_seg", out)  # sha256 checked against manifest and card
+    card = load_segmentation_card(out)  # sha256 checked against manifest and card
     assert card.version.endswith("-ft.1")
     assert not card.uses_t1  # FLAIR only, as the shipped model it started from
     raw = card.raw

@@ -69,9 +69,9 @@ def test_gaussian_importance_peaks_in_the_centre() -> None:
 
 def _seg_model(device: str) -> OnnxModel:
     from ms_core.segmentation.inference import load_onnx_model
-    from ms_core.segmentation.model_store import load_model_card
+    from ms_core.segmentation.model_store import load_segmentation_card
 
-    return load_onnx_model(load_model_card("lesion_seg"), device, threads=2)
+    return load_onnx_model(load_segmentation_card(), device, threads=2)
 
 
 def test_io_binding_gives_the_same_probabilities_as_a_plain_run() -> None:
@@ -115,7 +115,7 @@ import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
 from ms_core.segmentation.inference import load_onnx_model
 from ms_core.segmentation.model_store import load_model_card
-model = load_onnx_model(load_model_card("lesion_seg"), "auto", threads=1)
+model = load_onnx_model(load_segmentation_card(), "auto", threads=1)
 print("PROVIDER", model.provider)
 print("WHY", model.cuda_unavailable)
 """

@@ -30,7 +30,7 @@ from ms_core.longitudinal.tracking import (
     track_volumes,
 )
 from ms_core.segmentation.inference import OnnxModel
-from ms_core.segmentation.model_store import load_model_card
+from ms_core.segmentation.model_store import load_segmentation_card
 from ms_core.segmentation.segment import SegmentParams
 from ms_core.services.cli import main
 from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
@@ -139,7 +139,7 @@ class _ThresholdSession:
 @functools.lru_cache(maxsize=1)
 def _fake_model() -> OnnxModel:
     # The stand-in thresholds FLAIR divided by its brain median, whatever the shipped card says.
-    card = dataclasses.replace(load_model_card("lesion_seg"), intensity_reference="brain_median")
+    card = dataclasses.replace(load_segmentation_card(), intensity_reference="brain_median")
     return OnnxModel(card, _ThresholdSession(), "fake")
 
 
@@ -476,7 +476,7 @@ class _DifferenceSession:
 def _fake_change_model() -> OnnxModel:
     import dataclasses
 
-    card = dataclasses.replace(load_model_card("lesion_seg"), name="lesion_change",
+    card = dataclasses.replace(load_segmentation_card(), name="lesion_change",
                                version="0.0-test", sha256="f" * 64)
     return OnnxModel(card, _DifferenceSession(), "fake")
 

@@ -13,7 +13,12 @@ import pytest
 from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import sha256_file
 from ms_core.segmentation.inference import load_onnx_model
-from ms_core.segmentation.model_store import MODELS_DIR, ModelError, load_model_card
+from ms_core.segmentation.model_store import (
+    MODELS_DIR,
+    ModelError,
+    load_model_card,
+    load_segmentation_card,
+)
 
 SHIPPED = MODELS_DIR / "manifest.json"
 
@@ -121,7 +126,7 @@ def test_unknown_missing_and_incomplete_models_are_refused(tmp_path: Path) -> No
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped models yet")
 def test_shipped_segmentation_model_runs_on_cpu(tmp_path: Path) -> None:
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     model = load_onnx_model(card, "cpu", threads=1)
     assert model.provider == "CPUExecutionProvider"
     x = np.zeros((1, 2, 16, 16, 16), np.float32)
@@ -136,10 +141,28 @@ def test_shipped_segmentation_model_runs_on_cpu(tmp_path: Path) -> None:
     raw[-1] ^= 0xFF
     (copy / "lesion_seg" / "model.onnx").write_bytes(bytes(raw))
     with pytest.raises(ModelError, match="altered"):
-        load_model_card("lesion_seg", copy)
+        load_segmentation_card(copy)
 
 
 @pytest.mark.parametrize("name", ["lesion_seg", "lesion_change"])
 def test_every_shipped_image_model_card_loads(name: str) -> None:
     card = load_model_card(name)  # sha256 against manifest and card, every field checked
     assert card.name == name and card.onnx_path.is_file() and len(card.patch_size) == 3
+
+
+def test_only_the_segmentation_slot_needs_flair_channels() -> None:
+    """Every image model needs named, distinct channels; only the segmentation slot needs
+    them to be FLAIR (and optionally T1w), since the pipeline builds them by name."""
+    import dataclasses
+
+    from ms_core.segmentation.model_store import card_problem, segmentation_problem
+
+    shipped = load_segmentation_card()
+    assert card_problem(shipped) == "" and segmentation_problem(shipped) == ""
+    change = load_model_card("lesion_change")  # three channels described in words
+    assert card_problem(change) == "" and "expected FLAIR" in segmentation_problem(change)
+    t1_only = dataclasses.replace(shipped, channels=("T1w",))
+    assert card_problem(t1_only) == "" and "expected FLAIR" in segmentation_problem(t1_only)
+    twice = dataclasses.replace(shipped, channels=("FLAIR", "FLAIR"))
+    assert "each once" in card_problem(twice)
+    assert segmentation_problem(dataclasses.replace(shipped, channels=("T1w", "FLAIR"))) == ""

@@ -26,7 +26,7 @@ from ms_core.segmentation.model_store import (
     MODELS_DIR,
     ModelError,
     active_sha256,
-    load_model_card,
+    load_segmentation_card,
     models_dir_for,
 )
 from ms_core.services.register import register_segmentation_model, smoke_phantom
@@ -93,7 +93,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 def test_layout_round_trip_puts_each_voxel_where_the_network_expects_it() -> None:
     # A marker at RAS voxel (i, j, k) of an (X, Y, Z) window sits at (k, Y-1-j, X-1-i) of the
     # network's LPS z, y, x array, and the output comes back to (i, j, k).
-    card = load_model_card("lesion_seg")
+    card = load_segmentation_card()
     import dataclasses
     lps = dataclasses.replace(card, orientation="LPS", axis_order="zyx")
     x = np.zeros((1, 1, 5, 6, 7), np.float32)
@@ -124,7 +124,7 @@ def test_register_writes_a_verified_model_with_its_contract_and_checks(
     models, card = registered
     manifest = json.loads((models / "manifest.json").read_text())
     entry = manifest["models"]["lesion_seg"]
-    loaded = load_model_card("lesion_seg", models)  # verifies the sha256 three ways
+    loaded = load_segmentation_card(models)  # verifies the sha256 three ways
     assert loaded.sha256 == entry["sha256"] == card["sha256"]
     assert (loaded.axis_order, loaded.orientation, loaded.activation, loaded.class_index,
             loaded.intensity_reference, loaded.channels, loaded.overlap) == (
@@ -250,7 +250,7 @@ def test_the_app_names_the_active_model_and_the_stale_segmentation(
     at.sidebar.selectbox[1].set_value(first.session_id).run()
     assert not at.exception
     warning = " ".join(w.value for w in at.warning)
-    shipped = load_model_card("lesion_seg", MODELS_DIR).version
+    shipped = load_segmentation_card(MODELS_DIR).version
     assert f"made by lesion_seg v{shipped}" in warning and "v2.0.0-site" in warning
     assert str(models) in warning
     assert any(b.label == "Segment this visit" for b in at.button)

@@ -14,7 +14,7 @@ from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import save_labels, save_volume, sha256_file
 from ms_core.imaging.preprocess import Grid
 from ms_core.lesions.components import lesion_table
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
+from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card
 from ms_core.services.report import (
     axial_plane,
     build_report,
@@ -117,7 +117,7 @@ def test_segmented_visit_has_lesions_images_and_model_provenance(study: Path) ->
         report.lesions)
     assert report.mcdonald is not None and "lesions" not in report.missing
     assert 1 <= len(report.images) <= 3 and all(i.png.startswith(PNG) for i in report.images)
-    seg_sha = load_model_card("lesion_seg").sha256
+    seg_sha = load_segmentation_card().sha256
     seg = next(s for s in report.sources if s.path.endswith("ses-01/lesions.csv"))
     assert seg.model is not None and seg.model["sha256"] == seg_sha
     assert {"lesions", "measured", "mcdonald"} <= set(seg.sections)

@@ -18,7 +18,7 @@ from ms_core.foundation.domain import Volume
 from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import load_lesion_mask, load_volume
 from ms_core.segmentation.evaluate import dice
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
+from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card
 from ms_core.segmentation.segment import SegmentParams, baseline_probability, segment_volumes
 from ms_core.study.derivatives import derivatives_dir, truth_dir
 from ms_core.study.layout import image_path
@@ -71,7 +71,7 @@ def test_optional_n4_and_denoise_on_a_toy_image() -> None:
     flair[r < 3] = 200.0
     flair += np.where(brain, np.random.default_rng(0).normal(0, 2.0, grid.shape), 0.0)
     fake = SimpleNamespace(
-        card=dataclasses.replace(load_model_card("lesion_seg"), patch_size=(16, 16, 16),
+        card=dataclasses.replace(load_segmentation_card(), patch_size=(16, 16, 16),
                                  multiple_of=8, uses_t1=True, intensity_reference="brain_median"),
         predict=lambda x: (x[:, :1] > 1.5).astype(np.float32))
     lesion = r < 2
@@ -175,7 +175,7 @@ class _ChannelSpy:
     provider = "CPUExecutionProvider"
     def __init__(self, *, uses_t1: bool = True, reference: str = "brain_median",
                  patch: int = 16) -> None:
-        self.card = dataclasses.replace(load_model_card("lesion_seg"), patch_size=(patch,) * 3,
+        self.card = dataclasses.replace(load_segmentation_card(), patch_size=(patch,) * 3,
                                         multiple_of=8, name="spy", version="0",
                                         sha256="0" * 64, uses_t1=uses_t1,
                                         intensity_reference=reference)
@@ -267,14 +267,13 @@ def test_network_on_real_patient26_beats_the_baseline(open_ms_data: Path) -> Non
     # The floor is far below the reported numbers (docs/segmentation.md): this guards against
     # a broken pipeline (wrong orientation, normalisation or model), not a precise score.
     from ms_core.segmentation.inference import load_onnx_model
-    from ms_core.segmentation.model_store import load_model_card
 
     mni = open_ms_data / "cross_sectional" / "MNI" / "patient26"
     flair = load_volume(mni / "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
                         "FLAIR")
     truth = load_lesion_mask(mni / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI"
                                    ".nii.gz")
-    model = load_onnx_model(load_model_card("lesion_seg"), "cpu")
+    model = load_onnx_model(load_segmentation_card(), "cpu")
     net = segment_volumes(flair, None, SegmentParams(skull_stripped=True), model)
     base = segment_volumes(flair, None, SegmentParams(method="baseline", skull_stripped=True))
     assert net.labels.shape == truth.labels.shape

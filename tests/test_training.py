@@ -266,9 +266,9 @@ class _WindowSpy:
     def __init__(self, patch: int) -> None:
         import dataclasses
 
-        from ms_core.segmentation.model_store import load_model_card
+        from ms_core.segmentation.model_store import load_segmentation_card
 
-        self.card = dataclasses.replace(load_model_card("lesion_seg"), patch_size=(patch,) * 3,
+        self.card = dataclasses.replace(load_segmentation_card(), patch_size=(patch,) * 3,
                                         multiple_of=8, name="spy", version="0",
                                         sha256="0" * 64, uses_t1=True,
                                         intensity_reference="brain_median")

@@ -44,7 +44,8 @@ from ms_core.segmentation.inference import OnnxModel, available_providers, load_
 from ms_core.segmentation.model_store import (
     MODELS_DIR,
     MODELS_ENV,
-    load_model_card,
+    is_shipped_folder,
+    load_segmentation_card,
     models_dir_for,
     verify_model,
 )
@@ -445,7 +446,7 @@ def _model_info(name: str, root: Path) -> ModelInfo:
                   ("date", str(training.get("date", "not recorded"))),
                   ("commit", str(commit))),
         model_card_md=md_path.read_text(encoding="utf-8") if md_path.is_file() else None,
-        folder=str(root), shipped=root.resolve() == MODELS_DIR.resolve(), source=source)
+        folder=str(root), shipped=is_shipped_folder(root), source=source)
 
 
 def _manifest_names(root: Path) -> list[str]:
@@ -488,7 +489,7 @@ class RuntimeInfo:
 
 @st.cache_resource(max_entries=2, show_spinner="Starting the segmentation model…")
 def _segmentation_session(folder: str, sha: str) -> OnnxModel:
-    return load_onnx_model(load_model_card("lesion_seg", folder), "auto")
+    return load_onnx_model(load_segmentation_card(folder), "auto")
 
 
 def runtime_info(root: Path = MODELS_DIR) -> RuntimeInfo:

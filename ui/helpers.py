@@ -52,8 +52,8 @@ from ms_core.longitudinal.measurements import (
 from ms_core.longitudinal.timeline import NO_DMT, relapse_visits
 from ms_core.longitudinal.tracking import track_visits, tracking_status
 from ms_core.segmentation.model_store import (
-    MODELS_DIR,
-    load_model_card,
+    is_shipped_folder,
+    load_segmentation_card,
     models_dir_for,
     volume_ratio_range,
 )
@@ -587,11 +587,11 @@ def segmentation_by_other_model(root: Path, visit: Visit) -> str | None:
         return None
     folder = models_dir_for("lesion_seg")
     try:
-        card = load_model_card("lesion_seg")
+        card = load_segmentation_card()
         active = f"{card.name} v{card.version} (sha256 {card.sha256[:12]}…)"
     except InputError as e:
         active = f"the model in {folder}, which cannot be loaded ({e.problem})"
-    where = "shipped" if folder.resolve() == MODELS_DIR.resolve() else f"from {folder}"
+    where = "shipped" if is_shipped_folder(folder) else f"from {folder}"
     return (f"The stored segmentation was made by {stored.get('name')} v{stored.get('version')} "
             f"(sha256 {str(stored.get('sha256'))[:12]}…); the active model is {active}, "
             f"{where}. Segment the visit again to use it.")

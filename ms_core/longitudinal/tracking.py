@@ -51,7 +51,7 @@ from ms_core.lesions.components import label_components
 from ms_core.lesions.visits import visit_metadata_warnings
 from ms_core.longitudinal.atrophy import lesions_on_grid, pair_atrophy
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.segmentation.model_store import load_model_card
+from ms_core.segmentation.model_store import load_model_card, load_segmentation_card
 from ms_core.segmentation.segment import (
     LEGACY_PARAM_DEFAULTS,
     SegmentParams,
@@ -809,7 +809,7 @@ def track_files(baseline_path: Path, followup_path: Path, out_dir: Path,
     followup = load_volume(followup_path, "FLAIR")
     model = None
     if params.segmentation.method == "network":
-        model = load_onnx_model(load_model_card("lesion_seg"), params.segmentation.device)
+        model = load_onnx_model(load_segmentation_card(), params.segmentation.device)
     extra: dict[str, Any] | None = None
     try:
         if atrophy is None:
@@ -875,7 +875,7 @@ def track_visits(root: Path, baseline: Visit, followup: Visit,
         probs = (stored[0], stored[1])
     model = None
     if probs is None and seg.method == "network":
-        model = load_onnx_model(load_model_card("lesion_seg"), seg.device)
+        model = load_onnx_model(load_segmentation_card(), seg.device)
     maps = prepare_pair(b_vol, f_vol, seg, model, progress, probs=probs)
     if probs is not None:  # the stored maps: record the model and provider that made them
         provider, stored_model = _stored_model(root, followup)

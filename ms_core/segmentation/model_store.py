@@ -27,15 +27,19 @@ __all__ = [
     "MODELS_ENV",
     "ORIENTATIONS",
     "OUTPUT_ACTIVATIONS",
+    "SEGMENTATION_MODEL",
     "ModelCard",
     "ModelError",
     "VerifiedModel",
     "active_sha256",
     "card_problem",
     "code_commit",
+    "is_shipped_folder",
     "load_model_card",
+    "load_segmentation_card",
     "models_dir_for",
     "register_model",
+    "segmentation_problem",
     "verify_model",
     "volume_ratio_range",
 ]
@@ -62,6 +66,10 @@ AXIS_ORDERS = ("xyz", "zyx")
 ORIENTATIONS = ("RAS", "LPS")
 #: Further card fields of the image segmentation models.
 _REQUIRED = (*_COMMON, "input", "output", "preprocessing")
+
+
+#: The model of the lesion segmentation slot (``segment``, the app, ``batch``, ``track``).
+SEGMENTATION_MODEL = "lesion_seg"
 
 
 class ModelError(InputError):
@@ -222,18 +230,13 @@ def load_model_card(name: str, models_dir: Path | str | None = None) -> ModelCar
 
 
 def card_problem(card: ModelCard) -> str:
-    """What makes a parsed segmentation card unusable ("" when nothing): unknown channels,
-    layout, activation or class index, a patch that is not three positive sizes, a spacing
-    or overlap out of range."""
-    # The segmentation slot's channels are built by name
-    # (ms_core.segmentation.segment.network_input); other image models (the change network) describe
-    # theirs in words.
-    unknown = ([c for c in card.channels if c not in ("FLAIR", "T1w")]
-               if card.name == "lesion_seg" else [])
+    """What makes a parsed image-model card unusable ("" when nothing): no or repeated
+    channels, unknown layout, activation or class index, a patch that is not three positive
+    sizes, a spacing or overlap out of range. Checks every image model shares; the
+    segmentation slot adds :func:`segmentation_problem`."""
     checks = [
-        (not card.channels or len(set(card.channels)) != len(card.channels) or bool(unknown)
-         or (card.name == "lesion_seg" and "FLAIR" not in card.channels),
-         f"input.channels is {list(card.channels)}; expected FLAIR, optionally T1w, once each"),
+        (not card.channels or len(set(card.channels)) != len(card.channels),
+         f"input.channels is {list(card.channels)}; expected at least one, each once"),
         (len(card.patch_size) != 3 or min(card.patch_size, default=0) < 1,
          f"input.patch_size is {list(card.patch_size)}; expected three positive sizes"),
         (card.multiple_of < 1, f"input.multiple_of is {card.multiple_of}; expected >= 1"),
@@ -254,6 +257,36 @@ def card_problem(card: ModelCard) -> str:
         (not 0.0 < card.threshold <= 1.0, f"threshold is {card.threshold}; expected (0, 1]"),
     ]
     return "; ".join(message for bad, message in checks if bad)
+
+
+def segmentation_problem(card: ModelCard) -> str:
+    """What keeps a card from the lesion segmentation slot ("" when nothing): the pipeline
+    builds its channels by name (:func:`ms_core.segmentation.segment.network_input`), so they
+    must be FLAIR and optionally T1w, FLAIR first or second, each once."""
+    if "FLAIR" in card.channels and set(card.channels) <= {"FLAIR", "T1w"}:
+        return ""
+    return f"input.channels is {list(card.channels)}; expected FLAIR, optionally T1w, once each"
+
+
+def load_segmentation_card(models_dir: Path | str | None = None) -> ModelCard:
+    """The lesion segmentation model's card (:data:`SEGMENTATION_MODEL`), verified as
+    :func:`load_model_card` does and checked against the segmentation contract.
+
+    Raises
+    ------
+    ModelError
+        as :func:`load_model_card`, or channels the pipeline cannot build.
+    """
+    card = load_model_card(SEGMENTATION_MODEL, models_dir)
+    problem = segmentation_problem(card)
+    if problem:
+        raise ModelError(card.onnx_path.with_name("model.json"), problem)
+    return card
+
+
+def is_shipped_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` is the repository's ``models_onnx`` (the models we ship)."""
+    return Path(folder).resolve() == MODELS_DIR.resolve()
 
 
 def models_dir_for(name: str, default: Path | str = MODELS_DIR) -> Path:

@@ -59,7 +59,7 @@ from ms_core.imaging.preprocess import (
 from ms_core.lesions.components import lesion_table, threshold_probability
 from ms_core.lesions.location import classify_lesions
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.segmentation.model_store import active_sha256, load_model_card
+from ms_core.segmentation.model_store import active_sha256, load_segmentation_card
 from ms_core.study.derivatives import (
     PROVENANCE,
     derivatives_dir,
@@ -465,7 +465,7 @@ def segment_files(flair_path: Path, t1_path: Path | None, out_dir: Path,
     load_s = round(time.perf_counter() - t0, 3)
     model = None
     if params.method == "network":
-        model = load_onnx_model(load_model_card("lesion_seg"), params.device)
+        model = load_onnx_model(load_segmentation_card(), params.device)
     try:
         result = segment_volumes(flair, t1, params, model, progress)
     except ValueError as e:

@@ -40,9 +40,10 @@ from ms_core.imaging.anatomy import load_template, synthetic_head
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model
 from ms_core.segmentation.model_store import (
     INTENSITY_REFERENCES,
-    MODELS_DIR,
+    SEGMENTATION_MODEL,
     ModelError,
-    load_model_card,
+    is_shipped_folder,
+    load_segmentation_card,
     register_model,
 )
 from ms_core.segmentation.segment import SegmentParams, segment_volumes
@@ -50,7 +51,6 @@ from ms_core.synthetic.synth import sphere_labels
 
 __all__ = [
     "MIN_OPSET",
-    "SEGMENTATION_NAME",
     "contract_card",
     "graph_problems",
     "register_segmentation_model",
@@ -58,8 +58,6 @@ __all__ = [
     "smoke_test",
 ]
 
-#: The manifest name the segmentation pipeline loads.
-SEGMENTATION_NAME = "lesion_seg"
 #: Oldest ONNX opset accepted (onnxruntime runs opset 7 and later).
 MIN_OPSET = 7
 #: How each intensity reference is described in the card's free-text ``normalisation``.
@@ -109,7 +107,7 @@ def contract_card(contract: dict[str, Any], contract_path: Path) -> dict[str, An
     out.setdefault("meaning", {"none": "lesion probability", "sigmoid": "lesion logits",
                                "softmax": "class logits"}.get(out["activation"], "unknown"))
     return {
-        "name": SEGMENTATION_NAME,
+        "name": SEGMENTATION_MODEL,
         "version": str(contract.get("version", "0.0.0")),
         "task": str(contract.get("task", "MS lesion segmentation (registered model)")),
         "input": inp, "preprocessing": pre, "output": out,
@@ -300,7 +298,7 @@ def register_segmentation_model(onnx_path: Path, contract_path: Path, out_dir: P
     onnx_path, contract_path, out_dir = Path(onnx_path), Path(contract_path), Path(out_dir)
     if not onnx_path.is_file():
         raise InputError(onnx_path, "ONNX file not found")
-    if out_dir.resolve() == MODELS_DIR.resolve():
+    if is_shipped_folder(out_dir):
         raise InputError(out_dir, "this is the shipped models folder; register into another "
                                   "folder and point MS_DASH_MODELS at it")
     card = contract_card(read_json(contract_path), contract_path)
@@ -312,17 +310,17 @@ def register_segmentation_model(onnx_path: Path, contract_path: Path, out_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".register-", dir=out_dir))
     try:
-        folder = staging / SEGMENTATION_NAME
+        folder = staging / SEGMENTATION_MODEL
         folder.mkdir()
         (folder / "model.onnx").write_bytes(onnx_path.read_bytes())
         card["sha256"] = digest
         card["training"] = {"source": "registered (trained elsewhere)",
                             "command": card["source"].get("training_command", "not recorded")}
         write_json(folder / "model.json", card)
-        write_json(staging / "manifest.json", {"models": {SEGMENTATION_NAME: {
-            "onnx": f"{SEGMENTATION_NAME}/model.onnx", "card": f"{SEGMENTATION_NAME}/model.json",
+        write_json(staging / "manifest.json", {"models": {SEGMENTATION_MODEL: {
+            "onnx": f"{SEGMENTATION_MODEL}/model.onnx", "card": f"{SEGMENTATION_MODEL}/model.json",
             "sha256": digest}}})
-        parsed = load_model_card(SEGMENTATION_NAME, staging)
+        parsed = load_segmentation_card(staging)
         smoke = smoke_test(load_onnx_model(parsed, "cpu"))
         card["registration"] = {
             "command": command or "ms_core.services.register.register_segmentation_model",
@@ -331,9 +329,9 @@ def register_segmentation_model(onnx_path: Path, contract_path: Path, out_dir: P
             "contract_sha256": sha256_file(contract_path), "opset": opset, "smoke": smoke}
         write_json(folder / "model.json", card)
         (folder / "MODEL_CARD.md").write_text(_card_markdown(card), encoding="utf-8")
-        _install(folder, out_dir / SEGMENTATION_NAME)
-        register_model(out_dir, SEGMENTATION_NAME, {
-            "onnx": f"{SEGMENTATION_NAME}/model.onnx", "card": f"{SEGMENTATION_NAME}/model.json",
+        _install(folder, out_dir / SEGMENTATION_MODEL)
+        register_model(out_dir, SEGMENTATION_MODEL, {
+            "onnx": f"{SEGMENTATION_MODEL}/model.onnx", "card": f"{SEGMENTATION_MODEL}/model.json",
             "sha256": digest})
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -51,7 +51,7 @@ from ms_core.foundation.io import load_lesion_mask, load_volume, read_json, sha2
 from ms_core.imaging.anatomy import load_template
 from ms_core.imaging.preprocess import crop_box, pad_to_multiple, resample_to_grid
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model
-from ms_core.segmentation.model_store import MODELS_DIR, load_model_card
+from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card
 from ms_core.segmentation.segment import SegmentParams, flair_on_working_grid, model_input
 from ms_core.study.layout import load_study
 from training.seg.model import UNet3D, architecture_of
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     weights, init_card = _init_weights(args.init)
     init_dir = weights.parent.parent
     params = SegmentParams(skull_stripped=args.skull_stripped)
-    init_model = load_onnx_model(load_model_card("lesion_seg", init_dir), "cpu", args.threads)
+    init_model = load_onnx_model(load_segmentation_card(init_dir), "cpu", args.threads)
     train_visits = [v for v in visits if v.participant_id in train_ids]
     val_visits = [v for v in visits if v.participant_id in val_ids]
     prepared = [prepare(v, init_model, params) for v in train_visits]
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if export.main(["--run", str(run), "--models-dir", str(args.out),
                     "--version", version]) != 0:
         return 1
-    tuned = load_onnx_model(load_model_card("lesion_seg", args.out), "cpu", args.threads)
+    tuned = load_onnx_model(load_segmentation_card(args.out), "cpu", args.threads)
     before, after = score(val_visits, init_model, params), score(val_visits, tuned, params)
     report = {"before": before, "after": after, "train_seconds": train_seconds,
               "held_loss_before": loss_before, "held_loss_after": loss_after,

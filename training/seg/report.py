@@ -45,7 +45,11 @@ from ms_core.foundation.io import (
 )
 from ms_core.segmentation.evaluate import calibration_error, evaluate_masks
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model
-from ms_core.segmentation.model_store import MODELS_DIR, ModelCard, load_model_card
+from ms_core.segmentation.model_store import (
+    MODELS_DIR,
+    ModelCard,
+    load_segmentation_card,
+)
 from ms_core.segmentation.segment import SegmentParams, segment_volumes
 from ms_core.study.derivatives import truth_dir
 from ms_core.study.layout import image_path, load_study
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the report from bench/results/segmentation_eval.json")
     args = ap.parse_args(argv)
-    card = load_model_card("lesion_seg", args.models_dir)
+    card = load_segmentation_card(args.models_dir)
     if not available_real_scans():
         print(f"no real validation scan found under {SHARED}", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ from ms_core.foundation.errors import StudyError
 from ms_core.foundation.io import load_lesion_mask, load_volume, read_json
 from ms_core.lesions.components import label_components
 from ms_core.segmentation.inference import load_onnx_model
-from ms_core.segmentation.model_store import load_model_card
+from ms_core.segmentation.model_store import load_segmentation_card
 from ms_core.segmentation.segment import SegmentParams
 from ms_core.study.derivatives import truth_dir
 from ms_core.study.layout import Study, image_path, load_study
@@ -98,7 +98,7 @@ def missed_lesions(pred: np.ndarray, prob: np.ndarray, truth: np.ndarray, flair:
 def evaluate_candidate(models_dir: Path, demo_root: Path, study: Study,
                        patients: list[str]) -> dict[str, Any]:
     """FLAIR-only network of ``models_dir`` on the selection visits and on patient26."""
-    card = load_model_card("lesion_seg", models_dir)
+    card = load_segmentation_card(models_dir)
     model = load_onnx_model(card, "cpu")
     net = SegmentParams(method="network")
     rows = {}
