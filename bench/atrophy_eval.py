@@ -6,13 +6,13 @@ Usage::
                                  [--tissue longitudinal|cross|none] [--out results.json]
 
 Per patient, the T1w of every pair of consecutive visits goes through
-:func:`ms_core.longitudinal.atrophy.pbvc_by_method`; the PBVC is annualised over the interval
+:func:`ms_core.longitudinal.pbvc.pbvc_by_method`; the PBVC is annualised over the interval
 between the acquisition dates and compared with the simulated rate (``atrophy_pct_per_year`` in
 ``truth.json``; a loss of r %/year is a PBVC of -r %/year). Per visit,
-:func:`ms_core.longitudinal.atrophy.tissue_volumes` runs on the T1w with the true lesion labels
+:func:`ms_core.segmentation.tissue.tissue_volumes` runs on the T1w with the true lesion labels
 (FLAIR grid, resampled to the T1w grid and dilated by one voxel) filled, and brain, GM, WM, ICV and
 BPF are compared with the truth. ``--tissue longitudinal`` (default) registers the baseline to MNI
-once (:func:`ms_core.longitudinal.atrophy.register_to_mni`) and carries the matrix to each follow-up
+once (:func:`ms_core.segmentation.tissue.register_to_mni`) and carries the matrix to each follow-up
 through the rigid visit registration, so the ICV is the same at every visit; ``--tissue cross``
 registers every visit on its own. Prints JSON (per pair, per visit and a summary with mean absolute
 errors and seconds); ``--out`` also writes it to a file.
@@ -38,13 +38,8 @@ sys.path.insert(0, str(REPO))
 from bench._common import print_result, repo_relative  # noqa: E402
 from ms_core.foundation.io import load_lesion_mask, load_volume, read_json  # noqa: E402
 from ms_core.imaging.preprocess import Grid, resample_to_grid  # noqa: E402
-from ms_core.longitudinal.atrophy import (  # noqa: E402
-    PBVC_METHODS,
-    annualised_pct_per_year,
-    pbvc_by_method,
-    register_to_mni,
-    tissue_volumes,
-)
+from ms_core.longitudinal.pbvc import PBVC_METHODS, annualised_pct_per_year, pbvc_by_method  # noqa: E402
+from ms_core.segmentation.tissue import register_to_mni, tissue_volumes  # noqa: E402
 from ms_core.study.derivatives import truth_dir  # noqa: E402
 from ms_core.study.layout import image_path, load_study  # noqa: E402
 

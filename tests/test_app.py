@@ -383,7 +383,8 @@ def test_timeline_shows_brain_atrophy_pending_then_measured(
     import ms_core.longitudinal.atrophy as atrophy
     import ms_core.longitudinal.tracking as longitudinal
     import ms_core.segmentation.segment as segment
-    from ms_core.longitudinal.atrophy import PBVCResult, TissueVolumes
+    from ms_core.longitudinal.pbvc import PBVCResult
+    from ms_core.segmentation.tissue import TissueVolumes
 
     study = tmp_path / "study"
     shutil.copytree(small_study, study)

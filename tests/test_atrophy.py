@@ -21,16 +21,14 @@ from scipy import ndimage as ndi
 from ms_core.foundation.domain import Volume
 from ms_core.foundation.io import load_volume, read_json
 from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, tissue_signal
-from ms_core.longitudinal.atrophy import (
+from ms_core.longitudinal.pbvc import (
     PBVCResult,
-    TissueVolumes,
     _rigid_half,
     annualised_pct_per_year,
-    fill_lesions,
     pbvc_by_method,
     percent_brain_volume_change,
-    tissue_volumes,
 )
+from ms_core.segmentation.tissue import TissueVolumes, fill_lesions, tissue_volumes
 from ms_core.study.derivatives import truth_dir
 from ms_core.study.layout import image_path
 from ms_core.synthetic.synth import anisotropic_affine, sphere_labels

@@ -197,7 +197,7 @@ def test_register_visits_recovers_the_head_motion() -> None:
 
 def test_visit_registration_is_remembered_and_shared_with_atrophy(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from ms_core.longitudinal import atrophy
+    from ms_core.longitudinal import pbvc
 
     calls: list[float] = []
 
@@ -218,7 +218,7 @@ def test_visit_registration_is_remembered_and_shared_with_atrophy(
     again = register_visits(Volume(base.data.copy(), np.eye(4), "FLAIR"), follow)
     assert len(calls) == 1 and again[0, 3] == 1.0 and again[0, 0] == 1.0
     # The atrophy of the same interval uses the same memo.
-    assert np.array_equal(atrophy.register_visit_pair(base, follow), again)
+    assert np.array_equal(pbvc.register_visit_pair(base, follow), again)
     assert len(calls) == 1
     # Swapped visits, another image, another resolution or seed register again.
     for b, f, kw in ((follow, base, {}), (base, Volume(head * 1.2, np.eye(4), "FLAIR"), {}),
@@ -333,7 +333,8 @@ def test_track_files_adds_an_atrophy_block_with_the_tracked_lesions_filled(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ms_core.longitudinal.atrophy as atrophy
     import ms_core.longitudinal.tracking as lon
-    from ms_core.longitudinal.atrophy import PBVCResult, TissueVolumes
+    from ms_core.longitudinal.pbvc import PBVCResult
+    from ms_core.segmentation.tissue import TissueVolumes
 
     base, follow, move = _pair()
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"

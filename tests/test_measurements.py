@@ -82,7 +82,8 @@ def _track(root: Path, baseline: Visit, followup: Visit) -> None:
 def _atrophy(root: Path, visits: list[Visit], monkeypatch: pytest.MonkeyPatch) -> None:
     """Store the brain volumes of the first two visits and the PBVC between them."""
     import ms_core.longitudinal.atrophy as atrophy
-    from ms_core.longitudinal.atrophy import PBVCResult, TissueVolumes
+    from ms_core.longitudinal.pbvc import PBVCResult
+    from ms_core.segmentation.tissue import TissueVolumes
 
     def fake_tissue(volume: Any, **_: Any) -> TissueVolumes:
         return TissueVolumes(1150.0, 650.0, 500.0, 350.0, 1500.0, 1150 / 1500, 0.0)

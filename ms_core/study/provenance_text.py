@@ -168,7 +168,7 @@ def _tool(record: Mapping[str, object]) -> str | None:
 def volume_provenance(record: Mapping[str, object] | None, path: str = "") -> str:
     """Where a visit's brain volume and BPF come from: its ``atrophy/tissue_volumes.json``.
 
-    The method is :func:`ms_core.longitudinal.atrophy.tissue_volumes` (partial-volume tissue
+    The method is :func:`ms_core.segmentation.tissue.tissue_volumes` (partial-volume tissue
     classification with MNI priors); the record says which sequence was measured and whether the
     lesions of the visit's stored segmentation were filled (its ``inputs`` then list the
     ``lesion_mask``).
