@@ -100,13 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": " ".join(["python bench/finetune_site.py", *(argv or sys.argv[1:])]),
               "splits": splits, "better_in": wins, "target_met": wins >= 2}
     write_json(REPO / "bench" / "results" / f"{args.name}.json", result)
-    print(f"{'held out':10} {'Dice before':>12} {'after':>7} {'F1 before':>10} {'after':>7} "
-          f"{'ml before':>10} {'after':>7} {'true':>7} {'train s':>8}")
-    for pid, s in splits.items():
-        b, a = s["before"], s["after"]
-        print(f"{pid:10} {b['dice']:12.3f} {a['dice']:7.3f} {b['lesion_f1']:10.3f} "
-              f"{a['lesion_f1']:7.3f} {b['pred_ml']:10.2f} {a['pred_ml']:7.2f} "
-              f"{a['true_ml']:7.2f} {s['train_seconds']:8.0f}")
+    print(finetune.before_after_table(
+        {k: v["before"] for k, v in splits.items()}, {k: v["after"] for k, v in splits.items()},
+        label="held out", seconds={k: v["train_seconds"] for k, v in splits.items()}))
     print(f"fine-tuned better on {wins} of {len(splits)} held-out scans (target: 2)")
     return 0
 

@@ -282,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def before_after_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                       label: str = "visit", seconds: dict[str, float] | None = None) -> str:
+    """Dice, lesion F1 and volume before and after fine-tuning, a row per validation scan
+    (``seconds``: training seconds per row, an extra column)."""
+    head = (f"{label:24} {'Dice before':>12} {'after':>7} {'F1 before':>10} {'after':>7} "
+            f"{'ml before':>10} {'after':>7} {'true':>7}" + (f" {'train s':>8}" if seconds else ""))
+    rows = [head]
+    for key in before:
+        b, a = before[key], after[key]
+        rows.append(f"{key:24} {b['dice']:12.3f} {a['dice']:7.3f} {b['lesion_f1']:10.3f} "
+                    f"{a['lesion_f1']:7.3f} {b['pred_ml']:10.2f} {a['pred_ml']:7.2f} "
+                    f"{a['true_ml']:7.2f}" + (f" {seconds[key]:8.0f}" if seconds else ""))
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -402,13 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     card = read_json(card_path)
     card.setdefault("evaluation", {})["site_validation"] = {"before": before, "after": after}
     export.publish(args.out, "lesion_seg", card, card["sha256"])
-    print(f"{'visit':24} {'Dice before':>12} {'after':>7} {'F1 before':>10} {'after':>7} "
-          f"{'ml before':>10} {'after':>7} {'true':>7}")
-    for key in before:
-        b, a = before[key], after[key]
-        print(f"{key:24} {b['dice']:12.3f} {a['dice']:7.3f} {b['lesion_f1']:10.3f} "
-              f"{a['lesion_f1']:7.3f} {b['pred_ml']:10.2f} {a['pred_ml']:7.2f} "
-              f"{a['true_ml']:7.2f}")
+    print(before_after_table(before, after))
     return 0
 
 
