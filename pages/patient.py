@@ -20,6 +20,7 @@ from ms_core.longitudinal.measurements import mcdonald_checklist, plausible_volu
 from ms_core.longitudinal.tracking import intensity_led_count
 from ms_core.segmentation.model_store import volume_ratio_range
 from ms_core.services.workflow import research_notice
+from ui import figures as ui_figures
 from ui import helpers as ui_helpers
 from ui import jobs as ui_jobs
 from ui import prognosis as ui_prognosis
@@ -113,7 +114,7 @@ else:
                     f"{str(row['location']).replace('_', ' ')}, mean probability "
                     f"{row['mean_prob']:.2f}.")
     st.dataframe(ui_viewer.highlight_selected(shown, chosen), hide_index=True,
-                 column_config=ui_helpers.lesion_table_config(), on_select="rerun",
+                 column_config=ui_figures.lesion_table_config(), on_select="rerun",
                  selection_mode="single-row", key=ui_viewer.table_key(pid, visit.session_id))
     if "location" in seg_table.columns:
         st.subheader("McDonald 2017: MRI criteria")
@@ -181,7 +182,7 @@ if previous is not None:
         st.caption(f"Rigid registration QC (normalised cross-correlation) "
                    f"{track_prov['registration']['ncc']:.3f}; method "
                    f"{track_prov['parameters']['method']}; made {track_prov['created_utc']}.")
-        st.dataframe(change_table, hide_index=True, column_config=ui_helpers.lesion_table_config())
+        st.dataframe(change_table, hide_index=True, column_config=ui_figures.lesion_table_config())
 
 try:
     lesions = ui_helpers.visit_lesions(study.root, visit)

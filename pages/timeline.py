@@ -8,6 +8,7 @@ import streamlit as st
 
 from ms_core.clinical.clinical_models import dmt_switch_activity
 from ms_core.longitudinal.timeline import dmt_periods, has_volumes, visit_table
+from ui import figures as ui_figures
 from ui import helpers as ui_helpers
 from ui import jobs as ui_jobs
 
@@ -26,24 +27,24 @@ for message in problems:
 table = visit_table(visits, truths)
 
 st.caption("Hover any point for where the number comes from (model, parameters, file).")
-st.plotly_chart(ui_helpers.shared_figure(ui_helpers.edss_figure, table, dmt_periods(visits),
-                                          ui_helpers.study_dmts(study)))
+st.plotly_chart(ui_figures.shared_figure(ui_figures.edss_figure, table, dmt_periods(visits),
+                                          ui_figures.study_dmts(study)))
 st.caption("Coloured bands: disease-modifying therapy from the visit it was recorded at. "
            "Stars: relapses since the previous visit (larger = more).")
 if has_volumes(table):
-    st.plotly_chart(ui_helpers.shared_figure(ui_helpers.volume_figure, table))
-st.dataframe(table, hide_index=True, column_config=ui_helpers.visit_table_config())
+    st.plotly_chart(ui_figures.shared_figure(ui_figures.volume_figure, table))
+st.dataframe(table, hide_index=True, column_config=ui_figures.visit_table_config())
 
 st.subheader("Measured by the pipeline")
 measured = ui_helpers.measured(study.root, visits)
 lesions_measured = bool(measured["segmented"].any())
-atrophy_measured = ui_helpers.has_atrophy(measured)
+atrophy_measured = ui_figures.has_atrophy(measured)
 if lesions_measured:
-    st.plotly_chart(ui_helpers.shared_figure(ui_helpers.measured_figure, measured))
+    st.plotly_chart(ui_figures.shared_figure(ui_figures.measured_figure, measured))
 if atrophy_measured:
-    st.plotly_chart(ui_helpers.shared_figure(ui_helpers.atrophy_figure, measured))
+    st.plotly_chart(ui_figures.shared_figure(ui_figures.atrophy_figure, measured))
 if lesions_measured or atrophy_measured:
-    st.dataframe(measured, hide_index=True, column_config=ui_helpers.visit_table_config())
+    st.dataframe(measured, hide_index=True, column_config=ui_figures.visit_table_config())
     st.caption("Network segmentation per visit and lesion matching against the previous visit; "
                "brain volume and BPF per visit (T1w, lesions filled) and PBVC (boundary shift "
                "integral) against the previous visit (research use only). Empty cells: not "

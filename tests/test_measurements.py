@@ -216,9 +216,9 @@ def _hovers(trace: Any) -> list[str]:
 def test_measured_figure_hovers_carry_model_and_comparison(measured_study: list[Visit],
                                                            tmp_path: Path) -> None:
     from ms_core.longitudinal.measurements import measured_table
-    from ui import helpers as ui_helpers
+    from ui import figures as ui_figures
 
-    fig = ui_helpers.measured_figure(measured_table(tmp_path, measured_study))
+    fig = ui_figures.measured_figure(measured_table(tmp_path, measured_study))
     lesions, new, enlarging = fig.data
     assert [t.name for t in fig.data] == ["lesions", "new", "enlarging"]
     hovers = _hovers(lesions)
@@ -235,9 +235,9 @@ def test_measured_figure_hovers_carry_model_and_comparison(measured_study: list[
 def test_atrophy_figure_hovers_carry_method_and_file(measured_study: list[Visit],
                                                      tmp_path: Path) -> None:
     from ms_core.longitudinal.measurements import measured_table
-    from ui import helpers as ui_helpers
+    from ui import figures as ui_figures
 
-    fig = ui_helpers.atrophy_figure(measured_table(tmp_path, measured_study))
+    fig = ui_figures.atrophy_figure(measured_table(tmp_path, measured_study))
     brain, bpf, rate = fig.data
     for trace in (brain, bpf):
         hovers = _hovers(trace)
@@ -249,15 +249,15 @@ def test_atrophy_figure_hovers_carry_method_and_file(measured_study: list[Visit]
 
 
 def test_hover_text_wraps_long_provenance_and_tolerates_old_tables() -> None:
-    from ui import helpers as ui_helpers
+    from ui import figures as ui_figures
 
     table = pd.DataFrame({"acq_date": pd.to_datetime(["2020-01-01"]), "lesion_count": [3.0],
                           "lesion_volume_ml": [1.0], "session_id": ["ses-01"],
                           "compared_with": [""], "new": [np.nan], "enlarging": [np.nan]})
-    fig = ui_helpers.measured_figure(table)  # made before the provenance columns existed
+    fig = ui_figures.measured_figure(table)  # made before the provenance columns existed
     assert fig.data[0].customdata[0][-1] == "provenance not recorded"
     long = pd.DataFrame({"p": ["word " * 40 + "derivatives/ms_dash/sub-01/ses-01/lesions.csv"]})
-    lines = ui_helpers._provenance_hover(long, "p")[0].split("<br>")
+    lines = ui_figures._provenance_hover(long, "p")[0].split("<br>")
     assert len(lines) > 1 and lines[-1].endswith("derivatives/ms_dash/sub-01/ses-01/lesions.csv")
 
 

@@ -179,18 +179,19 @@ def test_sources_name_the_files_the_numbers_were_read_from(tmp_path: Path) -> No
 
 
 def test_edss_and_volume_hovers_show_their_source(tmp_path: Path) -> None:
+    from ui import figures as ui_figures
     from ui import helpers as ui_helpers
 
     visits = _clinical_study(tmp_path)
     table = visit_table(visits, ui_helpers.truths_for(tmp_path, visits)[0])
-    edss = ui_helpers.edss_figure(table, dmt_periods(visits))
+    edss = ui_figures.edss_figure(table, dmt_periods(visits))
     assert [t.name for t in edss.data] == ["EDSS", "Relapses since last visit"]
     line, stars = edss.data
     assert all("sub-01_sessions.tsv" in row[2] for row in line.customdata)
     assert "EDSS from %{customdata[2]}" in line.hovertemplate
     assert stars.customdata[0][0] == 2 and "sub-01_sessions.tsv" in stars.customdata[0][1]
     assert "%{customdata[1]}" in stars.hovertemplate
-    volumes = ui_helpers.volume_figure(table)
+    volumes = ui_figures.volume_figure(table)
     assert len(volumes.data) == 2
     for trace in volumes.data:
         hovers = [row[1].replace("<br>", " ") for row in trace.customdata]
@@ -201,6 +202,7 @@ def test_edss_and_volume_hovers_show_their_source(tmp_path: Path) -> None:
 
 def test_a_shared_figure_is_built_once_per_distinct_data(tmp_path: Path) -> None:
     """Reruns reuse the built figure; a change in the table (a new EDSS) builds a new one."""
+    from ui import figures as ui_figures
     from ui import helpers as ui_helpers
 
     visits = _clinical_study(tmp_path)
@@ -209,14 +211,14 @@ def test_a_shared_figure_is_built_once_per_distinct_data(tmp_path: Path) -> None
 
     def build(frame: pd.DataFrame, periods: pd.DataFrame) -> object:
         calls.append(len(frame))
-        return ui_helpers.edss_figure(frame, periods)
+        return ui_figures.edss_figure(frame, periods)
 
-    first = ui_helpers.shared_figure(build, table, dmt_periods(visits))
-    again = ui_helpers.shared_figure(build, table.copy(), dmt_periods(visits))
+    first = ui_figures.shared_figure(build, table, dmt_periods(visits))
+    again = ui_figures.shared_figure(build, table.copy(), dmt_periods(visits))
     assert again is first and calls == [2]
     changed = table.copy()
     changed.loc[1, "edss"] = 6.5
-    other = ui_helpers.shared_figure(build, changed, dmt_periods(visits))
+    other = ui_figures.shared_figure(build, changed, dmt_periods(visits))
     assert other is not first and calls == [2, 2]
     assert 6.5 in list(other.data[0].y) and 6.5 not in list(first.data[0].y)
 

@@ -1,2 +1,2 @@
-"""The Streamlit glue shared by app.py and pages/: routing, caching and selection (helpers), the
-viewer, cohort tables, prognosis panels and background jobs."""
+"""The Streamlit glue shared by app.py and pages/: routing, caching and selection (helpers),
+figures, the viewer, cohort tables, prognosis panels and background jobs."""

@@ -40,7 +40,8 @@ from ms_core.longitudinal.measurements import visit_lesion_table
 from ms_core.segmentation.inference import TabularModel
 from ms_core.segmentation.model_store import MODELS_DIR
 from ms_core.services.workflow import research_notice
-from ui.helpers import measured, shared_figure
+from ui.figures import shared_figure
+from ui.helpers import measured
 
 __all__ = [
     "CLINICAL_MODELS",

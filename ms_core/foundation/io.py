@@ -54,6 +54,7 @@ __all__ = [
     "cached_arrays",
     "from_sitk",
     "header_warnings",
+    "itk_single_thread",
     "load_lesion_mask",
     "load_volume",
     "nifti_bytes",
@@ -605,6 +606,27 @@ def save_labels(path: Path | str, labels: np.ndarray, affine: np.ndarray) -> Non
 
 
 # ----------------------------------------------------------------------------- SimpleITK bridge
+@contextlib.contextmanager
+def itk_single_thread(what: str) -> Iterator[None]:
+    """Run SimpleITK filters on one thread and report ITK's failures as ``ValueError``.
+
+    ITK sums over threads in no fixed order, so one thread makes results bit-identical on any
+    machine. ITK reports failures (no overlap, a diverging optimiser) as ``RuntimeError``; they
+    come out as ``ValueError("<what> failed: <ITK's last line>")``. The global thread count is
+    restored afterwards.
+    """
+    import SimpleITK as sitk
+
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    except RuntimeError as e:
+        raise ValueError(f"{what} failed: {str(e).splitlines()[-1]}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
 def to_sitk(data: np.ndarray, affine: np.ndarray) -> Any:
     """A SimpleITK image of ``data`` (X, Y, Z) with ``affine`` (RAS+), in ITK's LPS+ space.
 

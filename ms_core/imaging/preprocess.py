@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core.foundation.domain import Volume, check_affine
-from ms_core.foundation.io import from_sitk, to_sitk
+from ms_core.foundation.io import from_sitk, itk_single_thread, to_sitk
 from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
 from ms_core.imaging.registration import register_affine
 
@@ -364,15 +364,9 @@ def _n4_log_field(image: Any, small: Any, small_mask: Any, iterations: tuple[int
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
     n4.SetNumberOfThreads(1)
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
+    with itk_single_thread("N4 bias correction"):
         n4.Execute(small, small_mask)
         log_bias, _ = from_sitk(n4.GetLogBiasFieldAsImage(image))
-    except RuntimeError as e:  # ITK reports failures as RuntimeError
-        raise ValueError(f"N4 bias correction failed: {str(e).splitlines()[-1]}") from e
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return log_bias
 
 

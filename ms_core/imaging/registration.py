@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ms_core.foundation.io import to_sitk
+from ms_core.foundation.io import itk_single_thread, to_sitk
 
 __all__ = ["ncc", "register_affine"]
 
@@ -104,10 +104,7 @@ def register_affine(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndar
                   reg.GetMetricValue(), reg.GetOptimizerIteration())
         return out
 
-    # ITK's metric sums over threads in no fixed order: one thread makes results bit-identical.
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
+    with itk_single_thread("registration"):  # bit-identical results; ITK errors as ValueError
         rigid = run(initial, list(shrink), 100)
         if rigid_only:
             return _matrix_of(rigid)
@@ -117,10 +114,6 @@ def register_affine(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndar
         affine.SetTranslation(rigid_t.GetTranslation())
         affine.SetCenter(rigid_t.GetCenter())
         return _matrix_of(run(affine, list(shrink), 100))
-    except RuntimeError as e:  # ITK reports failures (e.g. no overlap) as RuntimeError
-        raise ValueError(f"registration failed: {str(e).splitlines()[-1]}") from e
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core.foundation.domain import Volume, voxel_volume_ml
-from ms_core.foundation.io import to_sitk
+from ms_core.foundation.io import itk_single_thread, to_sitk
 from ms_core.imaging.anatomy import load_template
 from ms_core.imaging.preprocess import (
     Grid,
@@ -343,14 +343,8 @@ def _jacobian_change_ml(nb: np.ndarray, nf: np.ndarray, grid: Grid,
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
     demons.SetNumberOfIterations(_DEMONS_ITERATIONS)
     demons.SetStandardDeviations(_DEMONS_SIGMA_MM)
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
+    with itk_single_thread("demons registration"):
         disp = demons.Execute(fixed, moving)
-    except RuntimeError as e:
-        raise ValueError(f"demons registration failed: {str(e).splitlines()[-1]}") from e
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     # (z, y, x, 3) LPS mm -> (x, y, z, 3) RAS mm; ITK's own Jacobian filter ignores the
     # direction cosines, so the determinant is computed here.
     u = sitk.GetArrayFromImage(disp).transpose(2, 1, 0, 3) * np.array([-1.0, -1.0, 1.0])

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ms_core.foundation.domain import Volume, affine_spacing, voxel_volume_ml
-from ms_core.foundation.io import to_sitk
+from ms_core.foundation.io import itk_single_thread, to_sitk
 from ms_core.imaging.anatomy import TYPICAL_CONTRAST, load_template, synthetic_head
 from ms_core.imaging.preprocess import (
     Grid,
@@ -147,15 +147,9 @@ def refine_subject_to_mni(volume: Volume, subject_to_mni: np.ndarray, *,
     reg.SetSmoothingSigmasPerLevel([1.0, 0.5])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     reg.SetInitialTransform(sitk.AffineTransform(3), inPlace=False)
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     reg.SetNumberOfThreads(1)
-    try:
+    with itk_single_thread("template registration"):
         out = reg.Execute(f, m)
-    except RuntimeError as e:
-        raise ValueError(f"template registration failed: {str(e).splitlines()[-1]}") from e
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return np.asarray(_matrix_from_sitk(out) @ s2m)
 
 
