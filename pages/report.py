@@ -9,16 +9,9 @@ import streamlit as st
 
 from ms_core.clinical.prognosis import PrognosisModel
 from ms_core.foundation.errors import InputError
-from ms_core.services.report import (
-    NOTICE,
-    SECTIONS,
-    Report,
-    build_report,
-    render_html,
-    render_pdf,
-    report_inputs,
-    write_report,
-)
+from ms_core.services.report import build_report, report_inputs, write_report
+from ms_core.services.report_model import NOTICE, SECTIONS, Report
+from ms_core.services.report_render import render_html, render_pdf
 from ms_core.services.workflow import model_card_ref
 from ui import helpers as ui_helpers
 from ui import prognosis as ui_prognosis

@@ -15,16 +15,9 @@ from ms_core.foundation.io import save_labels, save_volume, sha256_file
 from ms_core.imaging.preprocess import Grid
 from ms_core.lesions.components import lesion_table
 from ms_core.segmentation.model_store import MODELS_DIR, load_segmentation_card
-from ms_core.services.report import (
-    axial_plane,
-    build_report,
-    lesion_images,
-    render_html,
-    render_pdf,
-    report_dir,
-    report_inputs,
-    write_report,
-)
+from ms_core.services.report import build_report, report_dir, report_inputs, write_report
+from ms_core.services.report_figures import axial_plane, lesion_images
+from ms_core.services.report_render import render_html, render_pdf
 from ms_core.synthetic.synth import anisotropic_affine, sphere_labels
 from tests.conftest import copy_study
 
