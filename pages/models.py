@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ms_core.clinical.trial import MIN_REGISTRATION_NCC, UNCERTAIN_PROB, UNCERTAIN_VOLUME_FRACTION
+from ms_core.clinical.trial_qc import (
+    MIN_REGISTRATION_NCC,
+    UNCERTAIN_PROB,
+    UNCERTAIN_VOLUME_FRACTION,
+)
 from ms_core.foundation import state_keys
 from ms_core.foundation.errors import InputError
 from ms_core.study import audit

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ms_core.clinical.statistics import kaplan_meier, poisson_rate_ci, wilson_ci
 from ms_core.clinical.trial import (
     ARM_COLUMNS,
     GROUND_TRUTH,
@@ -20,20 +21,15 @@ from ms_core.clinical.trial import (
     NO_ARM,
     NO_SOURCE,
     PATIENT_COLUMNS,
-    QC_COLUMNS,
     arm_summary,
     filter_patients,
-    kaplan_meier,
     km_by_arm,
     neda3,
     patient_endpoints,
     patient_table,
-    poisson_rate_ci,
     study_endpoints,
-    uncertain_volume_fraction,
-    visit_qc_table,
-    wilson_ci,
 )
+from ms_core.clinical.trial_qc import QC_COLUMNS, uncertain_volume_fraction, visit_qc_table
 from ms_core.foundation.domain import Participant, Visit
 from ms_core.study.derivatives import truth_dir
 from ms_core.study.layout import load_study

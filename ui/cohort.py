@@ -27,15 +27,15 @@ import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
 from ms_core import __version__
+from ms_core.clinical.statistics import KaplanMeier
 from ms_core.clinical.trial import (
     GROUND_TRUTH,
     MEASURED,
     NO_SOURCE,
-    KaplanMeier,
     TrialEndpoints,
     study_endpoints,
-    study_qc_table,
 )
+from ms_core.clinical.trial_qc import study_qc_table
 from ms_core.foundation import state_keys
 from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import read_json, sha256_file
@@ -125,7 +125,7 @@ def _qc(root: str, stamps: tuple[tuple[str, int, int], ...]
 
 
 def qc_table(study: Study) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """:func:`ms_core.clinical.trial.study_qc_table`, cached like :func:`trial_endpoints`."""
+    """:func:`ms_core.clinical.trial_qc.study_qc_table`, cached like :func:`trial_endpoints`."""
     return _qc(str(study.root), _stamps(study))
 
 

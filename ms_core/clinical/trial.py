@@ -20,16 +20,21 @@ from typing import Any, Final, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ms_core.clinical.patient_features import AtrophyReader
+from ms_core.clinical.statistics import (
+    KaplanMeier,
+    finite_number,
+    kaplan_meier,
+    poisson_rate_ci,
+    wilson_ci,
+)
 from ms_core.foundation.domain import DAYS_PER_YEAR, Participant, Visit
 from ms_core.foundation.errors import InputError
 from ms_core.foundation.io import read_json
-from ms_core.lesions.visits import visit_metadata_warnings
-from ms_core.longitudinal.measurements import measured_table, visit_lesion_table
+from ms_core.longitudinal.measurements import measured_table
 from ms_core.longitudinal.outcomes import confirmed_worsening
-from ms_core.longitudinal.tracking import TrackParams, tracking_status
+from ms_core.longitudinal.tracking import TrackParams
 from ms_core.study.derivatives import truth_dir
 from ms_core.study.layout import Study
 
@@ -37,30 +42,19 @@ __all__ = [
     "ARM_COLUMNS",
     "GROUND_TRUTH",
     "MEASURED",
-    "MIN_REGISTRATION_NCC",
     "NO_ARM",
     "NO_SOURCE",
     "PATIENT_COLUMNS",
-    "QC_COLUMNS",
     "SOURCES",
-    "UNCERTAIN_PROB",
-    "UNCERTAIN_VOLUME_FRACTION",
-    "KaplanMeier",
     "SourceChoice",
     "TrialEndpoints",
     "arm_summary",
     "filter_patients",
-    "kaplan_meier",
     "km_by_arm",
     "neda3",
     "patient_endpoints",
     "patient_table",
-    "poisson_rate_ci",
     "study_endpoints",
-    "study_qc_table",
-    "uncertain_volume_fraction",
-    "visit_qc_table",
-    "wilson_ci",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,236 +89,6 @@ ARM_COLUMNS = (
     "cdw_n", "cdw_events", "cdw_landmark_years", "cdw_free", "cdw_free_ci_lo", "cdw_free_ci_hi",
     "cdw_median_years",
 )
-#: Columns of :func:`visit_qc_table`.
-QC_COLUMNS = (
-    "participant_id", "session_id", "acq_date", "compared_with", "qc_flags", "protocol_change",
-    "registration_ncc", "image_qc", "segmented", "lesion_volume_ml",
-    "uncertain_volume_fraction",
-)
-#: A segmented lesion is *uncertain* when its mean lesion probability is below this.
-UNCERTAIN_PROB = 0.7
-#: A visit is flagged when uncertain lesions hold more than this fraction of its lesion volume.
-UNCERTAIN_VOLUME_FRACTION = 0.25
-#: Registration QC: the stored comparison is flagged below this normalised cross-correlation
-#: (the threshold of :mod:`ms_core.longitudinal.tracking`).
-MIN_REGISTRATION_NCC = 0.8
-
-
-# ============================================================================== intervals
-def wilson_ci(k: float, n: float, *, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (Wilson 1927; Newcombe 1998, method 3).
-
-    Parameters
-    ----------
-    k
-        Number of successes, ``0 <= k <= n``.
-    n
-        Number of trials; ``n = 0`` gives ``(nan, nan)``.
-    alpha
-        1 - confidence level (0.05: 95 %).
-
-    Returns
-    -------
-    (lo, hi)
-        Bounds in [0, 1].
-
-    >>> [round(x, 4) for x in wilson_ci(81, 263)]
-    [0.2553, 0.3662]
-    """
-    _check_alpha(alpha)
-    if not (0 <= k <= n) or not math.isfinite(n):
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return (math.nan, math.nan)
-    z = float(stats.norm.ppf(1.0 - alpha / 2.0))
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2.0 * n)) / denom
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def poisson_rate_ci(count: float, exposure: float, *, alpha: float = 0.05
-                    ) -> tuple[float, float]:
-    """Exact (Garwood 1936) interval of a Poisson rate ``count / exposure``.
-
-    Parameters
-    ----------
-    count
-        Observed events (a whole number >= 0), e.g. new/enlarging T2 lesions.
-    exposure
-        Exposure, e.g. patient-years (> 0); 0 gives ``(nan, nan)``.
-    alpha
-        1 - confidence level.
-
-    Returns
-    -------
-    (lo, hi)
-        Bounds of the rate, in events per unit of exposure (per patient-year).
-
-    >>> [round(x, 3) for x in poisson_rate_ci(5, 1.0)]
-    [1.623, 11.668]
-    """
-    _check_alpha(alpha)
-    if count < 0 or not float(count).is_integer():
-        raise ValueError(f"count must be a whole number >= 0, got {count}")
-    if exposure < 0 or not math.isfinite(exposure):
-        raise ValueError(f"exposure must be finite and >= 0, got {exposure}")
-    if exposure == 0:
-        return (math.nan, math.nan)
-    lo = 0.0 if count == 0 else float(stats.chi2.ppf(alpha / 2.0, 2.0 * count)) / 2.0
-    hi = float(stats.chi2.ppf(1.0 - alpha / 2.0, 2.0 * count + 2.0)) / 2.0
-    return (lo / exposure, hi / exposure)
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha} (0.05 for a 95 % interval)")
-
-
-# ============================================================================== Kaplan-Meier
-@dataclass(frozen=True, eq=False)
-class KaplanMeier:
-    """Kaplan-Meier estimate of the event-free probability, one row per distinct time.
-
-    All arrays are (K,) and start with time 0 (survival 1); the other rows are the distinct
-    observed times (events and censorings). Survival only drops at times with events.
-
-    Attributes
-    ----------
-    time_years
-        float64, increasing, in years.
-    survival
-        float64, S(t) just after each time.
-    std_err
-        float64, Greenwood standard error of S(t).
-    ci_lo, ci_hi
-        float64 pointwise confidence bounds of S(t) (see :func:`kaplan_meier`).
-    n_at_risk
-        int64, patients still followed just before each time.
-    n_events, n_censored
-        int64, events and censorings at each time.
-    """
-
-    time_years: np.ndarray
-    survival: np.ndarray
-    std_err: np.ndarray
-    ci_lo: np.ndarray
-    ci_hi: np.ndarray
-    n_at_risk: np.ndarray
-    n_events: np.ndarray
-    n_censored: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = np.shape(self.time_years)
-        for name in ("survival", "std_err", "ci_lo", "ci_hi", "n_at_risk", "n_events",
-                     "n_censored"):
-            if np.shape(getattr(self, name)) != n:
-                raise ValueError(f"{name} must have shape {n}, got "
-                                 f"{np.shape(getattr(self, name))}")
-
-    @property
-    def total_events(self) -> int:
-        return int(self.n_events.sum())
-
-    @property
-    def n_patients(self) -> int:
-        return int(self.n_at_risk[0]) if self.n_at_risk.size else 0
-
-    def at(self, t_years: float) -> tuple[float, float, float]:
-        """(S, lo, hi) at ``t_years``; NaN beyond the last observed time or without patients.
-
-        >>> km = kaplan_meier([1.0, 2.0, 3.0], [True, False, False])
-        >>> [round(v, 3) for v in km.at(1.5)][0]
-        0.667
-        """
-        if self.n_patients == 0 or t_years < 0 or t_years > float(self.time_years[-1]):
-            return (math.nan, math.nan, math.nan)
-        i = int(np.searchsorted(self.time_years, t_years, side="right")) - 1
-        return (float(self.survival[i]), float(self.ci_lo[i]), float(self.ci_hi[i]))
-
-    def median_years(self) -> float:
-        """First time at which S(t) <= 0.5; NaN when the curve never gets there."""
-        below = np.nonzero(self.survival <= 0.5)[0]
-        return float(self.time_years[below[0]]) if below.size else math.nan
-
-    def table(self) -> pd.DataFrame:
-        """The estimate as a DataFrame (one row per time, the attribute names as columns)."""
-        return pd.DataFrame({
-            "time_years": self.time_years, "n_at_risk": self.n_at_risk,
-            "n_events": self.n_events, "n_censored": self.n_censored,
-            "survival": self.survival, "std_err": self.std_err,
-            "ci_lo": self.ci_lo, "ci_hi": self.ci_hi,
-        })
-
-
-def kaplan_meier(time_years: Sequence[float] | np.ndarray, event: Sequence[bool] | np.ndarray,
-                 *, alpha: float = 0.05, ci: Literal["log-log", "plain"] = "log-log"
-                 ) -> KaplanMeier:
-    """Kaplan-Meier product-limit estimate (Kaplan & Meier 1958) with Greenwood (1926) variance.
-
-    Parameters
-    ----------
-    time_years
-        (N,) time of the event or of censoring, in years, finite and >= 0.
-    event
-        (N,) True for an event, False for a censored time. At a time with both, the events
-        come first (the censored patients are still at risk).
-    alpha
-        1 - confidence level of the pointwise interval.
-    ci
-        ``"log-log"`` (default; Kalbfleisch & Prentice 2002): ``S ** exp(+-z * se_loglog)``,
-        which stays inside [0, 1]; ``"plain"``: ``S +- z * se`` clipped to [0, 1]. Both use
-        the Greenwood variance ``Var S(t) = S(t)^2 * sum d / (n (n - d))``.
-
-    Returns
-    -------
-    KaplanMeier
-
-    Raises
-    ------
-    ValueError
-        for arrays of different lengths, negative or non-finite times, or a bad ``ci``.
-
-    >>> km = kaplan_meier([1.0, 1.0, 2.0, 3.0], [True, False, True, False])
-    >>> km.time_years.tolist(), km.survival.round(3).tolist()
-    ([0.0, 1.0, 2.0, 3.0], [1.0, 0.75, 0.375, 0.375])
-    """
-    _check_alpha(alpha)
-    if ci not in ("log-log", "plain"):
-        raise ValueError(f"ci must be 'log-log' or 'plain', not {ci!r}")
-    t = np.asarray(time_years, dtype=np.float64).ravel()
-    e = np.asarray(event, dtype=bool).ravel()
-    if t.shape != e.shape:
-        raise ValueError(f"time_years has {t.size} values but event has {e.size}")
-    if t.size and (not np.isfinite(t).all() or (t < 0).any()):
-        bad = float(t[~(np.isfinite(t) & (t >= 0))][0])
-        raise ValueError(f"times must be finite and >= 0 years, got {bad}")
-    uniq = np.unique(t)
-    uniq = uniq[uniq > 0]
-    times = np.concatenate([[0.0], uniq])
-    d = np.array([int((e & (t == u)).sum()) for u in times], dtype=np.int64)
-    c = np.array([int((~e & (t == u)).sum()) for u in times], dtype=np.int64)
-    n_risk = np.array([int((t >= u).sum()) for u in times], dtype=np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.where(n_risk > 0, 1.0 - d / np.maximum(n_risk, 1), 1.0)
-        surv = np.cumprod(factor)
-        term = np.where(d > 0, d / (n_risk * (n_risk - d)).astype(np.float64), 0.0)
-        gw = np.cumsum(term)  # inf once every patient at risk had the event
-        se = np.where(surv > 0, surv * np.sqrt(gw), 0.0)
-    z = float(stats.norm.ppf(1.0 - alpha / 2.0))
-    lo: np.ndarray
-    hi: np.ndarray
-    if ci == "plain":
-        lo, hi = np.clip(surv - z * se, 0.0, 1.0), np.clip(surv + z * se, 0.0, 1.0)
-    else:
-        lo, hi = surv.copy(), surv.copy()
-        inner = (surv > 0) & (surv < 1) & (gw > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.sqrt(gw[inner]) / np.abs(np.log(surv[inner]))
-        lo[inner] = surv[inner] ** np.exp(z * v)
-        hi[inner] = surv[inner] ** np.exp(-z * v)
-    return KaplanMeier(times, surv, se, lo, hi, n_risk, d, c)
 
 
 # ============================================================================== NEDA-3
@@ -350,14 +114,6 @@ def _years(a: Visit, b: Visit) -> float:
     return (b.acq_date - a.acq_date).days / DAYS_PER_YEAR
 
 
-def _finite(value: Any) -> float | None:
-    """A JSON/pandas number as float, None when missing, NaN, boolean or not a number."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        return None
-    v = float(value)
-    return v if math.isfinite(v) else None
-
-
 def _pick(keys: Sequence[str], measured: Mapping[str, float | None],
           truth: Mapping[str, float | None], choice: SourceChoice
           ) -> tuple[list[float] | None, str]:
@@ -380,8 +136,8 @@ def _truth_pbvc(visits: Sequence[Visit], truths: Mapping[str, Mapping[str, Any] 
     """Interval PBVC (%) from ground-truth brain volumes, keyed by the later visit."""
     out: dict[str, float | None] = {}
     for a, b in itertools.pairwise(visits):
-        va = _finite((truths.get(a.session_id) or {}).get("brain_volume_ml"))
-        vb = _finite((truths.get(b.session_id) or {}).get("brain_volume_ml"))
+        va = finite_number((truths.get(a.session_id) or {}).get("brain_volume_ml"))
+        vb = finite_number((truths.get(b.session_id) or {}).get("brain_volume_ml"))
         out[b.session_id] = 100.0 * (vb / va - 1.0) if va and vb is not None else None
     return out
 
@@ -477,7 +233,7 @@ def patient_endpoints(participant: Participant, visits: Sequence[Visit], *,
     row["relapses_per_year"] = per_year(relapses)
 
     keys = [v.session_id for v in followups]
-    truth_counts = {k: _finite((truths.get(k) or {}).get("new_or_enlarging")) for k in keys}
+    truth_counts = {k: finite_number((truths.get(k) or {}).get("new_or_enlarging")) for k in keys}
     lesions, lesion_source = _pick(keys, measured_new_enlarging or {}, truth_counts, source)
     new_t2 = float(sum(lesions)) if lesions is not None else None
     row.update(new_enlarging=math.nan if new_t2 is None else new_t2,
@@ -559,7 +315,7 @@ def _measured_lesions(root: Path, visits: Sequence[Visit], params: TrackParams,
     except InputError as e:
         problems.append(f"measurements skipped: {e}")
         return {}
-    return {str(s): _finite(n) for s, n in zip(table.session_id, table.new_or_enlarging,
+    return {str(s): finite_number(n) for s, n in zip(table.session_id, table.new_or_enlarging,
                                               strict=True)}
 
 
@@ -575,7 +331,7 @@ def _measured_pbvc(root: Path, visits: Sequence[Visit], atrophy: AtrophyReader |
         except InputError as e:
             problems.append(f"atrophy skipped: {e}")
             stored = None
-        rate = _finite((stored or {}).get("pbvc_pct_per_year"))
+        rate = finite_number((stored or {}).get("pbvc_pct_per_year"))
         out[b.session_id] = None if rate is None else rate * _years(a, b)
     return out
 
@@ -709,111 +465,3 @@ def arm_summary(patients: pd.DataFrame, *, alpha: float = 0.05, landmark_years: 
     return pd.DataFrame(rows, columns=list(ARM_COLUMNS))
 
 
-# ============================================================================== QC
-def uncertain_volume_fraction(lesions: pd.DataFrame, *, prob_below: float = UNCERTAIN_PROB
-                              ) -> float:
-    """Fraction of the lesion volume in lesions whose ``mean_prob`` is below ``prob_below``.
-
-    Parameters
-    ----------
-    lesions
-        A ``lesions.csv`` table with ``volume_ml`` (ml) and ``mean_prob`` columns.
-
-    Returns
-    -------
-    float
-        In [0, 1]; NaN without lesions (no volume) or without probabilities.
-
-    >>> t = pd.DataFrame({"volume_ml": [0.3, 0.1], "mean_prob": [0.9, 0.6]})
-    >>> uncertain_volume_fraction(t)
-    0.25
-    """
-    missing = [c for c in ("volume_ml", "mean_prob") if c not in lesions.columns]
-    if missing:
-        raise ValueError(f"lesion table lacks columns {missing}; it has {list(lesions.columns)}")
-    volume = lesions["volume_ml"].to_numpy(dtype=np.float64)
-    prob = lesions["mean_prob"].to_numpy(dtype=np.float64)
-    total = float(volume.sum())
-    if total <= 0 or np.isnan(prob).all():
-        return math.nan
-    return round(float(volume[prob < prob_below].sum()) / total, 6)
-
-
-def visit_qc_table(root: Path, visits: Sequence[Visit], params: TrackParams = TrackParams(), *,
-                   prob_below: float = UNCERTAIN_PROB,
-                   max_uncertain: float = UNCERTAIN_VOLUME_FRACTION,
-                   min_ncc: float = MIN_REGISTRATION_NCC) -> pd.DataFrame:
-    """QC of one patient's visits (date order), one row each (:data:`QC_COLUMNS`).
-
-    * ``protocol_change``: scanner or field-strength change since the previous visit, from the
-      session table (:func:`ms_core.lesions.visits.visit_metadata_warnings`); always available.
-    * ``registration_ncc``, ``image_qc``: from the current stored comparison with the previous
-      visit (NaN / empty when not compared): its registration NCC and its image-based warnings
-      (voxel size, orientation, intensity profile, poor registration).
-    * ``uncertain_volume_fraction``: :func:`uncertain_volume_fraction` of the current stored
-      segmentation (NaN when not segmented or without lesions).
-    * ``qc_flags``: the rules that fire, ``"; "``-joined: protocol change, NCC below ``min_ncc``,
-      image QC warnings, uncertain fraction above ``max_uncertain``.
-
-    Raises
-    ------
-    InputError
-        naming a stored lesion table that cannot be read.
-    """
-    ordered = sorted(visits, key=lambda v: (v.acq_date, v.session_id))
-    rows = []
-    for prev, visit in itertools.pairwise([None, *ordered]):
-        assert visit is not None  # pairwise over [None, *ordered]: only ``prev`` can be None
-        flags: list[str] = []
-        protocol = visit_metadata_warnings(prev, visit) if prev is not None else []
-        flags += [f"protocol: {w}" for w in protocol]
-        prov = tracking_status(root, prev, visit, params) if prev is not None else None
-        ncc, image_qc = math.nan, []
-        if prov is not None:
-            registration = prov.get("registration")
-            qc = prov.get("qc")
-            stored = _finite(registration.get("ncc")) if isinstance(registration, dict) else None
-            ncc = math.nan if stored is None else stored
-            warnings = qc.get("protocol_warnings", []) if isinstance(qc, dict) else []
-            image_qc = [str(w) for w in warnings]
-            if ncc < min_ncc and not any("NCC" in w for w in image_qc):
-                flags.append(f"registration NCC {ncc:.2f} < {min_ncc:.2f}")
-            flags += [f"image QC: {w}" for w in image_qc]
-        lesions = visit_lesion_table(root, visit, params.segmentation)
-        uncertain = volume = math.nan
-        if lesions is not None:
-            volume = float(lesions["volume_ml"].sum())
-            if "mean_prob" in lesions.columns and len(lesions):
-                uncertain = uncertain_volume_fraction(lesions, prob_below=prob_below)
-            if uncertain == uncertain and uncertain > max_uncertain:
-                flags.append(f"{uncertain:.0%} of lesion volume has mean probability "
-                             f"< {prob_below:g}")
-        rows.append({
-            "participant_id": visit.participant_id, "session_id": visit.session_id,
-            "acq_date": pd.Timestamp(visit.acq_date),
-            "compared_with": prev.session_id if prev is not None else "",
-            "protocol_change": "; ".join(protocol), "registration_ncc": ncc,
-            "image_qc": "; ".join(image_qc), "segmented": lesions is not None,
-            "lesion_volume_ml": volume, "uncertain_volume_fraction": uncertain,
-            "qc_flags": "; ".join(flags),
-        })
-    return pd.DataFrame(rows, columns=list(QC_COLUMNS))
-
-
-def study_qc_table(study: Study, params: TrackParams = TrackParams()
-                   ) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """:func:`visit_qc_table` of every patient, concatenated, and messages for unreadable
-    files (that patient's rows are left out)."""
-    frames: list[pd.DataFrame] = []
-    problems: list[str] = []
-    for pid in study.participants:
-        visits = study.visits.get(pid, ())
-        if not visits:
-            continue
-        try:
-            frames.append(visit_qc_table(study.root, visits, params))
-        except InputError as e:
-            problems.append(f"QC of {pid} skipped: {e}")
-    if not frames:
-        return pd.DataFrame(columns=list(QC_COLUMNS)), tuple(problems)
-    return pd.concat(frames, ignore_index=True), tuple(problems)
