@@ -141,3 +141,29 @@ def test_the_stage_check_sees_an_upward_import() -> None:
     assert upward_imports({"imaging.anatomy": {"services.cli"}}) == [
         "imaging.anatomy -> services.cli"]
     assert upward_imports({"services.cli": {"imaging.anatomy"}}) == []
+
+
+def _doc_imports() -> list[tuple[str, str, list[str]]]:
+    """(doc, module, names) of every ``from ms_core... import`` line in the docs' examples."""
+    import re
+
+    docs = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md",
+            *sorted((REPO / "training").rglob("*.md"))]
+    found = []
+    for doc in docs:
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"\s*from (ms_core[\w.]*) import (.+)$", line)
+            if m:
+                names = [n.strip().split(" as ")[0] for n in m.group(2).strip("()").split(",")]
+                found.append((doc.name, m.group(1), [n for n in names if n]))
+    return found
+
+
+def test_the_docs_examples_import_what_exists() -> None:
+    import importlib
+
+    examples = _doc_imports()
+    assert examples, "the docs show no ms_core import: the pattern no longer matches"
+    missing = [(doc, module, name) for doc, module, names in examples
+               for name in names if not hasattr(importlib.import_module(module), name)]
+    assert missing == []
