@@ -10,9 +10,8 @@ over all positions, so some are mostly background, as in a real run.
 
 Three predictors get the identical (1, 2, 64, 64, 64) float32 arrays:
 
-* ``onnxruntime``: ``ms_core.segmentation.inference.load_onnx_model(card, "cpu", threads=t)`` (what
-the app
-  runs: ``ORT_ENABLE_ALL``, sha256-checked ``models_onnx/lesion_seg/model.onnx``);
+* ``onnxruntime``: ``ms_core.segmentation.inference.load_onnx_model(card, "cpu", threads=t)``
+  (what the app runs: ``ORT_ENABLE_ALL``, sha256-checked ``models_onnx/lesion_seg/model.onnx``);
 * ``torch``: ``training.seg.model.UNet3D`` with ``models_onnx/lesion_seg/weights.npz`` loaded as
   ``training.seg.export`` does, plus the sigmoid, ``torch.inference_mode``,
   ``torch.set_num_threads(t)``: the trained network as it ran in training;

@@ -12,9 +12,8 @@ goes, and any page can read the job's state by its key.
   runs it again.
 * A fixed number of daemon worker threads (1 by default, so two heavy jobs do not fight for the
   CPU cores) take jobs in the order they were started; the others wait as ``"queued"``.
-* A failure is stored as text: an :class:`~ms_core.foundation.errors.InputError` message verbatim
-(it names
-  the file), anything else as ``"TypeName: message"`` with its traceback logged.
+* A failure is stored as text: an :class:`~ms_core.foundation.errors.InputError` message
+  verbatim (it names the file), anything else as ``"TypeName: message"`` with its traceback logged.
 * Finished jobs are kept (the most recent ``keep_finished``) so a page can show the outcome.
 
 Job functions must not hold UI objects (a Streamlit element dies with its script run). The
