@@ -284,9 +284,9 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, brain: np.ndarray | No
       field is divided out inside the mask only, and the result is rescaled so that the median
       over the fitted voxels is unchanged (intensities keep their original range).
     - ``brain=None`` (raw images with skull, as brain volumetry in
-      :mod:`ms_core.segmentation.tissue` uses it): negative intensities are set to 0, the head (an Otsu threshold, 200 bins, of the
-      subsampled image) drives the fit, and the field is divided out of the whole image without
-      rescaling.
+      :mod:`ms_core.segmentation.tissue` uses it): negative intensities are set to 0, the head (an
+      Otsu threshold, 200 bins, of the subsampled image) drives the fit, and the field is divided
+      out of the whole image without rescaling.
 
     Runs single-threaded: same input, bit-identical output, whatever the number of cores.
     About 1-5 s for a whole brain at 1 mm on one CPU core (shrink 4, the default iterations).

@@ -3,8 +3,9 @@
 Two steps, so that a caller can show every problem before anything is written:
 
 * :func:`check_visit` reads and validates the inputs (NIfTI through
-  :func:`ms_core.foundation.io.load_volume`, DICOM folders or zips through :func:`ms_core.imaging.dicom.read_dicom`) and the visit's fields,
-  and returns the images in memory with the list of problems. It writes nothing.
+  :func:`ms_core.foundation.io.load_volume`, DICOM folders or zips through
+  :func:`ms_core.imaging.dicom.read_dicom`) and the visit's fields, and returns the images in memory
+  with the list of problems. It writes nothing.
 * :func:`write_visit` raises the check's problems as :class:`InputError`, or writes the visit:
   images into ``sub-X/ses-Y/anat/`` and rows into ``participants.tsv`` and
   ``sub-X/sub-X_sessions.tsv`` (the formats of :mod:`ms_core.study.layout`). :func:`import_visit` is
