@@ -2,32 +2,11 @@
 
 Used by ``python -m ms_core train-prognosis --cohort table.csv --out DIR`` (bring your own cohort)
 and by ``python -m training.prognosis.train`` (the shipped model, trained on the synthetic cohort
-of :mod:`ms_core.synthetic.cohort`). Design, in the order it runs (details in
-``docs/prognosis.md``):
-
-1. **Split.** Patients (not rows) are split into a training and a held-out test part
-   (``test_fraction``), stratified by outcome, so no patient is on both sides.
-2. **Nested, patient-grouped cross-validation** on the training part, for each candidate family
-   (logistic regression, gradient boosting, random forest): the outer folds estimate the AUC, an
-   inner grouped grid search picks the hyper-parameters inside each outer fold. The family with
-   the best mean outer AUC among the *explainable* ones (logistic, gradient boosting: exact SHAP
-   in log-odds) is shipped; the random forest is reported for comparison only.
-3. **Final model**: grid search on the whole training part, then Platt calibration
-   ``p = sigmoid(a * margin + b)`` fitted on out-of-fold margins (grouped 5-fold), then a refit
-   on the whole training part. Platt keeps SHAP additive: calibrated log-odds =
-   ``a * (base + sum(phi)) + b``.
-4. **Held-out test**: AUC with a patient-level bootstrap 95 % CI, sensitivity and specificity at
-   the threshold chosen on the training out-of-fold predictions (Youden's J, stated in the card),
-   Brier score, reliability curve and ECE, and, for a synthetic cohort, the oracle AUC of the
-   true generative risk.
-5. **Export**: the imputer + classifier pipeline goes to ONNX with skl2onnx (no zipmap); the
-   Platt step is appended as ONNX nodes, so the file returns calibrated probabilities. The run
-   refuses to write a model whose ONNX and scikit-learn probabilities differ by more than
-   :data:`PARITY_TOL`. The explainer (tree dump or linear coefficients) is written as JSON,
-   never pickled, with its sha256 in the card.
-
-Missing values are imputed with the training medians (in the ONNX graph and, identically, before
-SHAP).
+of :mod:`ms_core.synthetic.cohort`). Entry points: :func:`fit_prognosis` (patient-level split,
+nested patient-grouped cross-validation of logistic regression, gradient boosting and random
+forest, Platt calibration on out-of-fold margins, held-out metrics) and :func:`write_model`
+(ONNX with the Platt step as graph nodes, refused beyond :data:`PARITY_TOL` of scikit-learn; the
+SHAP explainer as JSON, never pickled). Design and figures: ``docs/prognosis.md``.
 """
 
 from __future__ import annotations

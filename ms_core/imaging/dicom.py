@@ -1,36 +1,15 @@
 """DICOM series in, :class:`~ms_core.foundation.domain.Volume` out (RAS+ affine), with safe zip
 handling.
 
-A source is a folder, a ``.zip`` file or a single (multi-frame) DICOM file. The source is read
-in three steps:
+:func:`read_dicom` takes a folder, a ``.zip`` file or a single (multi-frame) DICOM file: it
+collects the files (zips extracted into a private temporary folder behind path, size and count
+guards), groups the images by ``SeriesInstanceUID`` and picks one series (or raises
+:class:`SeriesChoiceError` listing them), checks the slice geometry and converts the voxels with
+``dcm2niix`` when installed, else pydicom. Only the voxels, the geometry and the few header
+fields of :class:`SeriesInfo` leave this module; patient identifiers are dropped. Every problem
+raises :class:`~ms_core.foundation.errors.InputError` naming the source and the reason.
 
-1. **Collect** the files. A zip is extracted into a private temporary folder (mode 0700) that is
-   deleted afterwards; members with absolute paths, ``..``, drive letters or symbolic links,
-   encrypted members, more than :attr:`DicomLimits.max_files` entries or more than
-   :attr:`DicomLimits.max_total_bytes` uncompressed (the zip-bomb guard, checked on the declared
-   sizes and again while streaming) are refused. Members are written under numbered names, never
-   under their own.
-2. **Read the headers** with pydicom (files without the ``DICM`` preamble are ignored), group the
-   images by ``SeriesInstanceUID`` and pick one series: the one asked for, the only one, or the
-   only one whose description matches the modality (:data:`SERIES_PATTERNS`); otherwise
-   :class:`SeriesChoiceError` lists the series so the user can choose.
-3. **Check the geometry and convert**. The slices are sorted by their position along the slice
-   normal (``ImagePositionPatient`` . (row x column cosines)); mixed orientations, several images
-   at one position (multi-echo, 4D), slices not stacked along the normal (gantry tilt), missing
-   slices and non-uniform spacing are errors. The affine is built from the headers, in LPS+ and
-   then flipped to RAS+. The voxel data come from ``dcm2niix`` when its binary is installed (it
-   decodes JPEG, JPEG-LS, JPEG 2000 and RLE) and are checked against the header geometry; without
-   it pydicom decodes them (uncompressed and RLE only). Either way the result is on the same grid:
-   array axes (x, y, z) = (columns, rows, slices in increasing normal position).
-
-PHI: only the voxel data, the geometry, the series number and description, the acquisition date,
-the scanner's manufacturer and model and the field strength leave this module
-(:class:`SeriesInfo`). Patient name, ID, birth date and every other header value are read by
-pydicom in memory and dropped; dcm2niix is run without its JSON sidecar, its NIfTI is read and
-deleted with the temporary folder.
-
-Every problem raises :class:`~ms_core.foundation.errors.InputError` naming the source (and the
-member or series) and the reason.
+The steps, the geometry checks and the PHI rules in detail: ``docs/import.md``.
 """
 
 from __future__ import annotations
