@@ -4,7 +4,8 @@ in at least two of the three splits).
 
 Usage::
 
-    python bench/finetune_site.py [--steps 500] [--seed 0] [--work DIR] [--name finetune_site]
+    python bench/finetune_site.py [--steps 500] [--seed 0] [--lr 2e-4] [--synthetic-fraction 0.5]
+        [--work DIR] [--name finetune_site]
 
 Builds a study in ``--work`` (default: a temporary folder) whose three patients are patient26
 of open_ms_data and P18 and P39 of MSLesSeg: one visit each, the skull-stripped FLAIR linked
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synthetic-fraction", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--name", default="finetune_site")
     args = ap.parse_args(argv)
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         code = finetune.main(["--study", str(study), "--out", str(out), "--steps",
                               str(args.steps), "--seed", str(args.seed), "--skull-stripped",
                               "--synthetic-fraction", str(args.synthetic_fraction),
+                              "--lr", str(args.lr),
                               "--val-participants", held_out])
         if code != 0:
             return code
