@@ -114,7 +114,7 @@ _PROBE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
 from ms_core.segmentation.inference import load_onnx_model
-from ms_core.segmentation.model_store import load_model_card
+from ms_core.segmentation.model_store import load_segmentation_card
 model = load_onnx_model(load_segmentation_card(), "auto", threads=1)
 print("PROVIDER", model.provider)
 print("WHY", model.cuda_unavailable)
