@@ -230,7 +230,7 @@ def waterfall_figure(result: PrognosisResult, top: int = 8, *,
 
     ``outcome`` names the modelled event on the axis (e.g. "conversion" for the CIS model).
     The figure is built once per explanation and shared by reruns and sessions
-    (:func:`ui.helpers.shared_figure`): read only.
+    (:func:`ui.figures.shared_figure`): read only.
     """
     return shared_figure(_waterfall, result.table(), result.base_value, top, outcome)
 

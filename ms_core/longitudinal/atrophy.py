@@ -166,12 +166,13 @@ def _current(path: Path, inputs: dict[str, Path | None],
              params: dict[str, Any]) -> dict[str, Any] | None:
     """The stored record at ``path`` when it was made from ``inputs`` with ``params``."""
     record = read_record(path)
+    if record is None or not inputs_current(record, inputs):
+        return None
     try:
-        same = (record is not None and inputs_current(record, inputs)
-                and _same_params(record["parameters"], params))
+        same = _same_params(record["parameters"], params)
     except (KeyError, TypeError, AttributeError, ValueError):
         return None
-    return dict(record) if same and record is not None else None
+    return record if same else None
 
 
 def volumes_status(root: Path, visit: Visit, params: AtrophyParams = AtrophyParams()

@@ -33,7 +33,6 @@ from ms_core.foundation.io import (
     atomic_write_text,
     header_warnings,
     load_volume,
-    read_json,
     remove_stale_temp_files,
     save_labels,
     save_volume,
@@ -59,7 +58,11 @@ from ms_core.imaging.preprocess import (
 from ms_core.lesions.components import lesion_table, threshold_probability
 from ms_core.lesions.location import classify_lesions
 from ms_core.segmentation.inference import OnnxModel, load_onnx_model, sliding_window
-from ms_core.segmentation.model_store import active_sha256, load_segmentation_card
+from ms_core.segmentation.model_store import (
+    SEGMENTATION_MODEL,
+    active_sha256,
+    load_segmentation_card,
+)
 from ms_core.study.derivatives import (
     PROVENANCE,
     derivatives_dir,
@@ -515,7 +518,7 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
         # Runs stored before the N4/denoise options existed were made without them.
         same_params = {**LEGACY_PARAM_DEFAULTS, **prov["parameters"]} == asdict(params)
         if model_sha256 is None and params.method == "network":
-            model_sha256 = active_sha256("lesion_seg")
+            model_sha256 = active_sha256(SEGMENTATION_MODEL)
         same_model = model_sha256 is None or (prov.get("model") or {}).get(
             "sha256") == model_sha256
         current = (same_inputs and same_params and same_model
@@ -528,12 +531,10 @@ def segmentation_status(root: Path, visit: Visit, params: SegmentParams = Segmen
 def other_model_segmentation(root: Path, visit: Visit) -> dict[str, object] | None:
     """The model entry of the visit's stored network segmentation when another model than the
     active ``lesion_seg`` made it (so it is not current), else ``None``."""
-    path = derivatives_dir(root, visit.participant_id, visit.session_id) / PROVENANCE
-    try:
-        stored = read_json(path).get("model") if path.is_file() else None
-    except (InputError, AttributeError):
-        return None
-    active = active_sha256("lesion_seg")
+    record = read_record(derivatives_dir(root, visit.participant_id, visit.session_id)
+                         / PROVENANCE)
+    stored = record.get("model") if record is not None else None
+    active = active_sha256(SEGMENTATION_MODEL)
     if not isinstance(stored, dict) or active is None or stored.get("sha256") == active:
         return None
     return dict(stored)

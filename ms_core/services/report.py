@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,8 +66,6 @@ __all__ = [
     "report_inputs",
     "write_report",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Folder of a patient's reports under ``derivatives/ms_dash/sub-X``.
 REPORT_DIRNAME = "report"
