@@ -43,6 +43,13 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   grown by 1-3 voxels into white matter (large confluent periventricular lesions, up to about
   80 ml); ``small_fraction``, patches with 1-15 extra small lesions of 3-30 mm³ in white
   matter; ``ghosting``, a faint shifted copy of the image along one axis;
+  ``fossa_gain``, the range of a FLAIR brightness factor of the posterior fossa (cerebellum and
+  brainstem) against the cerebrum, which the tissue maps alone do not vary: on MSLesSeg's FLAIR
+  the posterior fossa's grey matter is 1.15-1.2 times the cortex's (P39 and P18), on
+  open_ms_data's 1.0 (``python bench/normalisation_check.py``); ``focus_balanced``, the focused
+  lesion patches pick the zone first (juxtacortical or infratentorial, with equal odds where
+  the mask has both), then a voxel of it, so infratentorial lesions (3 % of the bank's lesion
+  voxels, 12 % of its juxtacortical ones) are centred as often as juxtacortical ones;
   ``normalisation="wm"``: each channel divided by its white-matter intensity (times a 3 %
   estimation error), as :func:`ms_core.imaging.preprocess.white_matter_level` normalises at
   inference, instead of the brain median, which moves with lesion load and grey matter contrast;
@@ -238,7 +245,9 @@ class PatchSampler:
                  gm_contrast: tuple[float, float] = DEFAULT_GM_CONTRAST, gm_field: float = 0.0,
                  healthy_fraction: float = 0.0, confluent_fraction: float = 0.0,
                  small_fraction: float = 0.0, ghosting: float = 0.0,
-                 normalisation: str = "median", t1_dropout: float = 0.5) -> None:
+                 normalisation: str = "median", t1_dropout: float = 0.5,
+                 fossa_gain: tuple[float, float] = (1.0, 1.0),
+                 focus_balanced: bool = False) -> None:
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if lesion_model not in LESION_MODELS:
@@ -266,6 +275,11 @@ class PatchSampler:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, "
                              f"got {normalisation!r}")
         _check_share("t1_dropout", t1_dropout, "patches")
+        if not 0.7 <= fossa_gain[0] <= fossa_gain[1] <= 1.6:
+            raise ValueError(f"fossa_gain is a posterior-fossa / cerebrum brightness range "
+                             f"'lo,hi' within 0.7-1.6, got {fossa_gain}")
+        self.fossa_gain = fossa_gain
+        self.focus_balanced = focus_balanced
         self.t1_dropout = t1_dropout
         self.gm_contrast = gm_contrast
         self.gm_field = gm_field
@@ -284,15 +298,28 @@ class PatchSampler:
                                for m, v in zip(bank.masks, bank.lesion_voxels, strict=True)]
         # Lesion voxels of each mask in the zones the network finds hardest (MNI zones of
         # ms_core.lesions.location, on the template grid like the bank); empty unless asked for.
+        # With focus_balanced, per mask and zone of FOCUS_ZONES (those with lesion voxels only).
         self.focus_voxels: list[np.ndarray] = []
-        if focus_fraction > 0:
+        self.focus_by_zone: list[list[np.ndarray]] = []
+        # Template voxels of the posterior fossa, smoothed over 3 mm (fossa_gain only).
+        self.fossa: np.ndarray | None = None
+        if focus_fraction > 0 or fossa_gain != (1.0, 1.0):
             from ms_core.lesions.location import mni_zones
 
             zones = mni_zones().masks
             hard = np.zeros(bank.masks.shape[1:], bool)
             for name in FOCUS_ZONES:
                 hard |= zones[name]
-            self.focus_voxels = [v[hard[v[:, 0], v[:, 1], v[:, 2]]] for v in bank.lesion_voxels]
+            if focus_fraction > 0:
+                self.focus_voxels = [v[hard[v[:, 0], v[:, 1], v[:, 2]]]
+                                     for v in bank.lesion_voxels]
+            if focus_fraction > 0 and focus_balanced:
+                per_zone = [[v[zones[z][v[:, 0], v[:, 1], v[:, 2]]] for z in FOCUS_ZONES]
+                            for v in bank.lesion_voxels]
+                self.focus_by_zone = [[z for z in zs if len(z)] for zs in per_zone]
+            if fossa_gain != (1.0, 1.0):
+                self.fossa = ndi.gaussian_filter(
+                    zones["infratentorial"].astype(np.float32), 3.0)
         self.lesion_gm_floor = lesion_gm_floor
         self.contrast_power = contrast_power
         self.noise = noise
@@ -339,6 +366,9 @@ class PatchSampler:
             if self.focus_fraction > 0 and len(self.focus_voxels[k]) \
                     and rng.random() < self.focus_fraction:
                 lesion_vox = self.focus_voxels[k]
+                if self.focus_balanced:  # a zone with equal odds, then a voxel of it
+                    by_zone = self.focus_by_zone[k]
+                    lesion_vox = by_zone[int(rng.integers(len(by_zone)))]
             elif self.lesionwise_fraction > 0 and rng.random() < self.lesionwise_fraction:
                 # A lesion drawn uniformly, then a voxel of it: small lesions, the majority
                 # by count, are centred as often as large ones.
@@ -398,6 +428,10 @@ class PatchSampler:
         gm_map: np.ndarray | float = (
             np.exp(_smooth_field(rng, (p, p, p), 4, rng.uniform(0.0, self.gm_field)))
             if self.gm_field > 0 else 1.0)
+        # Posterior fossa brightness against the cerebrum (FLAIR, every tissue and lesion).
+        fossa_map: np.ndarray | float = 1.0
+        if self.fossa is not None:
+            fossa_map = 1.0 + (rng.uniform(*self.fossa_gain) - 1.0) * samp(self.fossa)
         # FLAIR lesion contrast minus 1, per voxel ("varied"); None: con["lesion"] everywhere.
         varied = self.lesion_model == "varied" or (self.lesion_model == "mixed"
                                                      and rng.random() < 0.5)
@@ -412,6 +446,8 @@ class PatchSampler:
             level = (con["wm"] * (1.0 + excess) if excess is not None and con is c.flair
                      else con["lesion"])
             img = img * (1 - lesion_pv) + lesion_pv * level * lesion_tex
+            if con is c.flair:
+                img = img * fossa_map
             if self.noise == "mixed":  # fine tissue texture: vessels, perivascular spaces
                 img = img * (1.0 + rng.uniform(0.0, 0.05)
                              * correlated_noise(rng, (p, p, p), rng.uniform(1.0, 2.5)))

@@ -206,7 +206,9 @@ def recipe_sampler(config: Mapping[str, Any], bank: LesionBank, seed: int) -> Pa
                         small_fraction=float(config.get("small_fraction", 0.0)),
                         ghosting=float(config.get("ghosting", 0.0)),
                         normalisation=str(config.get("normalisation", "median")),
-                        t1_dropout=float(config.get("t1_dropout", 0.5)))
+                        t1_dropout=float(config.get("t1_dropout", 0.5)),
+                        fossa_gain=_pair(config.get("fossa_gain", "1.0,1.0")),
+                        focus_balanced=bool(config.get("focus_balanced", False)))
 
 
 def numbers(value: object, count: int) -> tuple[float, ...]:
@@ -275,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of lesion-centred patches centred on a juxtacortical or "
                          "infratentorial lesion voxel instead of any lesion voxel (where the "
                          "mask has one); 0 (default, models up to 3.2.0) leaves it out")
+    ap.add_argument("--focus-balanced", action="store_true",
+                    help="focused patches draw the zone first (juxtacortical or "
+                         "infratentorial, equal odds), then a lesion voxel of it; off (default, "
+                         "models up to 3.3.0): any voxel of either zone")
+    ap.add_argument("--fossa-gain", type=str, default="1.0,1.0",
+                    help="range of the FLAIR brightness factor of the posterior fossa against "
+                         "the cerebrum, 'lo,hi'; 1.0,1.0 (default, models up to 3.3.0) leaves it "
+                         "out")
     ap.add_argument("--lesionwise-fraction", type=float, default=0.0,
                     help="share of lesion-centred patches centred on a lesion drawn uniformly "
                          "among the mask's lesions (then any of its voxels) instead of on any "
