@@ -11,7 +11,11 @@ lesions left out): the brain median (the normalisation of models up to 3.2.0) an
 white-matter level of :func:`ms_core.imaging.preprocess.white_matter_level` on the prior registered
 as the segmentation pipeline registers it. A reference that holds at 1.0 on every scan makes the
 network see the same intensities at every centre. Grey matter and lesions are printed against
-the true white matter too. Scans missing from ``../shared`` are skipped with a note.
+the true white matter too, and the posterior fossa (cerebellum and brainstem,
+:func:`ms_core.lesions.location.mni_zones`) against the cerebrum: its grey matter over the
+cerebral grey matter and its white matter over the cerebral white matter, the range the
+training generator's ``--fossa-gain`` draws from. Scans missing from ``../shared`` are
+skipped with a note.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ms_core.imaging.preprocess import (  # noqa: E402
     warp_from_template,
     white_matter_level,
 )
+from ms_core.lesions.location import mni_zones  # noqa: E402
 from training.seg.report import REAL_SCANS, available_real_scans  # noqa: E402
 
 
@@ -49,7 +54,15 @@ def scan_figures(flair_path: Path, mask_path: Path) -> dict[str, Any]:
     tpl = load_template()
     wm = warp_from_template(tpl.wm, to_mni, grid)
     gm = warp_from_template(tpl.gm, to_mni, grid)
+    fossa = warp_from_template(mni_zones().masks["infratentorial"].astype(np.float32), to_mni,
+                               grid) > 0.5
     true_wm = float(np.median(data[(wm > 0.9) & brain & ~lesions]))
+
+    def fossa_ratio(tissue: np.ndarray, level: float) -> float:
+        inside = float(np.median(data[(tissue > level) & brain & ~lesions & fossa]))
+        outside = float(np.median(data[(tissue > level) & brain & ~lesions & ~fossa]))
+        return round(inside / outside, 3)
+
     return {
         "brain_median": round(float(np.median(data[brain])) / true_wm, 3),
         "white_matter_level": round(white_matter_level(data, brain, wm) / true_wm, 3),
@@ -57,6 +70,8 @@ def scan_figures(flair_path: Path, mask_path: Path) -> dict[str, Any]:
                                     / true_wm, 3),
         "grey_matter_p90": round(float(np.percentile(data[(gm > 0.7) & brain & ~lesions], 90))
                                  / true_wm, 3),
+        "fossa_over_cerebrum_grey_matter": fossa_ratio(gm, 0.7),
+        "fossa_over_cerebrum_white_matter": fossa_ratio(wm, 0.7),
         "lesion_median": (round(float(np.median(data[lesions])) / true_wm, 3)
                           if lesions.any() else None),
         "lesion_ml": round(float(lesions.sum()) * float(abs(np.linalg.det(flair.affine[:3, :3])))

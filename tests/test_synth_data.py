@@ -208,6 +208,74 @@ def test_focus_fraction_centres_lesion_patches_on_the_hard_zones() -> None:
         PatchSampler(bank, 48, focus_fraction=1.5)
 
 
+def test_focus_balanced_centres_the_rare_zone_as_often_as_the_common_one() -> None:
+    from ms_core.imaging.anatomy import load_template
+    from ms_core.lesions.location import mni_zones
+
+    tpl = load_template()
+    to_vox = np.linalg.inv(tpl.affine)
+
+    def vox(mm: tuple[float, float, float]) -> np.ndarray:
+        return np.rint(to_vox[:3, :3] @ np.array(mm) + to_vox[:3, 3]).astype(int)
+
+    zones = mni_zones().masks
+    mask = np.zeros(tpl.shape, np.uint8)
+    stem = vox((0.0, -25.0, -30.0))  # brainstem: infratentorial, 3^3 voxels
+    mask[stem[0]:stem[0] + 3, stem[1]:stem[1] + 3, stem[2]:stem[2] + 3] = 1
+    # Juxtacortical voxels: 40 times as many as the brainstem's.
+    juxta = np.argwhere(zones["juxtacortical"])[::97][:27 * 40]
+    mask[juxta[:, 0], juxta[:, 1], juxta[:, 2]] = 1
+    bank = LesionBank(mask[None], ("two",), (np.argwhere(mask > 0).astype(np.int16),))
+    fossa = zones["infratentorial"]
+
+    def share_in_fossa(sampler: PatchSampler) -> float:
+        centres = []
+        for _ in range(200):
+            coords = sampler.patch_coords()[1]
+            centres.append(np.rint(coords[:, coords.shape[1] // 2]).astype(int))
+        c = np.clip(np.array(centres), 0, np.array(fossa.shape) - 1)
+        return float(fossa[c[:, 0], c[:, 1], c[:, 2]].mean())
+
+    kw = {"lesion_fraction": 1.0, "focus_fraction": 1.0}
+    balanced = PatchSampler(bank, 32, seed=2, focus_balanced=True, **kw)
+    assert [len(z) for z in balanced.focus_by_zone[0]] == [27 * 40, 27]
+    plain = PatchSampler(bank, 32, seed=2, **kw)
+    assert plain.focus_by_zone == []
+    # Centres move up to a quarter patch (8 voxels) from the drawn voxel.
+    assert share_in_fossa(plain) < 0.15
+    assert 0.3 < share_in_fossa(balanced) < 0.7
+
+
+def test_fossa_gain_brightens_the_posterior_fossa_only(bank: LesionBank) -> None:
+    from ms_core.imaging.anatomy import load_template
+    from ms_core.lesions.location import mni_zones
+
+    tpl = load_template()
+    with pytest.raises(ValueError, match="fossa_gain"):
+        PatchSampler(bank, 32, fossa_gain=(1.2, 1.1))
+    assert PatchSampler(bank, 32).fossa is None  # off: no draw, earlier recipes unchanged
+    sampler = PatchSampler(bank, 32, fossa_gain=(1.4, 1.4))
+    assert sampler.fossa is not None and sampler.fossa.shape == tpl.shape
+    fossa = mni_zones().masks["infratentorial"]
+    from scipy import ndimage as ndi
+
+    far = ndi.distance_transform_edt(~fossa) > 9  # voxels more than 9 mm from the fossa
+    assert sampler.fossa[fossa].mean() > 0.8 and sampler.fossa[far].max() < 0.05
+    # The same patch drawn with and without the gain: brighter where it is posterior fossa.
+    to_vox = np.linalg.inv(tpl.affine)
+    centre = np.rint(to_vox[:3, :3] @ np.array([0.0, -55.0, -30.0]) + to_vox[:3, 3])
+    ratios = []
+    for gain in ((1.0, 1.0), (1.4, 1.4)):
+        s = PatchSampler(bank, 32, seed=4, lesion_fraction=0.0, fossa_gain=gain)
+        s.brain_voxels = centre[None].astype(np.int16)  # every patch around the cerebellum
+        if gain == (1.0, 1.0):
+            s.fossa = sampler.fossa  # draws the same numbers as the gained sampler
+            s.fossa_gain = gain
+        ratios.append(s.sample()[0][0])
+    inside = ratios[0] > 0.2
+    assert float(np.median(ratios[1][inside] / ratios[0][inside])) == pytest.approx(1.4, abs=0.1)
+
+
 def test_lesionwise_fraction_centres_small_lesions_as_often_as_large_ones() -> None:
     from ms_core.imaging.anatomy import load_template
     from training.seg.synth_data import _group_by_lesion

@@ -187,13 +187,15 @@ def test_export_records_every_data_and_loss_option() -> None:
                                           "gm_contrast": "1.02,1.45", "gm_field": 0.0,
                                           "healthy_fraction": 0.0, "confluent_fraction": 0.0,
                                           "small_fraction": 0.0, "ghosting": 0.0,
-                                          "normalisation": "median", "t1_dropout": 0.5}
+                                          "normalisation": "median", "t1_dropout": 0.5,
+                                          "fossa_gain": "1.0,1.0", "focus_balanced": False}
     new_run = {"noise": "mixed", "lesion_model": "varied", "winsorise": 0.5, "tversky_beta": 0.7,
                "blob_weight": 1.0, "lesion_gm_floor": 1.05, "contrast_power": 2.0,
                "focus_fraction": 0.5, "lesionwise_fraction": 0.5, "caps": "horns",
                "gm_contrast": "0.95,1.6", "gm_field": 0.15, "healthy_fraction": 0.15,
                "confluent_fraction": 0.2, "small_fraction": 0.3, "ghosting": 0.15,
-               "normalisation": "wm", "t1_dropout": 1.0}
+               "normalisation": "wm", "t1_dropout": 1.0, "fossa_gain": "0.95,1.35",
+               "focus_balanced": True}
     assert _recorded_options(new_run) == new_run
 
 

@@ -132,7 +132,7 @@ _RECORDED_OPTIONS = {"noise": "white", "lesion_model": "uniform", "winsorise": 0
                      "lesionwise_fraction": 0.0, "caps": "ring", "gm_contrast": "1.02,1.45",
                      "gm_field": 0.0, "healthy_fraction": 0.0, "confluent_fraction": 0.0,
                      "small_fraction": 0.0, "ghosting": 0.0, "normalisation": "median",
-                     "t1_dropout": 0.5}
+                     "t1_dropout": 0.5, "fossa_gain": "1.0,1.0", "focus_balanced": False}
 
 
 _SYNTHETIC_DATA = ("synthetic MNI152 volumes with 27 real consensus lesion masks of open_ms_data "

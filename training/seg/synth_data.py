@@ -45,8 +45,9 @@ template tissue maps and the mask, then random contrasts and artefacts (domain r
   matter; ``ghosting``, a faint shifted copy of the image along one axis;
   ``fossa_gain``, the range of a FLAIR brightness factor of the posterior fossa (cerebellum and
   brainstem) against the cerebrum, which the tissue maps alone do not vary: on MSLesSeg's FLAIR
-  the posterior fossa's grey matter is 1.15-1.2 times the cortex's (P39 and P18), on
-  open_ms_data's 1.0 (``python bench/normalisation_check.py``); ``focus_balanced``, the focused
+  the posterior fossa's grey matter is 1.14-1.17 times the cerebrum's (P39 and P18), on
+  open_ms_data patient26's 1.01; its white matter 0.88-1.14 times the cerebrum's
+  (``python bench/normalisation_check.py``); ``focus_balanced``, the focused
   lesion patches pick the zone first (juxtacortical or infratentorial, with equal odds where
   the mask has both), then a voxel of it, so infratentorial lesions (3 % of the bank's lesion
   voxels, 12 % of its juxtacortical ones) are centred as often as juxtacortical ones;
