@@ -44,6 +44,7 @@ from ms_core.segmentation.inference import OnnxModel, available_providers, load_
 from ms_core.segmentation.model_store import (
     MODELS_DIR,
     MODELS_ENV,
+    SEGMENTATION_MODEL,
     is_shipped_folder,
     load_segmentation_card,
     models_dir_for,
@@ -331,7 +332,7 @@ def km_figure(kms: dict[str, KaplanMeier], colours: dict[str, str]) -> go.Figure
 # ----------------------------------------------------------------------------- models
 #: Validation metrics shown per model: (label, dotted path in the card).
 KEY_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
-    "lesion_seg": (
+    SEGMENTATION_MODEL: (
         ("Mean Dice, real set (3 scans, 2 centres)",
          "evaluation.real_validation_mean.network_flair.dice"),
         ("Mean lesion F1, real set", "evaluation.real_validation_mean.network_flair.f1_any"),

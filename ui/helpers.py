@@ -45,6 +45,7 @@ from ms_core.longitudinal.measurements import (
 )
 from ms_core.longitudinal.tracking import track_visits, tracking_status
 from ms_core.segmentation.model_store import (
+    SEGMENTATION_MODEL,
     is_shipped_folder,
     load_segmentation_card,
     models_dir_for,
@@ -411,7 +412,7 @@ def segmentation_by_other_model(root: Path, visit: Visit) -> str | None:
     stored = other_model_segmentation(root, visit)
     if stored is None:
         return None
-    folder = models_dir_for("lesion_seg")
+    folder = models_dir_for(SEGMENTATION_MODEL)
     try:
         card = load_segmentation_card()
         active = f"{card.name} v{card.version} (sha256 {card.sha256[:12]}…)"

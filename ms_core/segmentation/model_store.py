@@ -310,7 +310,7 @@ def _folder(name: str, models_dir: Path | str | None) -> Path:
     return models_dir_for(name) if models_dir is None else Path(models_dir)
 
 
-def volume_ratio_range(name: str = "lesion_seg", models_dir: Path | str | None = None
+def volume_ratio_range(name: str = SEGMENTATION_MODEL, models_dir: Path | str | None = None
                        ) -> tuple[float, float] | None:
     """Lowest and highest predicted / true lesion volume of model ``name`` on the real
     validation set (card field ``evaluation.volume_ratio_range``, written by

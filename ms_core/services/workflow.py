@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ms_core.segmentation.model_store import MODELS_DIR, models_dir_for
+from ms_core.segmentation.model_store import MODELS_DIR, SEGMENTATION_MODEL, models_dir_for
 
 __all__ = [
     "NOT_MEASURED",
@@ -270,7 +270,7 @@ def _real_set(d: Any, mean: str) -> str:
 
 
 def _segmentation_probes(repo_root: Path) -> list[tuple[str, Render]]:
-    card = _card(repo_root, "lesion_seg")
+    card = _card(repo_root, SEGMENTATION_MODEL)
     card_sha = card.get("sha256") if card else None
 
     def bench(d: Any) -> str:
@@ -343,7 +343,7 @@ def _step(repo_root: Path, node_id: str, label: str, modules: tuple[str, ...], m
 
 
 def _pipeline_nodes(root: Path) -> dict[str, Node]:
-    seg_model = _model_label(root, "lesion_seg", "3D U-Net, ONNX")
+    seg_model = _model_label(root, SEGMENTATION_MODEL, "3D U-Net, ONNX")
     nodes = [
         _step(root, "acquisition", "Study layout and import (NIfTI, DICOM)",
               ("ms_core/study/layout.py", "ms_core/foundation/io.py",
