@@ -462,6 +462,7 @@ def test_platt_scaling_finds_the_scale_and_shift_that_made_the_labels() -> None:
 def test_change_network_trains_exports_and_runs_in_the_track_pipeline(tmp_path: Path) -> None:
     """A few steps of training.change on real lesion masks, the ONNX export (parity-checked,
     card, manifest, sha256) and the exported model's probabilities through ms_core."""
+    from ms_core.foundation.io import sha256_file
     from ms_core.segmentation.inference import load_onnx_model
     from ms_core.segmentation.model_store import load_model_card, verify_model
     from training.change import export, train
@@ -490,6 +491,27 @@ def test_change_network_trains_exports_and_runs_in_the_track_pipeline(tmp_path: 
     x = np.random.default_rng(0).uniform(0.5, 1.5, (1, 3, 16, 16, 16)).astype(np.float32)
     p = model.predict(x)
     assert p.shape == (1, 2, 16, 16, 16) and ((p >= 0) & (p <= 1)).all()
+    assert "initialised_from" not in card.raw["training"]
+
+    # A run continued from those weights starts from them (at a vanishing learning rate its
+    # convolutions end where the first run's did, not at the seed's random start) and its
+    # card says where it started.
+    again = tmp_path / "again"
+    weights = run / "weights_best.npz"
+    assert train.main(["--out", str(again), "--steps", "2", "--batch", "2", "--patch", "16",
+                       "--widths", "4,8", "--val-every", "2", "--val-pairs", "2",
+                       "--bn-calibration", "0", "--seed", "4", "--lr", "1e-12",
+                       "--init", str(weights)]) == 0
+    with np.load(weights) as a, np.load(again / "weights_last.npz") as b:
+        convs = [k for k in a.files if a[k].ndim == 5]
+        assert convs and all(np.allclose(a[k], b[k], atol=1e-6) for k in convs)
+    assert export.main(["--run", str(again), "--models-dir", str(models),
+                        "--version", "0.0.2"]) == 0
+    start = load_model_card("lesion_change", models).raw["training"]["initialised_from"]
+    assert start == {"weights": str(weights), "weights_sha256": sha256_file(weights)}
+    with pytest.raises(SystemExit, match="cannot load these weights"):
+        train.main(["--out", str(tmp_path / "bad"), "--steps", "1", "--widths", "4,8,16",
+                    "--patch", "16", "--init", str(weights)])
 
 
 def test_change_loss_falls_when_the_network_learns_a_fixed_batch() -> None:

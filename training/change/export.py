@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                                            "brain"},
         "training": {"command": config.get("command"), "seed": config.get("seed"),
                      "steps": config.get("steps"), "patch": config.get("patch"),
+                     **({"initialised_from": {"weights": config["init"],
+                                              "weights_sha256": config.get("init_sha256")}}
+                        if config.get("init") else {}),
                      "git_commit_at_launch": config.get("git_commit"),
                      "torch": config.get("torch"), "norm": net.norm,
                      "data": "synthetic visit pairs (training/change/synth_pairs.py) made from "

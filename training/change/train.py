@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ms_core.foundation.io import atomic_write_text, write_json
+from ms_core.foundation.io import atomic_write_text, sha256_file, write_json
 from ms_core.imaging.anatomy import load_template
 from ms_core.segmentation.model_store import code_commit
 from training.change.synth_pairs import FATE_ODDS, PairSampler
@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="odds of stable, grow, shrink, appear, vanish per lesion")
     ap.add_argument("--channel-weights", default="1,1",
                     help="loss weight of the appeared and the vanished channel")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these weights (a run's weights_best.npz, same --widths "
+                         "and --norm) instead of a random initialisation")
     return ap
 
 
@@ -169,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     widths = tuple(int(w) for w in args.widths.split(","))
     write_json(args.out / "config.json", {
-        **config, "widths": widths, "git_commit": code_commit()["commit"],
+        **config, "widths": widths,
+        "init_sha256": sha256_file(args.init) if args.init is not None else None,
+        "git_commit": code_commit()["commit"],
         "torch": torch.__version__,
         "command": " ".join(["python -m training.change.train", *(argv or sys.argv[1:])]),
     })
@@ -181,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                                          num_workers=1, prefetch_factor=4)
     weights = numbers(args.channel_weights, 2)
     model = UNet3D(3, widths, norm=args.norm, out_channels=2)
+    if args.init is not None:
+        try:
+            load_weights(model, args.init)
+        except (OSError, KeyError, RuntimeError) as e:
+            raise SystemExit(f"--init {args.init}: cannot load these weights into a change "
+                             f"U-Net with --widths {args.widths} --norm {args.norm}: {e}") from e
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log_lines: list[str] = []
     best, t0 = -1.0, time.perf_counter()
