@@ -4,7 +4,7 @@ Usage::
 
     python bench/track_eval.py [--demo data/demo] [--intervals 12]
         [--methods joint difference network] [--maps-cache DIR] [--change-models-dir DIR]
-        [--synthetic-pairs 6]
+        [--synthetic-pairs 6] [--name track_eval]
 
 A method is ``joint`` (the default settings), ``difference``, ``joint+intensity=off`` (the joint
 rule without intensity-led new lesions), ``joint+intensity=Z,RATIO,MM3`` (with them at those
@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the shipped one)")
     ap.add_argument("--synthetic-pairs", type=int, default=0,
                     help="no-change and protocol-change pairs made from the demo (see above)")
+    ap.add_argument("--name", default="track_eval",
+                    help="results file name under bench/results (default track_eval)")
     ap.add_argument("--write-card", action="store_true",
                     help="store the 'network' method's figures as the evaluation of the change "
                          "network's card (the --change-models-dir one, else the shipped one)")
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         results["change_model"] = {"version": net.card.version, "sha256": net.card.sha256}
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "commit": commit}
-    write_json(REPO / "bench" / "results" / "track_eval.json", results)
+    write_json(REPO / "bench" / "results" / f"{args.name}.json", results)
     if args.write_card and "network" in args.methods:
         write_card_evaluation(args.change_models_dir or MODELS_DIR, results)
     print(json.dumps(results, indent=1, default=str))
