@@ -380,6 +380,7 @@ def write_card_evaluation(models_dir: Path, results: dict[str, Any]) -> None:
     card["evaluation"] = {
         "command": "python bench/track_eval.py " + " ".join(sys.argv[1:]),
         "commit": results["machine"]["commit"], "machine": results["machine"],
+        "segmentation_model": results.get("model"),
         "patient12": results.get("patient12", {}).get(net),
         "demo": brief or None,
         "protocol_change": {k: v for k, v in synthetic.get("protocol_change", {}).items()
