@@ -45,6 +45,14 @@ def bank() -> LesionBank:
     return LesionBank(mask[None], ("synthetic",), (np.argwhere(mask > 0).astype(np.int16),))
 
 
+def _template_voxel(mm: tuple[float, float, float]) -> np.ndarray:
+    """The MNI152 template voxel (int, 3) nearest to the MNI point ``mm``."""
+    from ms_core.imaging.anatomy import load_template
+
+    to_vox = np.linalg.inv(load_template().affine)
+    return np.rint(to_vox[:3, :3] @ np.array(mm) + to_vox[:3, 3]).astype(int)
+
+
 def test_sampler_rejects_an_unknown_noise_model(bank: LesionBank) -> None:
     with pytest.raises(ValueError, match="noise must be one of"):
         PatchSampler(bank, 32, noise="pink")
@@ -182,15 +190,10 @@ def test_focus_fraction_centres_lesion_patches_on_the_hard_zones() -> None:
     from ms_core.lesions.location import mni_zones
 
     tpl = load_template()
-    to_vox = np.linalg.inv(tpl.affine)
-
-    def vox(mm: tuple[float, float, float]) -> np.ndarray:
-        return np.rint(to_vox[:3, :3] @ np.array(mm) + to_vox[:3, 3]).astype(int)
-
     mask = np.zeros(tpl.shape, np.uint8)
-    small = vox((0.0, -25.0, -30.0))  # brainstem: infratentorial, 4^3 voxels
+    small = _template_voxel((0.0, -25.0, -30.0))  # brainstem: infratentorial, 4^3 voxels
     mask[small[0]:small[0] + 4, small[1]:small[1] + 4, small[2]:small[2] + 4] = 1
-    large = vox((25.0, -10.0, 30.0))  # deep white matter about 67 mm away, 8^3 voxels
+    large = _template_voxel((25.0, -10.0, 30.0))  # deep white matter about 67 mm away, 8^3 voxels
     mask[large[0]:large[0] + 8, large[1]:large[1] + 8, large[2]:large[2] + 8] = 1
     bank = LesionBank(mask[None], ("two",), (np.argwhere(mask > 0).astype(np.int16),))
     zones = mni_zones().masks
@@ -213,14 +216,9 @@ def test_focus_balanced_centres_the_rare_zone_as_often_as_the_common_one() -> No
     from ms_core.lesions.location import mni_zones
 
     tpl = load_template()
-    to_vox = np.linalg.inv(tpl.affine)
-
-    def vox(mm: tuple[float, float, float]) -> np.ndarray:
-        return np.rint(to_vox[:3, :3] @ np.array(mm) + to_vox[:3, 3]).astype(int)
-
     zones = mni_zones().masks
     mask = np.zeros(tpl.shape, np.uint8)
-    stem = vox((0.0, -25.0, -30.0))  # brainstem: infratentorial, 3^3 voxels
+    stem = _template_voxel((0.0, -25.0, -30.0))  # brainstem: infratentorial, 3^3 voxels
     mask[stem[0]:stem[0] + 3, stem[1]:stem[1] + 3, stem[2]:stem[2] + 3] = 1
     # Juxtacortical voxels: 40 times as many as the brainstem's.
     juxta = np.argwhere(zones["juxtacortical"])[::97][:27 * 40]
@@ -262,8 +260,7 @@ def test_fossa_gain_brightens_the_posterior_fossa_only(bank: LesionBank) -> None
     far = ndi.distance_transform_edt(~fossa) > 9  # voxels more than 9 mm from the fossa
     assert sampler.fossa[fossa].mean() > 0.8 and sampler.fossa[far].max() < 0.05
     # The same patch drawn with and without the gain: brighter where it is posterior fossa.
-    to_vox = np.linalg.inv(tpl.affine)
-    centre = np.rint(to_vox[:3, :3] @ np.array([0.0, -55.0, -30.0]) + to_vox[:3, 3])
+    centre = _template_voxel((0.0, -55.0, -30.0))
     ratios = []
     for gain in ((1.0, 1.0), (1.4, 1.4)):
         s = PatchSampler(bank, 32, seed=4, lesion_fraction=0.0, fossa_gain=gain)

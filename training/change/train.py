@@ -43,6 +43,7 @@ from training.seg.synth_data import load_lesion_bank
 from training.seg.train import (
     DEFAULT_MNI,
     calibrate_on_batches,
+    load_init_weights,
     load_weights,
     numbers,
     save_weights,
@@ -188,10 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     model = UNet3D(3, widths, norm=args.norm, out_channels=2)
     if args.init is not None:
         try:
-            load_weights(model, args.init)
-        except (OSError, KeyError, RuntimeError) as e:
-            raise SystemExit(f"--init {args.init}: cannot load these weights into a change "
-                             f"U-Net with --widths {args.widths} --norm {args.norm}: {e}") from e
+            load_init_weights(model, args.init, "a change U-Net", args.widths, args.norm)
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log_lines: list[str] = []
     best, t0 = -1.0, time.perf_counter()

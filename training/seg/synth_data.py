@@ -308,16 +308,16 @@ class PatchSampler:
             from ms_core.lesions.location import mni_zones
 
             zones = mni_zones().masks
-            hard = np.zeros(bank.masks.shape[1:], bool)
-            for name in FOCUS_ZONES:
-                hard |= zones[name]
             if focus_fraction > 0:
+                hard = np.zeros(bank.masks.shape[1:], bool)
+                for name in FOCUS_ZONES:
+                    hard |= zones[name]
                 self.focus_voxels = [v[hard[v[:, 0], v[:, 1], v[:, 2]]]
                                      for v in bank.lesion_voxels]
-            if focus_fraction > 0 and focus_balanced:
-                per_zone = [[v[zones[z][v[:, 0], v[:, 1], v[:, 2]]] for z in FOCUS_ZONES]
-                            for v in bank.lesion_voxels]
-                self.focus_by_zone = [[z for z in zs if len(z)] for zs in per_zone]
+                if focus_balanced:
+                    per_zone = [[v[zones[z][v[:, 0], v[:, 1], v[:, 2]]] for z in FOCUS_ZONES]
+                                for v in bank.lesion_voxels]
+                    self.focus_by_zone = [[z for z in zs if len(z)] for zs in per_zone]
             if fossa_gain != (1.0, 1.0):
                 self.fossa = ndi.gaussian_filter(
                     zones["infratentorial"].astype(np.float32), 3.0)

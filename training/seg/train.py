@@ -124,6 +124,17 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def load_init_weights(model: torch.nn.Module, path: Path, network: str, widths: str,
+                      norm: str) -> None:
+    """A trainer's ``--init``: :func:`load_weights`, or :class:`ValueError` saying that the
+    weights do not fit ``network`` (its name in the message) at ``widths`` and ``norm``."""
+    try:
+        load_weights(model, path)
+    except (OSError, KeyError, RuntimeError) as e:
+        raise ValueError(f"--init {path}: cannot load these weights into {network} with "
+                         f"--widths {widths} --norm {norm}: {e}") from e
+
+
 def batch_dice(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
@@ -403,10 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     model = UNet3D(2, widths, norm=args.norm)
     if args.init is not None:
         try:
-            load_weights(model, args.init)
-        except (OSError, KeyError, RuntimeError) as e:
-            ap.error(f"--init {args.init}: cannot load these weights into a U-Net with "
-                     f"--widths {args.widths} --norm {args.norm}: {e}")
+            load_init_weights(model, args.init, "a U-Net", args.widths, args.norm)
+        except ValueError as e:
+            ap.error(str(e))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log_path = args.out / "train_log.jsonl"
     log_lines: list[str] = []
